@@ -1,0 +1,117 @@
+"""`saom` command line: thin argument parsing over the library modules.
+
+Every user-facing failure is a SaomError, printed as one line `saom: error: ...` with exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from saom_core.errors import SaomError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from saom_core.data.collect import collect_dataset
+
+    path = collect_dataset(
+        sim=args.sim,
+        scenes=args.scenes,
+        out=args.out,
+        seed=args.seed,
+        size=args.size,
+        workers=args.workers,
+        resume=args.resume,
+        classes=args.classes,
+        min_area=args.min_area,
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_dataset_check(args: argparse.Namespace) -> int:
+    from saom_core.data.check import check_dataset
+
+    report, dataset = check_dataset(args.dir, progress=not args.quiet)
+    print(report.format(dataset))
+    return 0
+
+
+def _cmd_dataset_show(args: argparse.Namespace) -> int:
+    from saom_core.data.reader import SaomDataset
+    from saom_core.viz import draw_instances, save_rgb_png
+
+    dataset = SaomDataset(args.dir, split=args.split)
+    if not 0 <= args.index < len(dataset):
+        raise SaomError(f"--index {args.index} out of range: {args.dir} has {len(dataset)} frames")
+    sample = dataset[args.index]
+    overlay = draw_instances(sample.image, sample.masks, sample.labels, sample.class_ids.tolist())
+    save_rgb_png(args.out, overlay)
+    print(f"frame {sample.image_id} ({sample.meta.get('scene')}, frame {sample.meta.get('frame_index')}): "
+          f"{len(sample.labels)} objects -> {args.out}")
+    return 0
+
+
+def _cmd_dataset_import(args: argparse.Namespace) -> int:
+    from saom_core.data.classes import ClassList
+    from saom_core.data.importer import import_raw
+
+    path = import_raw(args.raw, args.out, ClassList.from_yaml(args.classes), simulator=args.simulator)
+    print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="saom", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("collect", help="render a simulator dataset")
+    p.add_argument("--sim", default="pybullet", help="pybullet (embedded default) or ai2thor")
+    p.add_argument("--scenes", type=int, required=True, help="number of scenes (4 frames each)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=224, help="frame width and height in pixels")
+    p.add_argument("--workers", type=int, default=1, help="parallel simulator processes")
+    p.add_argument("--resume", action="store_true", help="continue an unfinished or extend a finished collection")
+    p.add_argument("--classes", default=None, help="class list YAML (default: the simulator's own)")
+    p.add_argument("--min-area", type=int, default=None, help="drop masks smaller than this (pixels)")
+    p.set_defaults(handler=_cmd_collect)
+
+    dataset = sub.add_parser("dataset", help="check, show or import datasets").add_subparsers(dest="action", required=True)
+    p = dataset.add_parser("check", help="validate a dataset and print counts per split and class")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_cmd_dataset_check)
+    p = dataset.add_parser("show", help="draw a frame's masks and labels to a PNG")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--index", type=int, default=0)
+    p.add_argument("--split", default=None)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(handler=_cmd_dataset_show)
+    p = dataset.add_parser("import", help="convert the raw per-frame layout (image + mask PNGs + meta.json)")
+    p.add_argument("raw", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--classes", required=True, help="class list YAML or shipped name (pybullet, ai2thor)")
+    p.add_argument("--simulator", default="imported")
+    p.set_defaults(handler=_cmd_dataset_import)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except SaomError as exc:
+        print(f"saom: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("saom: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

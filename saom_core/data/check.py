@@ -1,0 +1,81 @@
+"""`saom dataset check`: validate every entry and count frames/masks per split and class.
+
+The printed tables follow the paper's Table 1 (size per split) and Table 2 (masks per class,
+grouped by type and size).
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from saom_core.data import rle as rle_utils
+from saom_core.data.format import SPLITS
+from saom_core.data.reader import SaomDataset
+from saom_core.errors import DatasetError
+
+
+@dataclass
+class DatasetReport:
+    root: Path
+    images: Counter = field(default_factory=Counter)  # split -> frames
+    masks: Counter = field(default_factory=Counter)  # split -> masks
+    scenes: Counter = field(default_factory=Counter)  # split -> scenes
+    per_class: dict[str, Counter] = field(default_factory=dict)  # class -> split -> masks
+    frame_sizes: Counter = field(default_factory=Counter)  # (w, h) -> frames
+
+    @property
+    def total_images(self) -> int:
+        return sum(self.images.values())
+
+    @property
+    def classes_present(self) -> list[str]:
+        return [name for name, counts in self.per_class.items() if sum(counts.values()) > 0]
+
+    def format(self, dataset: SaomDataset) -> str:
+        lines = [f"dataset {self.root}: OK", "", "Size (paper Table 1)", ""]
+        lines.append(f"| {'':<16} | " + " | ".join(f"{s:>7}" for s in SPLITS) + " |   Total |")
+        lines.append("|" + "-" * 18 + "|" + "|".join("-" * 9 for _ in SPLITS) + "|---------|")
+        for title, counter in (("scenes", self.scenes), ("images", self.images), ("object masks", self.masks)):
+            cells = " | ".join(f"{counter[s]:>7}" for s in SPLITS)
+            lines.append(f"| {title:<16} | {cells} | {sum(counter.values()):>7} |")
+        lines += ["", "Masks per class (paper Table 2)", ""]
+        lines.append(f"| {'type':<11} | {'size':<12} | {'class':<20} | " + " | ".join(f"{s:>6}" for s in SPLITS) + " |  Total |")
+        lines.append("|" + "-" * 13 + "|" + "-" * 14 + "|" + "-" * 22 + "|" + "|".join("-" * 8 for _ in SPLITS) + "|--------|")
+        for cls in sorted(dataset.classes.classes, key=lambda c: (c.type, c.size, c.name)):
+            counts = self.per_class[cls.name]
+            cells = " | ".join(f"{counts[s]:>6}" for s in SPLITS)
+            lines.append(f"| {cls.type:<11} | {cls.size:<12} | {cls.name:<20} | {cells} | {sum(counts.values()):>6} |")
+        sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sorted(self.frame_sizes.items()))
+        lines += ["", f"frame sizes: {sizes}", f"classes present: {len(self.classes_present)} of {len(dataset.classes.classes)}"]
+        return "\n".join(lines)
+
+
+def check_dataset(root: str | Path, progress: bool = True) -> tuple[DatasetReport, SaomDataset]:
+    """Decode every image and mask; raise DatasetError on the first bad entry."""
+    dataset = SaomDataset(root)
+    report = DatasetReport(root=Path(root), per_class={c: Counter() for c in dataset.classes.names})
+    scenes: dict[str, set[str]] = {s: set() for s in SPLITS}
+    for index in tqdm(range(len(dataset)), desc="checking", disable=not progress, unit="frame"):
+        info = dataset.images[index]
+        split = info["saom"]["split"]
+        image = dataset.load_image(index)
+        report.images[split] += 1
+        report.frame_sizes[(image.shape[1], image.shape[0])] += 1
+        scenes[split].add(str(info["saom"].get("scene")))
+        for ann in dataset.annotations_of(index):
+            try:
+                mask = rle_utils.decode(ann["segmentation"])
+            except Exception as exc:  # pycocotools raises bare TypeError/ValueError on garbage counts
+                raise DatasetError(f"annotation {ann['id']} (image {info['id']}): undecodable RLE ({exc})") from exc
+            if mask.shape != image.shape[:2]:
+                raise DatasetError(f"annotation {ann['id']}: mask {mask.shape} is not the frame size {image.shape[:2]}")
+            if not mask.any():
+                raise DatasetError(f"annotation {ann['id']} (image {info['id']}): empty mask")
+            report.masks[split] += 1
+            report.per_class[dataset.classes.name_of(ann["category_id"])][split] += 1
+    for split, names in scenes.items():
+        report.scenes[split] = len(names)
+    return report, dataset

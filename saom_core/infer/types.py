@@ -1,0 +1,43 @@
+"""What segmentation returns: labelled instances at the input frame's resolution.
+
+Shared by `saom segment`, evaluation, the ROS node and `saom bag`, so every consumer sees the
+same fields and the same instance numbering.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Instance:
+    mask: np.ndarray  # (H, W) bool, input resolution
+    box_xyxy: tuple[float, float, float, float]  # pixels, inclusive-exclusive like torchvision
+    class_id: int  # 1..C in the model's class list; 0 = background (only when kept on request)
+    class_name: str
+    class_score: float  # softmax probability of class_id; 1.0 for a model without a class head
+    predicted_iou: float
+    stability: float
+    point: tuple[float, float] | None = None  # the prompt (x, y) in pixels, if any
+
+    @property
+    def score(self) -> float:
+        """Ranking score: mask quality times class confidence."""
+        return self.predicted_iou * self.class_score
+
+
+@dataclass
+class Segmentation:
+    """All instances of one frame, sorted best first (instance k is `instances[k - 1]`)."""
+
+    height: int
+    width: int
+    instances: list[Instance] = field(default_factory=list)
+
+    def label_image(self) -> np.ndarray:
+        """(H, W) uint16: 0 = no instance, k = instance k; the better instance wins overlaps."""
+        labels = np.zeros((self.height, self.width), dtype=np.uint16)
+        for k in range(len(self.instances), 0, -1):
+            labels[self.instances[k - 1].mask] = k
+        return labels
