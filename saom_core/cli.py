@@ -64,6 +64,27 @@ def _cmd_dataset_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from saom_core.train.config import load_train_config
+    from saom_core.train.trainer import Trainer
+
+    config = args.config
+    if config is None and args.resume and args.out is not None:
+        config = args.out / "config.yaml"
+    if config is None:
+        raise SaomError("--config is required (e.g. config/train_tiny.yaml)")
+    overrides = list(args.overrides)
+    if args.data is not None:
+        overrides.append(f"data.root={args.data}")
+    cfg = load_train_config(config, overrides)
+    out = args.out or Path("runs") / Path(config).stem
+    result = Trainer(cfg, out, resume=args.resume, progress=not args.quiet).fit()
+    best = "n/a" if result.best_miou is None else f"{result.best_miou:.3f}"
+    print(f"trained {result.steps} steps ({result.masks_per_second:.1f} masks/s); best val mIoU {best}")
+    print(f"checkpoints: {result.last_checkpoint}" + (f", {result.best_checkpoint}" if result.best_checkpoint else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="saom", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -79,6 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", default=None, help="class list YAML (default: the simulator's own)")
     p.add_argument("--min-area", type=int, default=None, help="drop masks smaller than this (pixels)")
     p.set_defaults(handler=_cmd_collect)
+
+    p = sub.add_parser("train", help="fine-tune SAOM (single process, or DDP under torchrun)")
+    p.add_argument("--config", type=Path, default=None, help="config/train_*.yaml (default on --resume: RUN/config.yaml)")
+    p.add_argument("--data", type=Path, default=None, help="dataset directory (overrides data.root)")
+    p.add_argument("--out", type=Path, default=None, help="run directory (default runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.max_steps=20")
+    p.set_defaults(handler=_cmd_train)
 
     dataset = sub.add_parser("dataset", help="check, show or import datasets").add_subparsers(dest="action", required=True)
     p = dataset.add_parser("check", help="validate a dataset and print counts per split and class")

@@ -30,15 +30,23 @@ def read_raw_frame(folder: Path, class_list: ClassList) -> tuple[str, int, Frame
         meta: dict[str, Any] = json.loads(meta_path.read_text())
     except FileNotFoundError as exc:
         raise DatasetError(f"{folder}: no meta.json") from exc
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DatasetError(f"corrupt {meta_path}: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise DatasetError(f"corrupt {meta_path}: top level is not a JSON object")
     for key in ("scene", "objects"):
         if key not in meta:
             raise DatasetError(f"{meta_path}: missing key '{key}'")
+    if not isinstance(meta["objects"], list):
+        raise DatasetError(f"{meta_path}: 'objects' must be a list")
+    try:
+        index = int(meta.pop("frame_index", 0))
+    except (TypeError, ValueError) as exc:
+        raise DatasetError(f"{meta_path}: 'frame_index' must be an integer") from exc
     image = _read_png(folder / meta.get("image", "image.png"), mode="RGB")
     masks, labels = [], []
     for k, obj in enumerate(meta.pop("objects")):
-        if "mask" not in obj or "label" not in obj:
+        if not isinstance(obj, dict) or "mask" not in obj or "label" not in obj:
             raise DatasetError(f"{meta_path}: objects[{k}] needs 'mask' and 'label'")
         try:
             class_list.index(obj["label"])
@@ -56,7 +64,6 @@ def read_raw_frame(folder: Path, class_list: ClassList) -> tuple[str, int, Frame
     h, w = image.shape[:2]
     stacked = np.stack(masks) if masks else np.zeros((0, h, w), dtype=bool)
     scene = str(meta.pop("scene"))
-    index = int(meta.pop("frame_index", 0))
     meta.pop("image", None)
     return scene, index, Frame(image=image, masks=stacked, labels=labels, meta=meta)
 
@@ -70,8 +77,14 @@ def import_raw(raw_root: str | Path, out: str | Path, class_list: ClassList, sim
     if not folders:
         raise DatasetError(f"{raw_root}: no frame folders with a meta.json")
     scenes: dict[str, list[tuple[int, Frame]]] = defaultdict(list)
+    seen: dict[tuple[str, int], Path] = {}
     for folder in folders:
         scene, index, frame = read_raw_frame(folder, class_list)
+        if (scene, index) in seen:
+            raise DatasetError(
+                f"{folder / 'meta.json'}: scene '{scene}' frame_index {index} is also in {seen[scene, index] / 'meta.json'}"
+            )
+        seen[scene, index] = folder
         scenes[scene].append((index, frame))
     writer = DatasetWriter(out, class_list, simulator)
     for scene, frames in sorted(scenes.items()):

@@ -1,0 +1,413 @@
+"""PyBullet collector: small furnished rooms rendered headless on the CPU (TinyRenderer).
+
+A scene copies the paper's AI2-THOR protocol at toy scale: the agent (camera) stands in the middle of
+a room and takes 4 frames, rotating right by 90 degrees between them. In each of the 4 directions
+stands a "station" (a table, a side table, a tray, a shelf or just the floor) with objects dropped on
+or around it and settled by physics, so every frame shows objects of interest. Floor, walls, light,
+camera height/pitch/field of view, object scales and tints are random per scene; a few random
+`random_urdfs` shapes are rendered as distractors (not of interest: no mask, like walls and floor).
+
+Frame meta: `agent_pose` (position of the camera, z up; `yaw` in degrees counter-clockwise about +z
+from +x, so each RotateRight lowers it by 90; `pitch` in degrees, negative looking down; `height`),
+`camera` (vertical field of view, clip planes, size), `light` (TinyRenderer light parameters),
+`station` (what stands in that direction), `instance_ids` (PyBullet body ids of the masks), `seed`.
+
+Masks come from the segmentation buffer: the visible pixels of one body in one frame. Only bodies
+whose class is in the class list get masks; masks under `min_area` pixels are dropped.
+
+All models ship in `pybullet_data`; nothing is downloaded.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pybullet
+import pybullet_data
+from pybullet_utils.bullet_client import BulletClient
+
+from saom_core.data.classes import ClassList
+from saom_core.data.collect.base import DEFAULT_MIN_AREA, FRAMES_PER_SCENE, REFERENCE_SIZE, Collector, scene_rng
+from saom_core.data.format import Frame
+from saom_core.errors import SimulatorError
+
+
+@dataclass(frozen=True)
+class Model:
+    """One model of a class: file under pybullet_data, globalScaling range, how it may be tinted."""
+
+    cls: str
+    file: str
+    scale: tuple[float, float]
+    tint: str = "keep"  # keep: as shipped | light: a mild colour cast | any: any sane colour
+    fixed: bool = False  # static furniture
+    ground: bool = False  # shift so that its lowest point rests on the floor
+    upright: bool = True  # dropped upright (else with a random orientation)
+
+
+FURNITURE: dict[str, Model] = {
+    "Table": Model("Table", "table/table.urdf", (0.72, 0.9), tint="light", fixed=True),
+    "SideTable": Model("SideTable", "table_square/table_square.urdf", (0.85, 1.05), tint="light", fixed=True),
+    "Tray": Model("Tray", "tray/traybox.urdf", (0.75, 0.95), tint="light", fixed=True),
+    "Shelf": Model("Shelf", "kiva_shelf/model.sdf", (0.42, 0.52), tint="any", fixed=True, ground=True),
+    "Robot": Model("Robot", "r2d2.urdf", (0.5, 0.62), fixed=True, ground=True),
+}
+OBJECTS: dict[str, Model] = {
+    "Mug": Model("Mug", "objects/mug.urdf", (1.5, 1.9), tint="any"),
+    "Duck": Model("Duck", "duck_vhacd.urdf", (2.0, 2.5), tint="any"),
+    "Teddy": Model("Teddy", "teddy_vhacd.urdf", (2.2, 2.8), tint="any"),
+    "JengaBlock": Model("JengaBlock", "jenga/jenga.urdf", (1.4, 1.75), tint="light", upright=False),
+    "Domino": Model("Domino", "domino/domino.urdf", (3.5, 4.4), upright=False),
+    "Lego": Model("Lego", "lego/lego.urdf", (4.2, 5.4), tint="any", upright=False),
+    "Ball": Model("Ball", "soccerball.urdf", (0.17, 0.22)),
+    "Cube": Model("Cube", "cube_small.urdf", (2.5, 3.2), tint="any", upright=False),
+    "Torus": Model("Torus", "torus/torus_textured.obj", (0.1, 0.13)),
+}
+MODELS: dict[str, Model] = {**FURNITURE, **OBJECTS}
+
+# local half extents (x, y) of the area objects are dropped on, per receptacle, at scale 1
+_SURFACES = {"Table": (0.6, 0.36), "SideTable": (0.22, 0.22), "Tray": (0.2, 0.2)}
+_STATIONS = ("table", "side_table", "tray", "floor", "shelf")
+_STATION_WEIGHTS = (0.3, 0.2, 0.2, 0.15, 0.15)
+_FLOOR_TEXTURES = ("table/table.png", "checker_blue.png", "tray/tray.jpg")
+_NEAR, _FAR = 0.05, 15.0
+_SETTLE_STEPS, _SETTLE_CHECK = 360, 30
+
+
+def _r(x: float) -> float:
+    return round(float(x), 5)
+
+
+def _yaw_quat(yaw: float) -> tuple[float, float, float, float]:
+    return pybullet.getQuaternionFromEuler([0.0, 0.0, yaw])
+
+
+class PyBulletCollector(Collector):
+    name = "pybullet"
+    default_classes = "pybullet"
+
+    def __init__(self, class_list: ClassList, size: int = REFERENCE_SIZE, min_area: int = DEFAULT_MIN_AREA) -> None:
+        super().__init__(class_list, size=size, min_area=min_area)
+        self.interest = {name for name in MODELS if name in class_list.names}
+        if not self.interest:
+            raise SimulatorError(
+                f"class list '{class_list.name}' names none of the pybullet model classes {sorted(MODELS)}"
+            )
+        self.data_path = pybullet_data.getDataPath()
+        self._bc: BulletClient | None = None
+
+    # -- simulator lifecycle ------------------------------------------------------------------------
+    def _client(self) -> BulletClient:
+        if self._bc is None:
+            try:
+                with _quiet_stdout():  # pybullet's C code prints "argv[0]=" to stdout on connect
+                    self._bc = BulletClient(connection_mode=pybullet.DIRECT)
+            except Exception as exc:  # pybullet raises bare `error`
+                raise SimulatorError(f"pybullet could not start a DIRECT client: {exc}") from exc
+            self._bc.setAdditionalSearchPath(self.data_path)
+        return self._bc
+
+    def close(self) -> None:
+        if self._bc is not None:
+            try:
+                self._bc.disconnect()
+            except Exception:  # already gone (process exiting)
+                pass
+            self._bc = None
+
+    # -- one scene ----------------------------------------------------------------------------------
+    def collect_scene(self, scene_index: int, seed: int) -> list[Frame]:
+        rng = scene_rng(seed, scene_index)
+        bc = self._client()
+        scene = _SceneBuilder(bc, rng, self.data_path).build()
+        light = _random_light(rng)
+        frames = []
+        for k in range(FRAMES_PER_SCENE):
+            yaw = scene["yaw0"] - 90.0 * k  # RotateRight 90
+            frames.append(self._render(bc, scene, yaw, light, k, seed))
+        return frames
+
+    def _render(self, bc: BulletClient, scene: dict[str, Any], yaw: float, light: dict[str, Any], k: int,
+                seed: int) -> Frame:
+        h, pitch, fov = scene["height"], scene["pitch"], scene["fov"]
+        eye = np.array([0.0, 0.0, h])
+        yr, pr = math.radians(yaw), math.radians(pitch)
+        forward = np.array([math.cos(pr) * math.cos(yr), math.cos(pr) * math.sin(yr), math.sin(pr)])
+        view = bc.computeViewMatrix(eye.tolist(), (eye + forward).tolist(), [0.0, 0.0, 1.0])
+        proj = bc.computeProjectionMatrixFOV(fov, 1.0, _NEAR, _FAR)
+        _, _, rgba, _, seg = bc.getCameraImage(
+            self.size, self.size, view, proj, renderer=pybullet.ER_TINY_RENDERER,
+            lightDirection=light["direction"], lightColor=light["color"], lightDistance=light["distance"],
+            shadow=int(light["shadow"]), lightAmbientCoeff=light["ambient"], lightDiffuseCoeff=light["diffuse"],
+            lightSpecularCoeff=light["specular"],
+        )
+        image = np.ascontiguousarray(np.reshape(np.asarray(rgba, dtype=np.uint8), (self.size, self.size, 4))[..., :3])
+        seg = np.reshape(np.asarray(seg, dtype=np.int64), (self.size, self.size))
+        masks, labels, uids = [], [], []
+        for uid, cls in sorted(scene["labels"].items()):
+            if cls not in self.interest:
+                continue
+            mask = seg == uid
+            if int(mask.sum()) >= self.min_area:
+                masks.append(mask)
+                labels.append(cls)
+                uids.append(int(uid))
+        stacked = np.stack(masks) if masks else np.zeros((0, self.size, self.size), dtype=bool)
+        meta = {
+            "simulator": self.name,
+            "seed": int(seed),
+            "station": scene["stations"][k],
+            "agent_pose": {"position": [0.0, 0.0, _r(h)], "yaw": _r(yaw % 360.0), "pitch": _r(pitch), "height": _r(h)},
+            "camera": {"fov_deg": _r(fov), "near": _NEAR, "far": _FAR, "width": self.size, "height": self.size,
+                       "renderer": "tiny"},
+            "light": light,
+            "instance_ids": uids,
+        }
+        return Frame(image=image, masks=stacked, labels=labels, meta=meta)
+
+
+@contextlib.contextmanager
+def _quiet_stdout():
+    """Silence C-level writes to file descriptor 1 (Python's own stdout is flushed first)."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no usable stdout: nothing to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _random_light(rng: np.random.Generator) -> dict[str, Any]:
+    azimuth, elevation = rng.uniform(0, 2 * math.pi), rng.uniform(math.radians(30), math.radians(80))
+    direction = [math.cos(elevation) * math.cos(azimuth), math.cos(elevation) * math.sin(azimuth), math.sin(elevation)]
+    warmth = rng.uniform(-0.12, 0.12)
+    color = np.clip([1.0 + warmth, 1.0, 1.0 - warmth], 0.0, 1.0) * rng.uniform(0.85, 1.0)
+    return {
+        "direction": [_r(v) for v in direction],
+        "color": [_r(v) for v in color],
+        "distance": _r(rng.uniform(2.0, 6.0)),
+        "ambient": _r(rng.uniform(0.45, 0.7)),
+        "diffuse": _r(rng.uniform(0.35, 0.6)),
+        "specular": _r(rng.uniform(0.0, 0.25)),
+        "shadow": bool(rng.random() < 0.5),
+    }
+
+
+class _SceneBuilder:
+    """Builds one random room in a freshly reset simulation; `build()` returns its description."""
+
+    def __init__(self, bc: BulletClient, rng: np.random.Generator, data_path: str) -> None:
+        self.bc, self.rng, self.data_path = bc, rng, data_path
+        self.labels: dict[int, str] = {}
+        self.scales: dict[int, float] = {}
+        self.dynamic: list[int] = []
+        self.drop_level = 0  # staggers drop heights so dropped objects never start interpenetrating
+
+    def build(self) -> dict[str, Any]:
+        bc, rng = self.bc, self.rng
+        bc.resetSimulation()
+        bc.setPhysicsEngineParameter(deterministicOverlappingPairs=1, numSolverIterations=30)
+        bc.setGravity(0, 0, -9.81)
+        self._room()
+        height = rng.uniform(0.95, 1.35)
+        pitch = -rng.uniform(24.0, 38.0)
+        fov = rng.uniform(55.0, 66.0)
+        yaw0 = rng.uniform(0.0, 360.0)
+        stations = [str(s) for s in rng.choice(_STATIONS, size=FRAMES_PER_SCENE, p=_STATION_WEIGHTS)]
+        for k, station in enumerate(stations):
+            self._station(station, math.radians(yaw0 - 90.0 * k), height, pitch)
+        self._settle()
+        return {"labels": dict(self.labels), "stations": stations, "height": height, "pitch": pitch,
+                "fov": fov, "yaw0": yaw0}
+
+    # -- room ----------------------------------------------------------------------------------------
+    def _room(self) -> None:
+        bc, rng = self.bc, self.rng
+        floor_rgb = self._colour(rng.uniform(0.35, 0.85))
+        col = bc.createCollisionShape(pybullet.GEOM_BOX, halfExtents=[8, 8, 0.05])
+        vis = bc.createVisualShape(pybullet.GEOM_BOX, halfExtents=[8, 8, 0.05], rgbaColor=[*floor_rgb, 1])
+        floor = bc.createMultiBody(0, col, vis, [0, 0, -0.05])
+        if rng.random() < 0.45:  # textured floor (wood, tiles, metal), tinted
+            texture = bc.loadTexture(os.path.join(self.data_path, str(rng.choice(_FLOOR_TEXTURES))))
+            bc.changeVisualShape(floor, -1, textureUniqueId=texture, rgbaColor=[*self._light_tint(0.35), 1])
+        bc.changeDynamics(floor, -1, lateralFriction=0.9)
+        wall_rgb = self._colour(rng.uniform(0.55, 0.95), saturation=rng.uniform(0.05, 0.4))
+        half = rng.uniform(2.3, 3.3, size=2)
+        for axis in (0, 1):
+            for sign in (-1.0, 1.0):
+                extents = [0.05, half[1 - axis] + 0.1, 1.3] if axis == 0 else [half[1 - axis] + 0.1, 0.05, 1.3]
+                pos = [0.0, 0.0, 1.3]
+                pos[axis] = sign * half[axis]
+                jitter = np.clip(wall_rgb + rng.uniform(-0.05, 0.05, 3), 0, 1)
+                vis = bc.createVisualShape(pybullet.GEOM_BOX, halfExtents=extents, rgbaColor=[*jitter, 1])
+                col = bc.createCollisionShape(pybullet.GEOM_BOX, halfExtents=extents)
+                bc.createMultiBody(0, col, vis, pos)
+
+    # -- stations ------------------------------------------------------------------------------------
+    def _station(self, kind: str, direction: float, height: float, pitch: float) -> None:
+        rng = self.rng
+        ahead = np.array([math.cos(direction), math.sin(direction)])
+        side = np.array([-ahead[1], ahead[0]])
+        surface = {"table": 0.55, "side_table": 0.6, "shelf": 0.3}.get(kind, 0.0)
+        # distance at which the station's surface appears near the image centre, a little jittered
+        angle = math.radians(-pitch + rng.uniform(-7.0, 5.0))
+        near, far = (1.0, 1.6) if kind in ("table", "shelf") else (0.8, 1.35)
+        dist = float(np.clip((height - surface) / math.tan(angle), near, far))
+        centre = ahead * dist + side * rng.uniform(-0.12, 0.12) * dist
+        facing = direction + math.pi / 2 + rng.uniform(-0.35, 0.35)  # long side towards the camera
+        if kind == "table":
+            table = self._furniture("Table", centre, facing)
+            self._drop_on(table, "Table", facing, int(rng.integers(3, 7)))
+            self._floor_objects(centre - ahead * 0.55, int(rng.integers(0, 2)), spread=0.35, side=side)
+        elif kind == "side_table":
+            offset = side * rng.choice([-1.0, 1.0]) * 0.38
+            table = self._furniture("SideTable", centre + offset, facing)
+            self._drop_on(table, "SideTable", facing, int(rng.integers(1, 4)))
+            self._floor_objects(centre - offset * 0.9, int(rng.integers(2, 4)), spread=0.22, side=side)
+        elif kind == "tray":
+            tray = self._furniture("Tray", centre, facing)
+            self._drop_on(tray, "Tray", facing, int(rng.integers(2, 5)))
+            self._floor_objects(centre - ahead * 0.35, int(rng.integers(1, 3)), spread=0.45, side=side)
+        elif kind == "shelf":
+            offset = side * rng.choice([-1.0, 1.0]) * 0.35
+            self._furniture("Shelf", centre + offset + ahead * 0.3, facing + math.pi)
+            if rng.random() < 0.3:
+                self._furniture("Robot", centre - offset * 0.4 + ahead * 0.35, facing + math.pi / 2)
+            self._floor_objects(centre - offset * 0.6, int(rng.integers(2, 5)), spread=0.3, side=side)
+        else:  # floor
+            if rng.random() < 0.8:
+                self._furniture("Robot", centre + ahead * 0.25 + side * rng.uniform(-0.3, 0.3), facing + math.pi / 2)
+            self._floor_objects(centre, int(rng.integers(3, 7)), spread=0.45, side=side)
+        for _ in range(int(rng.integers(0, 2))):  # distractors: rendered, never labelled
+            self._distractor(centre + ahead * rng.uniform(-0.3, 0.4) + side * rng.uniform(-0.6, 0.6))
+
+    def _furniture(self, cls: str, xy: np.ndarray, yaw: float) -> int:
+        model = FURNITURE[cls]
+        uid = self._load(model, [float(xy[0]), float(xy[1]), 0.0], _yaw_quat(yaw))
+        if model.ground:
+            lo, hi = self._aabb(uid)
+            pos, orn = self.bc.getBasePositionAndOrientation(uid)
+            centre = (np.array(lo[:2]) + np.array(hi[:2])) / 2
+            target = [pos[0] + xy[0] - centre[0], pos[1] + xy[1] - centre[1], pos[2] - lo[2]]
+            self.bc.resetBasePositionAndOrientation(uid, target, orn)
+        return uid
+
+    def _drop_on(self, uid: int, cls: str, yaw: float, count: int) -> None:
+        lo, hi = self._aabb(uid)
+        pos, _ = self.bc.getBasePositionAndOrientation(uid)
+        scale = self.scales[uid]
+        half = np.array(_SURFACES[cls]) * scale
+        base_z = hi[2] if cls != "Tray" else lo[2] + 0.03
+        c, s = math.cos(yaw), math.sin(yaw)
+        for _ in range(count):
+            u, v = self.rng.uniform(-1, 1, 2) * half
+            xy = np.array(pos[:2]) + [c * u - s * v, s * u + c * v]
+            self._drop_object(xy, base_z)
+
+    def _floor_objects(self, centre: np.ndarray, count: int, spread: float, side: np.ndarray) -> None:
+        for _ in range(count):
+            xy = centre + side * self.rng.uniform(-1, 1) * spread * 1.4 + self.rng.normal(0, spread * 0.25, 2)
+            self._drop_object(xy, 0.0)
+
+    def _drop_object(self, xy: np.ndarray, base_z: float) -> None:
+        rng = self.rng
+        model = OBJECTS[str(rng.choice(sorted(OBJECTS)))]
+        z = base_z + 0.12 + 0.16 * self.drop_level
+        self.drop_level = (self.drop_level + 1) % 4
+        if model.upright:
+            orn = _yaw_quat(rng.uniform(0, 2 * math.pi))
+        else:
+            orn = pybullet.getQuaternionFromEuler(rng.uniform(0, 2 * math.pi, 3).tolist())
+        uid = self._load(model, [float(xy[0]), float(xy[1]), z], orn)
+        self.bc.changeDynamics(uid, -1, lateralFriction=0.9, rollingFriction=0.01, spinningFriction=0.01,
+                               linearDamping=0.2, angularDamping=0.3)
+        self.dynamic.append(uid)
+
+    def _distractor(self, xy: np.ndarray) -> None:
+        number = int(self.rng.integers(0, 1000))
+        path = f"random_urdfs/{number:03d}/{number:03d}.urdf"
+        scale = self.rng.uniform(1.5, 2.5)
+        orn = pybullet.getQuaternionFromEuler(self.rng.uniform(0, 2 * math.pi, 3).tolist())
+        z = 0.12 + 0.16 * self.drop_level
+        self.drop_level = (self.drop_level + 1) % 4
+        try:
+            uid = self.bc.loadURDF(path, [float(xy[0]), float(xy[1]), z], orn, globalScaling=scale)
+        except Exception:  # a few random_urdfs do not load; a missing distractor is harmless
+            return
+        self.bc.changeDynamics(uid, -1, rollingFriction=0.01, spinningFriction=0.01, linearDamping=0.2, angularDamping=0.3)
+        self.dynamic.append(uid)
+
+    # -- helpers -------------------------------------------------------------------------------------
+    def _load(self, model: Model, pos: list[float], orn) -> int:
+        bc, rng = self.bc, self.rng
+        scale = float(rng.uniform(*model.scale))
+        try:
+            if model.file.endswith(".sdf"):
+                uid = bc.loadSDF(model.file, globalScaling=scale)[0]
+                bc.resetBasePositionAndOrientation(uid, pos, orn)
+            elif model.file.endswith(".obj"):
+                path = os.path.join(self.data_path, model.file)
+                vis = bc.createVisualShape(pybullet.GEOM_MESH, fileName=path, meshScale=[scale] * 3)
+                col = bc.createCollisionShape(pybullet.GEOM_MESH, fileName=path, meshScale=[scale] * 3)
+                uid = bc.createMultiBody(0.0 if model.fixed else 0.2, col, vis, pos, orn)
+            else:
+                uid = bc.loadURDF(model.file, pos, orn, useFixedBase=model.fixed, globalScaling=scale)
+        except Exception as exc:
+            raise SimulatorError(f"pybullet could not load {model.file} from {self.data_path}: {exc}") from exc
+        self._tint(uid, model.tint)
+        self.labels[uid] = model.cls
+        self.scales[uid] = scale
+        return uid
+
+    def _tint(self, uid: int, mode: str) -> None:
+        if mode == "keep":
+            return
+        rgb = self._colour(self.rng.uniform(0.55, 1.0)) if mode == "any" else self._light_tint(0.25)
+        for link in range(-1, self.bc.getNumJoints(uid)):
+            self.bc.changeVisualShape(uid, link, rgbaColor=[*rgb, 1.0])
+
+    def _colour(self, value: float, saturation: float | None = None) -> np.ndarray:
+        """A random RGB colour of the given brightness (HSV value)."""
+        hue = self.rng.uniform(0, 1)
+        sat = self.rng.uniform(0.25, 0.85) if saturation is None else saturation
+        i = int(hue * 6) % 6
+        f = hue * 6 - int(hue * 6)
+        p_, q, t = value * (1 - sat), value * (1 - f * sat), value * (1 - (1 - f) * sat)
+        return np.array([(value, t, p_), (q, value, p_), (p_, value, t), (p_, q, value), (t, p_, value), (value, p_, q)][i])
+
+    def _light_tint(self, amount: float) -> np.ndarray:
+        return np.clip(1.0 - self.rng.uniform(0, amount, 3), 0, 1)
+
+    def _aabb(self, uid: int) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = (np.array(v) for v in self.bc.getAABB(uid, -1))
+        for link in range(self.bc.getNumJoints(uid)):
+            a, b = self.bc.getAABB(uid, link)
+            lo, hi = np.minimum(lo, a), np.maximum(hi, b)
+        return lo, hi
+
+    def _settle(self) -> None:
+        bc = self.bc
+        for step in range(1, _SETTLE_STEPS + 1):
+            bc.stepSimulation()
+            if step % _SETTLE_CHECK == 0 and step >= 4 * _SETTLE_CHECK:
+                moving = False
+                for uid in self.dynamic:
+                    lin, ang = bc.getBaseVelocity(uid)
+                    if max(abs(v) for v in lin) > 0.03 or max(abs(v) for v in ang) > 0.3:
+                        moving = True
+                        break
+                if not moving:
+                    return

@@ -1,0 +1,125 @@
+"""`saom collect`: render N scenes with a simulator into a dataset directory.
+
+Scenes are written one by one through `DatasetWriter` (a shard per finished scene; annotations.json
+only at the end), so a crash leaves an unfinished collection that `saom dataset check` rejects and
+`--resume` continues. With `workers > 1` each worker process runs its own simulator client and the
+parent writes the results in scene order; since every scene is seeded from (seed, scene index) the
+output is byte-identical for any worker count.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+from multiprocessing import util as mp_util
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from saom_core.data.classes import ClassList
+from saom_core.data.collect.base import Collector, collector_class, load_class_list, resolve_min_area, scene_id
+from saom_core.data.format import DatasetWriter, Frame
+from saom_core.errors import ConfigError, DatasetError
+from saom_core.io import atomic_write_json
+
+SETTINGS_FILE = "collect.json"  # how the directory was collected; --resume must use the same settings
+_RESUME_KEYS = ("simulator", "seed", "size", "class_list", "min_area")
+
+
+def collect_dataset(
+    sim: str,
+    scenes: int,
+    out: str | Path,
+    seed: int = 0,
+    size: int = 224,
+    workers: int = 1,
+    resume: bool = False,
+    classes: str | Path | ClassList | None = None,
+    min_area: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Collect `scenes` scenes (4 frames each) into `out`; returns the annotations.json path."""
+    cls = collector_class(sim)
+    if scenes < 1:
+        raise ConfigError(f"--scenes must be at least 1, got {scenes}")
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    if not 16 <= size <= 4096:
+        raise ConfigError(f"--size must be between 16 and 4096 pixels, got {size}")
+    class_list, extras = load_class_list(classes if classes is not None else cls.default_classes)
+    area = resolve_min_area(min_area, extras, size)
+    # fail before touching the output directory: simulator not installed, class list it cannot label ...
+    cls.check_available()
+    cls(class_list, size=size, min_area=area).close()  # constructing is cheap: the simulator starts lazily
+
+    out = Path(out)
+    writer = DatasetWriter(out, class_list, cls.name, resume=resume)
+    settings = {"simulator": cls.name, "seed": int(seed), "size": int(size), "class_list": class_list.name,
+                "min_area": area, "scenes": int(scenes)}
+    _check_resume_settings(out, settings)
+    atomic_write_json(out / SETTINGS_FILE, settings, indent=2)
+
+    done = writer.completed_scenes()
+    pending = [i for i in range(scenes) if scene_id(i) not in done]
+    bar = tqdm(total=scenes, initial=scenes - len(pending), desc=f"collect {cls.name}", unit="scene",
+               disable=not progress)
+    try:
+        for index, frames in _render(cls, class_list, size, area, seed, pending, workers):
+            writer.write_scene(scene_id(index), frames)
+            bar.update(1)
+    finally:
+        bar.close()
+    return writer.finalize()
+
+
+def _check_resume_settings(out: Path, settings: dict[str, Any]) -> None:
+    path = out / SETTINGS_FILE
+    if not path.exists():
+        return
+    try:
+        previous = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"corrupt {path}: {exc}") from exc
+    for key in _RESUME_KEYS:
+        if key in previous and previous[key] != settings[key]:
+            raise DatasetError(
+                f"{out} was collected with {key}={previous[key]!r}, not {settings[key]!r}; "
+                "--resume needs the same --sim, --seed, --size, --classes and --min-area"
+            )
+
+
+def _render(cls: type[Collector], class_list: ClassList, size: int, min_area: int, seed: int,
+            indices: list[int], workers: int):
+    """Yield (scene index, frames) in scene order."""
+    if not indices:
+        return
+    if workers == 1 or len(indices) == 1:
+        with cls(class_list, size=size, min_area=min_area) as collector:
+            for index in indices:
+                yield index, collector.collect_scene(index, seed)
+        return
+    # spawn: every worker starts clean (no simulator state or threads inherited from the parent)
+    ctx = multiprocessing.get_context("spawn")
+    init_args = (cls.name, class_list.to_dict(), size, min_area, seed)
+    with ctx.Pool(min(workers, len(indices)), initializer=_worker_init, initargs=init_args) as pool:
+        yield from pool.imap(_worker_scene, indices, chunksize=1)
+
+
+# --- worker process side -------------------------------------------------------------------------
+_worker: dict[str, Any] = {}
+
+
+def _worker_init(sim: str, class_list: dict[str, Any], size: int, min_area: int, seed: int) -> None:
+    # Only store the settings: an exception in a Pool initializer makes the pool respawn workers
+    # forever, so the simulator is started (and may fail, reported normally) on the first scene.
+    _worker.update(sim=sim, class_list=class_list, size=size, min_area=min_area, seed=seed)
+
+
+def _worker_scene(index: int) -> tuple[int, list[Frame]]:
+    collector = _worker.get("collector")
+    if collector is None:
+        cls = collector_class(_worker["sim"])
+        collector = cls(ClassList.from_dict(_worker["class_list"]), size=_worker["size"], min_area=_worker["min_area"])
+        _worker["collector"] = collector
+        mp_util.Finalize(collector, collector.close, exitpriority=10)  # runs when the worker exits cleanly
+    return index, collector.collect_scene(index, _worker["seed"])
