@@ -1,0 +1,216 @@
+"""SAOM = SAM (segment_anything modules, unchanged weights layout) + a class head.
+
+`SaomModel` subclasses `segment_anything.modeling.Sam`, so an official SAM state_dict loads into
+it key for key; the only new parameters are `classifier.*`. Its decoder accepts prompts from
+several frames in one call (`image_index`), which is what lets the trainer decode every mask of
+a batch at once and the generator decode a whole point grid at once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Literal
+
+import torch
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from torch import nn
+from torch.nn import functional as F
+
+from saom_core.data.classes import ClassList
+from saom_core.model.configs import SamConfig
+
+HeadInput = Literal["iou_token", "mask_token"]
+
+
+@dataclass
+class DecoderOutput:
+    low_res_logits: torch.Tensor  # (P, M, S, S) mask logits at the decoder's resolution
+    iou_pred: torch.Tensor  # (P, M)
+    class_logits: torch.Tensor | None  # (P, M, C + 1), None for vanilla SAM
+
+
+class BatchedMaskDecoder(MaskDecoder):
+    """SAM's mask decoder with per-prompt frame indices and the transformer's token outputs exposed.
+
+    Same parameters (and state_dict keys) as `MaskDecoder`; `predict_masks` is the official one except
+    that `image_embeddings[image_index]` replaces `repeat_interleave` so prompts of many frames share
+    one call, and it also returns the IoU-token and mask-token outputs for the class head.
+    """
+
+    def predict_masks_with_tokens(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        image_index: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        num_prompts = sparse_prompt_embeddings.size(0)
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        output_tokens = output_tokens.unsqueeze(0).expand(num_prompts, -1, -1)
+        tokens = torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
+
+        if image_index is None:
+            src = image_embeddings.expand(num_prompts, -1, -1, -1)
+        else:
+            src = image_embeddings[image_index]
+        src = src + dense_prompt_embeddings
+        pos_src = image_pe.expand(num_prompts, -1, -1, -1)
+        b, c, h, w = src.shape
+
+        hs, src = self.transformer(src, pos_src, tokens)
+        iou_token_out = hs[:, 0, :]
+        mask_tokens_out = hs[:, 1 : (1 + self.num_mask_tokens), :]
+
+        src = src.transpose(1, 2).reshape(b, c, h, w)
+        upscaled_embedding = self.output_upscaling(src)
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+        )
+        b, c, h, w = upscaled_embedding.shape
+        masks = (hyper_in @ upscaled_embedding.view(b, c, h * w)).view(b, -1, h, w)
+        iou_pred = self.iou_prediction_head(iou_token_out)
+        return masks, iou_pred, iou_token_out, mask_tokens_out
+
+
+class ClassifierHead(nn.Module):
+    """Linear class head (C classes + background) on a decoder token.
+
+    `iou_token` (the authors' choice) gives one class per prompt; `mask_token` gives one per
+    output mask, so the class follows the mask SAOM keeps. Which one is the default is decided by
+    measurement (see config/train_tiny.yaml and the README's results).
+    """
+
+    def __init__(self, dim: int, num_classes_with_background: int, head_input: HeadInput) -> None:
+        super().__init__()
+        if head_input not in ("iou_token", "mask_token"):
+            raise ValueError(f"head_input must be 'iou_token' or 'mask_token', got {head_input!r}")
+        self.head_input = head_input
+        self.linear = nn.Linear(dim, num_classes_with_background)
+
+    def forward(self, iou_token_out: torch.Tensor, mask_tokens_out: torch.Tensor) -> torch.Tensor:
+        """(P, D), (P, 4, D) -> (P, 4, C + 1): logits aligned with SAM's 4 mask outputs."""
+        if self.head_input == "iou_token":
+            return self.linear(iou_token_out).unsqueeze(1).expand(-1, mask_tokens_out.size(1), -1)
+        return self.linear(mask_tokens_out)
+
+
+class SaomModel(Sam):
+    """SAM plus an optional class head; `class_list is None` is vanilla SAM."""
+
+    def __init__(self, config: SamConfig, class_list: ClassList | None = None, head_input: HeadInput = "iou_token") -> None:
+        embed = config.embedding_size
+        super().__init__(
+            image_encoder=ImageEncoderViT(
+                depth=config.encoder_depth,
+                embed_dim=config.encoder_embed_dim,
+                img_size=config.image_size,
+                mlp_ratio=4,
+                norm_layer=partial(nn.LayerNorm, eps=1e-6),
+                num_heads=config.encoder_num_heads,
+                patch_size=config.patch_size,
+                qkv_bias=True,
+                use_rel_pos=True,
+                global_attn_indexes=config.encoder_global_attn_indexes,
+                window_size=config.window_size,
+                out_chans=config.prompt_embed_dim,
+            ),
+            prompt_encoder=PromptEncoder(
+                embed_dim=config.prompt_embed_dim,
+                image_embedding_size=(embed, embed),
+                input_image_size=(config.image_size, config.image_size),
+                mask_in_chans=config.mask_in_chans,
+            ),
+            mask_decoder=BatchedMaskDecoder(
+                num_multimask_outputs=3,
+                transformer=TwoWayTransformer(
+                    depth=config.decoder_depth,
+                    embedding_dim=config.prompt_embed_dim,
+                    mlp_dim=config.decoder_mlp_dim,
+                    num_heads=config.decoder_num_heads,
+                ),
+                transformer_dim=config.prompt_embed_dim,
+                iou_head_depth=3,
+                iou_head_hidden_dim=config.iou_head_hidden_dim,
+            ),
+        )
+        self.config = config
+        self.class_list = class_list
+        self.classifier = (
+            ClassifierHead(config.prompt_embed_dim, class_list.num_classes_with_background, head_input)
+            if class_list is not None
+            else None
+        )
+
+    def init_from_scratch(self) -> None:
+        """ViT-style init of the encoder's absolute position embedding for models without weights.
+
+        SAM initialises it to zeros because it always loads MAE-pretrained weights; from scratch a zero
+        start gives the encoder no notion of where a patch is, which slows early training markedly.
+        """
+        if self.image_encoder.pos_embed is not None:
+            nn.init.trunc_normal_(self.image_encoder.pos_embed, std=0.02)
+
+    @property
+    def class_names(self) -> list[str]:
+        from saom_core.data.classes import BACKGROUND
+
+        return [BACKGROUND] + (self.class_list.names if self.class_list else ["object"])
+
+    # ---- frames <-> model input ------------------------------------------------------------
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """Size of a frame after the longest-side resize (before padding), as SAM's ResizeLongestSide."""
+        scale = self.config.image_size / max(height, width)
+        return int(height * scale + 0.5), int(width * scale + 0.5)
+
+    def prepare_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, 3) uint8 frames of one size -> (B, 3, S, S) normalised, resized, padded input."""
+        height, width = images.shape[1:3]
+        new_h, new_w = self.input_size(height, width)
+        x = images.permute(0, 3, 1, 2).float()
+        if (new_h, new_w) != (height, width):
+            x = F.interpolate(x, (new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
+        return self.preprocess(x)
+
+    def points_to_input(self, points: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """(..., 2) xy pixel coordinates of a (height, width) frame -> model input coordinates."""
+        new_h, new_w = self.input_size(height, width)
+        scale = torch.tensor([new_w / width, new_h / height], device=points.device, dtype=points.dtype)
+        return points * scale
+
+    def logits_to_frame(self, low_res_logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """(N, M, S, S) decoder logits -> (N, M, height, width), as Sam.postprocess_masks."""
+        return self.postprocess_masks(low_res_logits, self.input_size(height, width), (height, width))
+
+    # ---- model parts -------------------------------------------------------------------------
+    def encode(self, prepared: torch.Tensor) -> torch.Tensor:
+        return self.image_encoder(prepared)
+
+    def decode(
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor | None = None,
+        point_labels: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        image_index: torch.Tensor | None = None,
+        multimask_output: bool = True,
+    ) -> DecoderOutput:
+        """Decode P prompts. Points are (P, K, 2) in input coordinates with (P, K) labels; boxes (P, 4)."""
+        points = (point_coords, point_labels) if point_coords is not None else None
+        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=None)
+        masks, iou_pred, iou_token_out, mask_tokens_out = self.mask_decoder.predict_masks_with_tokens(
+            image_embeddings=image_embeddings,
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            image_index=image_index,
+        )
+        selection = slice(1, None) if multimask_output else slice(0, 1)
+        class_logits = None
+        if self.classifier is not None:
+            class_logits = self.classifier(iou_token_out, mask_tokens_out)[:, selection]
+        return DecoderOutput(masks[:, selection], iou_pred[:, selection], class_logits)
+
+
+def build_model(config: SamConfig, class_list: ClassList | None = None, head_input: HeadInput = "iou_token") -> SaomModel:
+    return SaomModel(config, class_list, head_input)

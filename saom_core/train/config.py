@@ -1,0 +1,80 @@
+"""The training config (config/train_*.yaml), one dataclass per section."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+
+from saom_core.config import apply_overrides, from_dict, load_yaml
+from saom_core.train.losses import LossWeights
+
+
+@dataclass
+class ModelSection:
+    config: str = "vit_b"  # vit_b | vit_l | vit_h | tiny | test
+    checkpoint: str | None = None  # official SAM weights to start from (None: random init)
+    head_input: Literal["iou_token", "mask_token"] = "iou_token"
+    init_pos_embed: bool = True  # without a checkpoint: random (not zero) encoder position embedding
+
+
+@dataclass
+class DataSection:
+    root: str = "data/pybullet"
+    train_split: str = "train"
+    val_split: str = "val"
+    hflip: bool = False  # random horizontal flips; only when the encoder trains (no embedding cache)
+    negatives_per_frame: int = 8  # grid points off every object, taught as background
+    max_masks_per_frame: int = 32
+    preload: bool = True  # decode the split once into memory (sim datasets are small)
+
+
+@dataclass
+class PromptSection:
+    mode: Literal["nearest_neighbour", "random_foreground", "mask_centre"] = "nearest_neighbour"
+    points_per_side: int = 32
+
+
+@dataclass
+class OptimSection:
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainSection:
+    max_steps: int = 10000
+    frames_per_step: int = 4  # per process
+    # Parameter-name prefixes that train; ["all"] trains everything. Default: the paper's spirit,
+    # image encoder frozen; point prompts, mask decoder and class head trained.
+    trainable: list[str] = field(
+        default_factory=lambda: ["prompt_encoder.point_embeddings", "prompt_encoder.not_a_point_embed", "mask_decoder", "classifier"]
+    )
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 on GPUs that have it, else fp16; off on CPU
+    threads: int = 0  # torch CPU threads (0: torch's default)
+    cache_embeddings: bool = True  # frozen encoder: encode each frame once, fp16 on disk
+    cache_dir: str | None = None  # default: <data.root>/.embedding_cache
+    log_every: int = 10
+    checkpoint_every: int = 200
+    validate_every_epochs: int = 1
+    val_max_frames: int = 200  # validation subsample (first N frames of the split) to keep epochs short
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    prompts: PromptSection = field(default_factory=PromptSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    loss: LossWeights = field(default_factory=LossWeights)
+
+
+def load_train_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
+    data = load_yaml(path) if path is not None else {}
+    apply_overrides(data, overrides)
+    return from_dict(TrainConfig, data, str(path or "config"))

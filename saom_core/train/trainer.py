@@ -1,0 +1,412 @@
+"""SAOM fine-tuning: the training loop, checkpoints, resume, logging, validation.
+
+One command for every scale: a single CPU process, or many GPUs/nodes under `torchrun` (DDP).
+The model runs through one `TrainForward.forward` call per step, so DDP sees the forward pass
+and all-reduces every gradient (calling `ddp.module` directly, as the authors' code does, skips
+that and lets the replicas drift apart).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from saom_core.config import to_dict
+from saom_core.data.reader import SaomDataset
+from saom_core.errors import CheckpointError, ConfigError, DatasetError, SaomError
+from saom_core.eval.point_eval import evaluate_points
+from saom_core.io import atomic_write_json, atomic_write_text
+from saom_core.model.checkpoint import read_checkpoint, save_checkpoint
+from saom_core.model.configs import get_config
+from saom_core.model.grid import grid_points
+from saom_core.model.saom import DecoderOutput, SaomModel, build_model
+from saom_core.train.config import TrainConfig
+from saom_core.train.distributed import DistContext, init_distributed, shutdown_distributed
+from saom_core.train.embedding_cache import EmbeddingCache
+from saom_core.train.frames import FrameStore, TrainFrame, epoch_batches
+from saom_core.train.losses import saom_loss
+from saom_core.train.prompts import FramePrompts, Geometry, build_frame_prompts
+
+CSV_FIELDS = ["step", "epoch", "lr", "loss", "focal", "dice", "ce", "iou", "mask_iou", "class_accuracy", "masks_per_s"]
+
+
+class TrainingError(SaomError):
+    """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    best_miou: float | None
+    last_checkpoint: Path
+    best_checkpoint: Path | None
+    masks_per_second: float
+
+
+class TrainForward(nn.Module):
+    """Encoder (unless embeddings are given) + prompt building + one batched decoder call."""
+
+    def __init__(self, model: SaomModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        prepared: torch.Tensor | None,
+        embeddings: torch.Tensor | None,
+        frame_sizes: list[tuple[int, int]],
+        make_prompts: Callable[[int, torch.Tensor], FramePrompts],
+    ) -> tuple[DecoderOutput, list[FramePrompts]]:
+        if embeddings is None:
+            embeddings = self.model.encode(prepared)
+        prompts = [make_prompts(i, embeddings[i].detach()) for i in range(len(frame_sizes))]
+        device = embeddings.device
+        coords = torch.cat(
+            [self.model.points_to_input(p.points.to(device), h, w) for p, (h, w) in zip(prompts, frame_sizes)]
+        )
+        image_index = torch.cat(
+            [torch.full((len(p.points),), i, dtype=torch.long, device=device) for i, p in enumerate(prompts)]
+        )
+        labels = torch.ones(len(coords), 1, dtype=torch.int, device=device)
+        out = self.model.decode(embeddings, coords[:, None, :], labels, image_index=image_index)
+        return out, prompts
+
+
+def lr_lambda(warmup: int, total: int, min_ratio: float) -> Callable[[int], float]:
+    """Linear warm-up, then cosine decay to `min_ratio` of the base rate at `total` steps."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def set_trainable(model: SaomModel, prefixes: list[str]) -> int:
+    """requires_grad by parameter-name prefix ('all' = everything); returns the trainable count."""
+    names = [n for n, _ in model.named_parameters()]
+    for prefix in prefixes:
+        if prefix != "all" and not any(n.startswith(prefix) for n in names):
+            raise ConfigError(f"train.trainable: no parameter starts with '{prefix}'")
+    count = 0
+    for name, param in model.named_parameters():
+        param.requires_grad_("all" in prefixes or any(name.startswith(p) for p in prefixes))
+        count += param.numel() if param.requires_grad else 0
+    if count == 0:
+        raise ConfigError("train.trainable selects no parameters")
+    return count
+
+
+def resolve_device(name: str, ctx: DistContext) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and ctx.enabled:
+        name = f"cuda:{ctx.local_rank}"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device is '{name}' but no CUDA device is available")
+    return torch.device(name)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.progress = progress
+        self.ctx = init_distributed("cuda" if cfg.train.device.startswith("cuda") or (cfg.train.device == "auto" and torch.cuda.is_available()) else "cpu")
+        self.device = resolve_device(cfg.train.device, self.ctx)
+        if cfg.train.threads > 0:
+            torch.set_num_threads(cfg.train.threads)
+        if not resume and (self.ckpt_dir / "last.pt").exists():
+            raise SaomError(f"{self.run_dir} already holds a training run; pass --resume to continue it or choose another --out")
+        if resume and not (self.ckpt_dir / "last.pt").exists():
+            raise CheckpointError(f"nothing to resume: {self.ckpt_dir / 'last.pt'} does not exist")
+
+        torch.manual_seed(cfg.train.seed)
+        self.train_set = SaomDataset(cfg.data.root, split=cfg.data.train_split)
+        self.val_set = SaomDataset(cfg.data.root, split=cfg.data.val_split)
+        if len(self.train_set) == 0:
+            raise DatasetError(f"{cfg.data.root}: split '{cfg.data.train_split}' has no frames")
+        self.model = build_model(get_config(cfg.model.config), self.train_set.classes, cfg.model.head_input)
+        if cfg.model.checkpoint:
+            from saom_core.model.checkpoint import load_sam_weights
+
+            load_sam_weights(self.model, cfg.model.checkpoint)
+        elif cfg.model.init_pos_embed:
+            self.model.init_from_scratch()
+        self.num_trainable = set_trainable(self.model, cfg.train.trainable)
+        self.model.to(self.device)
+        self.encoder_frozen = not any(p.requires_grad for p in self.model.image_encoder.parameters())
+        self.use_cache = self.encoder_frozen and cfg.train.cache_embeddings
+        self.hflip = cfg.data.hflip and not self.use_cache
+
+        self.frames = FrameStore(self.train_set, cfg.data.preload, progress=progress and self.ctx.is_main)
+        self.cache = EmbeddingCache(cfg.train.cache_dir or Path(cfg.data.root) / ".embedding_cache", self.model) if self.use_cache else None
+        self.forward_module: nn.Module = TrainForward(self.model)
+        if self.ctx.enabled:
+            self.forward_module = DistributedDataParallel(
+                self.forward_module,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True,
+            )
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(cfg.optim.warmup_steps, cfg.train.max_steps, cfg.optim.min_lr_ratio)
+        )
+        self.amp_dtype = self._amp_dtype()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.rng = np.random.default_rng([cfg.train.seed, self.ctx.rank])
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.best_miou: float | None = None
+        self._grids: dict[tuple[int, int], np.ndarray] = {}
+        self._throughput = (0, 0.0)  # masks, seconds
+        if resume:
+            self._load_state()
+        else:
+            self._start_run()
+
+    # ---- set-up --------------------------------------------------------------------------------
+    def _amp_dtype(self) -> torch.dtype | None:
+        mode = self.cfg.train.amp
+        if self.device.type != "cuda" or mode == "off":
+            return None
+        if mode == "bf16" or (mode == "auto" and torch.cuda.is_bf16_supported()):
+            return torch.bfloat16
+        return torch.float16
+
+    def _start_run(self) -> None:
+        if self.ctx.is_main:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
+            save_checkpoint(self.ckpt_dir / "init.pt", self.model)
+            with open(self.run_dir / "metrics.csv", "w", newline="") as handle:
+                csv.writer(handle).writerow(CSV_FIELDS)
+        self.ctx.barrier()
+
+    def _train_state(self) -> dict[str, Any]:
+        rng_states = self.ctx.gather_objects(self.rng.bit_generator.state)
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "best_miou": self.best_miou,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "numpy_rng": rng_states,
+            "torch_rng": torch.get_rng_state(),
+            "world_size": self.ctx.world_size,
+            "config": to_dict(self.cfg),
+        }
+
+    def _load_state(self) -> None:
+        path = self.ckpt_dir / "last.pt"
+        data = read_checkpoint(path)
+        state = data.get("train_state")
+        if state is None:
+            raise CheckpointError(f"{path} has no training state to resume from")
+        if state["world_size"] != self.ctx.world_size:
+            raise CheckpointError(f"{path} was written by {state['world_size']} processes; resume with the same number")
+        self.model.load_state_dict(data["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.rng.bit_generator.state = state["numpy_rng"][self.ctx.rank]
+        torch.set_rng_state(state["torch_rng"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.best_miou = state["best_miou"]
+        if self.ctx.is_main:
+            self._truncate_csv(self.step)
+
+    def _truncate_csv(self, step: int) -> None:
+        """Drop log rows written after the checkpoint we resume from (they will be written again)."""
+        path = self.run_dir / "metrics.csv"
+        if not path.exists():
+            return
+        rows = list(csv.DictReader(path.open()))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(r for r in rows if int(r["step"]) <= step)
+        atomic_write_text(path, buffer.getvalue())
+
+    # ---- one step ------------------------------------------------------------------------------
+    def _grid(self, height: int, width: int) -> np.ndarray:
+        key = (height, width)
+        if key not in self._grids:
+            self._grids[key] = grid_points(self.cfg.prompts.points_per_side, height, width)
+        return self._grids[key]
+
+    def _embedding(self, frame: TrainFrame) -> torch.Tensor:
+        cached = self.cache.get(frame.key)
+        if cached is None:
+            cached = self.cache.put(frame.key, frame.image, self.device)
+        return cached
+
+    def train_step(self, frames: list[TrainFrame]) -> dict[str, float]:
+        if self.hflip:
+            frames = [f.flipped() if self.rng.random() < 0.5 else f for f in frames]
+        sizes = [f.image.shape[:2] for f in frames]
+        prepared = embeddings = None
+        if self.cache is not None:
+            embeddings = torch.stack([self._embedding(f) for f in frames]).to(self.device).float()
+        else:
+            prepared = torch.cat([self.model.prepare_images(torch.from_numpy(f.image)[None].to(self.device)) for f in frames])
+
+        model = self.model
+        low_res = model.config.low_res_size
+
+        def make_prompts(i: int, features: torch.Tensor) -> FramePrompts:
+            h, w = sizes[i]
+            geo = Geometry(model.input_size(h, w), model.config.image_size, low_res)
+            return build_frame_prompts(
+                features.float(), frames[i].masks.to(self.device), frames[i].class_ids, self._grid(h, w), geo,
+                self.cfg.prompts.mode, self.cfg.data.negatives_per_frame, self.cfg.data.max_masks_per_frame, self.rng,
+            )
+
+        start = time.perf_counter()
+        self.forward_module.train()
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            out, prompts = self.forward_module(prepared, embeddings, sizes, make_prompts)
+            terms = saom_loss(
+                out,
+                torch.cat([p.mask_targets for p in prompts]).to(self.device),
+                torch.cat([p.class_ids for p in prompts]).to(self.device),
+                torch.cat([p.positive for p in prompts]).to(self.device),
+                self.cfg.loss,
+            )
+        if self.ctx.any_true(not bool(torch.isfinite(terms.total))):
+            values = ", ".join(f"{k}={v:.4g}" for k, v in terms.as_floats().items())
+            raise TrainingError(
+                f"non-finite loss at step {self.step + 1} ({values}); training stopped, the last good checkpoint "
+                f"{self.ckpt_dir / 'last.pt'} is kept (lower optim.lr or check the data)"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(terms.total).backward()
+        self.scaler.unscale_(self.optimizer)
+        if self.cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.cfg.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        elapsed = time.perf_counter() - start
+        masks = sum(int(p.positive.sum()) for p in prompts)
+        done_masks, done_s = self._throughput
+        self._throughput = (done_masks + masks, done_s + elapsed)
+        metrics = terms.as_floats()
+        metrics["loss"] = metrics["total"]
+        metrics["masks_per_s"] = masks / elapsed if elapsed > 0 else 0.0
+        metrics["unreachable"] = sum(p.num_unreachable for p in prompts)
+        metrics["fallback"] = sum(p.num_fallback for p in prompts)
+        return metrics
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def validate(self) -> dict[str, float | None]:
+        if len(self.val_set) == 0:
+            return {"mIoU": None, "mAcc": None, "class_accuracy": None}
+        result = evaluate_points(
+            {"model": self.model}, self.val_set, self.cfg.prompts.points_per_side,
+            max_frames=self.cfg.train.val_max_frames, device=self.device, progress=False,
+        )["model"]
+        return {"mIoU": result.miou, "mAcc": result.macc, "class_accuracy": result.mean_class_accuracy}
+
+    def _save_last(self) -> None:
+        state = self._train_state()  # collective: every rank takes part
+        if self.ctx.is_main:
+            save_checkpoint(self.ckpt_dir / "last.pt", self.model, state)
+        self.ctx.barrier()
+
+    def _end_epoch(self, writer: Any) -> None:
+        if self.ctx.is_main and (self.epoch % self.cfg.train.validate_every_epochs == 0 or self.step >= self.cfg.train.max_steps):
+            metrics = self.validate()
+            self._record_validation(metrics, writer)
+
+    def _record_validation(self, metrics: dict[str, float | None], writer: Any) -> None:
+        history_path = self.run_dir / "val_history.json"
+        history = []
+        if history_path.exists():
+            import json
+
+            history = [h for h in json.loads(history_path.read_text()) if h["step"] < self.step]
+        history.append({"step": self.step, "epoch": self.epoch, **metrics})
+        atomic_write_json(history_path, history, indent=1)
+        for key, value in metrics.items():
+            if value is not None:
+                writer.add_scalar(f"val/{key}", value, self.step)
+        miou = metrics["mIoU"]
+        if miou is not None and (self.best_miou is None or miou > self.best_miou):
+            self.best_miou = miou
+            save_checkpoint(self.ckpt_dir / "best.pt", self.model)
+        tqdm.write(
+            f"step {self.step} epoch {self.epoch}: val mIoU {_fmt(miou)}, mAcc {_fmt(metrics['mAcc'])}, "
+            f"class accuracy {_fmt(metrics['class_accuracy'])}"
+        )
+
+    def _log(self, metrics: dict[str, float], writer: Any) -> None:
+        row = {"step": self.step, "epoch": self.epoch, "lr": self.scheduler.get_last_lr()[0]}
+        row.update({k: metrics[k] for k in CSV_FIELDS if k in metrics})
+        with open(self.run_dir / "metrics.csv", "a", newline="") as handle:
+            csv.DictWriter(handle, fieldnames=CSV_FIELDS).writerow(row)
+        for key, value in row.items():
+            if key not in ("step", "epoch"):
+                writer.add_scalar(f"train/{key}", value, self.step)
+
+    def fit(self) -> TrainResult:
+        cfg = self.cfg.train
+        writer = _summary_writer(self.run_dir / "tb") if self.ctx.is_main else None
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="training", unit="step", disable=not (self.progress and self.ctx.is_main))
+        try:
+            while self.step < cfg.max_steps:
+                batches = epoch_batches(len(self.frames), cfg.frames_per_step, self.epoch, cfg.seed, self.ctx.rank, self.ctx.world_size)
+                while self.batch_in_epoch < len(batches) and self.step < cfg.max_steps:
+                    metrics = self.train_step([self.frames[i] for i in batches[self.batch_in_epoch]])
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{metrics['loss']:.3f}", iou=f"{metrics['mask_iou']:.2f}", acc=f"{metrics['class_accuracy']:.2f}")
+                    if self.ctx.is_main and (self.step % cfg.log_every == 0 or self.step == cfg.max_steps):
+                        self._log(metrics, writer)
+                    if self.step % cfg.checkpoint_every == 0:
+                        self._save_last()
+                if self.batch_in_epoch >= len(batches):
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+                    self._end_epoch(writer)
+            if self.batch_in_epoch > 0 or self.best_miou is None:
+                self._end_epoch(writer)  # always validate the final weights
+            self._save_last()
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+            shutdown_distributed(self.ctx)
+        masks, seconds = self._throughput
+        best = self.ckpt_dir / "best.pt"
+        return TrainResult(self.run_dir, self.step, self.best_miou, self.ckpt_dir / "last.pt", best if best.exists() else None, masks / seconds if seconds else 0.0)
+
+
+def _summary_writer(path: Path) -> Any:
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(path))
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
