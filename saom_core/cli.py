@@ -85,6 +85,77 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from saom_core.eval.evaluate import EvalSettings, evaluate
+
+    settings = EvalSettings(
+        split=args.split, points_per_side=args.points_per_side, max_frames=args.max_frames,
+        everything_frames=args.everything_frames, overlays=args.overlays, device=args.device,
+    )
+    report = evaluate(args.checkpoint, args.baseline, args.data, args.out, settings, progress=not args.quiet)
+    print(report.read_text().split("## Per-class")[0].rstrip())
+    print(f"\nreport: {report}")
+    return 0
+
+
+def _segmenter_from(args: argparse.Namespace):
+    from saom_core.infer.segmenter import load_segmenter
+
+    return load_segmenter(
+        str(args.checkpoint), device=args.device, points_per_side=args.points_per_side,
+        pred_iou_thresh=args.pred_iou_thresh, box_nms_thresh=args.box_nms_thresh,
+        min_mask_region_area=args.min_region_area, keep_classes=args.keep_classes,
+        keep_background=args.keep_background, max_input_size=args.max_input_size,
+    )
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from saom_core.infer.files import segment_files
+
+    outcomes = segment_files(_segmenter_from(args), args.images, args.out)
+    for outcome in outcomes:
+        if outcome.error:
+            print(f"saom: error: {outcome.error}", file=sys.stderr)
+        else:
+            print(f"{outcome.source}: {outcome.instances} objects -> {outcome.overlay}, {outcome.json}")
+    return 1 if any(o.error for o in outcomes) else 0
+
+
+def _add_generator_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", type=Path, required=True, help="SAOM checkpoint (or official SAM weights)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--points-per-side", type=int, default=32)
+    p.add_argument("--pred-iou-thresh", type=float, default=0.3)
+    p.add_argument("--box-nms-thresh", type=float, default=0.3)
+    p.add_argument("--min-region-area", type=int, default=150)
+    p.add_argument("--keep-classes", nargs="+", default=None, help="only these classes")
+    p.add_argument("--keep-background", action="store_true", help="also output masks classed as background")
+    p.add_argument("--max-input-size", type=int, default=None, help="process larger frames at this size")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from saom_core.demo import DemoSettings, run_demo
+
+    run_demo(
+        DemoSettings(
+            out=args.out, config=args.config, checkpoint=args.checkpoint, data=args.data, scenes=args.scenes,
+            seed=args.seed, workers=args.workers, everything_frames=args.everything_frames, overrides=tuple(args.overrides),
+        )
+    )
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from saom_core.infer.export_onnx import export_onnx
+
+    if args.format != "onnx":
+        raise SaomError(f"unknown export format '{args.format}' (supported: onnx)")
+    paths = export_onnx(args.checkpoint, args.out, opset=args.opset, model_config=args.model_config)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="saom", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -109,6 +180,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.max_steps=20")
     p.set_defaults(handler=_cmd_train)
+
+    p = sub.add_parser("demo", help="the main job: collect, fine-tune, evaluate, segment, report")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--config", type=Path, default=Path("config/train_tiny.yaml"))
+    p.add_argument("--checkpoint", type=Path, default=None, help="official SAM weights (e.g. sam_vit_b_01ec64.pth)")
+    p.add_argument("--data", type=Path, default=None, help="use this dataset instead of collecting one")
+    p.add_argument("--scenes", type=int, default=60)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--everything-frames", type=int, default=16)
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="training config overrides")
+    p.set_defaults(handler=_cmd_demo)
+
+    p = sub.add_parser("eval", help="the paper's evaluation: SAOM vs a baseline on a dataset split")
+    p.add_argument("--checkpoint", type=Path, required=True, help="the SAOM checkpoint to evaluate")
+    p.add_argument("--baseline", type=Path, required=True, help="vanilla SAM weights or another checkpoint")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", type=Path, required=True, help="report directory")
+    p.add_argument("--points-per-side", type=int, default=32)
+    p.add_argument("--max-frames", type=int, default=None)
+    p.add_argument("--everything-frames", type=int, default=None, help="frames for everything mode (default: all)")
+    p.add_argument("--overlays", type=int, default=4)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=_cmd_eval)
+
+    p = sub.add_parser("segment", help="everything-of-interest mode on image files: overlay PNG + JSON each")
+    _add_generator_args(p)
+    p.add_argument("images", type=Path, nargs="+")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(handler=_cmd_segment)
+
+    p = sub.add_parser("export", help="export encoder and decoder(+class head) to ONNX (for TensorRT on Jetson)")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--format", default="onnx")
+    p.add_argument("--out", type=Path, default=Path("export"))
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--model-config", default=None, help="config of a bare SAM state_dict if it cannot be guessed")
+    p.set_defaults(handler=_cmd_export)
 
     dataset = sub.add_parser("dataset", help="check, show or import datasets").add_subparsers(dest="action", required=True)
     p = dataset.add_parser("check", help="validate a dataset and print counts per split and class")

@@ -6,6 +6,7 @@ same fields and the same instance numbering.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -13,7 +14,7 @@ import numpy as np
 @dataclass
 class Instance:
     mask: np.ndarray  # (H, W) bool, input resolution
-    box_xyxy: tuple[float, float, float, float]  # pixels, inclusive-exclusive like torchvision
+    box_xyxy: tuple[float, float, float, float]  # pixels; x1, y1 exclusive (width = x1 - x0)
     class_id: int  # 1..C in the model's class list; 0 = background (only when kept on request)
     class_name: str
     class_score: float  # softmax probability of class_id; 1.0 for a model without a class head
@@ -41,3 +42,23 @@ class Segmentation:
         for k in range(len(self.instances), 0, -1):
             labels[self.instances[k - 1].mask] = k
         return labels
+
+
+class Segmenter(Protocol):
+    """What the ROS node and `saom bag` need from a loaded model (see saom_core.infer.segmenter)."""
+
+    class_names: list[str]  # index = class id; class_names[0] == "background"
+
+    def segment(self, image: np.ndarray) -> Segmentation:
+        """Everything-of-interest mode on an (H, W, 3) uint8 RGB frame."""
+        ...
+
+    def segment_prompts(
+        self, image: np.ndarray, boxes: np.ndarray | None = None, points: np.ndarray | None = None
+    ) -> Segmentation:
+        """Prompted mode: one instance per box (N, 4 xyxy px) and per point (M, 2 xy px), in that order."""
+        ...
+
+    def close(self) -> None:
+        """Free the model (and GPU memory); the object is unusable afterwards."""
+        ...

@@ -1,0 +1,142 @@
+"""`saom eval`: SAOM against a baseline (vanilla SAM or any checkpoint) on one dataset split."""
+from __future__ import annotations
+
+import datetime
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from saom_core.data.reader import SaomDataset
+from saom_core.eval.everything_eval import run_everything
+from saom_core.eval.point_eval import evaluate_points
+from saom_core.eval.report import write_report
+from saom_core.infer.generator import GeneratorConfig
+from saom_core.infer.segmenter import SaomSegmenter, resolve_device
+from saom_core.infer.types import Segmentation
+from saom_core.model.checkpoint import load_model
+from saom_core.model.saom import SaomModel
+from saom_core.viz import draw_instances, save_rgb_png
+
+# Vanilla SAM is run as released (SamAutomaticMaskGenerator defaults); SAOM with the paper's tuned values.
+STOCK_SAM_SETTINGS = GeneratorConfig(pred_iou_thresh=0.88, stability_score_thresh=0.95, box_nms_thresh=0.7, min_mask_region_area=0)
+
+
+@dataclass
+class EvalSettings:
+    split: str = "test"
+    points_per_side: int = 32
+    max_frames: int | None = None
+    everything_frames: int | None = None  # everything mode is the slow part; cap it separately
+    overlays: int = 4
+    device: str = "auto"
+
+
+def machine_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
+    import os
+
+    return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
+
+
+def generator_for(model: SaomModel, points_per_side: int) -> GeneratorConfig:
+    """Tuned SAOM settings for models with a class head; stock SAM settings for vanilla SAM."""
+    base = GeneratorConfig() if model.classifier is not None else STOCK_SAM_SETTINGS
+    return GeneratorConfig(**{**asdict(base), "points_per_side": points_per_side})
+
+
+def _describe(model: SaomModel) -> str:
+    head = f"class head on {model.classifier.head_input}, {len(model.class_names) - 1} classes" if model.classifier else "vanilla SAM, no class head"
+    return f"config {model.config.name}, {head}"
+
+
+def evaluate(
+    saom_checkpoint: str | Path,
+    baseline_checkpoint: str | Path,
+    dataset_root: str | Path,
+    out_dir: str | Path,
+    settings: EvalSettings,
+    progress: bool = True,
+) -> Path:
+    """Run both evaluations for both models and write the report; returns report.md."""
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    device = resolve_device(settings.device)
+    dataset = SaomDataset(dataset_root, split=settings.split)
+    saom = load_model(saom_checkpoint, device=device)
+    baseline = load_model(baseline_checkpoint, device=device)
+    points = evaluate_points(
+        {"baseline": baseline, "saom": saom}, dataset, settings.points_per_side, assign_with="saom",
+        max_frames=settings.max_frames, device=device, progress=progress,
+    )
+    overlay_frames: dict[int, dict[str, Any]] = {}
+
+    def keep_overlay(name: str):
+        def on_frame(index: int, image: np.ndarray, seg: Segmentation) -> None:
+            if index < settings.overlays:
+                overlay_frames.setdefault(index, {"image": image})[name] = seg
+
+        return on_frame
+
+    report: dict[str, Any] = {
+        "dataset": str(dataset_root),
+        "split": settings.split,
+        "saom_checkpoint": str(saom_checkpoint),
+        "baseline_checkpoint": str(baseline_checkpoint),
+        "saom_model": _describe(saom),
+        "baseline_model": _describe(baseline),
+        "machine": machine_description(device),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "settings": asdict(settings),
+    }
+    for name, model in (("baseline", baseline), ("saom", saom)):
+        config = generator_for(model, settings.points_per_side)
+        segmenter = SaomSegmenter(model, config)
+        everything = run_everything(
+            segmenter.segment, dataset, model.classifier is not None, max_frames=settings.everything_frames,
+            progress=progress, on_frame=keep_overlay(name),
+        )
+        report[name] = {
+            "points": points[name].to_dict(),
+            "everything": everything.to_dict(),
+            "generator": f"pred IoU {config.pred_iou_thresh}, stability {config.stability_score_thresh}, "
+            f"box NMS {config.box_nms_thresh}, min region {config.min_mask_region_area}, grid {config.points_per_side}",
+        }
+    report["frames"] = min(len(dataset), settings.max_frames or len(dataset))
+    report["objects"] = points["saom"].objects
+    overlay_files = _write_overlays(out_dir, dataset, overlay_frames)
+    report["seconds"] = time.perf_counter() - start
+    return write_report(out_dir, report, dataset.classes, overlay_files)
+
+
+def _write_overlays(out_dir: Path, dataset: SaomDataset, frames: dict[int, dict[str, Any]]) -> list[str]:
+    """One PNG per frame: ground truth | baseline everything mode | SAOM everything-of-interest mode."""
+    files = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for index, entry in sorted(frames.items()):
+        sample = dataset[index]
+        panels = [draw_instances(sample.image, sample.masks, sample.labels, sample.class_ids.tolist())]
+        for name in ("baseline", "saom"):
+            seg: Segmentation = entry[name]
+            masks = np.stack([i.mask for i in seg.instances]) if seg.instances else np.zeros((0, *sample.image.shape[:2]), bool)
+            texts = [i.class_name if name == "saom" else "" for i in seg.instances]
+            colors = [i.class_id if name == "saom" else k + 1 for k, i in enumerate(seg.instances)]
+            panels.append(draw_instances(sample.image, masks, texts, colors))
+        titled = [_title(p, t) for p, t in zip(panels, ("ground truth", "baseline", "SAOM"))]
+        name = f"overlay_{index:03d}.png"
+        save_rgb_png(out_dir / name, np.concatenate(titled, axis=1))
+        files.append(name)
+    return files
+
+
+def _title(panel: np.ndarray, text: str) -> np.ndarray:
+    import cv2
+
+    bar = np.full((28, panel.shape[1], 3), 255, dtype=np.uint8)
+    cv2.putText(bar, text, (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([bar, panel], axis=0)

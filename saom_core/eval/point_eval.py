@@ -1,0 +1,166 @@
+"""The paper's evaluation: one foreground point per ground-truth object, the model's most
+confident mask, IoU and Acc accumulated per class.
+
+Definitions (as the authors' evaluation computes them, per class over all its instances):
+    IoU = sum of intersections / sum of unions
+    Acc = sum of intersections / sum of ground-truth pixels
+    class accuracy = fraction of instances whose kept mask gets the right class (SAOM only)
+The point is the object's nearest-neighbour-assigned grid point (the prompt everything mode
+would use for it), computed once with the `assign_with` model's encoder and shared by every
+model compared, so baseline and SAOM answer the very same prompts. An object with no grid point
+inside it cannot be found in everything mode: it is scored as an empty mask. Classes without
+instances stay in the tables with occurrences 0 and are left out of the means.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from saom_core.data.classes import ClassList
+from saom_core.data.reader import SaomDataset
+from saom_core.model.grid import grid_points
+from saom_core.model.saom import SaomModel
+from saom_core.train.assignment import nearest_neighbour_assignment
+
+
+@dataclass
+class ClassStats:
+    occurrences: int = 0
+    intersection: float = 0.0
+    union: float = 0.0
+    gt_area: float = 0.0
+    correct: int = 0
+
+    @property
+    def iou(self) -> float | None:
+        return self.intersection / self.union if self.occurrences else None
+
+    @property
+    def acc(self) -> float | None:
+        return self.intersection / self.gt_area if self.occurrences else None
+
+    @property
+    def class_accuracy(self) -> float | None:
+        return self.correct / self.occurrences if self.occurrences else None
+
+    def add(self, intersection: float, union: float, gt_area: float, correct: bool) -> None:
+        self.occurrences += 1
+        self.intersection += intersection
+        self.union += union
+        self.gt_area += gt_area
+        self.correct += int(correct)
+
+
+@dataclass
+class PointEvalResult:
+    classes: ClassList
+    has_classifier: bool
+    per_class: dict[str, ClassStats] = field(default_factory=dict)
+    unreachable: int = 0
+    objects: int = 0
+
+    def _mean(self, attr: str) -> float | None:
+        values = [getattr(s, attr) for s in self.per_class.values() if s.occurrences]
+        return float(np.mean(values)) if values else None
+
+    @property
+    def miou(self) -> float | None:
+        return self._mean("iou")
+
+    @property
+    def macc(self) -> float | None:
+        return self._mean("acc")
+
+    @property
+    def mean_class_accuracy(self) -> float | None:
+        return self._mean("class_accuracy") if self.has_classifier else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mIoU": self.miou,
+            "mAcc": self.macc,
+            "mean_class_accuracy": self.mean_class_accuracy,
+            "objects": self.objects,
+            "unreachable_objects": self.unreachable,
+            "per_class": {
+                name: {
+                    "occurrences": s.occurrences,
+                    "IoU": s.iou,
+                    "Acc": s.acc,
+                    "class_accuracy": s.class_accuracy if self.has_classifier else None,
+                }
+                for name, s in self.per_class.items()
+            },
+        }
+
+
+@torch.no_grad()
+def evaluate_points(
+    models: Mapping[str, SaomModel],
+    dataset: SaomDataset,
+    points_per_side: int = 32,
+    assign_with: str | None = None,
+    max_frames: int | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> dict[str, PointEvalResult]:
+    """Evaluate several models on the same single-point prompts; returns one result per model."""
+    assign_name = assign_with or next(iter(models))
+    results = {
+        name: PointEvalResult(dataset.classes, m.classifier is not None, {c: ClassStats() for c in dataset.classes.names})
+        for name, m in models.items()
+    }
+    was_training = {name: m.training for name, m in models.items()}
+    for m in models.values():
+        m.eval()
+    n_frames = len(dataset) if max_frames is None else min(len(dataset), max_frames)
+    for index in tqdm(range(n_frames), desc="point eval", unit="frame", disable=not progress, leave=False):
+        sample = dataset[index]
+        if len(sample.masks) == 0:
+            continue
+        height, width = sample.image.shape[:2]
+        masks = torch.from_numpy(sample.masks).to(device)
+        image = torch.from_numpy(sample.image)[None].to(device)
+        embeddings = {name: m.encode(m.prepare_images(image)) for name, m in models.items()}
+        ref = models[assign_name]
+        assignment = nearest_neighbour_assignment(
+            embeddings[assign_name][0], masks, grid_points(points_per_side, height, width),
+            ref.input_size(height, width), ref.config.image_size,
+        )
+        gt_area = masks.flatten(1).sum(1).float()
+        for name, model in models.items():
+            points = torch.as_tensor(assignment.points, dtype=torch.float32, device=device)
+            out = model.decode(
+                embeddings[name],
+                model.points_to_input(points, height, width)[:, None, :],
+                torch.ones(len(points), 1, dtype=torch.int, device=device),
+            )
+            best = out.iou_pred.argmax(1)
+            rows = torch.arange(len(best), device=device)
+            pred = model.logits_to_frame(out.low_res_logits[rows, best][:, None], height, width)[:, 0] > 0
+            inter = (pred & masks).flatten(1).sum(1).float()
+            union = (pred | masks).flatten(1).sum(1).float()
+            predicted_class = (
+                out.class_logits[rows, best].argmax(1).cpu().numpy() if out.class_logits is not None else None
+            )
+            result = results[name]
+            names = model.class_names
+            for k, class_id in enumerate(sample.class_ids):
+                reachable = bool(assignment.reachable[k])
+                result.objects += 1
+                result.unreachable += int(not reachable)
+                result.per_class[dataset.classes.name_of(int(class_id))].add(
+                    intersection=float(inter[k]) if reachable else 0.0,
+                    union=float(union[k]) if reachable else float(gt_area[k]),
+                    gt_area=float(gt_area[k]),
+                    correct=reachable
+                    and predicted_class is not None
+                    and names[int(predicted_class[k])] == dataset.classes.name_of(int(class_id)),
+                )
+    for name, m in models.items():
+        m.train(was_training[name])
+    return results

@@ -1,0 +1,90 @@
+"""`saom segment`: image files in, overlay PNG + JSON (COCO RLE, class, scores) out, per image."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from saom_core.data import rle as rle_utils
+from saom_core.errors import ImageError, SaomError
+from saom_core.infer.segmenter import SaomSegmenter
+from saom_core.infer.types import Segmentation
+from saom_core.io import atomic_write_json
+from saom_core.viz import draw_instances, save_rgb_png
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Any format Pillow reads, EXIF orientation applied (phone photos), as (H, W, 3) uint8 RGB."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            image = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    except FileNotFoundError as exc:
+        raise ImageError(f"{path}: no such file") from exc
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ImageError(f"{path}: not a readable image ({exc})") from exc
+    if image.size == 0:
+        raise ImageError(f"{path}: empty image")
+    return image
+
+
+def segmentation_json(seg: Segmentation, source: str) -> dict:
+    return {
+        "image": source,
+        "height": seg.height,
+        "width": seg.width,
+        "instances": [
+            {
+                "id": k + 1,
+                "class_id": inst.class_id,
+                "class_name": inst.class_name,
+                "class_score": inst.class_score,
+                "predicted_iou": inst.predicted_iou,
+                "stability_score": inst.stability,
+                "bbox_xyxy": list(inst.box_xyxy),
+                "point": list(inst.point) if inst.point else None,
+                "area": int(inst.mask.sum()),
+                "segmentation": rle_utils.encode(inst.mask),
+            }
+            for k, inst in enumerate(seg.instances)
+        ],
+    }
+
+
+@dataclass
+class SegmentOutcome:
+    source: Path
+    overlay: Path | None = None
+    json: Path | None = None
+    instances: int = 0
+    error: str | None = None
+
+
+def segment_files(segmenter: SaomSegmenter, paths: Iterable[str | Path], out_dir: str | Path) -> list[SegmentOutcome]:
+    """Segment each image; a bad image is reported and skipped, the batch goes on."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outcomes = []
+    used: set[str] = set()
+    for path in map(Path, paths):
+        stem = path.stem
+        while stem in used:  # same name from two folders: keep both outputs
+            stem += "_"
+        used.add(stem)
+        try:
+            image = read_image(path)
+            seg = segmenter.segment(image)
+        except SaomError as exc:
+            outcomes.append(SegmentOutcome(path, error=str(exc)))
+            continue
+        masks = np.stack([i.mask for i in seg.instances]) if seg.instances else np.zeros((0, *image.shape[:2]), bool)
+        texts = [f"{i.class_name} {i.class_score:.2f}" for i in seg.instances]
+        overlay = draw_instances(image, masks, texts, [i.class_id for i in seg.instances])
+        overlay_path, json_path = out_dir / f"{stem}_overlay.png", out_dir / f"{stem}.json"
+        save_rgb_png(overlay_path, overlay)
+        atomic_write_json(json_path, segmentation_json(seg, str(path)))
+        outcomes.append(SegmentOutcome(path, overlay_path, json_path, len(seg.instances)))
+    return outcomes
