@@ -156,6 +156,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bag(args: argparse.Namespace) -> int:
+    from saom_ros.bag import run_bag
+
+    segmenter = _segmenter_from(args)
+    try:
+        summary = run_bag(segmenter, args.in_bag, args.out_bag, args.topic, progress=not args.quiet, storage=args.storage)
+    finally:
+        segmenter.close()
+    print(summary.line())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="saom", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -220,6 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--model-config", default=None, help="config of a bare SAM state_dict if it cannot be guessed")
     p.set_defaults(handler=_cmd_export)
+
+    p = sub.add_parser("bag", help="run SAOM on every image of a rosbag2 and write the node's outputs to a new bag")
+    _add_generator_args(p)
+    p.add_argument("in_bag", type=Path)
+    p.add_argument("out_bag", type=Path)
+    p.add_argument("--topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
+    p.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"], help="output bag storage")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=_cmd_bag)
 
     dataset = sub.add_parser("dataset", help="check, show or import datasets").add_subparsers(dest="action", required=True)
     p = dataset.add_parser("check", help="validate a dataset and print counts per split and class")

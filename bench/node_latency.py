@@ -1,0 +1,294 @@
+"""saom_node latency and throughput against the bare `segment()` call, on the same frames, in one run.
+
+    python bench/node_latency.py                       # fake model that takes --model-ms per frame
+    python bench/node_latency.py --checkpoint X.pt     # the real SAOM model (--device, --half)
+
+Phases (the node runs as its own process, `python -m saom_ros.node`, over the real rmw on loopback):
+  1. bare:     segmenter.segment(rgb) on each frame, back to back            -> frames/s, p50/p95
+  2. node:     publish a frame, wait for its Detection2DArray, next frame    -> frames/s, p50/p95 publish->received
+  3. overload: publish at --overload x the bare frame rate for --overload-s  -> latency first vs second half
+               (no growing queue: the second half is not slower), frames dropped (from /diagnostics)
+Checks (exit status 1 when one fails, unless --no-check): node p50 latency overhead <= --max-overhead
+(15%), node frames/s >= bare x (1 - max overhead), overload p95 of the second half <= first half x 1.5
++ one model period, and the node dropped frames rather than queueing them.
+
+Frames are 640x480 rgb8 sent reliable by default (--reliability): best-effort frames of that size
+between two processes are mostly lost in Fast DDS' UDP path on hosts with default socket buffers
+(ROS 2 "DDS tuning"), which would measure the host, not the node. With the fake model the node's
+own work (conversion, outputs) is ~1-2 ms a frame; the rest of the overhead is moving the image
+through rclpy and DDS. The check is relative, so it depends on the model time: SAM's everything
+mode with a 32x32 grid takes well over 100 ms per frame even on a GPU (--model-ms, default 100).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from saom_ros.testing import FakeSegmenter, isolate_ros_env  # noqa: E402
+
+
+def pct(values, q):
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) * 1e3 if len(values) else float("nan")
+
+
+def make_frames(n: int, width: int, height: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    return [np.roll(base, 7 * i, axis=1) for i in range(n)]
+
+
+def load_segmenter(args):
+    if not args.checkpoint:
+        return FakeSegmenter(delay=args.model_ms / 1e3)
+    from saom_core.infer.segmenter import load_segmenter as load
+
+    return load(args.checkpoint, device=args.device, half=args.half, points_per_side=args.points_per_side)
+
+
+def bench_bare(segmenter, frames, warmup: int) -> dict:
+    for f in frames[:warmup]:
+        segmenter.segment(f)
+    times = []
+    t0 = time.perf_counter()
+    for f in frames:
+        s = time.perf_counter()
+        segmenter.segment(f)
+        times.append(time.perf_counter() - s)
+    total = time.perf_counter() - t0
+    return {"fps": len(frames) / total, "p50_ms": pct(times, 50), "p95_ms": pct(times, 95)}
+
+
+class Client:
+    """Publishes frames and records when each frame's Detection2DArray arrives (matched by stamp)."""
+
+    def __init__(self, domain: int, image_topic: str, node_name: str, reliable: bool) -> None:
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+        from vision_msgs.msg import Detection2DArray
+
+        self.Image = Image
+        self.ctx = rclpy.Context()
+        rclpy.init(context=self.ctx, domain_id=domain)
+        self.node = rclpy.create_node("saom_bench", context=self.ctx)
+        camera = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                            reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT)
+        self.pub = self.node.create_publisher(Image, image_topic, camera)
+        self.received: dict[tuple[int, int], float] = {}
+        self.cond = threading.Condition()
+        self.node.create_subscription(Detection2DArray, f"/{node_name}/detections", self._on_det, 100)
+        self.diag: dict[str, str] = {}
+        self.node_name = node_name
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
+        self.executor = SingleThreadedExecutor(context=self.ctx)
+        self.executor.add_node(self.node)
+        self._stop = False
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self):
+        while not self._stop and self.ctx.ok():
+            self.executor.spin_once(timeout_sec=0.02)
+
+    def _on_det(self, msg):
+        now = time.perf_counter()
+        with self.cond:
+            self.received[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = now
+            self.cond.notify_all()
+
+    def _on_diag(self, msg):
+        for st in msg.status:
+            if st.name.startswith(self.node_name):
+                self.diag = {kv.key: kv.value for kv in st.values}
+
+    def image(self, rgb: np.ndarray, i: int):
+        msg = self.Image()
+        msg.header.stamp.sec, msg.header.stamp.nanosec = 1 + i // 1000, (i % 1000) * 1000
+        msg.header.frame_id = "bench_cam"
+        msg.height, msg.width = rgb.shape[:2]
+        msg.encoding, msg.step = "rgb8", rgb.shape[1] * 3
+        msg.data = rgb.tobytes()
+        return msg
+
+    def send_and_wait(self, msg, timeout: float) -> float | None:
+        key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        t = time.perf_counter()
+        self.pub.publish(msg)
+        with self.cond:
+            if self.cond.wait_for(lambda: key in self.received, timeout):
+                return self.received[key] - t
+        return None
+
+    def close(self):
+        self._stop = True
+        self.thread.join(2)
+        self.executor.shutdown()
+        self.node.destroy_node()
+        import rclpy
+
+        rclpy.try_shutdown(context=self.ctx)
+
+
+def start_node(args, node_name: str, image_topic: str, tmp: Path) -> subprocess.Popen:
+    env = dict(os.environ)
+    ros_args = ["-r", f"__node:={node_name}", "-p", f"image_topic:={image_topic}", "-p", "log_period:=0.0",
+                "-p", f"image_reliability:={args.reliability}",
+                "-p", "diagnostics_period:=0.5", "-p", "prompts_enabled:=false"]
+    if args.checkpoint:
+        ros_args += ["-p", f"checkpoint:={args.checkpoint}", "-p", f"device:={args.device}",
+                     "-p", f"half:={str(args.half).lower()}", "-p", f"points_per_side:={args.points_per_side}"]
+    else:
+        ckpt = tmp / "fake.pt"
+        ckpt.write_bytes(b"fake")
+        ros_args += ["-p", f"checkpoint:={ckpt}"]
+        env["SAOM_SEGMENTER_FACTORY"] = "saom_ros.testing:fake_factory"
+        env["SAOM_FAKE_DELAY"] = str(args.model_ms / 1e3)
+    return subprocess.Popen([sys.executable, "-m", "saom_ros.node", "--ros-args", *ros_args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", default="", help="real SAOM checkpoint (default: fake model)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--half", action="store_true")
+    ap.add_argument("--points-per-side", type=int, default=32)
+    ap.add_argument("--model-ms", type=float, default=100.0,
+                    help="fake model time per frame (ms; SAM everything mode with a 32x32 grid takes longer even on a GPU)")
+    ap.add_argument("--width", type=int, default=640)
+    ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--frames", type=int, default=60)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--overload", type=float, default=2.0, help="overload publish rate, x the bare frame rate")
+    ap.add_argument("--overload-s", type=float, default=6.0)
+    ap.add_argument("--max-overhead", type=float, default=0.15)
+    ap.add_argument("--reliability", choices=("reliable", "best_effort"), default="reliable",
+                    help="camera and node image QoS (best_effort: large frames between processes may be lost "
+                         "in the DDS transport, which shows up as lost frames)")
+    ap.add_argument("--dds-transport", choices=("large_data", "default"), default="default",
+                    help="large_data sets FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA (shared memory + TCP, Fast DDS' "
+                         "setting for camera-sized messages) for both processes unless it is set already; "
+                         "default leaves Fast DDS as it is (UDP fragments: ~10 ms more per 640x480 frame here)")
+    ap.add_argument("--no-check", action="store_true")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args(argv)
+
+    domain = isolate_ros_env()
+    if args.dds_transport == "large_data":
+        os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    transport = os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", "Fast DDS default")
+    frames = make_frames(args.frames + args.warmup, args.width, args.height)
+    segmenter = load_segmenter(args)
+    bare = bench_bare(segmenter, frames[args.warmup:], args.warmup)
+    segmenter.close()
+    model_s = bare["p50_ms"] / 1e3
+    print(f"bare segment(): {bare['fps']:.2f} frames/s, p50 {bare['p50_ms']:.1f} ms, p95 {bare['p95_ms']:.1f} ms "
+          f"({args.width}x{args.height}, {'fake ' + str(args.model_ms) + ' ms' if not args.checkpoint else args.checkpoint})")
+
+    node_name, image_topic = f"saom_bench_node_{os.getpid()}", f"/saom_bench_{os.getpid()}/image"
+    tmp = tempfile.TemporaryDirectory(prefix="saom_bench_")
+    proc = start_node(args, node_name, image_topic, Path(tmp.name))
+    client = Client(domain, image_topic, node_name, args.reliability == "reliable")
+    results = {"bare": bare, "width": args.width, "height": args.height, "dds_transport": transport,
+               "image_reliability": args.reliability, "model": args.checkpoint or f"fake {args.model_ms} ms"}
+    try:
+        # wait for the node (model load, discovery): re-send the first frame until it is answered
+        first, deadline, i = None, time.monotonic() + 120, 0
+        while first is None and time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"saom_node exited: {proc.communicate()[0]}")
+            first = client.send_and_wait(client.image(frames[0], i), 1.0)
+            i += 1
+        if first is None:
+            raise SystemExit("no answer from saom_node within 120 s")
+        for f in frames[1:args.warmup]:
+            i += 1
+            client.send_and_wait(client.image(f, i), 10 * model_s + 1)
+
+        # 2. closed loop: one frame in flight
+        latencies, t0 = [], time.perf_counter()
+        for f in frames[args.warmup:]:
+            i += 1
+            lat = client.send_and_wait(client.image(f, i), 10 * model_s + 1)
+            if lat is not None:
+                latencies.append(lat)
+        total = time.perf_counter() - t0
+        node = {"fps": len(latencies) / total, "p50_ms": pct(latencies, 50), "p95_ms": pct(latencies, 95),
+                "lost": args.frames - len(latencies)}
+        node["overhead_p50"] = node["p50_ms"] / bare["p50_ms"] - 1
+        node["overhead_fps"] = 1 - node["fps"] / bare["fps"]
+        time.sleep(1.2)  # one /diagnostics period: the node's own view of the same frames
+        node["node_internal_p50_ms"] = float(client.diag.get("latency p50 ms", "nan"))
+        node["node_model_p50_ms"] = float(client.diag.get("inference p50 ms", "nan"))
+        results["node"] = node
+        print(f"node (one in flight; {args.reliability}, transport {transport}): {node['fps']:.2f} frames/s, p50 {node['p50_ms']:.1f} ms, "
+              f"p95 {node['p95_ms']:.1f} ms, {node['lost']} lost; overhead p50 {100 * node['overhead_p50']:+.1f}%, "
+              f"frames/s {100 * node['overhead_fps']:+.1f}%; inside the node: callback->published p50 "
+              f"{node['node_internal_p50_ms']:.1f} ms, model {node['node_model_p50_ms']:.1f} ms")
+
+        # 3. overload: a camera faster than the model
+        rate = args.overload * bare["fps"]
+        n = max(10, int(rate * args.overload_s))
+        sent: dict[tuple[int, int], float] = {}
+        start = time.perf_counter()
+        for k in range(n):
+            time.sleep(max(0.0, start + k / rate - time.perf_counter()))
+            i += 1
+            msg = client.image(frames[args.warmup + k % args.frames], i)
+            sent[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = time.perf_counter()
+            client.pub.publish(msg)
+        time.sleep(3 * model_s + 1.0)  # let the last frame through, and /diagnostics report it
+        done = sorted((sent[k], client.received[k] - sent[k]) for k in sent if k in client.received)
+        half = len(done) // 2
+        first_half, second_half = [d for _, d in done[:half]], [d for _, d in done[half:]]
+        over = {"publish_hz": rate, "published": n, "answered": len(done),
+                "p95_first_half_ms": pct(first_half, 95), "p95_second_half_ms": pct(second_half, 95),
+                "p50_ms": pct([d for _, d in done], 50),
+                "node_dropped": int(client.diag.get("frames dropped", "-1")),
+                "node_received": int(client.diag.get("frames received", "-1"))}
+        results["overload"] = over
+        print(f"overload at {rate:.1f} Hz ({n} frames): {len(done)} answered, p50 {over['p50_ms']:.1f} ms, "
+              f"p95 first half {over['p95_first_half_ms']:.1f} ms, second half {over['p95_second_half_ms']:.1f} ms; "
+              f"node dropped {over['node_dropped']} of {over['node_received']} received")
+    finally:
+        client.close()
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        tmp.cleanup()
+
+    checks = {
+        f"node p50 overhead <= {args.max_overhead:.0%}": results["node"]["overhead_p50"] <= args.max_overhead,
+        f"node frames/s within {args.max_overhead:.0%} of bare": results["node"]["overhead_fps"] <= args.max_overhead,
+        "no growing queue (overload p95, 2nd half <= 1st half x 1.5 + 1 model period)":
+            over["p95_second_half_ms"] <= 1.5 * over["p95_first_half_ms"] + bare["p50_ms"],
+        "frames dropped, not queued, under overload": over["node_dropped"] > 0 and over["answered"] < n,
+    }
+    results["checks"] = checks
+    for name, ok in checks.items():
+        print(f"  [{'PASS' if ok else 'FAIL'}] {name}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0 if args.no_check or all(checks.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

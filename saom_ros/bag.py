@@ -1,0 +1,200 @@
+"""`saom bag`: run SAOM on every image of a rosbag2 and write the node's outputs into a new bag.
+
+Pure Python (rosbags): no ROS installation needed. Reads MCAP or sqlite3 bags (a bag directory or
+a single .mcap/.db3 file), writes a new bag directory (MCAP by default) holding, for every input
+frame and at its bag timestamp, the same messages `saom_node` publishes: `<prefix>/detections`
+(vision_msgs/Detection2DArray), `<prefix>/instance_mask` (mono16), optionally `<prefix>/overlay`
+(rgb8), and `<prefix>/label_info` once (transient local, so rviz/Foxglove and `ros2 bag play` get
+the class map). Every output carries its input frame's header. A frame that cannot be read or
+segmented is counted and skipped; the run goes on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from saom_core.errors import ImageError, SaomError
+from saom_core.infer.types import Segmenter
+
+from .conversions import UnsupportedEncoding, make_image, make_label_info, make_outputs, message_to_rgb, overlay_image
+from .msgtypes import rosbags_types, typestore
+
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+DEFAULT_PREFIX = "/saom_node"
+
+
+@dataclass
+class BagSummary:
+    frames: int = 0  # image messages read on the topic
+    segmented: int = 0  # frames with outputs written
+    skipped: int = 0  # unsupported encodings
+    failed: int = 0  # unreadable frames or model errors
+    errors: list[str] = field(default_factory=list)  # the first few failures
+    topics: dict[str, int] = field(default_factory=dict)  # output topic -> messages written
+
+    def line(self) -> str:
+        return (f"{self.segmented}/{self.frames} frames segmented, {self.skipped} skipped, {self.failed} failed; "
+                + ", ".join(f"{t}: {n}" for t, n in self.topics.items()))
+
+
+def _qos(transient_local: bool = False):
+    from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
+
+    zero = QosTime(0, 0)
+    return [Qos(history=QosHistory.KEEP_LAST, depth=1 if transient_local else 10,
+                reliability=QosReliability.RELIABLE,
+                durability=QosDurability.TRANSIENT_LOCAL if transient_local else QosDurability.VOLATILE,
+                deadline=zero, lifespan=zero, liveliness=QosLiveliness.AUTOMATIC,
+                liveliness_lease_duration=zero, avoid_ros_namespace_conventions=False)]
+
+
+def _storage_of(path: Path) -> str:
+    if path.is_file():
+        return "mcap" if path.suffix == ".mcap" else "sqlite3"
+    return "mcap" if any(path.glob("*.mcap")) else "sqlite3"
+
+
+def run_bag(
+    segmenter: Segmenter,
+    in_bag: str | Path,
+    out_bag: str | Path,
+    topic: str,
+    progress: bool = True,
+    *,
+    output_prefix: str = DEFAULT_PREFIX,
+    overlay: bool = True,
+    copy_input: bool = False,
+    score_threshold: float = 0.0,
+    storage: str | None = "mcap",
+) -> BagSummary:
+    """Segment every image on `topic` of `in_bag` and write the outputs to the new bag `out_bag`.
+
+    `storage` is "mcap", "sqlite3" or None (the input's format). `copy_input` also writes the
+    input images (same topic name) so the output bag is viewable on its own. Raises SaomError for
+    a missing/unreadable input bag, an output that exists already, or a topic that is not an image
+    topic of the bag.
+    """
+    from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+    from rosbags.rosbag2.errors import ReaderError, WriterError
+
+    in_bag, out_bag = Path(in_bag), Path(out_bag)
+    if not in_bag.exists():
+        raise SaomError(f"{in_bag}: no such bag")
+    if out_bag.exists():
+        raise SaomError(f"{out_bag} exists already; choose a new output path")
+    storage = storage or _storage_of(in_bag)
+    if storage not in ("mcap", "sqlite3"):
+        raise SaomError(f"storage {storage!r}: use mcap or sqlite3")
+    store = typestore()
+    T = rosbags_types(store)
+    prefix = "/" + output_prefix.strip("/") if output_prefix.strip("/") else ""
+    class_names = list(segmenter.class_names)
+    summary = BagSummary()
+
+    try:
+        reader = Reader(in_bag)
+        reader.open()
+    except (ReaderError, OSError, ValueError) as exc:
+        raise SaomError(f"{in_bag}: cannot open the bag: {exc}") from exc
+    try:
+        conns = [c for c in reader.connections if c.topic == topic]
+        if not conns:
+            images = sorted({c.topic for c in reader.connections if c.msgtype in IMAGE_TYPES})
+            raise SaomError(f"{in_bag}: no topic {topic}; image topics in the bag: {', '.join(images) or 'none'}")
+        bad = [c.msgtype for c in conns if c.msgtype not in IMAGE_TYPES]
+        if bad:
+            raise SaomError(f"{in_bag}: topic {topic} is {bad[0]}, not sensor_msgs/Image or CompressedImage")
+        total = sum(c.msgcount for c in conns)
+
+        plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+        try:
+            writer = Writer(out_bag, version=8, storage_plugin=plugin)
+            writer.open()
+        except (WriterError, OSError) as exc:
+            raise SaomError(f"{out_bag}: cannot create the bag: {exc}") from exc
+        try:
+            def add(name: str, msgtype: str, transient_local: bool = False):
+                full = f"{prefix}/{name}"
+                summary.topics[full] = 0
+                return full, writer.add_connection(full, msgtype, typestore=store,
+                                                   offered_qos_profiles=_qos(transient_local))
+
+            out = {
+                "detections": add("detections", "vision_msgs/msg/Detection2DArray"),
+                "instance_mask": add("instance_mask", "sensor_msgs/msg/Image"),
+                "label_info": add("label_info", "vision_msgs/msg/LabelInfo", transient_local=True),
+            }
+            if overlay:
+                out["overlay"] = add("overlay", "sensor_msgs/msg/Image")
+            copies = {}
+            if copy_input:
+                for c in conns:
+                    summary.topics[c.topic] = 0
+                    copies[c.id] = writer.add_connection(
+                        c.topic, c.msgtype, typestore=store, offered_qos_profiles=_qos())
+
+            def write(key: str, timestamp: int, msg: Any, msgtype: str) -> None:
+                name, conn = out[key]
+                writer.write(conn, timestamp, store.serialize_cdr(msg, msgtype))
+                summary.topics[name] += 1
+
+            from tqdm import tqdm
+
+            label_info_written = False
+            with tqdm(total=total, unit="frame", desc="saom bag", disable=not progress) as bar:
+                for conn, timestamp, raw in reader.messages(connections=conns):
+                    bar.update(1)
+                    summary.frames += 1
+                    if copy_input:
+                        writer.write(copies[conn.id], timestamp, raw)
+                        summary.topics[conn.topic] += 1
+                    try:
+                        msg = store.deserialize_cdr(raw, conn.msgtype)
+                    except Exception as exc:  # noqa: BLE001 - a corrupt message is a bad frame
+                        _fail(summary, timestamp, f"cannot deserialize: {exc}")
+                        continue
+                    if not label_info_written:
+                        header = T.Header(stamp=T.Time(sec=msg.header.stamp.sec, nanosec=msg.header.stamp.nanosec),
+                                          frame_id="")
+                        write("label_info", timestamp, make_label_info(T, header, class_names, score_threshold),
+                              "vision_msgs/msg/LabelInfo")
+                        label_info_written = True
+                    try:
+                        rgb = message_to_rgb(msg)
+                    except UnsupportedEncoding as exc:
+                        summary.skipped += 1
+                        if len(summary.errors) < 5:
+                            summary.errors.append(f"t={timestamp}: {exc}")
+                        continue
+                    except ImageError as exc:
+                        _fail(summary, timestamp, str(exc))
+                        continue
+                    try:
+                        seg = segmenter.segment(rgb)
+                        if (seg.height, seg.width) != rgb.shape[:2]:
+                            raise ValueError(f"segmentation {seg.width}x{seg.height} for a "
+                                             f"{rgb.shape[1]}x{rgb.shape[0]} frame")
+                        outputs = make_outputs(T, msg.header, seg, score_threshold)
+                    except Exception as exc:  # noqa: BLE001 - keep going after a bad frame
+                        _fail(summary, timestamp, f"{type(exc).__name__}: {exc}")
+                        continue
+                    write("detections", timestamp, outputs.detections, "vision_msgs/msg/Detection2DArray")
+                    write("instance_mask", timestamp, outputs.instance_mask, "sensor_msgs/msg/Image")
+                    if overlay:
+                        image = make_image(T, outputs.detections.header, overlay_image(rgb, outputs.segmentation), "rgb8")
+                        write("overlay", timestamp, image, "sensor_msgs/msg/Image")
+                    summary.segmented += 1
+        except BaseException:
+            writer.close()
+            raise
+        writer.close()
+    finally:
+        reader.close()
+    return summary
+
+
+def _fail(summary: BagSummary, timestamp: int, message: str) -> None:
+    summary.failed += 1
+    if len(summary.errors) < 5:
+        summary.errors.append(f"t={timestamp}: {message}")

@@ -1,0 +1,103 @@
+"""Where the node gets its Segmenter from: a factory, resolved when the node activates.
+
+Order: the `segmenter_factory` argument of `SaomNode`, then the module-level hook
+`saom_ros.model.SEGMENTER_FACTORY`, then the environment variable `SAOM_SEGMENTER_FACTORY`
+("package.module:callable", for a node started as its own process, e.g. by a launch test), then
+the real loader `saom_core.infer.segmenter.load_segmenter`, imported only then (so importing the
+node needs no torch). A factory takes the validated `NodeParams` and returns a `Segmenter`.
+"""
+from __future__ import annotations
+
+import gc
+import importlib
+import inspect
+import os
+import sys
+from typing import Callable
+
+from saom_core.errors import ConfigError, SaomError
+from saom_core.infer.types import Segmenter
+
+from .params import DEFAULTS, NodeParams
+
+SegmenterFactory = Callable[[NodeParams], Segmenter]
+
+SEGMENTER_FACTORY: SegmenterFactory | None = None
+ENV_FACTORY = "SAOM_SEGMENTER_FACTORY"
+
+
+def import_factory(spec: str) -> SegmenterFactory:
+    """"package.module:callable" -> the callable."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"{ENV_FACTORY}={spec!r}: expected 'package.module:callable'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"{ENV_FACTORY}={spec!r}: cannot import {module_name}: {exc}") from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ConfigError(f"{ENV_FACTORY}={spec!r}: {module_name} has no callable {attr}")
+    return factory
+
+
+def resolve_factory(explicit: SegmenterFactory | None = None) -> SegmenterFactory:
+    if explicit is not None:
+        return explicit
+    if SEGMENTER_FACTORY is not None:
+        return SEGMENTER_FACTORY
+    spec = os.environ.get(ENV_FACTORY, "").strip()
+    if spec:
+        return import_factory(spec)
+    return load_from_params
+
+
+def load_from_params(params: NodeParams) -> Segmenter:
+    """The real model: saom_core.infer.segmenter.load_segmenter with the node's parameters."""
+    try:
+        from saom_core.infer.segmenter import load_segmenter
+    except ImportError as exc:
+        raise SaomError(f"cannot import the SAOM segmenter (saom_core.infer.segmenter): {exc}") from exc
+    kwargs = params.segmenter_kwargs()
+    accepted = inspect.signature(load_segmenter).parameters
+    for name in [k for k in kwargs if k not in accepted]:
+        default = DEFAULTS.get(name, "")
+        if kwargs[name] not in (default, None) and name != "checkpoint":
+            raise ConfigError(f"parameter {name}: not supported by this saom_core's load_segmenter; leave it at {default!r}")
+        del kwargs[name]
+    return load_segmenter(**kwargs)
+
+
+def check_device(device: str) -> None:
+    """A cuda device must exist (checked at configure, so a CPU-only machine fails early and clearly)."""
+    if not device.startswith("cuda"):  # cpu, or auto (cuda when available)
+        return
+    try:
+        import torch
+    except ImportError as exc:
+        raise ConfigError(f"parameter device: {device} needs PyTorch, which is not importable ({exc})") from exc
+    if not torch.cuda.is_available():
+        raise ConfigError(f"parameter device: {device} requested but CUDA is not available on this machine (use device cpu)")
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"parameter device: {device} does not exist ({torch.cuda.device_count()} CUDA device(s))")
+
+
+def validate_segmenter(segmenter: Segmenter) -> list[str]:
+    """The class list a Segmenter must carry (index 0 = background); returns it."""
+    names = list(getattr(segmenter, "class_names", None) or [])
+    if not names or not all(isinstance(n, str) for n in names):
+        raise SaomError("the segmenter has no class_names list")
+    return names
+
+
+def release(segmenter: Segmenter | None, device: str) -> None:
+    """Close the model and give its GPU memory back to the driver."""
+    if segmenter is not None:
+        segmenter.close()
+    gc.collect()
+    if device.startswith("cuda") and "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()

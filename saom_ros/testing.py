@@ -1,0 +1,126 @@
+"""Fake Segmenters for tests, the benchmark and launch tests (deterministic, no model, no torch).
+
+`FakeSegmenter` returns a fixed, frame-size-relative set of rectangular instances; `delay` makes it
+a slow model (sleeps per call) and `work` a busy one (burns CPU per call, for the benchmark). A
+frame whose top-left pixel is (13, 13, 13) makes `segment` raise, to test that a bad frame does
+not stop the node. Started as its own process, the node takes one via
+`SAOM_SEGMENTER_FACTORY=saom_ros.testing:fake_factory` (delay from `SAOM_FAKE_DELAY` seconds).
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+
+from saom_core.infer.types import Instance, Segmentation
+
+FAIL_PIXEL = (13, 13, 13)
+CLASS_NAMES = ["background", "mug", "bottle", "box"]
+
+
+def _box_mask(h: int, w: int, box: tuple[int, int, int, int]) -> np.ndarray:
+    x0, y0, x1, y1 = box
+    mask = np.zeros((h, w), dtype=bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+class FakeSegmenter:
+    """Deterministic stand-in for the SAOM Segmenter protocol."""
+
+    def __init__(self, delay: float = 0.0, n_instances: int = 3, work: float = 0.0) -> None:
+        self.class_names = list(CLASS_NAMES)
+        self.delay = delay
+        self.work = work
+        self.n_instances = n_instances
+        self.closed = False
+        self.calls = 0
+        self.prompt_calls = 0
+        self.max_concurrent = 0
+        self._active = 0
+        self._lock = threading.Lock()
+
+    def _enter(self, image: np.ndarray) -> None:
+        if self.closed:
+            raise RuntimeError("FakeSegmenter used after close()")
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+        with self._lock:
+            self._active += 1
+            self.max_concurrent = max(self.max_concurrent, self._active)
+        if self.delay:
+            time.sleep(self.delay)
+        if self.work:
+            end = time.perf_counter() + self.work
+            while time.perf_counter() < end:
+                pass
+
+    def _exit(self) -> None:
+        with self._lock:
+            self._active -= 1
+
+    def segment(self, image: np.ndarray) -> Segmentation:
+        self._enter(image)
+        try:
+            self.calls += 1
+            if tuple(int(v) for v in image[0, 0]) == FAIL_PIXEL:
+                raise RuntimeError("fake model failure on a marked frame")
+            h, w = image.shape[:2]
+            instances = []
+            for k in range(1, self.n_instances + 1):
+                box = (w * (k - 1) // 8, h * (k - 1) // 8, w * (k + 3) // 8, h * (k + 3) // 8)
+                cid = (k - 1) % (len(self.class_names) - 1) + 1
+                instances.append(Instance(
+                    mask=_box_mask(h, w, box), box_xyxy=tuple(float(v) for v in box), class_id=cid,
+                    class_name=self.class_names[cid], class_score=0.9, predicted_iou=0.95 - 0.1 * (k - 1),
+                    stability=0.9))
+            return Segmentation(height=h, width=w, instances=instances)
+        finally:
+            self._exit()
+
+    def segment_prompts(self, image: np.ndarray, boxes: np.ndarray | None = None,
+                        points: np.ndarray | None = None) -> Segmentation:
+        self._enter(image)
+        try:
+            self.prompt_calls += 1
+            h, w = image.shape[:2]
+            instances = []
+            for box in (np.zeros((0, 4)) if boxes is None else np.asarray(boxes)):
+                x0, y0, x1, y1 = (int(round(v)) for v in box)
+                instances.append(Instance(
+                    mask=_box_mask(h, w, (x0, y0, x1, y1)), box_xyxy=(float(x0), float(y0), float(x1), float(y1)),
+                    class_id=1, class_name=self.class_names[1], class_score=0.8, predicted_iou=0.9, stability=0.9))
+            for point in (np.zeros((0, 2)) if points is None else np.asarray(points)):
+                x, y = int(round(point[0])), int(round(point[1]))
+                box = (max(x - 4, 0), max(y - 4, 0), min(x + 5, w), min(y + 5, h))
+                instances.append(Instance(
+                    mask=_box_mask(h, w, box), box_xyxy=tuple(float(v) for v in box), class_id=2,
+                    class_name=self.class_names[2], class_score=0.7, predicted_iou=0.85, stability=0.9,
+                    point=(float(point[0]), float(point[1]))))
+            return Segmentation(height=h, width=w, instances=instances)
+        finally:
+            self._exit()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def fake_factory(params=None) -> FakeSegmenter:
+    """Factory for `SAOM_SEGMENTER_FACTORY=saom_ros.testing:fake_factory`."""
+    return FakeSegmenter(delay=float(os.environ.get("SAOM_FAKE_DELAY", "0") or 0))
+
+
+def isolate_ros_env() -> int:
+    """Loopback-only discovery and a domain id of this test session, set before rclpy.init.
+
+    The id comes from SAOM_TEST_DOMAIN_ID or the process id (1..100), so concurrent test runs on
+    one machine do not see each other. Returns the domain id.
+    """
+    domain = int(os.environ.get("SAOM_TEST_DOMAIN_ID") or (os.getpid() % 100) + 1)
+    os.environ["ROS_DOMAIN_ID"] = str(domain)
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    os.environ.pop("ROS_STATIC_PEERS", None)
+    os.environ.pop("ROS_LOCALHOST_ONLY", None)
+    return domain

@@ -1,0 +1,655 @@
+"""saom_node with real rclpy (ROS 2 Kilted wheels, Fast DDS on loopback): topics, lifecycle, QoS, load.
+
+The node runs in this process with a fake Segmenter (saom_ros.testing) and talks to a tester node
+through the real rmw; one test starts `python -m saom_ros.node` as its own process. Needs
+`make ros` (rclpy + vision_msgs in .venv); never skipped.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from saom_ros.testing import FakeSegmenter, isolate_ros_env
+
+DOMAIN_ID = isolate_ros_env()  # before rclpy.init
+
+import cv2  # noqa: E402
+import rclpy  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
+from vision_msgs.msg import Detection2D, Detection2DArray, LabelInfo  # noqa: E402
+
+from saom_ros.node import SaomNode  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+# rosidl_parser imports lark (deprecated sre_parse); rclpy's default incompatible-QoS handler of the
+# tester's publisher uses the deprecated logger.warn: both upstream and harmless
+pytestmark = [pytest.mark.filterwarnings("ignore:module 'sre_:DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore:Deprecated in favor of:DeprecationWarning")]
+RELIABLE = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.RELIABLE)
+LATCHED = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
+CAMERA = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+
+
+def wait_until(predicate, timeout: float = 10.0, step: float = 0.01) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+class Collector:
+    def __init__(self, node: Node, msg_type, topic: str, qos=RELIABLE, keep=None) -> None:
+        self.keep = keep or (lambda m: m)  # what to store of each message
+        self.msgs: list = []
+        self.times: list[float] = []
+        self._lock = threading.Lock()
+        self.sub = node.create_subscription(msg_type, topic, self._cb, qos)
+
+    def _cb(self, msg) -> None:
+        with self._lock:
+            self.msgs.append(self.keep(msg))
+            self.times.append(time.monotonic())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self.msgs)
+
+    def wait(self, n: int = 1, timeout: float = 10.0) -> bool:
+        return wait_until(lambda: len(self) >= n, timeout)
+
+
+class Harness:
+    """One rclpy context for the module: a tester node and an executor spinning in a thread."""
+
+    def __init__(self) -> None:
+        self.ctx = rclpy.Context()
+        rclpy.init(context=self.ctx, domain_id=DOMAIN_ID)
+        self.executor = SingleThreadedExecutor(context=self.ctx)
+        self.tester = Node("saom_tester", context=self.ctx)
+        self.executor.add_node(self.tester)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        while not self._stop.is_set() and self.ctx.ok():
+            self.executor.spin_once(timeout_sec=0.02)
+
+    def node(self, name: str, ckpt_path: Path, factory=None, **params) -> SaomNode:
+        values = {"checkpoint": str(ckpt_path), "autostart": False, "image_topic": f"/{name}/image",
+                  "diagnostics_period": 0.2, **params}
+        node = SaomNode(name, context=self.ctx, segmenter_factory=factory,
+                        parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
+        self.executor.add_node(node)
+        return node
+
+    def drop(self, node: SaomNode) -> None:
+        self.executor.remove_node(node)
+        node.close()
+        node.destroy_node()
+
+    def call(self, srv_type, name: str, request, timeout: float = 15.0):
+        client = self.tester.create_client(srv_type, name)
+        try:
+            assert client.wait_for_service(timeout_sec=10.0), f"service {name} not available"
+            done = threading.Event()
+            future = client.call_async(request)
+            future.add_done_callback(lambda _f: done.set())
+            assert done.wait(timeout), f"no answer from {name} within {timeout} s"
+            return future.result()
+        finally:
+            self.tester.destroy_client(client)
+
+    def transition(self, node_name: str, label: str) -> bool:
+        req = ChangeState.Request()
+        req.transition.label = label
+        return self.call(ChangeState, f"/{node_name}/change_state", req).success
+
+    def state(self, node_name: str) -> str:
+        return self.call(GetState, f"/{node_name}/get_state", GetState.Request()).current_state.label
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5.0)
+        self.executor.shutdown()
+        self.tester.destroy_node()
+        rclpy.try_shutdown(context=self.ctx)
+
+
+@pytest.fixture(scope="module")
+def ros():
+    h = Harness()
+    yield h
+    h.close()
+
+
+@pytest.fixture
+def ckpt(tmp_path) -> Path:
+    path = tmp_path / "fake.pt"
+    path.write_bytes(b"not read by the fake segmenter")
+    return path
+
+
+class Factory:
+    def __init__(self, **kwargs) -> None:
+        self.kwargs = kwargs
+        self.made: list[FakeSegmenter] = []
+        self.params = None
+
+    def __call__(self, params) -> FakeSegmenter:
+        self.params = params
+        seg = FakeSegmenter(**self.kwargs)
+        self.made.append(seg)
+        return seg
+
+
+def image_msg(i: int, w: int = 64, h: int = 48, encoding: str = "rgb8", pad: int = 0, value: int | None = None) -> Image:
+    channels = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "16UC1": 2, "yuv422": 2}[encoding]
+    rng = np.random.default_rng(i)
+    step = w * channels + pad
+    data = rng.integers(0, 256, size=(h, step), dtype=np.uint8)
+    if value is not None:
+        data[:] = value
+    msg = Image()
+    msg.header.stamp.sec = 1000 + i
+    msg.header.stamp.nanosec = 7 * i
+    msg.header.frame_id = f"cam_{i}"
+    msg.height, msg.width, msg.encoding, msg.step = h, w, encoding, step
+    msg.data = data.tobytes()
+    return msg
+
+
+def key(header) -> tuple[int, int, str]:
+    return header.stamp.sec, header.stamp.nanosec, header.frame_id
+
+
+def publish_until(pub, msg, collector: Collector, n: int, timeout: float = 10.0) -> bool:
+    """Publish (re-publishing while discovery settles) until the collector holds n messages."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        pub.publish(msg)
+        if collector.wait(n, 0.3):
+            return True
+    return False
+
+
+def mask_array(msg: Image) -> np.ndarray:
+    assert msg.encoding == "mono16" and msg.step == 2 * msg.width and msg.is_bigendian == 0
+    return np.frombuffer(msg.data, dtype="<u2").reshape(msg.height, msg.width)
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def test_lifecycle_transitions_outputs_and_model_release(ros, ckpt):
+    factory = Factory()
+    name = "saom_lc"
+    node = ros.node(name, ckpt, factory)
+    try:
+        assert ros.state(name) == "unconfigured"
+        assert ros.transition(name, "configure")
+        assert ros.state(name) == "inactive"
+        assert factory.made == [], "the model must load on activate, not on configure"
+        assert ros.transition(name, "activate")
+        assert ros.state(name) == "active"
+        assert len(factory.made) == 1 and factory.params.checkpoint == str(ckpt)
+
+        # LabelInfo is latched (transient local): a late subscriber still gets the class map.
+        labels = Collector(ros.tester, LabelInfo, f"/{name}/label_info", LATCHED)
+        assert labels.wait(1), "no LabelInfo"
+        info = labels.msgs[-1]
+        assert [(c.class_id, c.class_name) for c in info.class_map] == list(enumerate(FakeSegmenter().class_names))
+
+        dets = Collector(ros.tester, Detection2DArray, f"/{name}/detections")
+        masks = Collector(ros.tester, Image, f"/{name}/instance_mask")
+        pub = ros.tester.create_publisher(Image, f"/{name}/image", CAMERA)
+        msg = image_msg(1, w=80, h=60)
+        assert publish_until(pub, msg, dets, 1), "no Detection2DArray from the node"
+        assert masks.wait(1)
+        det, mask = dets.msgs[0], masks.msgs[0]
+        assert key(det.header) == key(msg.header) == key(mask.header)
+        expected = FakeSegmenter().segment(np.zeros((60, 80, 3), np.uint8))
+        assert len(det.detections) == len(expected.instances)
+        labels_img = mask_array(mask)
+        assert labels_img.shape == (60, 80)
+        np.testing.assert_array_equal(labels_img, expected.label_image())
+        names = {c.class_id: c.class_name for c in info.class_map}
+        for k, (d, inst) in enumerate(zip(det.detections, expected.instances), 1):
+            assert key(d.header) == key(msg.header)
+            assert d.id == str(k) and np.any(labels_img == k)
+            hyp = d.results[0].hypothesis
+            assert hyp.class_id == str(inst.class_id) and names[int(hyp.class_id)] == inst.class_name
+            assert hyp.score == pytest.approx(inst.score)
+            x0, y0, x1, y1 = inst.box_xyxy
+            assert d.bbox.center.position.x == pytest.approx((x0 + x1) / 2)
+            assert d.bbox.size_y == pytest.approx(y1 - y0)
+
+        # deactivate: unsubscribed, model closed (GPU memory released), outputs stop
+        assert ros.transition(name, "deactivate")
+        assert ros.state(name) == "inactive"
+        assert factory.made[0].closed and node.segmenter is None and node.worker is None
+        before = len(dets)
+        for i in range(5):
+            pub.publish(image_msg(10 + i))
+            time.sleep(0.02)
+        time.sleep(0.3)
+        assert len(dets) == before
+
+        # activate again loads a fresh model; cleanup and shutdown work
+        assert ros.transition(name, "activate")
+        assert len(factory.made) == 2
+        assert publish_until(pub, image_msg(20), dets, before + 1)
+        assert ros.transition(name, "deactivate") and factory.made[1].closed
+        assert ros.transition(name, "cleanup") and ros.state(name) == "unconfigured"
+        assert ros.transition(name, "shutdown") and ros.state(name) == "finalized"
+    finally:
+        ros.drop(node)
+
+
+def test_configure_fails_cleanly_on_missing_checkpoint_and_bad_parameters(ros, ckpt, tmp_path):
+    cases = [
+        {"checkpoint": str(tmp_path / "missing.pt")},
+        {"checkpoint": ""},
+        {"device": "gpu"},
+        {"half": True},  # on cpu
+        {"pred_iou_thresh": 2.0},
+        {"points_per_side": "many"},
+        {"image_reliability": "sometimes"},
+    ]
+    for i, override in enumerate(cases):
+        factory = Factory()
+        name = f"saom_bad{i}"
+        node = ros.node(name, ckpt, factory, **override)
+        try:
+            assert not ros.transition(name, "configure"), f"configure should fail for {override}"
+            assert ros.state(name) == "unconfigured"
+            assert factory.made == []
+        finally:
+            ros.drop(node)
+    # the same check without ROS gives the reason users see in the log
+    from saom_core.errors import ConfigError
+
+    node = ros.node("saom_bad_msg", tmp_path / "missing.pt")
+    try:
+        with pytest.raises(ConfigError, match="missing.pt does not exist"):
+            node.read_params()
+    finally:
+        ros.drop(node)
+
+
+def test_activate_fails_when_the_model_cannot_load(ros, ckpt):
+    from saom_core.errors import CheckpointError
+
+    def broken(params):
+        raise CheckpointError(f"{params.checkpoint}: not a SAOM checkpoint")
+
+    node = ros.node("saom_broken", ckpt, broken)
+    try:
+        assert ros.transition("saom_broken", "configure")
+        assert not ros.transition("saom_broken", "activate")
+        assert ros.state("saom_broken") == "inactive"
+    finally:
+        ros.drop(node)
+    node = ros.node("saom_badclass", ckpt, Factory(), keep_classes=["unicorn"])
+    try:
+        assert ros.transition("saom_badclass", "configure")
+        assert not ros.transition("saom_badclass", "activate")
+    finally:
+        ros.drop(node)
+
+
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8", "mono8"])
+def test_accepted_encodings(ros, ckpt, encoding):
+    factory = Factory()
+    name = f"saom_enc_{encoding}"
+    node = ros.node(name, ckpt, factory)
+    try:
+        assert node.startup()
+        dets = Collector(ros.tester, Detection2DArray, f"/{name}/detections")
+        pub = ros.tester.create_publisher(Image, f"/{name}/image", CAMERA)
+        msg = image_msg(3, encoding=encoding, pad=5)
+        assert publish_until(pub, msg, dets, 1), encoding
+        assert key(dets.msgs[0].header) == key(msg.header)
+        assert len(dets.msgs[0].detections) == 3
+    finally:
+        ros.drop(node)
+
+
+def test_unsupported_and_bad_frames_are_skipped_and_the_node_goes_on(ros, ckpt):
+    factory = Factory()
+    name = "saom_robust"
+    node = ros.node(name, ckpt, factory)
+    try:
+        assert node.startup()
+        dets = Collector(ros.tester, Detection2DArray, f"/{name}/detections")
+        pub = ros.tester.create_publisher(Image, f"/{name}/image", RELIABLE)
+        assert publish_until(pub, image_msg(0), dets, 1)
+        n0 = len(dets)
+
+        pub.publish(image_msg(1, encoding="16UC1"))  # unsupported: warning, skipped
+        assert wait_until(lambda: node.stats.skipped >= 1, 5)
+        short = image_msg(2)
+        short.data = bytes(short.data[:100])  # truncated: a bad frame
+        pub.publish(short)
+        assert wait_until(lambda: node.stats.failed >= 1, 5)
+        pub.publish(image_msg(3, value=13))  # the fake model raises on this frame
+        assert wait_until(lambda: node.stats.failed >= 2, 5)
+
+        good = image_msg(4)
+        pub.publish(good)
+        assert dets.wait(n0 + 1, 5), "the node stopped after a bad frame"
+        assert key(dets.msgs[-1].header) == key(good.header)
+        assert all(key(d.header)[2] in ("cam_0", "cam_4") for d in dets.msgs)
+        assert node.worker is not None and node.worker.running
+    finally:
+        ros.drop(node)
+
+
+def test_compressed_input(ros, ckpt):
+    name = "saom_jpeg"
+    node = ros.node(name, ckpt, Factory(), image_transport="compressed")
+    try:
+        assert node.startup()
+        dets = Collector(ros.tester, Detection2DArray, f"/{name}/detections")
+        masks = Collector(ros.tester, Image, f"/{name}/instance_mask")
+        pub = ros.tester.create_publisher(CompressedImage, f"/{name}/image/compressed", CAMERA)
+        rgb = np.zeros((40, 56, 3), np.uint8)
+        rgb[:, :, 0] = 200
+        ok, png = cv2.imencode(".png", rgb[:, :, ::-1])
+        assert ok
+        msg = CompressedImage()
+        msg.header.stamp.sec, msg.header.frame_id = 77, "cam_png"
+        msg.format = "rgb8; png compressed bgr8"
+        msg.data = png.tobytes()
+        assert publish_until(pub, msg, dets, 1)
+        assert masks.wait(1)
+        assert key(dets.msgs[0].header) == (77, 0, "cam_png")
+        assert mask_array(masks.msgs[0]).shape == (40, 56)
+    finally:
+        ros.drop(node)
+
+
+def test_prompted_mode_answers_each_prompt_on_its_frame(ros, ckpt):
+    factory = Factory()
+    name = "saom_prompt"
+    node = ros.node(name, ckpt, factory, everything_mode=False)
+    try:
+        assert node.startup()
+        out = Collector(ros.tester, Detection2DArray, f"/{name}/prompted/detections")
+        masks = Collector(ros.tester, Image, f"/{name}/prompted/instance_mask")
+        img_pub = ros.tester.create_publisher(Image, f"/{name}/image", RELIABLE)
+        prm_pub = ros.tester.create_publisher(Detection2DArray, f"/{name}/prompts", RELIABLE)
+        assert wait_until(lambda: img_pub.get_subscription_count() > 0 and prm_pub.get_subscription_count() > 0)
+        assert wait_until(lambda: ros.tester.count_publishers(f"/{name}/prompted/detections") > 0)
+
+        frames = [image_msg(i, w=100, h=80) for i in range(3)]
+        for n, f in enumerate(frames, 1):  # keep-last-1 input: one frame at a time
+            img_pub.publish(f)
+            assert wait_until(lambda: node.stats.received >= n, 5)
+
+        def prompt_set(stamp_of, dets_spec):
+            arr = Detection2DArray()
+            if stamp_of is not None:
+                arr.header = stamp_of.header
+            for cx, cy, sx, sy in dets_spec:
+                d = Detection2D()
+                d.bbox.center.position.x, d.bbox.center.position.y = float(cx), float(cy)
+                d.bbox.size_x, d.bbox.size_y = float(sx), float(sy)
+                arr.detections.append(d)
+            return arr
+
+        # a point, then a box, on frame 1 (not the newest): answered in input order on frame 1
+        spec = [(20, 30, 0, 0), (60, 40, 20, 10)]
+        prm_pub.publish(prompt_set(frames[1], spec))
+        assert out.wait(1), "no prompted output"
+        assert masks.wait(1)
+        res = out.msgs[0]
+        assert key(res.header) == key(frames[1].header) == key(masks.msgs[0].header)
+        assert [d.id for d in res.detections] == ["1", "2"]
+        point_det, box_det = res.detections
+        assert point_det.results[0].hypothesis.class_id == "2"  # the fake's point class
+        assert box_det.results[0].hypothesis.class_id == "1"  # the fake's box class
+        assert box_det.bbox.center.position.x == pytest.approx(60) and box_det.bbox.size_x == pytest.approx(20)
+        lab = mask_array(masks.msgs[0])
+        assert lab[30, 20] == 1 and lab[40, 60] == 2
+
+        # a zero stamp (click tool) goes with the newest frame
+        prm_pub.publish(prompt_set(None, [(10, 10, 0, 0)]))
+        assert out.wait(2)
+        assert key(out.msgs[1].header) == key(frames[2].header)
+
+        # prompts for a frame that has not arrived yet wait for it
+        future = image_msg(9, w=100, h=80)
+        prm_pub.publish(prompt_set(future, [(50, 50, 10, 10)]))
+        time.sleep(0.2)
+        assert len(out) == 2
+        img_pub.publish(future)
+        assert out.wait(3)
+        assert key(out.msgs[2].header) == key(future.header)
+        assert factory.made[0].calls == 0, "everything mode is off"
+    finally:
+        ros.drop(node)
+
+
+def test_overlay_published_only_while_subscribed(ros, ckpt):
+    name = "saom_overlay"
+    node = ros.node(name, ckpt, Factory())
+    try:
+        assert node.startup()
+        dets = Collector(ros.tester, Detection2DArray, f"/{name}/detections")
+        pub = ros.tester.create_publisher(Image, f"/{name}/image", RELIABLE)
+        assert publish_until(pub, image_msg(0), dets, 1)
+        for i in range(1, 4):
+            pub.publish(image_msg(i))
+            time.sleep(0.05)
+        assert dets.wait(4, 5)
+        assert node.overlays_published == 0
+
+        overlay = Collector(ros.tester, Image, f"/{name}/overlay")
+        assert wait_until(lambda: node._pubs["overlay"].get_subscription_count() > 0)
+        msg = image_msg(5, w=70, h=50)
+        assert publish_until(pub, msg, overlay, 1)
+        o = overlay.msgs[0]
+        assert o.encoding == "rgb8" and (o.width, o.height, o.step) == (70, 50, 210)
+        assert key(o.header)[2] == "cam_5"
+    finally:
+        ros.drop(node)
+
+
+def test_diagnostics_report_latency_and_counts(ros, ckpt):
+    name = "saom_diag"
+    node = ros.node(name, ckpt, Factory())
+    try:
+        diags = Collector(ros.tester, DiagnosticArray, "/diagnostics")
+        assert node.startup()
+        dets = Collector(ros.tester, Detection2DArray, f"/{name}/detections")
+        pub = ros.tester.create_publisher(Image, f"/{name}/image", RELIABLE)
+        assert publish_until(pub, image_msg(0), dets, 1)
+
+        def ours():
+            for arr in list(diags.msgs):
+                for st in arr.status:
+                    if st.name.startswith(name):
+                        values = {kv.key: kv.value for kv in st.values}
+                        if int(values.get("frames processed", 0)) >= 1:
+                            return st, values
+            return None
+
+        assert wait_until(lambda: ours() is not None, 5), "no /diagnostics with processed frames"
+        status, values = ours()
+        assert status.level == b"\x00"
+        for k in ("frames dropped", "frames received", "latency p50 ms", "latency p95 ms", "frames/s"):
+            assert k in values
+        assert float(values["latency p50 ms"]) > 0
+    finally:
+        ros.drop(node)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def test_burst_of_200_frames_at_30hz_against_a_slow_model(ros, ckpt):
+    """Latest frame only: memory flat, bounded latency, each output stamped with its own input's header."""
+    delay = 0.1  # a 10 frames/s model under a 30 frames/s camera
+    factory = Factory(delay=delay)
+    name = "saom_burst"
+    node = ros.node(name, ckpt, factory, prompts_enabled=False)
+    try:
+        assert node.startup()
+        dets = Collector(ros.tester, Detection2DArray, f"/{name}/detections")
+        masks = Collector(ros.tester, Image, f"/{name}/instance_mask", keep=lambda m: key(m.header))
+        pub = ros.tester.create_publisher(Image, f"/{name}/image", CAMERA)
+        w, h = 640, 480
+        frames = [image_msg(i, w=w, h=h) for i in range(220)]
+        sent: dict[tuple, float] = {}
+        # warm-up (discovery, allocator), then measure
+        for f in frames[:20]:
+            sent[key(f.header)] = time.monotonic()
+            pub.publish(f)
+            time.sleep(1 / 30)
+        assert dets.wait(1, 5)
+        time.sleep(0.3)
+        rss = [_rss_mb()]
+        t0 = time.monotonic()
+        for i, f in enumerate(frames[20:]):
+            target = t0 + i / 30
+            time.sleep(max(0.0, target - time.monotonic()))
+            sent[key(f.header)] = time.monotonic()
+            pub.publish(f)
+            if i % 50 == 49:
+                rss.append(_rss_mb())
+        assert wait_until(lambda: not node.worker.busy and len(node.worker.frames) == 0, 5)
+        time.sleep(0.3)
+        rss.append(_rss_mb())
+
+        seg = factory.made[0]
+        stats = node.stats
+        burst_keys = {key(f.header) for f in frames[20:]}
+        got = [key(d.header) for d in dets.msgs]
+        got_masks = list(masks.msgs)
+        in_burst = [k for k in got if k in burst_keys]
+        # every output carries the header of a frame that was sent, once, in order
+        assert set(got) <= set(sent) and len(got) == len(set(got)) and got == sorted(got)
+        assert got_masks == got
+        for d in dets.msgs:  # each detection inside an array has the array's (= input's) header
+            assert all(key(x.header) == key(d.header) for x in d.detections)
+        # the model ran on the newest frames only; the rest were dropped, never queued
+        assert seg.max_concurrent == 1
+        assert node.worker.max_pending <= 2
+        assert 200 * delay / 3 / 2 < len(in_burst) < 120, len(in_burst)  # ~67 at 10 frames/s over 6.7 s
+        assert stats.dropped > 20  # (frames the DDS keep-last-1 reader replaced never reach the node at all)
+        assert stats.processed + stats.dropped + stats.failed + stats.skipped == stats.received
+        # bounded latency: an output comes at most ~2 model periods after its frame was published
+        idx = {k: i for i, k in enumerate(got)}
+        latencies = [dets.times[idx[k]] - sent[k] for k in in_burst]
+        assert max(latencies) < 6 * delay, f"max latency {max(latencies):.3f} s: frames are queueing"
+        # memory flat: 200 queued 640x480 frames would be ~180 MB
+        growth = [round(r - rss[0], 1) for r in rss]
+        print(f"burst: {len(in_burst)} frames segmented, {stats.dropped} dropped, latency max "
+              f"{max(latencies) * 1e3:.0f} ms, RSS growth MB {growth}")
+        assert max(growth) < 25, f"RSS grew during the burst (MB after 0, 50, .., 200 frames, idle): {growth}"
+    finally:
+        ros.drop(node)
+
+
+def test_params_file_loads_into_the_declared_parameters(ros, ckpt):
+    """config/saom.yaml through rcl's own YAML parser: every key is a declared parameter and validates."""
+    import yaml
+
+    from saom_ros.params import PARAMETER_NAMES, load_params_file
+
+    node = SaomNode("saom_yaml", context=ros.ctx, segmenter_factory=Factory(),
+                    cli_args=["--ros-args", "--params-file", str(REPO / "config" / "saom.yaml"),
+                              "-p", f"checkpoint:={ckpt}"])
+    try:
+        yaml_params = yaml.safe_load((REPO / "config" / "saom.yaml").read_text())["/**"]["ros__parameters"]
+        assert set(yaml_params) == set(PARAMETER_NAMES)
+        for name, value in yaml_params.items():
+            if name == "checkpoint":
+                continue
+            got = node.get_parameter(name).value
+            assert got == value or (value == [] and got in (None, [])), (name, got, value)
+        params = node.read_params()
+        assert params.checkpoint == str(ckpt)
+        assert load_params_file(REPO / "config" / "saom.yaml")["image_reliability"] == params.image_reliability
+    finally:
+        node.destroy_node()
+    bad = SaomNode("saom_yaml_typo", context=ros.ctx, segmenter_factory=Factory(),
+                   cli_args=["--ros-args", "-p", f"checkpoint:={ckpt}", "-p", "pred_iou_tresh:=0.5"])
+    try:
+        with pytest.raises(Exception, match="pred_iou_tresh"):
+            bad.read_params()
+        from rclpy.lifecycle import TransitionCallbackReturn
+
+        assert bad.trigger_configure() == TransitionCallbackReturn.FAILURE
+    finally:
+        bad.destroy_node()
+
+
+def _node_process(args: list[str], **env) -> subprocess.Popen:
+    full_env = {**os.environ, "SAOM_SEGMENTER_FACTORY": "saom_ros.testing:fake_factory", **env}
+    return subprocess.Popen([sys.executable, "-m", "saom_ros.node", "--ros-args", *args], cwd=REPO,
+                            env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_node_process_autostarts_and_stops_on_sigint(ros, ckpt, tmp_path):
+    name = "saom_proc"
+    proc = _node_process(["--params-file", str(REPO / "config" / "saom.yaml"), "-p", f"checkpoint:={ckpt}",
+                          "-r", f"__node:={name}", "-r", f"image_raw:=/{name}/camera"])
+    try:
+        dets = Collector(ros.tester, Detection2DArray, f"/{name}/detections")
+        labels = Collector(ros.tester, LabelInfo, f"/{name}/label_info", LATCHED)
+        pub = ros.tester.create_publisher(Image, f"/{name}/camera", CAMERA)
+        msg = image_msg(5)
+        assert publish_until(pub, msg, dets, 1, timeout=30), "no output from the node process"
+        assert key(dets.msgs[0].header) == key(msg.header)
+        assert labels.wait(1, 5)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0, out
+        assert "model freed" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+    missing = _node_process(["-p", f"checkpoint:={tmp_path / 'nope.pt'}", "-r", "__node:=saom_proc_bad"])
+    out, _ = missing.communicate(timeout=30)
+    assert missing.returncode == 1, out
+    assert "configure failed" in out and "nope.pt does not exist" in out
+
+
+def test_qos_mismatch_and_silent_camera_are_reported(ros, ckpt):
+    """A reliable subscription cannot hear a best-effort camera: the node says so instead of staying silent."""
+    name = "saom_qos"
+    node = ros.node(name, ckpt, Factory(), image_reliability="reliable")
+    try:
+        node.no_frame_warn_s = 0.3
+        assert node.startup()
+        pub = ros.tester.create_publisher(Image, f"/{name}/image", CAMERA)  # best effort
+        assert wait_until(lambda: node.qos_incompatible_events > 0, 10), "no incompatible-QoS event"
+        for i in range(3):
+            pub.publish(image_msg(i))
+        assert wait_until(lambda: node.no_frame_warnings > 0, 5), "no warning about the silent camera"
+        assert node.stats.received == 0
+    finally:
+        ros.drop(node)

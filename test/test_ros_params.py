@@ -1,0 +1,225 @@
+"""saom_ros.params and saom_ros.model without ROS: schema, validation messages, params YAML, factory hooks."""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+
+from saom_core.errors import ConfigError
+from saom_ros import model as model_mod
+from saom_ros.params import (
+    DEFAULTS,
+    PARAMETER_NAMES,
+    NodeParams,
+    check_classes,
+    load_params_file,
+    validate,
+)
+from saom_ros.testing import FakeSegmenter
+
+REPO = Path(__file__).resolve().parents[1]
+LOAD_SEGMENTER_ARGS = {"checkpoint", "device", "half", "points_per_side", "pred_iou_thresh", "box_nms_thresh",
+                       "min_mask_region_area", "keep_classes", "keep_background", "max_input_size",
+                       "stability_score_thresh"}
+
+
+@pytest.fixture
+def ckpt(tmp_path) -> str:
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"x")
+    return str(path)
+
+
+def test_defaults_validate_with_a_checkpoint(ckpt):
+    p = validate({"checkpoint": ckpt})
+    assert isinstance(p, NodeParams)
+    assert p.checkpoint == ckpt and p.device == "cpu" and p.image_reliability == "best_effort"
+    assert p.input_topic == "image_raw" and p.keep_classes == ()
+    assert set(DEFAULTS) == set(PARAMETER_NAMES)
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"checkpoint": ""}, "no checkpoint given"),
+    ({"checkpoint": "/nonexistent/saom.pt"}, "/nonexistent/saom.pt does not exist"),
+    ({"device": "gpu"}, "device: 'gpu' is not cpu, cuda, cuda:N or auto"),
+    ({"max_input_size": 8}, "max_input_size: 8 is too small"),
+    ({"stability_score_thresh": -0.1}, "stability_score_thresh"),
+    ({"half": True}, "half precision needs device cuda"),
+    ({"half": "yes"}, "half: expected true or false"),
+    ({"pred_iou_thresh": 1.5}, "pred_iou_thresh: 1.5 is out of range"),
+    ({"pred_iou_thresh": "high"}, "pred_iou_thresh: expected a number"),
+    ({"box_nms_thresh": 0.0}, r"box_nms_thresh: 0.0 is out of range \(0.0"),
+    ({"points_per_side": 2.5}, "points_per_side: expected an integer"),
+    ({"points_per_side": 0}, "points_per_side: 0 is out of range"),
+    ({"min_mask_region_area": -1}, "min_mask_region_area"),
+    ({"image_reliability": "sometimes"}, "image_reliability: 'sometimes' is not one of best_effort, reliable"),
+    ({"image_transport": "theora"}, "image_transport"),
+    ({"keep_classes": [1, 2]}, "keep_classes: expected a list of class names"),
+    ({"diagnostics_period": 0}, "diagnostics_period"),
+    ({"everything_mode": False, "prompts_enabled": False}, "would do nothing"),
+    ({"pred_iou_tresh": 0.5}, "unknown parameter.*pred_iou_tresh"),
+    ({"image_topic": " "}, "image_topic: empty"),
+])
+def test_bad_values_name_the_parameter(ckpt, raw, message):
+    with pytest.raises(ConfigError, match=message):
+        validate({"checkpoint": ckpt, **raw})
+
+
+def test_coercions(ckpt, tmp_path):
+    p = validate({"checkpoint": ckpt, "pred_iou_thresh": 1, "points_per_side": 16.0, "half": "false",
+                  "keep_classes": "mug, bottle", "image_reliability": "RELIABLE", "device": "CUDA:1",
+                  "use_sim_time": True, "qos_overrides./x.subscription.depth": 3})
+    assert p.pred_iou_thresh == 1.0 and isinstance(p.pred_iou_thresh, float)
+    assert p.points_per_side == 16 and p.half is False
+    assert p.keep_classes == ("mug", "bottle") and p.image_reliability == "reliable" and p.device == "cuda:1"
+    assert validate({"checkpoint": ckpt, "keep_classes": None}).keep_classes == ()
+    assert validate({"checkpoint": ckpt, "keep_classes": []}).keep_classes == ()
+    assert validate({"checkpoint": ckpt, "image_transport": "compressed", "image_topic": "cam/"}).input_topic == "cam/compressed"
+    assert validate({"checkpoint": str(tmp_path / "later.pt")}, check_files=False).checkpoint.endswith("later.pt")
+    with pytest.raises(ConfigError, match="is not a file"):
+        validate({"checkpoint": str(tmp_path)})
+
+
+def test_segmenter_kwargs_match_load_segmenter(ckpt):
+    p = validate({"checkpoint": ckpt, "keep_classes": ["mug"], "max_input_size": 512})
+    kwargs = p.segmenter_kwargs()
+    assert set(kwargs) == LOAD_SEGMENTER_ARGS
+    assert kwargs["keep_classes"] == ["mug"] and kwargs["max_input_size"] == 512
+    assert validate({"checkpoint": ckpt}).segmenter_kwargs()["max_input_size"] is None
+    assert validate({"checkpoint": ckpt, "model_config": "vit_b"}).segmenter_kwargs()["model_config"] == "vit_b"
+    try:
+        from saom_core.infer.segmenter import load_segmenter
+    except ImportError:  # the real loader lands separately; its documented signature is the contract
+        return
+    accepted = set(inspect.signature(load_segmenter).parameters)
+    assert LOAD_SEGMENTER_ARGS <= accepted
+
+
+def test_config_yaml_sets_every_parameter_and_validates(ckpt):
+    raw = load_params_file(REPO / "config" / "saom.yaml")
+    assert set(raw) == set(PARAMETER_NAMES), "config/saom.yaml should document every parameter"
+    assert raw["checkpoint"] == ""
+    with pytest.raises(ConfigError, match="no checkpoint given"):
+        validate(raw)
+    p = validate({**raw, "checkpoint": ckpt})
+    for name in PARAMETER_NAMES:
+        if name not in ("checkpoint", "keep_classes"):
+            assert getattr(p, name) == DEFAULTS[name], f"config/saom.yaml and the default of {name} differ"
+
+
+def test_load_params_file_sections(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("/**:\n  ros__parameters:\n    device: cpu\n    half: false\n"
+                 "/robot/saom_node:\n  ros__parameters:\n    device: cuda\n    nested: {a: 1}\n"
+                 "other_node:\n  ros__parameters:\n    device: nope\n")
+    raw = load_params_file(f)
+    assert raw == {"device": "cuda", "half": False, "nested.a": 1}
+    assert load_params_file(f, node_name="other_node")["device"] == "nope"
+    with pytest.raises(ConfigError, match="no section for node 'x'"):
+        load_params_file(_only(tmp_path), node_name="x")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_params_file(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("saom_node:\n  parameters: {}\n")
+    with pytest.raises(ConfigError, match="has no ros__parameters"):
+        load_params_file(bad)
+
+
+def _only(tmp_path: Path) -> Path:
+    f = tmp_path / "only.yaml"
+    f.write_text("saom_node:\n  ros__parameters: {device: cpu}\n")
+    return f
+
+
+def test_check_classes(ckpt):
+    names = FakeSegmenter().class_names
+    check_classes(validate({"checkpoint": ckpt, "keep_classes": ["mug"]}), names)
+    with pytest.raises(ConfigError, match="unicorn not in the model's classes"):
+        check_classes(validate({"checkpoint": ckpt, "keep_classes": ["mug", "unicorn"]}), names)
+
+
+def test_factory_resolution_order(monkeypatch, ckpt):
+    params = validate({"checkpoint": ckpt})
+    explicit = lambda p: FakeSegmenter()  # noqa: E731
+    hook = lambda p: FakeSegmenter(n_instances=1)  # noqa: E731
+    monkeypatch.delenv(model_mod.ENV_FACTORY, raising=False)
+    monkeypatch.setattr(model_mod, "SEGMENTER_FACTORY", None)
+    assert model_mod.resolve_factory(None) is model_mod.load_from_params
+    monkeypatch.setenv(model_mod.ENV_FACTORY, "saom_ros.testing:fake_factory")
+    assert model_mod.resolve_factory(None)(params).n_instances == 3
+    monkeypatch.setattr(model_mod, "SEGMENTER_FACTORY", hook)
+    assert model_mod.resolve_factory(None) is hook
+    assert model_mod.resolve_factory(explicit) is explicit
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("nocolon", "expected 'package.module:callable'"),
+    ("no_such_module_xyz:f", "cannot import no_such_module_xyz"),
+    ("saom_ros.testing:nothing_here", "has no callable nothing_here"),
+])
+def test_import_factory_errors(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        model_mod.import_factory(spec)
+
+
+def test_fake_env_factory_delay(monkeypatch):
+    monkeypatch.setenv("SAOM_FAKE_DELAY", "0.25")
+    from saom_ros.testing import fake_factory
+
+    assert fake_factory(None).delay == 0.25
+
+
+def test_release_closes_the_model():
+    seg = FakeSegmenter()
+    model_mod.release(seg, "cpu")
+    assert seg.closed
+    model_mod.release(None, "cpu")
+    assert model_mod.validate_segmenter(FakeSegmenter())[0] == "background"
+
+    class NoClasses:
+        class_names: list = []
+
+    from saom_core.errors import SaomError
+
+    with pytest.raises(SaomError, match="no class_names"):
+        model_mod.validate_segmenter(NoClasses())
+
+
+def test_default_factory_passes_what_load_segmenter_takes(monkeypatch, ckpt):
+    """load_from_params hands the node's parameters to saom_core's load_segmenter (its signature decides)."""
+    import saom_core.infer.segmenter as real
+
+    seen = {}
+
+    def older_loader(checkpoint, device="cpu", half=False, points_per_side=32):
+        seen.update(checkpoint=checkpoint, device=device, half=half, points_per_side=points_per_side)
+        return FakeSegmenter()
+
+    monkeypatch.setattr(real, "load_segmenter", older_loader)
+    model_mod.load_from_params(validate({"checkpoint": ckpt, "points_per_side": 8}))
+    assert seen == {"checkpoint": ckpt, "device": "cpu", "half": False, "points_per_side": 8}
+    with pytest.raises(ConfigError, match="parameter model_config: not supported"):
+        model_mod.load_from_params(validate({"checkpoint": ckpt, "model_config": "vit_b"}))
+
+
+def test_real_loader_reports_a_bad_checkpoint(ckpt):
+    """The real saom_core loader fails with a SaomError naming the file (the node fails activate with it)."""
+    from saom_core.errors import SaomError
+
+    with pytest.raises(SaomError, match="model.pt"):
+        model_mod.load_from_params(validate({"checkpoint": ckpt}))
+
+
+def test_cuda_device_is_checked_at_configure():
+    model_mod.check_device("cpu")  # no torch import needed
+    model_mod.check_device("auto")
+    import torch
+
+    if torch.cuda.is_available():
+        model_mod.check_device("cuda")
+        with pytest.raises(ConfigError, match="does not exist"):
+            model_mod.check_device(f"cuda:{torch.cuda.device_count()}")
+    else:
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            model_mod.check_device("cuda:0")
