@@ -52,3 +52,34 @@ def pybullet_dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pybullet") / "ds"
     collect_dataset("pybullet", scenes=2, out=out, seed=0, progress=False)
     return out
+
+
+def write_synthetic_dataset(root: Path, scenes: int = 12, size: tuple[int, int] = (48, 48), seed: int = 0) -> Path:
+    """A small dataset of coloured rectangles (classes Mug/Table/Ball) with a train and a val split."""
+    from saom_core.data.format import DatasetWriter
+
+    classes = ClassList.from_dict({"name": "tiny", "classes": ["Mug", "Table", "Ball"]})
+    colours = {"Mug": (220, 40, 40), "Table": (40, 200, 40), "Ball": (40, 40, 220)}
+    rng = np.random.default_rng(seed)
+    writer = DatasetWriter(root, classes, "synthetic")
+    h, w = size
+    for s in range(scenes):
+        frames = []
+        for _ in range(2):
+            image = np.full((h, w, 3), 90, dtype=np.uint8)
+            labels = list(rng.choice(list(colours), size=2, replace=False))
+            masks = np.zeros((2, h, w), dtype=bool)
+            for k, label in enumerate(labels):
+                y, x = int(rng.integers(0, h // 2)), int(rng.integers(0, w // 2))
+                masks[k, y : y + h // 3, x : x + w // 3] = True
+                masks[k] &= ~masks[:k].any(0)
+                image[masks[k]] = colours[label]
+            frames.append(Frame(image=image, masks=masks, labels=[str(l) for l in labels], meta={}))
+        writer.write_scene(f"scene_{s:05d}", frames, split="val" if s % 4 == 3 else "train")
+    writer.finalize()
+    return root
+
+
+@pytest.fixture(scope="session")
+def rect_dataset(tmp_path_factory) -> Path:
+    return write_synthetic_dataset(tmp_path_factory.mktemp("rects") / "ds")

@@ -67,7 +67,7 @@ class SaomDataset:
         path = self.root / info["file_name"]
         try:
             with Image.open(path) as im:
-                image = np.asarray(im.convert("RGB"))
+                image = np.array(im.convert("RGB"))  # a writable copy: torch.from_numpy needs one
         except FileNotFoundError as exc:
             raise DatasetError(f"image {info['id']}: file missing: {path}") from exc
         except (UnidentifiedImageError, OSError) as exc:

@@ -101,7 +101,8 @@ class EverythingGenerator:
     @torch.inference_mode()
     def embed(self, image: np.ndarray) -> torch.Tensor:
         with self.autocast():
-            return self.model.encode(self.model.prepare_images(torch.as_tensor(image, device=self.device)[None]))
+            frame = torch.as_tensor(image if image.flags.writeable else image.copy(), device=self.device)
+            return self.model.encode(self.model.prepare_images(frame[None]))
 
     @torch.inference_mode()
     def generate(self, image: np.ndarray, embedding: torch.Tensor | None = None) -> Segmentation:

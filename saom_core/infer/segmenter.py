@@ -94,7 +94,7 @@ class SaomSegmenter:
         height, width = image.shape[:2]
         small = self._shrink(image)
         sh, sw = small.shape[:2]
-        scale = np.array([sw / width, sh / height])
+        scale = np.array([sw / width, sh / height], dtype=np.float32)
         embedding = self.generator.embed(small)
         instances: list[Instance] = []
         model = self.model

@@ -1,0 +1,87 @@
+"""The paper's metrics against hand-computed cases, and COCO metrics on known detections."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from saom_core.data.classes import ClassList
+from saom_core.data.reader import SaomDataset
+from saom_core.data import rle as rle_utils
+from saom_core.eval.everything_eval import coco_mask_metrics
+from saom_core.eval.point_eval import ClassStats, PointEvalResult, evaluate_points
+from saom_core.model.configs import get_config
+from saom_core.model.saom import build_model
+
+
+def test_iou_and_acc_are_sums_over_instances():
+    stats = ClassStats()
+    stats.add(intersection=10, union=20, gt_area=15, correct=True)
+    stats.add(intersection=0, union=30, gt_area=25, correct=False)
+    assert stats.occurrences == 2
+    assert stats.iou == pytest.approx(10 / 50)  # not the mean of 0.5 and 0
+    assert stats.acc == pytest.approx(10 / 40)
+    assert stats.class_accuracy == pytest.approx(0.5)
+
+
+def test_means_skip_absent_classes_but_list_them():
+    classes = ClassList.from_dict({"name": "t", "classes": ["A", "B", "C"]})
+    result = PointEvalResult(classes, True, {n: ClassStats() for n in classes.names})
+    result.per_class["A"].add(10, 10, 10, True)  # IoU 1, Acc 1
+    result.per_class["B"].add(5, 20, 10, False)  # IoU 0.25, Acc 0.5
+    assert result.miou == pytest.approx((1 + 0.25) / 2)
+    assert result.macc == pytest.approx((1 + 0.5) / 2)
+    assert result.mean_class_accuracy == pytest.approx(0.5)
+    table = result.to_dict()["per_class"]
+    assert table["C"] == {"occurrences": 0, "IoU": None, "Acc": None, "class_accuracy": None}
+
+
+def test_vanilla_sam_has_no_class_accuracy():
+    classes = ClassList.from_dict({"name": "t", "classes": ["A"]})
+    result = PointEvalResult(classes, False, {"A": ClassStats()})
+    result.per_class["A"].add(1, 2, 2, False)
+    assert result.mean_class_accuracy is None
+
+
+def test_point_eval_scores_every_object_and_lists_every_class(rect_dataset):
+    dataset = SaomDataset(rect_dataset, split="val")
+    model = build_model(get_config("test"), dataset.classes)
+    results = evaluate_points({"a": model, "b": build_model(get_config("test"))}, dataset, points_per_side=8, progress=False)
+    expected_objects = sum(len(dataset.annotations_of(i)) for i in range(len(dataset)))
+    for result in results.values():
+        assert result.objects == expected_objects
+        assert set(result.per_class) == set(dataset.classes.names)
+        for stats in result.per_class.values():
+            assert stats.occurrences == 0 or 0.0 <= stats.iou <= 1.0
+    assert results["b"].mean_class_accuracy is None
+
+
+def test_unreachable_object_counts_as_an_empty_mask(tmp_path):
+    """An object between grid points cannot be prompted in everything mode: IoU 0, union = its area."""
+    from saom_core.data.format import DatasetWriter, Frame
+
+    classes = ClassList.from_dict({"name": "t", "classes": ["Thin"]})
+    writer = DatasetWriter(tmp_path / "ds", classes, "synthetic")
+    masks = np.zeros((1, 64, 64), dtype=bool)
+    masks[0, 9:11, 4:60] = True  # rows 9-10; a 4x4 grid samples rows 8.5->8 and 24.5->24: none inside
+    writer.write_scene("scene_00000", [Frame(np.zeros((64, 64, 3), np.uint8), masks, ["Thin"], {})], split="val")
+    writer.finalize()
+    dataset = SaomDataset(tmp_path / "ds", split="val")
+    result = evaluate_points({"m": build_model(get_config("test"), classes)}, dataset, points_per_side=4, progress=False)["m"]
+    stats = result.per_class["Thin"]
+    assert result.unreachable == 1
+    assert stats.intersection == 0 and stats.union == masks.sum() and stats.iou == 0.0
+
+
+def test_coco_metrics_perfect_and_empty(rect_dataset):
+    dataset = SaomDataset(rect_dataset, split="val")
+    ids = [img["id"] for img in dataset.images]
+    perfect = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "segmentation": a["segmentation"], "score": 1.0}
+        for a in dataset.coco["annotations"] if a["image_id"] in ids
+    ]
+    assert coco_mask_metrics(dataset, ids, perfect, use_categories=True)["AP"] == pytest.approx(1.0)
+    wrong_class = [dict(d, category_id=d["category_id"] % 3 + 1) for d in perfect]
+    assert coco_mask_metrics(dataset, ids, wrong_class, use_categories=True)["AP"] == pytest.approx(0.0)
+    assert coco_mask_metrics(dataset, ids, wrong_class, use_categories=False)["AP"] == pytest.approx(1.0)
+    empty_mask = rle_utils.encode(np.zeros((48, 48), bool))
+    assert coco_mask_metrics(dataset, ids, [dict(d, segmentation=empty_mask) for d in perfect], use_categories=False)["AP"] == 0.0

@@ -1,0 +1,112 @@
+"""Everything-of-interest generator: labels stay with their masks, filters, the slow path."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from saom_core.data.classes import ClassList
+from saom_core.errors import ConfigError, ImageError
+from saom_core.infer.generator import EverythingGenerator, GeneratorConfig
+from saom_core.infer.segmenter import SaomSegmenter
+from saom_core.model.configs import get_config
+from saom_core.model.saom import DecoderOutput, build_model
+
+CLASSES = ClassList.from_dict({"name": "t", "classes": ["A", "B", "C", "D"]})
+H, W = 48, 64
+
+
+def expected_class(x: float) -> int:
+    """The class the fake decoder gives a prompt at frame x: 1..4 by vertical band."""
+    return int(x // (W / 4)) + 1
+
+
+@pytest.fixture
+def stamped_model(monkeypatch):
+    """A model whose decoder answers prompt p with a disk around p, classed by p's band.
+
+    Every prompt keeps a different one of its 3 masks (by predicted IoU) and the other two are
+    wrong, so pairing a class or a mask with the wrong prompt or the wrong mask index shows.
+    """
+    model = build_model(get_config("test"), CLASSES).eval()
+    side = model.config.low_res_size
+    new_h, new_w = model.input_size(H, W)
+
+    def decode(embeddings, point_coords=None, point_labels=None, boxes=None, image_index=None, multimask_output=True):
+        p = point_coords.shape[0]
+        xy = point_coords[:, 0, :]  # model input coordinates
+        ys, xs = torch.meshgrid(torch.arange(side) + 0.5, torch.arange(side) + 0.5, indexing="ij")
+        scale = side / model.config.image_size
+        dist = ((xs[None] - xy[:, 0, None, None] * scale) ** 2 + (ys[None] - xy[:, 1, None, None] * scale) ** 2).sqrt()
+        disk = 8.0 - dist  # radius 8 low-res px
+        logits = torch.full((p, 3, side, side), -10.0)
+        best = torch.arange(p) % 3
+        logits[torch.arange(p), best] = disk
+        iou = torch.full((p, 3), 0.1)
+        iou[torch.arange(p), best] = 0.9
+        frame_x = xy[:, 0] * W / new_w
+        cls = torch.tensor([expected_class(float(x)) for x in frame_x])
+        class_logits = torch.zeros(p, 3, len(CLASSES.classes) + 1)
+        class_logits[torch.arange(p), best, cls] = 10.0  # only the kept mask carries the right class
+        return DecoderOutput(logits, iou, class_logits)
+
+    monkeypatch.setattr(model, "decode", decode)
+    return model
+
+
+def test_every_mask_carries_its_own_prompts_class(stamped_model):
+    generator = EverythingGenerator(
+        stamped_model,
+        GeneratorConfig(points_per_side=4, pred_iou_thresh=0.5, stability_score_thresh=0.0, box_nms_thresh=0.99, min_mask_region_area=0),
+    )
+    seg = generator.generate(np.zeros((H, W, 3), np.uint8))
+    assert len(seg.instances) == 16
+    for inst in seg.instances:
+        x, y = inst.point
+        assert inst.mask[int(y), int(x)], "the mask is the one of its own prompt"
+        assert inst.class_id == expected_class(x), f"prompt at x={x} got class {inst.class_id}"
+        assert inst.class_name == CLASSES.name_of(inst.class_id)
+        assert inst.predicted_iou == pytest.approx(0.9)
+        assert inst.class_score > 0.99
+
+
+def test_keep_classes_and_background(stamped_model):
+    config = GeneratorConfig(points_per_side=4, pred_iou_thresh=0.5, stability_score_thresh=0.0, box_nms_thresh=0.99, min_mask_region_area=0, keep_classes=["B"])
+    seg = EverythingGenerator(stamped_model, config).generate(np.zeros((H, W, 3), np.uint8))
+    assert {i.class_name for i in seg.instances} == {"B"} and len(seg.instances) == 4
+    with pytest.raises(ConfigError, match="unknown classes \\['Sofa'\\]"):
+        EverythingGenerator(stamped_model, GeneratorConfig(keep_classes=["Sofa"]))
+
+
+def test_background_class_is_dropped_unless_kept():
+    model = build_model(get_config("test"), CLASSES).eval()
+    with torch.no_grad():
+        model.classifier.linear.weight.zero_()
+        model.classifier.linear.bias.copy_(torch.tensor([5.0, 0, 0, 0, 0]))  # everything says background
+    loose = dict(points_per_side=4, pred_iou_thresh=-1.0, stability_score_thresh=0.0, min_mask_region_area=0)
+    frame = np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8)
+    assert EverythingGenerator(model, GeneratorConfig(**loose)).generate(frame).instances == []
+    kept = EverythingGenerator(model, GeneratorConfig(**loose, keep_background=True)).generate(frame)
+    assert kept.instances and all(i.class_id == 0 and i.class_name == "background" for i in kept.instances)
+
+
+def test_label_image_numbers_instances_best_first(stamped_model):
+    generator = EverythingGenerator(stamped_model, GeneratorConfig(points_per_side=4, pred_iou_thresh=0.5, stability_score_thresh=0.0, box_nms_thresh=0.99, min_mask_region_area=0))
+    seg = generator.generate(np.zeros((H, W, 3), np.uint8))
+    labels = seg.label_image()
+    assert labels.dtype == np.uint16 and labels.shape == (H, W)
+    for k, inst in enumerate(seg.instances, start=1):
+        x, y = inst.point
+        assert labels[int(y), int(x)] == k or seg.instances[labels[int(y), int(x)] - 1].score >= inst.score
+
+
+def test_segmenter_rejects_bad_frames_and_scales_large_ones(stamped_model):
+    segmenter = SaomSegmenter(stamped_model, GeneratorConfig(points_per_side=4, pred_iou_thresh=0.5, stability_score_thresh=0.0, min_mask_region_area=0), max_input_size=32)
+    for bad, message in ((np.zeros((10, 10), np.uint8), "RGB"), (np.zeros((10, 10, 3), np.float32), "uint8"), (np.zeros((0, 5, 3), np.uint8), "empty")):
+        with pytest.raises(ImageError, match=message):
+            segmenter.segment(bad)
+    seg = segmenter.segment(np.zeros((H * 2, W * 2, 3), np.uint8))
+    assert (seg.height, seg.width) == (H * 2, W * 2)
+    assert all(i.mask.shape == (H * 2, W * 2) for i in seg.instances)
+    prompted = segmenter.segment_prompts(np.zeros((H * 2, W * 2, 3), np.uint8), points=np.array([[10.0, 10.0], [100.0, 60.0]]))
+    assert [i.class_id for i in prompted.instances] == [expected_class(5.0), expected_class(50.0)]

@@ -1,0 +1,162 @@
+"""Training: exact resume, NaN handling, the embedding cache, config errors, DDP gradient sync."""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from saom_core.cli import main as cli_main
+from saom_core.errors import SaomError
+from saom_core.model.checkpoint import load_model, read_checkpoint
+from saom_core.train import trainer as trainer_module
+from saom_core.train.config import load_train_config
+from saom_core.train.trainer import Trainer, TrainingError, TrainForward
+
+
+def config(data: Path, *overrides: str):
+    return load_train_config(
+        None,
+        [
+            "model.config=test", f"data.root={data}", "data.hflip=true", "data.negatives_per_frame=2",
+            "train.max_steps=6", "train.frames_per_step=2", "train.trainable=[all]", "train.device=cpu",
+            "train.checkpoint_every=3", "train.log_every=1", "train.val_max_frames=4", "train.threads=1",
+            "train.cache_embeddings=false", "optim.warmup_steps=2", *overrides,
+        ],
+    )
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(path)["state_dict"]
+
+
+def test_resume_after_a_crash_continues_exactly(rect_dataset, tmp_path, monkeypatch):
+    straight = Trainer(config(rect_dataset), tmp_path / "straight", progress=False).fit()
+
+    original = Trainer.train_step
+    calls = {"n": 0}
+
+    def crash_on_step_5(self, frames):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt("simulated crash")
+        return original(self, frames)
+
+    monkeypatch.setattr(Trainer, "train_step", crash_on_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config(rect_dataset), tmp_path / "crashed", progress=False).fit()
+    monkeypatch.setattr(Trainer, "train_step", original)
+    assert read_checkpoint(tmp_path / "crashed/checkpoints/last.pt")["train_state"]["step"] == 3
+
+    resumed = Trainer(config(rect_dataset), tmp_path / "crashed", resume=True, progress=False).fit()
+    assert resumed.steps == straight.steps == 6
+    a, b = weights(straight.last_checkpoint), weights(resumed.last_checkpoint)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs after resume"
+    rows = (tmp_path / "crashed/metrics.csv").read_text().splitlines()
+    assert [int(r.split(",")[0]) for r in rows[1:]] == list(range(1, 7)), "log rows are neither lost nor doubled"
+
+
+def test_outputs_of_a_run(rect_dataset, tmp_path):
+    result = Trainer(config(rect_dataset), tmp_path / "run", progress=False).fit()
+    run = tmp_path / "run"
+    for name in ("config.yaml", "metrics.csv", "val_history.json", "checkpoints/init.pt", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (run / name).exists(), name
+    assert list((run / "tb").iterdir()), "TensorBoard events written"
+    model = load_model(result.best_checkpoint)
+    assert model.class_list is not None and model.class_list.names == ["Mug", "Table", "Ball"]
+    init, last = weights(run / "checkpoints/init.pt"), weights(result.last_checkpoint)
+    assert any(not torch.equal(init[k], last[k]) for k in init), "training changed the weights"
+
+
+def test_refuses_to_overwrite_a_run_and_to_resume_nothing(rect_dataset, tmp_path):
+    Trainer(config(rect_dataset, "train.max_steps=1"), tmp_path / "run", progress=False).fit()
+    with pytest.raises(SaomError, match="already holds a training run"):
+        Trainer(config(rect_dataset), tmp_path / "run", progress=False)
+    with pytest.raises(SaomError, match="nothing to resume"):
+        Trainer(config(rect_dataset), tmp_path / "empty", resume=True, progress=False)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(rect_dataset, tmp_path, monkeypatch):
+    real_loss = trainer_module.saom_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        terms = real_loss(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 5:
+            terms.total = terms.total * float("nan")
+        return terms
+
+    monkeypatch.setattr(trainer_module, "saom_loss", poisoned)
+    with pytest.raises(TrainingError, match="non-finite loss at step 5.*last good checkpoint"):
+        Trainer(config(rect_dataset), tmp_path / "run", progress=False).fit()
+    state = read_checkpoint(tmp_path / "run/checkpoints/last.pt")
+    assert state["train_state"]["step"] == 3
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+
+
+def test_frozen_encoder_uses_the_embedding_cache(rect_dataset, tmp_path):
+    cache = tmp_path / "cache"
+    overrides = ("train.trainable=[mask_decoder, classifier]", "train.cache_embeddings=true", f"train.cache_dir={cache}")
+    Trainer(config(rect_dataset, *overrides), tmp_path / "a", progress=False).fit()
+    files = sorted(cache.rglob("*.pt"))
+    assert files, "embeddings were cached"
+    stamps = {f: f.stat().st_mtime_ns for f in files}
+    Trainer(config(rect_dataset, *overrides), tmp_path / "b", progress=False).fit()
+    assert {f: f.stat().st_mtime_ns for f in files} == stamps, "a second run reuses the cache"
+    fingerprints = {f.parent.parent.name for f in files}
+    assert len(fingerprints) == 1
+
+
+def test_cli_config_errors_are_one_line(rect_dataset, tmp_path, capsys):
+    code = cli_main(["train", "--config", "config/train_tiny.yaml", "--data", str(rect_dataset), "--out", str(tmp_path / "r"), "train.max_step=3"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "unknown key 'max_step' (did you mean 'max_steps'?)" in err
+
+
+# ---- DDP ---------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, port: int, data: str, out: str, mode: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    cfg = config(Path(data), "train.max_steps=3", "train.checkpoint_every=100")
+    trainer = Trainer(cfg, Path(out) / mode, progress=False)
+    if mode == "module":
+        # The authors' mistake: call the wrapped module directly, bypassing DDP's forward.
+        ddp = trainer.forward_module
+        trainer.forward_module = ddp.module
+        trainer.forward_module.train()
+        for step in range(3):
+            batch = [trainer.frames[(2 * step + rank) % len(trainer.frames)]]
+            trainer.train_step(batch)
+        torch.distributed.destroy_process_group()
+    else:
+        trainer.fit()
+    torch.save(trainer.model.state_dict(), Path(out) / f"{mode}_rank{rank}.pt")
+
+
+@pytest.mark.parametrize("mode", ["ddp", "module"])
+def test_ddp_replicas_stay_identical_only_through_ddp_forward(rect_dataset, tmp_path, mode):
+    mp.spawn(_ddp_worker, args=(_free_port(), str(rect_dataset), str(tmp_path), mode), nprocs=2, join=True)
+    a = torch.load(tmp_path / f"{mode}_rank0.pt")
+    b = torch.load(tmp_path / f"{mode}_rank1.pt")
+    identical = all(torch.equal(a[k], b[k]) for k in a)
+    if mode == "ddp":
+        assert identical, "DDP replicas diverged"
+    else:
+        assert not identical, "bypassing DDP's forward must skip the gradient all-reduce"
+
+
+def test_train_forward_is_one_module_call():
+    assert issubclass(TrainForward, torch.nn.Module)
