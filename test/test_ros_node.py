@@ -653,3 +653,40 @@ def test_qos_mismatch_and_silent_camera_are_reported(ros, ckpt):
         assert node.stats.received == 0
     finally:
         ros.drop(node)
+
+
+def test_real_saom_checkpoint_end_to_end(ros, tmp_path):
+    """No fake: the node loads a real SAOM checkpoint through load_segmenter and segments real frames."""
+    import torch
+
+    from saom_core.data.classes import ClassList
+    from saom_core.model.checkpoint import save_checkpoint
+    from saom_core.model.configs import get_config
+    from saom_core.model.saom import build_model
+
+    torch.manual_seed(0)
+    classes = ClassList.from_yaml("pybullet")
+    path = save_checkpoint(tmp_path / "saom_test.pt", build_model(get_config("test"), classes))
+    name = "saom_real"
+    node = ros.node(name, path, None, points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+                    min_mask_region_area=0, keep_background=True)
+    try:
+        assert ros.transition(name, "configure") and ros.transition(name, "activate")
+        labels = Collector(ros.tester, LabelInfo, f"/{name}/label_info", LATCHED)
+        assert labels.wait(1)
+        assert [c.class_name for c in labels.msgs[-1].class_map] == ["background", *classes.names]
+        dets = Collector(ros.tester, Detection2DArray, f"/{name}/detections")
+        masks = Collector(ros.tester, Image, f"/{name}/instance_mask")
+        pub = ros.tester.create_publisher(Image, f"/{name}/image", CAMERA)
+        msg = image_msg(3, w=72, h=40)
+        assert publish_until(pub, msg, dets, 1, timeout=30.0), "no detections from the real model"
+        assert masks.wait(1)
+        det, mask = dets.msgs[0], masks.msgs[0]
+        assert key(det.header) == key(msg.header) == key(mask.header)
+        labels_img = mask_array(mask)
+        assert labels_img.shape == (40, 72)
+        assert len(det.detections) > 0
+        assert set(np.unique(labels_img)) - {0} <= {int(d.id) for d in det.detections}
+        assert ros.transition(name, "deactivate")
+    finally:
+        ros.drop(node)
