@@ -219,7 +219,9 @@ class _SceneBuilder:
     def build(self) -> dict[str, Any]:
         bc, rng = self.bc, self.rng
         bc.resetSimulation()
-        bc.setPhysicsEngineParameter(deterministicOverlappingPairs=1, numSolverIterations=30)
+        # No file caching: a mesh loaded from pybullet's in-process cache can differ (vertex order,
+        # convex hulls) from a fresh load, which made a scene depend on what the process loaded before.
+        bc.setPhysicsEngineParameter(deterministicOverlappingPairs=1, numSolverIterations=30, enableFileCaching=0)
         bc.setGravity(0, 0, -9.81)
         self._room()
         height = rng.uniform(0.95, 1.35)
