@@ -82,7 +82,7 @@ class OnnxDecoder(nn.Module):
         multimask = slice(1, None)  # decode(multimask_output=True): SAM's 3 multimask outputs
         outputs = (masks[:, multimask], iou_pred[:, multimask])
         if self.model.classifier is not None:
-            outputs += (self.model.classifier(iou_token_out, mask_tokens_out)[:, multimask],)
+            outputs += (self.model.classifier(iou_token_out, mask_tokens_out, masks, image_embeddings)[:, multimask],)
         return outputs
 
 

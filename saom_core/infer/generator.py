@@ -2,9 +2,13 @@
 
 Same outputs as `segment_anything.SamAutomaticMaskGenerator` on the same model, grid and
 thresholds (single crop layer), but built for speed: the frame is encoded once, all grid prompts
-are decoded in large batches, the filters (predicted IoU, stability, class) and box NMS run on the
-decoder's low-resolution logits, and only the survivors are upsampled to the frame. Everything
-stays on the model's device; bf16/fp16 autocast on GPU.
+are decoded in large batches, the cheap filters (predicted IoU, class) run on the decoder's
+outputs, and only their survivors are upsampled to the frame (in one bilinear step, not via the
+padded 1024x1024 intermediate), where stability, boxes and box NMS are computed exactly as the
+stock generator does. Nothing is run-length encoded or deep-copied; everything stays on the
+model's device; bf16/fp16 autocast on GPU. (Stability and boxes on the low-resolution logits
+were tried and rejected: for small objects they disagree with the stock generator, test
+test_generator_slow_path.)
 
 SAOM mode (a model with a class head) keeps, per grid point, the best of SAM's 3 masks by
 predicted IoU (what it was trained to output) and labels it; masks classed as background, or as
@@ -26,6 +30,10 @@ from saom_core.infer.types import Instance, Segmentation
 from saom_core.model.grid import grid_points
 from saom_core.model.saom import SaomModel
 
+# After small-region removal the stock generator re-runs NMS at max(box_nms_thresh, crop_nms_thresh),
+# crop_nms_thresh defaulting to 0.7; kept so both generators return the same masks.
+STOCK_CROP_NMS_THRESH = 0.7
+
 
 @dataclass
 class GeneratorConfig:
@@ -36,7 +44,7 @@ class GeneratorConfig:
     stability_score_offset: float = 1.0
     box_nms_thresh: float = 0.3  # SAOM's tuned value (stock SAM: 0.7)
     min_mask_region_area: int = 150  # SAOM's tuned value (stock SAM: 0)
-    postprocess_nms_thresh: float = 0.7  # NMS after small-region removal, as the stock generator
+    frame_batch: int = 64  # candidates upsampled to the frame at once (memory: frame_batch x H x W floats)
     multimask: Literal["auto", "best", "all"] = "auto"  # auto: best for SAOM, all for vanilla SAM
     keep_background: bool = False
     keep_classes: list[str] | None = None  # None: every class of the model
@@ -120,28 +128,21 @@ class EverythingGenerator:
             chunk = slice(start, start + self.config.points_per_batch)
             parts.append(self._decode_chunk(embedding, coords[chunk], point_tensor[chunk], valid_h, valid_w))
         candidates = _Candidates.cat(parts)
-        if len(candidates.iou) == 0:
+        masks, boxes, candidates = self._to_frame(candidates, height, width)
+        if len(masks) == 0:
             return Segmentation(height, width, [])
-
-        # Box NMS on low-res masks; boxes scaled to frame pixels so thresholds mean the same thing.
-        low_boxes = batched_mask_to_box(candidates.logits > 0).float()
-        to_frame = torch.tensor([width / valid_w, height / valid_h] * 2, device=self.device)
-        boxes = low_boxes * to_frame
-        keep = batched_nms(boxes, candidates.iou.float(), torch.zeros_like(candidates.iou), self.config.box_nms_thresh)
-        candidates = candidates.select(keep)
-
-        masks = self._to_frame(candidates.logits, valid_h, valid_w, height, width)
-        return self._finish(candidates, masks, height, width)
+        keep = batched_nms(boxes, candidates.iou, torch.zeros_like(candidates.iou), self.config.box_nms_thresh)
+        return self._finish(candidates.select(keep), masks[keep], height, width)
 
     def _decode_chunk(self, embedding: torch.Tensor, coords: torch.Tensor, points: torch.Tensor, valid_h: int, valid_w: int) -> _Candidates:
+        """Decode a batch of grid prompts; keep the masks that pass predicted IoU and class."""
         labels = torch.ones(len(coords), 1, dtype=torch.int, device=self.device)
         with self.autocast():
             out = self.model.decode(embedding, coords[:, None, :], labels)
-        logits = out.low_res_logits[..., :valid_h, :valid_w].float()
+        logits = out.low_res_logits[..., :valid_h, :valid_w]
         iou = out.iou_pred.float()
         if out.class_logits is not None:
-            probs = out.class_logits.float().softmax(-1)
-            class_score, class_id = probs.max(-1)
+            class_score, class_id = out.class_logits.float().softmax(-1).max(-1)
         else:
             class_id = torch.ones_like(iou, dtype=torch.long)
             class_score = torch.ones_like(iou)
@@ -156,21 +157,35 @@ class EverythingGenerator:
         keep = iou > self.config.pred_iou_thresh
         if self.has_classes:
             keep &= self.allowed[class_id]
-        logits, iou, class_id, class_score, point = (t[keep] for t in (logits, iou, class_id, class_score, point))
-        stability = calculate_stability_score(logits, self.model.mask_threshold, self.config.stability_score_offset)
-        keep = stability >= self.config.stability_score_thresh
-        keep &= (logits > self.model.mask_threshold).flatten(1).any(1)
-        return _Candidates(logits[keep], iou[keep], stability[keep], class_id[keep], class_score[keep], point[keep])
+        return _Candidates(logits[keep], iou[keep], torch.zeros_like(iou[keep]), class_id[keep], class_score[keep], point[keep])
 
-    def _to_frame(self, logits: torch.Tensor, valid_h: int, valid_w: int, height: int, width: int) -> torch.Tensor:
-        """Upsample cropped low-res logits to the frame, exactly as Sam.postprocess_masks would."""
-        side = self.model.config.low_res_size
-        padded = torch.nn.functional.pad(logits, (0, side - valid_w, 0, side - valid_h))
-        return self.model.logits_to_frame(padded[:, None], height, width)[:, 0] > self.model.mask_threshold
+    def _to_frame(self, candidates: _Candidates, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor, _Candidates]:
+        """Frame-resolution masks, boxes and stability of the candidates, in batches; unstable or
+        empty masks are dropped. Returns (masks (K, H, W) bool, boxes (K, 4) float xyxy, candidates)."""
+        threshold, offset = self.model.mask_threshold, self.config.stability_score_offset
+        masks, boxes, kept, stability = [], [], [], []
+        for start in range(0, len(candidates.iou), self.config.frame_batch):
+            low = candidates.logits[start : start + self.config.frame_batch].float()
+            side = self.model.config.low_res_size
+            padded = torch.nn.functional.pad(low, (0, side - low.shape[-1], 0, side - low.shape[-2]))
+            logits = self.model.logits_to_frame(padded[:, None], height, width)[:, 0]
+            score = calculate_stability_score(logits, threshold, offset)
+            binary = logits > threshold
+            keep = (score >= self.config.stability_score_thresh) & binary.flatten(1).any(1)
+            masks.append(binary[keep])
+            boxes.append(batched_mask_to_box(binary[keep]).float())
+            stability.append(score[keep])
+            kept.append(torch.nonzero(keep).flatten() + start)
+        if not kept:
+            empty = torch.zeros(0, dtype=torch.long, device=self.device)
+            return torch.zeros(0, height, width, dtype=torch.bool), torch.zeros(0, 4), candidates.select(empty)
+        selected = candidates.select(torch.cat(kept))
+        selected.stability = torch.cat(stability)
+        return torch.cat(masks), torch.cat(boxes), selected
 
     def _finish(self, candidates: _Candidates, masks: torch.Tensor, height: int, width: int) -> Segmentation:
         masks_np = masks.cpu().numpy()
-        boxes = batched_mask_to_box(masks).float()
+        boxes = batched_mask_to_box(masks).float().cpu()
         if self.config.min_mask_region_area > 0 and len(masks_np):
             masks_np, boxes, keep = self._remove_small_regions(masks_np, boxes)
             candidates = candidates.select(keep.to(self.device))
@@ -179,7 +194,7 @@ class EverythingGenerator:
         class_id = candidates.class_id.cpu().numpy()
         class_score = candidates.class_score.cpu().numpy()
         point = candidates.point.cpu().numpy()
-        boxes_np = boxes.cpu().numpy() + np.array([0, 0, 1, 1])  # inclusive max -> exclusive
+        boxes_np = boxes.numpy() + np.array([0, 0, 1, 1])  # inclusive max -> exclusive
         names = self.model.class_names
         instances = [
             Instance(
@@ -211,6 +226,6 @@ class EverythingGenerator:
         cleaned_t = torch.from_numpy(cleaned)
         new_boxes = batched_mask_to_box(cleaned_t).float()
         score_t = torch.tensor(scores)
-        keep = batched_nms(new_boxes, score_t, torch.zeros_like(score_t), self.config.postprocess_nms_thresh)
-        keep = keep.sort().values
+        threshold = max(self.config.box_nms_thresh, STOCK_CROP_NMS_THRESH)
+        keep = batched_nms(new_boxes, score_t, torch.zeros_like(score_t), threshold).sort().values
         return cleaned[keep.numpy()], new_boxes[keep], keep

@@ -13,7 +13,7 @@ from saom_core.train.losses import LossWeights
 class ModelSection:
     config: str = "vit_b"  # vit_b | vit_l | vit_h | tiny | test
     checkpoint: str | None = None  # official SAM weights to start from (None: random init)
-    head_input: Literal["iou_token", "mask_token"] = "iou_token"
+    head_input: Literal["iou_token", "mask_token", "mask_pool"] = "iou_token"
     init_pos_embed: bool = True  # without a checkpoint: random (not zero) encoder position embedding
 
 
@@ -61,6 +61,9 @@ class TrainSection:
     log_every: int = 10
     checkpoint_every: int = 200
     validate_every_epochs: int = 1
+    # head_input mask_pool: pool the class features of objects under their true masks in training
+    # (the predicted masks at inference), so the class loss learns before the masks are good
+    class_pool_true_masks: bool = True
     val_max_frames: int = 200  # validation subsample (first N frames of the split) to keep epochs short
 
 

@@ -58,9 +58,10 @@ class TrainResult:
 class TrainForward(nn.Module):
     """Encoder (unless embeddings are given) + prompt building + one batched decoder call."""
 
-    def __init__(self, model: SaomModel) -> None:
+    def __init__(self, model: SaomModel, gt_pool: bool = True) -> None:
         super().__init__()
         self.model = model
+        self.gt_pool = gt_pool
 
     def forward(
         self,
@@ -81,7 +82,24 @@ class TrainForward(nn.Module):
         )
         labels = torch.ones(len(coords), 1, dtype=torch.int, device=device)
         out = self.model.decode(embeddings, coords[:, None, :], labels, image_index=image_index)
+        classifier = self.model.classifier
+        if self.gt_pool and classifier is not None and classifier.head_input == "mask_pool":
+            out = self._classes_from_true_masks(out, prompts, embeddings, image_index)
         return out, prompts
+
+    def _classes_from_true_masks(
+        self, out: DecoderOutput, prompts: list[FramePrompts], embeddings: torch.Tensor, image_index: torch.Tensor
+    ) -> DecoderOutput:
+        """Class logits of the objects pooled under their ground-truth masks (background points keep
+        the predicted ones): the class loss then sees clean object features from the first step."""
+        positive = torch.cat([p.positive for p in prompts]).to(embeddings.device)
+        if not positive.any():
+            return out
+        targets = torch.cat([p.mask_targets for p in prompts]).to(embeddings.device)
+        pooled = self.model.classifier.pool(targets[:, None], embeddings, image_index[positive])
+        class_logits = out.class_logits.clone()
+        class_logits[positive] = pooled.expand(-1, class_logits.shape[1], -1).to(class_logits.dtype)
+        return DecoderOutput(out.low_res_logits, out.iou_pred, class_logits)
 
 
 def lr_lambda(warmup: int, total: int, min_ratio: float) -> Callable[[int], float]:
@@ -156,7 +174,7 @@ class Trainer:
 
         self.frames = FrameStore(self.train_set, cfg.data.preload, progress=progress and self.ctx.is_main)
         self.cache = EmbeddingCache(cfg.train.cache_dir or Path(cfg.data.root) / ".embedding_cache", self.model) if self.use_cache else None
-        self.forward_module: nn.Module = TrainForward(self.model)
+        self.forward_module: nn.Module = TrainForward(self.model, cfg.train.class_pool_true_masks)
         if self.ctx.enabled:
             self.forward_module = DistributedDataParallel(
                 self.forward_module,

@@ -1,0 +1,91 @@
+"""The fast generator against segment_anything.SamAutomaticMaskGenerator on the same decoder outputs.
+
+Both pipelines run the same model object. Its prompt encoder and mask decoder are replaced by
+small deterministic modules that answer every point with soft disks around it (three sizes, with
+sharp and blurry edges, position-dependent predicted IoU), so masks differ from prompt to prompt,
+overlap, and sit on both sides of every threshold: what is compared is the pipeline (filters,
+NMS, upsampling, small-region removal), not learned weights.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from segment_anything import SamAutomaticMaskGenerator
+from torch import nn
+
+from saom_core.eval.matching import agreement
+from saom_core.infer.generator import EverythingGenerator, GeneratorConfig
+from saom_core.model.configs import get_config
+from saom_core.model.saom import build_model
+
+
+class CoordPromptEncoder(nn.Module):
+    """Passes the point coordinates (model input pixels) through as the 'sparse embedding'."""
+
+    def __init__(self, embed_side: int) -> None:
+        super().__init__()
+        self.side = embed_side
+
+    def forward(self, points, boxes, masks):
+        coords, _labels = points
+        return coords.float(), torch.zeros(coords.shape[0], 1, self.side, self.side)
+
+    def get_dense_pe(self) -> torch.Tensor:
+        return torch.zeros(1, 1, self.side, self.side)
+
+
+class DiskDecoder(nn.Module):
+    """Soft disks around each prompt: mask k has radius r_k and edge softness s_k; 4 outputs like SAM."""
+
+    def __init__(self, low_res: int, image_size: int) -> None:
+        super().__init__()
+        self.low_res, self.scale = low_res, low_res / image_size
+
+    def _masks(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        xy = coords[:, 0, :] * self.scale  # (P, 2) in low-res pixels
+        grid = torch.arange(self.low_res, dtype=torch.float32) + 0.5
+        dist = ((grid[None, None, :] - xy[:, 0, None, None]) ** 2 + (grid[None, :, None] - xy[:, 1, None, None]) ** 2).sqrt()
+        phase = (xy[:, 0] * 0.37 + xy[:, 1] * 0.61) % 1.0  # a position-dependent "object size"
+        radii = torch.stack([3 + 2 * phase, 6 + 4 * phase, 10 + 6 * phase, 5 + 3 * phase], 1)  # (P, 4)
+        softness = torch.tensor([0.04, 0.1, 0.6, 0.06])  # logits per low-res pixel: sharp to blurry edges
+        logits = (radii[:, :, None, None] - dist[:, None]) / softness[None, :, None, None]
+        iou = torch.stack([0.6 + 0.3 * phase, 0.97 - 0.2 * phase, 0.5 + 0.2 * (1 - phase), 0.7 * torch.ones_like(phase)], 1)
+        return logits, iou
+
+    def forward(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, multimask_output):
+        masks, iou = self._masks(sparse_prompt_embeddings)
+        pick = slice(1, None) if multimask_output else slice(0, 1)
+        return masks[:, pick], iou[:, pick]
+
+    def predict_masks_with_tokens(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, image_index=None):
+        masks, iou = self._masks(sparse_prompt_embeddings)
+        tokens = torch.zeros(masks.shape[0], 4, 8)
+        return masks, iou, tokens[:, 0], tokens
+
+
+@pytest.fixture
+def disk_model():
+    model = build_model(get_config("tiny")).eval()  # 256 px input, 64x64 low-res masks
+    model.prompt_encoder = CoordPromptEncoder(model.config.embedding_size)
+    model.mask_decoder = DiskDecoder(model.config.low_res_size, model.config.image_size)
+    return model
+
+
+@pytest.mark.parametrize("size", [(224, 224), (180, 300)])
+@pytest.mark.parametrize("thresholds", [
+    dict(pred_iou_thresh=0.3, stability_score_thresh=0.95, box_nms_thresh=0.3, min_mask_region_area=150),  # SAOM's
+    dict(pred_iou_thresh=0.88, stability_score_thresh=0.95, box_nms_thresh=0.7, min_mask_region_area=0),  # stock SAM's
+    dict(pred_iou_thresh=0.5, stability_score_thresh=0.8, box_nms_thresh=0.5, min_mask_region_area=40),
+])
+def test_masks_agree_with_the_slow_path(disk_model, size, thresholds):
+    image = np.random.default_rng(0).integers(0, 255, (*size, 3), dtype=np.uint8)
+    stock = SamAutomaticMaskGenerator(disk_model, points_per_side=16, **thresholds)
+    fast = EverythingGenerator(disk_model, GeneratorConfig(points_per_side=16, multimask="all", keep_background=True, **thresholds))
+    reference = np.stack([m["segmentation"] for m in stock.generate(image)])
+    candidate = np.stack([inst.mask for inst in fast.generate(image).instances])
+    result = agreement(reference, candidate)
+    assert result.reference_masks >= 5, "the comparison needs masks"
+    assert result.mean_matched_iou >= 0.95, result
+    assert result.recall_at_095 >= 0.9 and result.precision_at_095 >= 0.9, result
+    assert abs(result.candidate_masks - result.reference_masks) <= max(1, result.reference_masks // 10), result
