@@ -103,7 +103,7 @@ def _segmenter_from(args: argparse.Namespace):
 
     return load_segmenter(
         str(args.checkpoint), device=args.device, points_per_side=args.points_per_side,
-        pred_iou_thresh=args.pred_iou_thresh, box_nms_thresh=args.box_nms_thresh,
+        pred_iou_thresh=args.pred_iou_thresh, box_nms_thresh=args.box_nms_thresh, stability_score_thresh=args.stability_thresh,
         min_mask_region_area=args.min_region_area, keep_classes=args.keep_classes,
         keep_background=args.keep_background, max_input_size=args.max_input_size,
     )
@@ -125,9 +125,11 @@ def _add_generator_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", type=Path, required=True, help="SAOM checkpoint (or official SAM weights)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--points-per-side", type=int, default=32)
-    p.add_argument("--pred-iou-thresh", type=float, default=0.3)
-    p.add_argument("--box-nms-thresh", type=float, default=0.3)
-    p.add_argument("--min-region-area", type=int, default=150)
+    tuned = "default: the value tuned for the checkpoint, else the paper's"
+    p.add_argument("--pred-iou-thresh", type=float, default=None, help=f"{tuned} (0.3)")
+    p.add_argument("--stability-thresh", type=float, default=None, help=f"{tuned} (0.95)")
+    p.add_argument("--box-nms-thresh", type=float, default=None, help=f"{tuned} (0.3)")
+    p.add_argument("--min-region-area", type=int, default=None, help=f"{tuned} (150)")
     p.add_argument("--keep-classes", nargs="+", default=None, help="only these classes")
     p.add_argument("--keep-background", action="store_true", help="also output masks classed as background")
     p.add_argument("--max-input-size", type=int, default=None, help="process larger frames at this size")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import importlib
-import inspect
 import os
 import sys
 from typing import Callable
@@ -18,7 +17,7 @@ from typing import Callable
 from saom_core.errors import ConfigError, SaomError
 from saom_core.infer.types import Segmenter
 
-from .params import DEFAULTS, NodeParams
+from .params import NodeParams
 
 SegmenterFactory = Callable[[NodeParams], Segmenter]
 
@@ -58,14 +57,10 @@ def load_from_params(params: NodeParams) -> Segmenter:
         from saom_core.infer.segmenter import load_segmenter
     except ImportError as exc:
         raise SaomError(f"cannot import the SAOM segmenter (saom_core.infer.segmenter): {exc}") from exc
-    kwargs = params.segmenter_kwargs()
-    accepted = inspect.signature(load_segmenter).parameters
-    for name in [k for k in kwargs if k not in accepted]:
-        default = DEFAULTS.get(name, "")
-        if kwargs[name] not in (default, None) and name != "checkpoint":
-            raise ConfigError(f"parameter {name}: not supported by this saom_core's load_segmenter; leave it at {default!r}")
-        del kwargs[name]
-    return load_segmenter(**kwargs)
+    segmenter = load_segmenter(**params.segmenter_kwargs())
+    if params.warmup:
+        segmenter.warmup()
+    return segmenter
 
 
 def check_device(device: str) -> None:

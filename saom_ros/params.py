@@ -36,11 +36,12 @@ PARAMETERS: tuple[Param, ...] = (
     Param("model_config", "", "SAM architecture name (vit_b, vit_l, vit_h, ...); empty = read from the checkpoint"),
     Param("device", "cpu", "cpu, cuda, cuda:N or auto (cuda when available)"),
     Param("half", False, "half precision (cuda only)"),
+    Param("warmup", True, "run the model once on a blank frame at activate, so the first camera frame pays no set-up cost"),
     Param("points_per_side", 32, "everything-mode prompt grid size (points per side)"),
-    Param("pred_iou_thresh", 0.3, "drop masks whose predicted IoU is below this [0, 1]"),
-    Param("stability_score_thresh", 0.95, "drop masks whose stability score is below this [0, 1]"),
-    Param("box_nms_thresh", 0.3, "box IoU for non-maximum suppression between instances (0, 1]"),
-    Param("min_mask_region_area", 150, "remove mask islands and holes smaller than this (pixels, 0 = off)"),
+    Param("pred_iou_thresh", -1.0, "drop masks whose predicted IoU is below this [0, 1]; -1 = the checkpoint's tuned value (paper: 0.3)"),
+    Param("stability_score_thresh", -1.0, "drop masks whose stability score is below this [0, 1]; -1 = the checkpoint's tuned value (paper: 0.95)"),
+    Param("box_nms_thresh", -1.0, "box IoU for non-maximum suppression between instances (0, 1]; -1 = the checkpoint's tuned value (paper: 0.3)"),
+    Param("min_mask_region_area", -1, "remove mask islands and holes smaller than this (pixels, 0 = off); -1 = the checkpoint's tuned value (paper: 150)"),
     Param("score_threshold", 0.0, "drop instances whose score (predicted IoU x class probability) is below this [0, 1]; published as LabelInfo.threshold"),
     Param("keep_classes", [], "class names to keep (empty = all classes of the model)"),
     Param("keep_background", False, "also output instances classified as background (class id 0)"),
@@ -72,11 +73,12 @@ class NodeParams:
     model_config: str = ""
     device: str = "cpu"
     half: bool = False
+    warmup: bool = True
     points_per_side: int = 32
-    pred_iou_thresh: float = 0.3
-    stability_score_thresh: float = 0.95
-    box_nms_thresh: float = 0.3
-    min_mask_region_area: int = 150
+    pred_iou_thresh: float = -1.0  # -1: the checkpoint's tuned value (TUNED)
+    stability_score_thresh: float = -1.0
+    box_nms_thresh: float = -1.0
+    min_mask_region_area: int = -1
     score_threshold: float = 0.0
     keep_classes: tuple[str, ...] = field(default_factory=tuple)
     keep_background: bool = False
@@ -106,10 +108,10 @@ class NodeParams:
             device=self.device,
             half=self.half,
             points_per_side=self.points_per_side,
-            pred_iou_thresh=self.pred_iou_thresh,
-            stability_score_thresh=self.stability_score_thresh,
-            box_nms_thresh=self.box_nms_thresh,
-            min_mask_region_area=self.min_mask_region_area,
+            pred_iou_thresh=_tuned(self.pred_iou_thresh),
+            stability_score_thresh=_tuned(self.stability_score_thresh),
+            box_nms_thresh=_tuned(self.box_nms_thresh),
+            min_mask_region_area=_tuned(self.min_mask_region_area),
             keep_classes=list(self.keep_classes) or None,
             keep_background=self.keep_background,
             max_input_size=self.max_input_size or None,
@@ -187,6 +189,21 @@ def _max_input_size(value: Any) -> int:
     return value
 
 
+TUNED = -1  # a threshold parameter at -1 takes the value tuned for the checkpoint
+
+
+def _tuned(value: float) -> float | None:
+    """None (= the checkpoint's tuned value) for the TUNED sentinel."""
+    return None if value == TUNED else value
+
+
+def _or_tuned(check: Any, name: str, value: Any, *args: Any, **kwargs: Any) -> Any:
+    """-1 passes through (the checkpoint's value); anything else is checked as usual."""
+    if not isinstance(value, bool) and isinstance(value, (int, float)) and value == TUNED:
+        return type(DEFAULTS[name])(TUNED)
+    return check(name, value, *args, **kwargs)
+
+
 def validate(raw: Mapping[str, Any], check_files: bool = True) -> NodeParams:
     """Check raw parameter values (missing ones take their defaults); raise ConfigError on the first problem.
 
@@ -233,11 +250,12 @@ def validate(raw: Mapping[str, Any], check_files: bool = True) -> NodeParams:
         model_config=_str("model_config", v["model_config"]).strip(),
         device=device,
         half=half,
+        warmup=_bool("warmup", v["warmup"]),
         points_per_side=_int("points_per_side", v["points_per_side"], 1, 256),
-        pred_iou_thresh=_float("pred_iou_thresh", v["pred_iou_thresh"], 0.0, 1.0),
-        stability_score_thresh=_float("stability_score_thresh", v["stability_score_thresh"], 0.0, 1.0),
-        box_nms_thresh=_float("box_nms_thresh", v["box_nms_thresh"], 0.0, 1.0, lo_open=True),
-        min_mask_region_area=_int("min_mask_region_area", v["min_mask_region_area"], 0),
+        pred_iou_thresh=_or_tuned(_float, "pred_iou_thresh", v["pred_iou_thresh"], 0.0, 1.0),
+        stability_score_thresh=_or_tuned(_float, "stability_score_thresh", v["stability_score_thresh"], 0.0, 1.0),
+        box_nms_thresh=_or_tuned(_float, "box_nms_thresh", v["box_nms_thresh"], 0.0, 1.0, lo_open=True),
+        min_mask_region_area=_or_tuned(_int, "min_mask_region_area", v["min_mask_region_area"], 0),
         score_threshold=_float("score_threshold", v["score_threshold"], 0.0, 1.0),
         keep_classes=_str_list("keep_classes", v["keep_classes"]),
         keep_background=_bool("keep_background", v["keep_background"]),

@@ -77,3 +77,19 @@ def test_truncated_state_dict_is_refused(tmp_path):
     torch.save(state, path)
     with pytest.raises(CheckpointError, match="1 missing keys"):
         load_model(path, config="test")
+
+
+def test_tuned_generator_thresholds_travel_with_the_checkpoint(tmp_path):
+    from saom_core.infer.segmenter import load_segmenter
+
+    model = build_model(get_config("test"), ClassList.from_yaml("pybullet"))
+    model.generator_defaults = {"pred_iou_thresh": 0.4, "stability_score_thresh": 0.8, "box_nms_thresh": 0.25, "min_mask_region_area": 60}
+    path = save_checkpoint(tmp_path / "tuned.pt", model)
+    assert load_model(path).generator_defaults == model.generator_defaults
+    config = load_segmenter(str(path), points_per_side=8).generator.config
+    assert (config.pred_iou_thresh, config.stability_score_thresh, config.box_nms_thresh, config.min_mask_region_area) == (0.4, 0.8, 0.25, 60)
+    override = load_segmenter(str(path), stability_score_thresh=0.9).generator.config
+    assert override.stability_score_thresh == 0.9 and override.pred_iou_thresh == 0.4
+    torch.save(official_state_dict(), tmp_path / "sam.pth")
+    vanilla = load_segmenter(str(tmp_path / "sam.pth")).generator.config  # no tuned values: the paper's
+    assert (vanilla.pred_iou_thresh, vanilla.stability_score_thresh, vanilla.box_nms_thresh, vanilla.min_mask_region_area) == (0.3, 0.95, 0.3, 150)

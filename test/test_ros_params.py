@@ -52,7 +52,7 @@ def test_defaults_validate_with_a_checkpoint(ckpt):
     ({"box_nms_thresh": 0.0}, r"box_nms_thresh: 0.0 is out of range \(0.0"),
     ({"points_per_side": 2.5}, "points_per_side: expected an integer"),
     ({"points_per_side": 0}, "points_per_side: 0 is out of range"),
-    ({"min_mask_region_area": -1}, "min_mask_region_area"),
+    ({"min_mask_region_area": -2}, "min_mask_region_area"),
     ({"image_reliability": "sometimes"}, "image_reliability: 'sometimes' is not one of best_effort, reliable"),
     ({"image_transport": "theora"}, "image_transport"),
     ({"keep_classes": [1, 2]}, "keep_classes: expected a list of class names"),
@@ -186,21 +186,31 @@ def test_release_closes_the_model():
         model_mod.validate_segmenter(NoClasses())
 
 
-def test_default_factory_passes_what_load_segmenter_takes(monkeypatch, ckpt):
-    """load_from_params hands the node's parameters to saom_core's load_segmenter (its signature decides)."""
+def test_default_factory_passes_the_parameters_and_warms_up(monkeypatch, ckpt):
+    """load_from_params hands the node's parameters to saom_core's load_segmenter, then warms the model up."""
+    import inspect
+
     import saom_core.infer.segmenter as real
 
+    accepted = set(inspect.signature(real.load_segmenter).parameters)
     seen = {}
 
-    def older_loader(checkpoint, device="cpu", half=False, points_per_side=32):
-        seen.update(checkpoint=checkpoint, device=device, half=half, points_per_side=points_per_side)
-        return FakeSegmenter()
+    class Warmable(FakeSegmenter):
+        warmed = False
 
-    monkeypatch.setattr(real, "load_segmenter", older_loader)
-    model_mod.load_from_params(validate({"checkpoint": ckpt, "points_per_side": 8}))
-    assert seen == {"checkpoint": ckpt, "device": "cpu", "half": False, "points_per_side": 8}
-    with pytest.raises(ConfigError, match="parameter model_config: not supported"):
-        model_mod.load_from_params(validate({"checkpoint": ckpt, "model_config": "vit_b"}))
+        def warmup(self) -> None:
+            self.warmed = True
+
+    def loader(**kwargs):
+        seen.update(kwargs)
+        return Warmable()
+
+    monkeypatch.setattr(real, "load_segmenter", loader)
+    segmenter = model_mod.load_from_params(validate({"checkpoint": ckpt, "points_per_side": 8, "model_config": "vit_b"}))
+    assert set(seen) <= accepted, f"parameters load_segmenter does not take: {set(seen) - accepted}"
+    assert seen["checkpoint"] == ckpt and seen["points_per_side"] == 8 and seen["model_config"] == "vit_b"
+    assert segmenter.warmed
+    assert not model_mod.load_from_params(validate({"checkpoint": ckpt, "warmup": False})).warmed
 
 
 def test_real_loader_reports_a_bad_checkpoint(ckpt):
@@ -223,3 +233,12 @@ def test_cuda_device_is_checked_at_configure():
     else:
         with pytest.raises(ConfigError, match="CUDA is not available"):
             model_mod.check_device("cuda:0")
+
+
+def test_threshold_minus_one_means_the_checkpoints_tuned_value(ckpt):
+    params = validate({"checkpoint": ckpt})
+    kwargs = params.segmenter_kwargs()
+    for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "min_mask_region_area"):
+        assert kwargs[name] is None, name  # load_segmenter then uses the checkpoint's value
+    explicit = validate({"checkpoint": ckpt, "pred_iou_thresh": 0.5, "min_mask_region_area": 0}).segmenter_kwargs()
+    assert explicit["pred_iou_thresh"] == 0.5 and explicit["min_mask_region_area"] == 0

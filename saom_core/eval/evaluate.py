@@ -15,7 +15,7 @@ from saom_core.data.reader import SaomDataset
 from saom_core.eval.everything_eval import run_everything
 from saom_core.eval.point_eval import evaluate_points
 from saom_core.eval.report import write_report
-from saom_core.infer.generator import GeneratorConfig
+from saom_core.infer.generator import GeneratorConfig, generator_config
 from saom_core.infer.segmenter import SaomSegmenter, resolve_device
 from saom_core.infer.types import Segmentation
 from saom_core.model.checkpoint import load_model
@@ -45,9 +45,10 @@ def machine_description(device: torch.device) -> str:
 
 
 def generator_for(model: SaomModel, points_per_side: int) -> GeneratorConfig:
-    """Tuned SAOM settings for models with a class head; stock SAM settings for vanilla SAM."""
-    base = GeneratorConfig() if model.classifier is not None else STOCK_SAM_SETTINGS
-    return GeneratorConfig(**{**asdict(base), "points_per_side": points_per_side})
+    """A SAOM model's own tuned settings (its checkpoint's, else the paper's); stock SAM's for vanilla SAM."""
+    if model.classifier is not None:
+        return generator_config(model, points_per_side=points_per_side)
+    return GeneratorConfig(**{**asdict(STOCK_SAM_SETTINGS), "points_per_side": points_per_side})
 
 
 def _describe(model: SaomModel) -> str:

@@ -50,6 +50,17 @@ class GeneratorConfig:
     keep_classes: list[str] | None = None  # None: every class of the model
 
 
+TUNABLE = ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "min_mask_region_area")
+
+
+def generator_config(model: SaomModel, **overrides: object) -> GeneratorConfig:
+    """Settings for a model: the paper's values, then the thresholds tuned for this model at training
+    (stored in its checkpoint), then explicit overrides (None = not overridden)."""
+    values = {k: v for k, v in model.generator_defaults.items() if k in TUNABLE}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return GeneratorConfig(**values)
+
+
 @dataclass
 class _Candidates:
     logits: torch.Tensor  # (K, s, s) low-res logits, cropped to the frame's valid region

@@ -15,7 +15,7 @@ import torch
 from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
 
 from saom_core.errors import ConfigError, ImageError
-from saom_core.infer.generator import EverythingGenerator, GeneratorConfig
+from saom_core.infer.generator import EverythingGenerator, GeneratorConfig, generator_config
 from saom_core.infer.types import Instance, Segmentation
 from saom_core.model.checkpoint import load_model
 from saom_core.model.saom import DecoderOutput, SaomModel
@@ -160,25 +160,32 @@ def load_segmenter(
     device: str = "cpu",
     half: bool = False,
     points_per_side: int = 32,
-    pred_iou_thresh: float = 0.3,
-    box_nms_thresh: float = 0.3,
-    min_mask_region_area: int = 150,
+    pred_iou_thresh: float | None = None,
+    box_nms_thresh: float | None = None,
+    min_mask_region_area: int | None = None,
     keep_classes: list[str] | None = None,
     keep_background: bool = False,
     max_input_size: int | None = None,
-    stability_score_thresh: float = 0.95,
+    stability_score_thresh: float | None = None,
     model_config: str | None = None,
 ) -> SaomSegmenter:
-    """Load a SAOM (or official SAM) checkpoint for inference; errors name the bad file or value."""
+    """Load a SAOM (or official SAM) checkpoint for inference; errors name the bad file or value.
+
+    Thresholds left at None take the values tuned for this model (stored in its checkpoint), else
+    the paper's (pred IoU 0.3, box NMS 0.3, min region area 150, stability 0.95).
+    """
     if points_per_side < 1:
         raise ConfigError(f"points_per_side must be >= 1, got {points_per_side}")
     for name, value in (("pred_iou_thresh", pred_iou_thresh), ("box_nms_thresh", box_nms_thresh), ("stability_score_thresh", stability_score_thresh)):
-        if not 0.0 <= value <= 1.0:
+        if value is not None and not 0.0 <= value <= 1.0:
             raise ConfigError(f"{name} must be within [0, 1], got {value}")
+    if min_mask_region_area is not None and min_mask_region_area < 0:
+        raise ConfigError(f"min_mask_region_area must be >= 0, got {min_mask_region_area}")
     if max_input_size is not None and max_input_size < 16:
         raise ConfigError(f"max_input_size must be >= 16 pixels, got {max_input_size}")
     model = load_model(checkpoint, model_config, resolve_device(device))
-    config = GeneratorConfig(
+    config = generator_config(
+        model,
         points_per_side=points_per_side,
         pred_iou_thresh=pred_iou_thresh,
         box_nms_thresh=box_nms_thresh,

@@ -1,7 +1,7 @@
 """Loading official SAM weights and saving/loading SAOM checkpoints.
 
 A SAOM checkpoint is one torch file: {"format": "saom", "version", "model_config", "head_input",
-"class_list", "state_dict"} plus, for training runs, "train_state" (optimizer, scheduler, step,
+"class_list", "generator" (its tuned everything-mode thresholds), "state_dict"} plus, for training runs, "train_state" (optimizer, scheduler, step,
 RNG). An official SAM checkpoint (e.g. sam_vit_b_01ec64.pth) is a bare state_dict; `load_model`
 accepts both, so vanilla SAM is a valid baseline anywhere a SAOM checkpoint is.
 """
@@ -83,6 +83,7 @@ def checkpoint_dict(model: SaomModel, train_state: dict[str, Any] | None = None)
         "model_config": model.config.to_dict(),
         "head_input": model.classifier.head_input if model.classifier is not None else None,
         "class_list": model.class_list.to_dict() if model.class_list is not None else None,
+        "generator": dict(model.generator_defaults),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     if train_state is not None:
@@ -107,6 +108,7 @@ def model_from_checkpoint(data: dict[str, Any], path: str | Path, config: str | 
         except KeyError as exc:
             raise CheckpointError(f"{path}: SAOM checkpoint lacks {exc}") from exc
         _load_state(model, data["state_dict"], path)
+        model.generator_defaults = dict(data.get("generator") or {})
         return model
     name = config if config is not None else guess_sam_config(data)
     if name is None:

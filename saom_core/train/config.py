@@ -68,6 +68,16 @@ class TrainSection:
 
 
 @dataclass
+class InferenceSection:
+    """Everything-mode thresholds stored in the checkpoint as this model's defaults (paper: 0.3, -, 0.3, 150)."""
+
+    pred_iou_thresh: float = 0.3
+    stability_score_thresh: float = 0.95
+    box_nms_thresh: float = 0.3
+    min_mask_region_area: int = 150
+
+
+@dataclass
 class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
@@ -75,6 +85,7 @@ class TrainConfig:
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
     loss: LossWeights = field(default_factory=LossWeights)
+    inference: InferenceSection = field(default_factory=InferenceSection)
 
 
 def load_train_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:

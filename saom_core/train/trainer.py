@@ -11,7 +11,7 @@ import csv
 import io
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -166,6 +166,7 @@ class Trainer:
             load_sam_weights(self.model, cfg.model.checkpoint)
         elif cfg.model.init_pos_embed:
             self.model.init_from_scratch()
+        self.model.generator_defaults = asdict(cfg.inference)
         self.num_trainable = set_trainable(self.model, cfg.train.trainable)
         self.model.to(self.device)
         self.encoder_frozen = not any(p.requires_grad for p in self.model.image_encoder.parameters())
