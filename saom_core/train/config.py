@@ -32,6 +32,8 @@ class DataSection:
 class PromptSection:
     mode: Literal["nearest_neighbour", "random_foreground", "mask_centre"] = "nearest_neighbour"
     points_per_side: int = 32
+    # More grid points inside each object, same target (0 = the paper: the assigned point only)
+    extra_points_per_mask: int = 0
 
 
 @dataclass

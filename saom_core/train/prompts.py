@@ -65,18 +65,34 @@ def build_frame_prompts(
     negatives: int,
     max_masks: int,
     rng: np.random.Generator,
+    extra_points: int = 0,
 ) -> FramePrompts:
-    """Prompts for one frame. Unreachable masks (no grid point inside) get no prompt."""
+    """Prompts for one frame. Unreachable masks (no grid point inside) get no prompt.
+
+    `extra_points` > 0 adds that many more grid points inside each kept mask (random, other than
+    its assigned one) with the same target: everything mode prompts every grid point of an object,
+    and a model trained from scratch has never seen the others (a pretrained SAM generalises).
+    """
     assignment = assign(mode, features, masks, grid, geo, rng)
     keep = np.flatnonzero(assignment.reachable)
     if len(keep) > max_masks:
         keep = np.sort(rng.choice(keep, size=max_masks, replace=False))
     height, width = masks.shape[1:]
     rows, cols = pixel_of(grid, height, width)
-    occupied = masks[:, rows, cols].any(0).cpu().numpy() if len(masks) else np.zeros(len(grid), bool)
-    free = np.flatnonzero(~occupied)
+    inside = masks[:, rows, cols].cpu().numpy() if len(masks) else np.zeros((0, len(grid)), bool)
+    free = np.flatnonzero(~inside.any(0))
     background = rng.choice(free, size=min(negatives, len(free)), replace=False) if negatives > 0 else free[:0]
-    points = np.concatenate([assignment.points[keep], grid[background]], 0)
+    object_points = [assignment.points[keep]]
+    if extra_points > 0:
+        extra_of = []
+        for k in keep:
+            others = np.flatnonzero(inside[k])
+            others = others[others != assignment.grid_index[k]]
+            chosen = rng.choice(others, size=min(extra_points, len(others)), replace=False)
+            object_points.append(grid[chosen])
+            extra_of += [k] * len(chosen)
+        keep = np.concatenate([keep, np.asarray(extra_of, dtype=np.int64)])
+    points = np.concatenate([*object_points, grid[background]], 0)
     keep_t = torch.from_numpy(keep).to(masks.device)
     return FramePrompts(
         points=torch.as_tensor(points, dtype=torch.float32),

@@ -298,6 +298,7 @@ class Trainer:
             return build_frame_prompts(
                 features.float(), frames[i].masks.to(self.device), frames[i].class_ids, self._grid(h, w), geo,
                 self.cfg.prompts.mode, self.cfg.data.negatives_per_frame, self.cfg.data.max_masks_per_frame, self.rng,
+                self.cfg.prompts.extra_points_per_mask,
             )
 
         start = time.perf_counter()
