@@ -105,7 +105,7 @@ def _segmenter_from(args: argparse.Namespace):
         str(args.checkpoint), device=args.device, points_per_side=args.points_per_side,
         pred_iou_thresh=args.pred_iou_thresh, box_nms_thresh=args.box_nms_thresh, stability_score_thresh=args.stability_thresh,
         min_mask_region_area=args.min_region_area, keep_classes=args.keep_classes,
-        keep_background=args.keep_background, max_input_size=args.max_input_size,
+        keep_background=args.keep_background, max_input_size=args.max_input_size, compile=args.compile,
     )
 
 
@@ -133,6 +133,7 @@ def _add_generator_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-classes", nargs="+", default=None, help="only these classes")
     p.add_argument("--keep-background", action="store_true", help="also output masks classed as background")
     p.add_argument("--max-input-size", type=int, default=None, help="process larger frames at this size")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decoder (one-off cost, then faster frames)")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -180,12 +180,15 @@ def key(header) -> tuple[int, int, str]:
     return header.stamp.sec, header.stamp.nanosec, header.frame_id
 
 
-def publish_until(pub, msg, collector: Collector, n: int, timeout: float = 10.0) -> bool:
-    """Publish (re-publishing while discovery settles) until the collector holds n messages."""
+def publish_until(pub, msg, collector: Collector, n: int, timeout: float = 10.0, also: tuple[Collector, ...] = ()) -> bool:
+    """Publish (re-publishing while discovery settles) until the collector, and every one in `also`, holds n messages.
+
+    Discovery matches each output topic on its own, so one collector having a message does not mean the
+    others' subscriptions were matched when it was published."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         pub.publish(msg)
-        if collector.wait(n, 0.3):
+        if collector.wait(n, 0.3) and all(c.wait(n, 0.3) for c in also):
             return True
     return False
 
@@ -221,8 +224,7 @@ def test_lifecycle_transitions_outputs_and_model_release(ros, ckpt):
         masks = Collector(ros.tester, Image, f"/{name}/instance_mask")
         pub = ros.tester.create_publisher(Image, f"/{name}/image", CAMERA)
         msg = image_msg(1, w=80, h=60)
-        assert publish_until(pub, msg, dets, 1), "no Detection2DArray from the node"
-        assert masks.wait(1)
+        assert publish_until(pub, msg, dets, 1, also=(masks,)), "no Detection2DArray and mask from the node"
         det, mask = dets.msgs[0], masks.msgs[0]
         assert key(det.header) == key(msg.header) == key(mask.header)
         expected = FakeSegmenter().segment(np.zeros((60, 80, 3), np.uint8))
@@ -378,8 +380,7 @@ def test_compressed_input(ros, ckpt):
         msg.header.stamp.sec, msg.header.frame_id = 77, "cam_png"
         msg.format = "rgb8; png compressed bgr8"
         msg.data = png.tobytes()
-        assert publish_until(pub, msg, dets, 1)
-        assert masks.wait(1)
+        assert publish_until(pub, msg, dets, 1, also=(masks,))
         assert key(dets.msgs[0].header) == (77, 0, "cam_png")
         assert mask_array(masks.msgs[0]).shape == (40, 56)
     finally:
@@ -679,8 +680,7 @@ def test_real_saom_checkpoint_end_to_end(ros, tmp_path):
         masks = Collector(ros.tester, Image, f"/{name}/instance_mask")
         pub = ros.tester.create_publisher(Image, f"/{name}/image", CAMERA)
         msg = image_msg(3, w=72, h=40)
-        assert publish_until(pub, msg, dets, 1, timeout=30.0), "no detections from the real model"
-        assert masks.wait(1)
+        assert publish_until(pub, msg, dets, 1, timeout=30.0, also=(masks,)), "no detections and mask from the real model"
         det, mask = dets.msgs[0], masks.msgs[0]
         assert key(det.header) == key(msg.header) == key(mask.header)
         labels_img = mask_array(mask)

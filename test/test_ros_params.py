@@ -21,7 +21,7 @@ from saom_ros.testing import FakeSegmenter
 REPO = Path(__file__).resolve().parents[1]
 LOAD_SEGMENTER_ARGS = {"checkpoint", "device", "half", "points_per_side", "pred_iou_thresh", "box_nms_thresh",
                        "min_mask_region_area", "keep_classes", "keep_background", "max_input_size",
-                       "stability_score_thresh"}
+                       "stability_score_thresh", "compile"}
 
 
 @pytest.fixture

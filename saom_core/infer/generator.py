@@ -45,6 +45,7 @@ class GeneratorConfig:
     box_nms_thresh: float = 0.3  # SAOM's tuned value (stock SAM: 0.7)
     min_mask_region_area: int = 150  # SAOM's tuned value (stock SAM: 0)
     frame_batch: int = 64  # candidates upsampled to the frame at once (memory: frame_batch x H x W floats)
+    compile: bool = False  # torch.compile the decoder: a one-off compile (~30 s on a CPU), then ~2x faster decoding
     multimask: Literal["auto", "best", "all"] = "auto"  # auto: best for SAOM, all for vanilla SAM
     keep_background: bool = False
     keep_classes: list[str] | None = None  # None: every class of the model
@@ -97,6 +98,7 @@ class EverythingGenerator:
         for i, name in enumerate(names):
             allowed[i] = (i > 0 or self.config.keep_background) and (keep is None or i == 0 or name in keep)
         self.allowed = allowed.to(model.device)
+        self._decode = torch.compile(model.decode) if self.config.compile else model.decode
         multimask = self.config.multimask
         self.keep_all_masks = multimask == "all" or (multimask == "auto" and not self.has_classes)
 
@@ -149,7 +151,7 @@ class EverythingGenerator:
         """Decode a batch of grid prompts; keep the masks that pass predicted IoU and class."""
         labels = torch.ones(len(coords), 1, dtype=torch.int, device=self.device)
         with self.autocast():
-            out = self.model.decode(embedding, coords[:, None, :], labels)
+            out = self._decode(embedding, coords[:, None, :], labels)
         logits = out.low_res_logits[..., :valid_h, :valid_w]
         iou = out.iou_pred.float()
         if out.class_logits is not None:

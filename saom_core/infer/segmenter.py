@@ -168,6 +168,7 @@ def load_segmenter(
     max_input_size: int | None = None,
     stability_score_thresh: float | None = None,
     model_config: str | None = None,
+    compile: bool = False,
 ) -> SaomSegmenter:
     """Load a SAOM (or official SAM) checkpoint for inference; errors name the bad file or value.
 
@@ -193,5 +194,6 @@ def load_segmenter(
         stability_score_thresh=stability_score_thresh,
         keep_classes=list(keep_classes) if keep_classes else None,
         keep_background=keep_background,
+        compile=compile,
     )
     return SaomSegmenter(model, config, half=half, max_input_size=max_input_size)
