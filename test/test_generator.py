@@ -110,3 +110,17 @@ def test_segmenter_rejects_bad_frames_and_scales_large_ones(stamped_model):
     assert all(i.mask.shape == (H * 2, W * 2) for i in seg.instances)
     prompted = segmenter.segment_prompts(np.zeros((H * 2, W * 2, 3), np.uint8), points=np.array([[10.0, 10.0], [100.0, 60.0]]))
     assert [i.class_id for i in prompted.instances] == [expected_class(5.0), expected_class(50.0)]
+
+
+def test_compiled_decoder_gives_the_same_instances():
+    """compile=True swaps in torch.compile(model.decode): a speed option, never a different answer."""
+    torch.manual_seed(0)
+    model = build_model(get_config("test"), CLASSES).eval()
+    loose = dict(points_per_side=4, pred_iou_thresh=-1.0, stability_score_thresh=0.0, min_mask_region_area=0, keep_background=True)
+    frame = np.random.default_rng(1).integers(0, 255, (H, W, 3), dtype=np.uint8)
+    eager = EverythingGenerator(model, GeneratorConfig(**loose)).generate(frame)
+    compiled = EverythingGenerator(model, GeneratorConfig(**loose, compile=True)).generate(frame)
+    assert eager.instances and len(compiled.instances) == len(eager.instances)
+    for a, b in zip(eager.instances, compiled.instances):
+        assert a.class_id == b.class_id and abs(a.score - b.score) < 1e-4
+        assert (a.mask != b.mask).mean() < 0.01
