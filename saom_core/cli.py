@@ -105,7 +105,7 @@ def _segmenter_from(args: argparse.Namespace):
         str(args.checkpoint), device=args.device, points_per_side=args.points_per_side,
         pred_iou_thresh=args.pred_iou_thresh, box_nms_thresh=args.box_nms_thresh, stability_score_thresh=args.stability_thresh,
         min_mask_region_area=args.min_region_area, keep_classes=args.keep_classes,
-        keep_background=args.keep_background, max_input_size=args.max_input_size, compile=args.compile,
+        keep_background=args.keep_background, max_input_size=args.max_input_size, compile=args.compile, half=args.half,
     )
 
 
@@ -134,6 +134,7 @@ def _add_generator_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-background", action="store_true", help="also output masks classed as background")
     p.add_argument("--max-input-size", type=int, default=None, help="process larger frames at this size")
     p.add_argument("--compile", action="store_true", help="torch.compile the decoder (one-off cost, then faster frames)")
+    p.add_argument("--half", action="store_true", help="reduced precision (bf16; fp16 on GPUs without bf16): faster, masks differ slightly")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -35,9 +35,9 @@ PARAMETERS: tuple[Param, ...] = (
     Param("checkpoint", "", "SAOM checkpoint file (required; configure fails when it is missing)"),
     Param("model_config", "", "SAM architecture name (vit_b, vit_l, vit_h, ...); empty = read from the checkpoint"),
     Param("device", "cpu", "cpu, cuda, cuda:N or auto (cuda when available)"),
-    Param("half", False, "half precision (cuda only)"),
+    Param("half", False, "reduced precision: bf16 (fp16 on GPUs without bf16); faster, masks differ slightly (bench/everything_mode.py)"),
     Param("warmup", True, "run the model once on a blank frame at activate, so the first camera frame pays no set-up cost"),
-    Param("compile", False, "torch.compile the mask decoder at activate (one-off ~30 s on a CPU, then about 2x faster decoding)"),
+    Param("compile", False, "torch.compile the mask decoder at activate (one-off ~15-30 s on a CPU, then faster decoding)"),
     Param("points_per_side", 32, "everything-mode prompt grid size (points per side)"),
     Param("pred_iou_thresh", -1.0, "drop masks whose predicted IoU is below this [0, 1]; -1 = the checkpoint's tuned value (paper: 0.3)"),
     Param("stability_score_thresh", -1.0, "drop masks whose stability score is below this [0, 1]; -1 = the checkpoint's tuned value (paper: 0.95)"),
@@ -237,8 +237,6 @@ def validate(raw: Mapping[str, Any], check_files: bool = True) -> NodeParams:
     if not _DEVICE_RE.match(device):
         raise ConfigError(f"parameter device: {device!r} is not cpu, cuda, cuda:N or auto")
     half = _bool("half", v["half"])
-    if half and device == "cpu":
-        raise ConfigError("parameter half: half precision needs device cuda (device is cpu)")
 
     image_topic = _str("image_topic", v["image_topic"]).strip()
     if not image_topic:

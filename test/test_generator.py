@@ -124,3 +124,14 @@ def test_compiled_decoder_gives_the_same_instances():
     for a, b in zip(eager.instances, compiled.instances):
         assert a.class_id == b.class_id and abs(a.score - b.score) < 1e-4
         assert (a.mask != b.mask).mean() < 0.01
+
+
+def test_half_runs_bf16_on_cpu(stamped_model):
+    """`half` means bf16 autocast on a CPU (fast with AVX512-BF16/AMX), not an error or a silent no-op."""
+    config = GeneratorConfig(points_per_side=4, pred_iou_thresh=0.5, stability_score_thresh=0.0, min_mask_region_area=0)
+    segmenter = SaomSegmenter(stamped_model, config, half=True)
+    assert segmenter.generator.amp_dtype == torch.bfloat16
+    with segmenter.generator.autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    seg = segmenter.segment(np.zeros((H, W, 3), np.uint8))
+    assert seg.instances and all(i.mask.shape == (H, W) for i in seg.instances)

@@ -270,7 +270,7 @@ def test_configure_fails_cleanly_on_missing_checkpoint_and_bad_parameters(ros, c
         {"checkpoint": str(tmp_path / "missing.pt")},
         {"checkpoint": ""},
         {"device": "gpu"},
-        {"half": True},  # on cpu
+        {"half": "yes"},
         {"pred_iou_thresh": 2.0},
         {"points_per_side": "many"},
         {"image_reliability": "sometimes"},

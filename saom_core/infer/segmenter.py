@@ -15,7 +15,7 @@ import torch
 from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
 
 from saom_core.errors import ConfigError, ImageError
-from saom_core.infer.generator import EverythingGenerator, GeneratorConfig, generator_config
+from saom_core.infer.generator import EverythingGenerator, GeneratorConfig, generator_config, reduced_precision
 from saom_core.infer.types import Instance, Segmentation
 from saom_core.model.checkpoint import load_model
 from saom_core.model.saom import DecoderOutput, SaomModel
@@ -51,10 +51,7 @@ class SaomSegmenter:
     def __init__(self, model: SaomModel, config: GeneratorConfig, half: bool = False, max_input_size: int | None = None) -> None:
         self.model = model.eval()
         self.max_input_size = max_input_size
-        amp = None
-        if half and model.device.type == "cuda":
-            amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        self.generator = EverythingGenerator(model, config, amp_dtype=amp)
+        self.generator = EverythingGenerator(model, config, amp_dtype=reduced_precision(model.device) if half else None)
         self.class_names = model.class_names
 
     # ---- frames ------------------------------------------------------------------------------
