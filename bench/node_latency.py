@@ -4,9 +4,11 @@
     python bench/node_latency.py --checkpoint X.pt     # the real SAOM model (--device, --half)
 
 Phases (the node runs as its own process, `python -m saom_ros.node`, over the real rmw on loopback):
-  1. bare:     segmenter.segment(rgb) on each frame, back to back            -> frames/s, p50/p95
-  2. node:     publish a frame, wait for its Detection2DArray, next frame    -> frames/s, p50/p95 publish->received
-  3. overload: publish at --overload x the bare frame rate for --overload-s  -> latency first vs second half
+  1. paired:   for each frame, segmenter.segment(rgb) in this process, then publish the frame and wait
+               for its Detection2DArray from the node (one in flight)  -> frames/s, p50/p95 of each.
+               Interleaved so that both see the same machine: on a shared VM a ~1 s CPU model drifts
+               by 10-20% over a minute, more than the node's own overhead.
+  2. overload: publish at --overload x the bare frame rate for --overload-s  -> latency first vs second half
                (no growing queue: the second half is not slower), frames dropped (from /diagnostics)
 Checks (exit status 1 when one fails, unless --no-check): node p50 latency overhead <= --max-overhead
 (15%), node frames/s >= bare x (1 - max overhead), overload p95 of the second half <= first half x 1.5
@@ -58,17 +60,15 @@ def load_segmenter(args):
     return load(args.checkpoint, device=args.device, half=args.half, points_per_side=args.points_per_side)
 
 
-def bench_bare(segmenter, frames, warmup: int) -> dict:
-    for f in frames[:warmup]:
-        segmenter.segment(f)
-    times = []
-    t0 = time.perf_counter()
-    for f in frames:
-        s = time.perf_counter()
-        segmenter.segment(f)
-        times.append(time.perf_counter() - s)
-    total = time.perf_counter() - t0
-    return {"fps": len(frames) / total, "p50_ms": pct(times, 50), "p95_ms": pct(times, 95)}
+def summary(seconds: list[float]) -> dict:
+    """Closed loop (one frame in flight): frames/s is frames over the time spent on them."""
+    return {"fps": len(seconds) / sum(seconds) if seconds else 0.0, "p50_ms": pct(seconds, 50), "p95_ms": pct(seconds, 95)}
+
+
+def timed_segment(segmenter, frame: np.ndarray) -> float:
+    start = time.perf_counter()
+    segmenter.segment(frame)
+    return time.perf_counter() - start
 
 
 class Client:
@@ -194,17 +194,15 @@ def main(argv=None) -> int:
     transport = os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", "Fast DDS default")
     frames = make_frames(args.frames + args.warmup, args.width, args.height)
     segmenter = load_segmenter(args)
-    bare = bench_bare(segmenter, frames[args.warmup:], args.warmup)
-    segmenter.close()
-    model_s = bare["p50_ms"] / 1e3
-    print(f"bare segment(): {bare['fps']:.2f} frames/s, p50 {bare['p50_ms']:.1f} ms, p95 {bare['p95_ms']:.1f} ms "
-          f"({args.width}x{args.height}, {'fake ' + str(args.model_ms) + ' ms' if not args.checkpoint else args.checkpoint})")
+    for f in frames[:args.warmup]:
+        segmenter.segment(f)
+    model_s = timed_segment(segmenter, frames[0])
 
     node_name, image_topic = f"saom_bench_node_{os.getpid()}", f"/saom_bench_{os.getpid()}/image"
     tmp = tempfile.TemporaryDirectory(prefix="saom_bench_")
     proc = start_node(args, node_name, image_topic, Path(tmp.name))
     client = Client(domain, image_topic, node_name, args.reliability == "reliable")
-    results = {"bare": bare, "width": args.width, "height": args.height, "dds_transport": transport,
+    results = {"width": args.width, "height": args.height, "dds_transport": transport,
                "image_reliability": args.reliability, "model": args.checkpoint or f"fake {args.model_ms} ms"}
     try:
         # wait for the node (model load, discovery): re-send the first frame until it is answered
@@ -220,16 +218,20 @@ def main(argv=None) -> int:
             i += 1
             client.send_and_wait(client.image(f, i), 10 * model_s + 1)
 
-        # 2. closed loop: one frame in flight
-        latencies, t0 = [], time.perf_counter()
+        # 1. paired closed loop: the bare call and the node on each frame in turn
+        bare_times, latencies = [], []
         for f in frames[args.warmup:]:
+            bare_times.append(timed_segment(segmenter, f))
             i += 1
             lat = client.send_and_wait(client.image(f, i), 10 * model_s + 1)
             if lat is not None:
                 latencies.append(lat)
-        total = time.perf_counter() - t0
-        node = {"fps": len(latencies) / total, "p50_ms": pct(latencies, 50), "p95_ms": pct(latencies, 95),
-                "lost": args.frames - len(latencies)}
+        segmenter.close()
+        bare = results["bare"] = summary(bare_times)
+        model_s = bare["p50_ms"] / 1e3
+        print(f"bare segment(): {bare['fps']:.2f} frames/s, p50 {bare['p50_ms']:.1f} ms, p95 {bare['p95_ms']:.1f} ms "
+              f"({args.width}x{args.height}, {'fake ' + str(args.model_ms) + ' ms' if not args.checkpoint else args.checkpoint})")
+        node = {**summary(latencies), "lost": args.frames - len(latencies)}
         node["overhead_p50"] = node["p50_ms"] / bare["p50_ms"] - 1
         node["overhead_fps"] = 1 - node["fps"] / bare["fps"]
         time.sleep(1.2)  # one /diagnostics period: the node's own view of the same frames
@@ -241,7 +243,7 @@ def main(argv=None) -> int:
               f"frames/s {100 * node['overhead_fps']:+.1f}%; inside the node: callback->published p50 "
               f"{node['node_internal_p50_ms']:.1f} ms, model {node['node_model_p50_ms']:.1f} ms")
 
-        # 3. overload: a camera faster than the model
+        # 2. overload: a camera faster than the model
         rate = args.overload * bare["fps"]
         n = max(10, int(rate * args.overload_s))
         sent: dict[tuple[int, int], float] = {}
