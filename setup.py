@@ -4,16 +4,20 @@
 additionally installs launch/ and config/ under share/saom_ros and the `saom_node` executable.
 """
 from glob import glob
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
 PACKAGE = "saom_ros"
+# colcon's symlink install runs setup.py from the build directory through a symlink: find the README
+# next to the real file, not in the working directory.
+README = Path(__file__).resolve().parent / "README.md"
 
 setup(
     name=PACKAGE,
     version="0.1.0",
     description="SAOM: Segment Anything fine-tuned in simulation for whole-object, labelled masks",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=README.read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",

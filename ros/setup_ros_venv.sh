@@ -46,6 +46,11 @@ WHEELS=(
     "ros-ament-cmake-ros-core==0.14.5"
     "ros-ament-cmake-vendor-package==2.7.3"
     "catkin-pkg>=1.0"
+    # colcon (PyPI): the tests build this package the way a ROS 2 workspace does
+    "colcon-core==0.21.3"
+    "colcon-ros==0.5.0"
+    "colcon-python-setup-py==0.2.9"
+    "colcon-package-selection==0.2.10"
 )
 log "installing ROS 2 Kilted wheels into $VENV"
 "$PY" -m pip install -q "${WHEELS[@]}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -119,6 +120,27 @@ def test_install_layout_for_colcon():
         assert f"<exec_depend>{dep}</exec_depend>" in package
     # ros/vision_msgs is only for pip-wheel ROS: colcon must not build it next to the real vision_msgs
     assert (REPO / "ros" / "COLCON_IGNORE").exists()
+
+
+@pytest.mark.parametrize("symlink", [False, True], ids=["copy", "symlink_install"])
+def test_colcon_build_installs_the_package(tmp_path, symlink):
+    """`colcon build` (colcon-ros from PyPI, as `make ros` installs it) puts the node, launch file and
+    configs where `ros2 launch saom_ros saom.launch.py` looks for them."""
+    colcon = Path(sys.executable).with_name("colcon")
+    if not colcon.exists():
+        pytest.skip("colcon is not installed in this environment (`make ros` installs it)")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "saom_ros").symlink_to(REPO)
+    cmd = [str(colcon), "build", "--packages-select", "saom_ros", "--event-handlers", "console_direct-"]
+    result = subprocess.run(cmd + (["--symlink-install"] if symlink else []), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    prefix = tmp_path / "install" / "saom_ros"
+    share = prefix / "share" / "saom_ros"
+    for path in (share / "package.xml", share / "launch" / "saom.launch.py", share / "config" / "saom.yaml",
+                 share / "config" / "saom.rviz", prefix / "lib" / "saom_ros" / "saom_node",
+                 prefix / "share" / "ament_index" / "resource_index" / "packages" / "saom_ros"):
+        assert path.exists(), f"{path.relative_to(tmp_path)} not installed"
 
 
 def test_launch_test_is_collected_and_skipped_cleanly():
