@@ -6,9 +6,9 @@ are decoded in large batches, the cheap filters (predicted IoU, class) run on th
 outputs, and only their survivors are upsampled to the frame (in one bilinear step, not via the
 padded 1024x1024 intermediate), where stability, boxes and box NMS are computed exactly as the
 stock generator does. Nothing is run-length encoded or deep-copied; everything stays on the
-model's device; optional reduced precision (bf16/fp16 autocast on GPU, bf16 on CPU). (Stability and boxes on the low-resolution logits
-were tried and rejected: for small objects they disagree with the stock generator, test
-test_generator_slow_path.)
+model's device; optional reduced precision (bf16/fp16 autocast on GPU, bf16 on CPU) and
+torch.compile of the decoder. (Stability and boxes on the low-resolution logits were tried and
+rejected: for small objects they disagree with the stock generator, test test_generator_slow_path.)
 
 SAOM mode (a model with a class head) keeps, per grid point, the best of SAM's 3 masks by
 predicted IoU (what it was trained to output) and labels it; masks classed as background, or as
