@@ -18,6 +18,7 @@ from torch.nn import functional as F
 
 from saom_core.data.classes import ClassList
 from saom_core.model.configs import SamConfig
+from saom_core.model.two_way import one_frame_two_way
 
 HeadInput = Literal["iou_token", "mask_token", "mask_pool"]
 HEAD_INPUTS = ("iou_token", "mask_token", "mask_pool")
@@ -35,7 +36,9 @@ class BatchedMaskDecoder(MaskDecoder):
 
     Same parameters (and state_dict keys) as `MaskDecoder`; `predict_masks` is the official one except
     that `image_embeddings[image_index]` replaces `repeat_interleave` so prompts of many frames share
-    one call, and it also returns the IoU-token and mask-token outputs for the class head.
+    one call, and it also returns the IoU-token and mask-token outputs for the class head. Prompts on
+    one frame with one dense embedding go through `one_frame_two_way` (the frame's share of the first
+    attention block computed once, not once per prompt).
     """
 
     def predict_masks_with_tokens(
@@ -51,15 +54,12 @@ class BatchedMaskDecoder(MaskDecoder):
         output_tokens = output_tokens.unsqueeze(0).expand(num_prompts, -1, -1)
         tokens = torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
 
-        if image_index is None:
-            src = image_embeddings.expand(num_prompts, -1, -1, -1)
+        b, (c, h, w) = num_prompts, image_embeddings.shape[1:]
+        if image_index is None and dense_prompt_embeddings.shape[0] == 1:  # one frame, one dense embedding
+            hs, src = one_frame_two_way(self.transformer, image_embeddings + dense_prompt_embeddings, image_pe, tokens)
         else:
-            src = image_embeddings[image_index]
-        src = src + dense_prompt_embeddings
-        pos_src = image_pe.expand(num_prompts, -1, -1, -1)
-        b, c, h, w = src.shape
-
-        hs, src = self.transformer(src, pos_src, tokens)
+            src = image_embeddings.expand(b, -1, -1, -1) if image_index is None else image_embeddings[image_index]
+            hs, src = self.transformer(src + dense_prompt_embeddings, image_pe.expand(b, -1, -1, -1), tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : (1 + self.num_mask_tokens), :]
 
@@ -237,6 +237,7 @@ class SaomModel(Sam):
         """Decode P prompts. Points are (P, K, 2) in input coordinates with (P, K) labels; boxes (P, 4)."""
         points = (point_coords, point_labels) if point_coords is not None else None
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=None)
+        dense = dense[:1]  # no mask prompts: every prompt's dense embedding is the same no-mask embedding
         masks, iou_pred, iou_token_out, mask_tokens_out = self.mask_decoder.predict_masks_with_tokens(
             image_embeddings=image_embeddings,
             image_pe=self.prompt_encoder.get_dense_pe(),
