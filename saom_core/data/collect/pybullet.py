@@ -99,26 +99,16 @@ class PyBulletCollector(Collector):
                 f"class list '{class_list.name}' names none of the pybullet model classes {sorted(MODELS)}"
             )
         self.data_path = pybullet_data.getDataPath()
-        self._bc: BulletClient | None = None
 
     # -- simulator lifecycle ------------------------------------------------------------------------
-    def _client(self) -> BulletClient:
-        if self._bc is None:
-            try:
-                with _quiet_stdout():  # pybullet's C code prints "argv[0]=" to stdout on connect
-                    self._bc = BulletClient(connection_mode=pybullet.DIRECT)
-            except Exception as exc:  # pybullet raises bare `error`
-                raise SimulatorError(f"pybullet could not start a DIRECT client: {exc}") from exc
-            self._bc.setAdditionalSearchPath(self.data_path)
-        return self._bc
-
-    def close(self) -> None:
-        if self._bc is not None:
-            try:
-                self._bc.disconnect()
-            except Exception:  # already gone (process exiting)
-                pass
-            self._bc = None
+    def _connect(self) -> BulletClient:
+        try:
+            with _quiet_stdout():  # pybullet's C code prints "argv[0]=" to stdout on connect
+                client = BulletClient(connection_mode=pybullet.DIRECT)
+        except Exception as exc:  # pybullet raises bare `error`
+            raise SimulatorError(f"pybullet could not start a DIRECT client: {exc}") from exc
+        client.setAdditionalSearchPath(self.data_path)
+        return client
 
     # -- one scene ----------------------------------------------------------------------------------
     def collect_scene(self, scene_index: int, seed: int) -> list[Frame]:
@@ -128,7 +118,7 @@ class PyBulletCollector(Collector):
         collected in one go (test_crash_then_resume_finishes_and_skips_done_scenes; rare, not
         reproduced locally in 14 repeated collections)."""
         rng = scene_rng(seed, scene_index)
-        bc = self._client()
+        bc = self._connect()
         try:
             scene = _SceneBuilder(bc, rng, self.data_path).build()
             light = _random_light(rng)
@@ -137,7 +127,7 @@ class PyBulletCollector(Collector):
                 yaw = scene["yaw0"] - 90.0 * k  # RotateRight 90
                 frames.append(self._render(bc, scene, yaw, light, k, seed))
         finally:
-            self.close()
+            bc.disconnect()
         return frames
 
     def _render(self, bc: BulletClient, scene: dict[str, Any], yaw: float, light: dict[str, Any], k: int,
