@@ -15,6 +15,7 @@ from saom_core.data.classes import BACKGROUND, ClassList  # noqa: E402
 from saom_core.errors import CheckpointError, SaomError  # noqa: E402
 from saom_core.infer import export_onnx as export_module  # noqa: E402
 from saom_core.infer.export_onnx import (  # noqa: E402
+    CLASSIFIER_FILE,
     DECODER_FILE,
     ENCODER_FILE,
     METADATA_FILE,
@@ -26,9 +27,10 @@ from saom_core.model.configs import get_config  # noqa: E402
 from saom_core.model.saom import SaomModel, build_model  # noqa: E402
 
 
-def _random_model(config: str, classes: ClassList | None, seed: int = 0) -> SaomModel:
+def _random_model(config: str, classes: ClassList | None, seed: int = 0, crop_classifier: bool = False) -> SaomModel:
     torch.manual_seed(seed)
-    model = build_model(get_config(config), classes, head_input="mask_token" if config == "tiny" else "iou_token")
+    head_input = "mask_token" if config == "tiny" else "iou_token"
+    model = build_model(get_config(config), classes, head_input=head_input, crop_classifier=crop_classifier)
     model.init_from_scratch()
     with torch.no_grad():  # SAM's zero-initialised parts (e.g. rel-pos tables) get values so they count
         for param in model.parameters():
@@ -245,3 +247,28 @@ def test_large_model_weights_are_gathered_into_one_data_file(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["encoder.onnx", "encoder.onnx.data"]
     (y,) = _session(folder / "encoder.onnx").run(None, {"x": np.ones((1, 4), np.float32)})
     np.testing.assert_allclose(y, np.full((1, 4), 4.0 * 8.0 * 12.0))
+
+
+def test_crop_classifier_exports_as_its_own_graph_that_matches_pytorch(tmp_path):
+    model = _random_model("test", ClassList.from_yaml("pybullet"), crop_classifier=True)
+    with torch.no_grad():
+        for module in model.crop_classifier.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):  # non-trivial running statistics
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    paths = export_onnx(save_checkpoint(tmp_path / "crop.pt", model), tmp_path / "onnx")
+    assert paths["classifier"] == tmp_path / "onnx" / CLASSIFIER_FILE
+    meta = json.loads(paths["metadata"].read_text())
+    assert meta["files"]["classifier"] == CLASSIFIER_FILE and "class_logits" in meta["classifier"]["outputs"]
+
+    prepared = model.prepare_images(_frame(45, 80))
+    low = model.config.low_res_size
+    masks = torch.zeros(3, low, low)
+    masks[0, 2:6, 3:9] = 1.0
+    masks[1, 8:, :4] = 0.8
+    with torch.no_grad():
+        expected = model.classify_masks(prepared, masks).numpy()
+    (got,) = _session(paths["classifier"]).run(None, {"image": prepared.numpy(), "masks": masks.numpy()})
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    with pytest.raises(SaomError, match="opset >= 16"):
+        export_onnx(tmp_path / "crop.pt", tmp_path / "onnx13", opset=13)

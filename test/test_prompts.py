@@ -15,13 +15,13 @@ def frame():
     return masks, torch.tensor([3, 1])
 
 
-def build(extra: int, negatives: int = 4):
+def build(extra: int, negatives: int = 4, source: str = "grid"):
     masks, class_ids = frame()
     grid = grid_points(8, 64, 64)
     geo = Geometry((64, 64), 64, 16)
     features = torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(0))
     prompts = build_frame_prompts(features, masks, class_ids, grid, geo, "nearest_neighbour", negatives, 32,
-                                  np.random.default_rng(0), extra_points=extra)
+                                  np.random.default_rng(0), extra_points=extra, extra_source=source)
     return prompts, masks, grid
 
 
@@ -46,3 +46,13 @@ def test_extra_points_lie_inside_their_object_with_its_target_and_class():
 def test_without_extra_points_one_prompt_per_object():
     prompts, _, _ = build(extra=0, negatives=0)
     assert prompts.positive.all() and len(prompts.points) == 2
+
+
+def test_extra_pixel_points_lie_inside_their_object_off_the_grid():
+    prompts, masks, grid = build(extra=3, negatives=0, source="pixel")
+    assert prompts.positive.all() and len(prompts.points) == 8  # 2 objects x (1 assigned + 3 extra)
+    rows, cols = pixel_of(prompts.points.numpy(), 64, 64)
+    owner = (prompts.class_ids == 1).long().numpy()  # object 0 has class 3, object 1 class 1
+    assert masks[owner, rows, cols].all(), "each extra point lies inside its own object"
+    extra = prompts.points.numpy()[2:]
+    assert not all(any(np.all(grid == p, axis=1)) for p in extra), "pixel points are not limited to the grid"

@@ -113,6 +113,31 @@ def test_frozen_encoder_uses_the_embedding_cache(rect_dataset, tmp_path):
     assert len(fingerprints) == 1
 
 
+def test_time_budget_stops_training_validates_and_counts_over_resumes(rect_dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(Trainer, "_elapsed", lambda self: 10.0 * self.step)  # a clock that ticks 10 s a step
+    result = Trainer(config(rect_dataset, "train.max_seconds=25"), tmp_path / "run", progress=False).fit()
+    assert result.steps == 3 and result.best_checkpoint is not None
+    history = (tmp_path / "run/val_history.json").read_text()
+    assert '"step": 3' in history, "the final weights were validated"
+    assert read_checkpoint(result.last_checkpoint)["train_state"]["elapsed_s"] == 30.0
+    resumed = Trainer(config(rect_dataset, "train.max_seconds=25"), tmp_path / "run", resume=True, progress=False).fit()
+    assert resumed.steps == 3, "a used-up budget stays used up after a resume"
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_crop_head_trains_with_and_without_the_embedding_cache(rect_dataset, tmp_path, cached):
+    overrides = ["model.head_input=mask_pool", "model.crop_classifier=true"]
+    if cached:
+        overrides += ["train.trainable=[mask_decoder, classifier]", "train.cache_embeddings=true", f"train.cache_dir={tmp_path / 'cache'}"]
+    result = Trainer(config(rect_dataset, *overrides), tmp_path / "run", progress=False).fit()
+    init, last = weights(tmp_path / "run/checkpoints/init.pt"), weights(result.last_checkpoint)
+    assert any(not torch.equal(init[k], last[k]) for k in init if k.startswith("crop_classifier.")), "the crop CNN trained"
+    assert load_model(result.last_checkpoint).crop_classifier is not None
+    rows = (tmp_path / "run/metrics.csv").read_text().splitlines()
+    ce_crop = [float(r.split(",")[7]) for r in rows[1:]]
+    assert rows[0].split(",")[7] == "ce_crop" and all(v > 0 for v in ce_crop)
+
+
 def test_cli_config_errors_are_one_line(rect_dataset, tmp_path, capsys):
     code = cli_main(["train", "--config", "config/train_tiny.yaml", "--data", str(rect_dataset), "--out", str(tmp_path / "r"), "train.max_step=3"])
     err = capsys.readouterr().err

@@ -52,8 +52,10 @@ def generator_for(model: SaomModel, points_per_side: int) -> GeneratorConfig:
 
 
 def _describe(model: SaomModel) -> str:
-    head = f"class head on {model.classifier.head_input}, {len(model.class_names) - 1} classes" if model.classifier else "vanilla SAM, no class head"
-    return f"config {model.config.name}, {head}"
+    if model.classifier is None:
+        return f"config {model.config.name}, vanilla SAM, no class head"
+    crop = " + crop classifier (its labels reported)" if model.crop_classifier is not None else ""
+    return f"config {model.config.name}, class head on {model.classifier.head_input}{crop}, {len(model.class_names) - 1} classes"
 
 
 def evaluate(

@@ -8,7 +8,10 @@ Definitions (as the authors' evaluation computes them, per class over all its in
 The point is the object's nearest-neighbour-assigned grid point (the prompt everything mode
 would use for it), computed once with the `assign_with` model's encoder and shared by every
 model compared, so baseline and SAOM answer the very same prompts. An object with no grid point
-inside it cannot be found in everything mode: it is scored as an empty mask. Classes without
+inside it cannot be found in everything mode: it is scored as an empty mask. `prompt=
+"random_foreground"` instead draws one pixel of each object (seeded, the same for every model):
+the usual interactive point-prompt benchmark, which every object can take part in.
+Per-instance means (mean IoU over objects, share of objects classified right) are kept as well. Classes without
 instances stay in the tables with occurrences 0 and are left out of the means.
 """
 from __future__ import annotations
@@ -24,7 +27,9 @@ from saom_core.data.classes import ClassList
 from saom_core.data.reader import SaomDataset
 from saom_core.model.grid import grid_points
 from saom_core.model.saom import SaomModel
-from saom_core.train.assignment import nearest_neighbour_assignment
+from saom_core.train.assignment import nearest_neighbour_assignment, random_foreground_points
+
+POINT_PROMPTS = ("nearest_neighbour", "random_foreground")
 
 
 @dataclass
@@ -34,6 +39,7 @@ class ClassStats:
     union: float = 0.0
     gt_area: float = 0.0
     correct: int = 0
+    iou_sum: float = 0.0  # sum of per-instance IoUs
 
     @property
     def iou(self) -> float | None:
@@ -53,6 +59,7 @@ class ClassStats:
         self.union += union
         self.gt_area += gt_area
         self.correct += int(correct)
+        self.iou_sum += intersection / union if union > 0 else 0.0
 
 
 @dataclass
@@ -79,11 +86,25 @@ class PointEvalResult:
     def mean_class_accuracy(self) -> float | None:
         return self._mean("class_accuracy") if self.has_classifier else None
 
+    @property
+    def instance_miou(self) -> float | None:
+        """Mean IoU over objects (not classes)."""
+        return sum(s.iou_sum for s in self.per_class.values()) / self.objects if self.objects else None
+
+    @property
+    def instance_class_accuracy(self) -> float | None:
+        """Share of objects classified right (not a mean over classes)."""
+        if not (self.objects and self.has_classifier):
+            return None
+        return sum(s.correct for s in self.per_class.values()) / self.objects
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "mIoU": self.miou,
             "mAcc": self.macc,
             "mean_class_accuracy": self.mean_class_accuracy,
+            "instance_mIoU": self.instance_miou,
+            "instance_class_accuracy": self.instance_class_accuracy,
             "objects": self.objects,
             "unreachable_objects": self.unreachable,
             "per_class": {
@@ -107,8 +128,13 @@ def evaluate_points(
     max_frames: int | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    prompt: str = "nearest_neighbour",
+    seed: int = 0,
 ) -> dict[str, PointEvalResult]:
     """Evaluate several models on the same single-point prompts; returns one result per model."""
+    if prompt not in POINT_PROMPTS:
+        raise ValueError(f"unknown point prompt {prompt!r}; known: {POINT_PROMPTS}")
+    rng = np.random.default_rng(seed)
     assign_name = assign_with or next(iter(models))
     results = {
         name: PointEvalResult(dataset.classes, m.classifier is not None, {c: ClassStats() for c in dataset.classes.names})
@@ -125,12 +151,16 @@ def evaluate_points(
         height, width = sample.image.shape[:2]
         masks = torch.from_numpy(sample.masks).to(device)
         image = torch.from_numpy(sample.image)[None].to(device)
-        embeddings = {name: m.encode(m.prepare_images(image)) for name, m in models.items()}
+        prepared = {name: m.prepare_images(image) for name, m in models.items()}
+        embeddings = {name: m.encode(prepared[name]) for name, m in models.items()}
         ref = models[assign_name]
-        assignment = nearest_neighbour_assignment(
-            embeddings[assign_name][0], masks, grid_points(points_per_side, height, width),
-            ref.input_size(height, width), ref.config.image_size,
-        )
+        if prompt == "random_foreground":
+            assignment = random_foreground_points(sample.masks, rng)
+        else:
+            assignment = nearest_neighbour_assignment(
+                embeddings[assign_name][0], masks, grid_points(points_per_side, height, width),
+                ref.input_size(height, width), ref.config.image_size,
+            )
         gt_area = masks.flatten(1).sum(1).float()
         for name, model in models.items():
             points = torch.as_tensor(assignment.points, dtype=torch.float32, device=device)
@@ -141,12 +171,15 @@ def evaluate_points(
             )
             best = out.iou_pred.argmax(1)
             rows = torch.arange(len(best), device=device)
-            pred = model.logits_to_frame(out.low_res_logits[rows, best][:, None], height, width)[:, 0] > 0
+            kept = out.low_res_logits[rows, best]
+            pred = model.logits_to_frame(kept[:, None], height, width)[:, 0] > 0
             inter = (pred & masks).flatten(1).sum(1).float()
             union = (pred | masks).flatten(1).sum(1).float()
-            predicted_class = (
-                out.class_logits[rows, best].argmax(1).cpu().numpy() if out.class_logits is not None else None
-            )
+            if model.crop_classifier is not None:
+                class_logits = model.classify_masks(prepared[name], kept.sigmoid())
+            else:
+                class_logits = out.class_logits[rows, best] if out.class_logits is not None else None
+            predicted_class = class_logits.argmax(1).cpu().numpy() if class_logits is not None else None
             result = results[name]
             names = model.class_names
             for k, class_id in enumerate(sample.class_ids):

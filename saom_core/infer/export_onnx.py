@@ -8,7 +8,11 @@
   -> low_res_logits (P, 3, s, s), iou_predictions (P, 3) and, when the checkpoint has a class
   head, class_logits (P, 3, C + 1). P (prompts) and K (points per prompt) are dynamic axes. The
   outputs equal `SaomModel.decode(..., multimask_output=True)` on the same inputs.
-* `saom_onnx.json`: what a consumer needs to feed and read the two models (input size, pixel
+* `classifier.onnx`, only for a model with a crop classifier (which labels the kept masks after
+  decoding; its label replaces the decoder's): image (1, 3, S, S) as for the encoder, masks
+  (P, s, s) probabilities (sigmoid of the kept low_res_logits) -> class_logits (P, C + 1); needs
+  opset >= 16 (RoiAlign with half-pixel alignment).
+* `saom_onnx.json`: what a consumer needs to feed and read the models (input size, pixel
   mean/std, preprocessing, point mapping, class names, output meanings).
 
 Exporter: the TorchScript-based one (`torch.onnx.export(..., dynamo=False)`). The torch.export
@@ -42,6 +46,8 @@ from saom_core.model.saom import SaomModel
 
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
+CLASSIFIER_FILE = "classifier.onnx"
+CROP_CLASSIFIER_MIN_OPSET = 16  # RoiAlign's coordinate_transformation_mode (aligned=True) came in opset 16
 METADATA_FILE = "saom_onnx.json"
 # Opsets allowed: 20 is the TorchScript exporter's newest; below 13 is untested. Checked against
 # PyTorch in onnxruntime: decoder at 13, 14, 17, 18, 20; encoder at 13, 17, 20 (tests: 13 and 17).
@@ -108,6 +114,8 @@ def export_onnx(
             f"unsupported ONNX opset {opset!r}; supported: {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}"
         )
     model = load_model(checkpoint, config=model_config, device="cpu")
+    if model.crop_classifier is not None and opset < CROP_CLASSIFIER_MIN_OPSET:
+        raise SaomError(f"the crop classifier needs ONNX opset >= {CROP_CLASSIFIER_MIN_OPSET} (RoiAlign), got {opset}")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise SaomError(f"ONNX output directory {out_dir} exists and is not a directory")
@@ -131,6 +139,13 @@ def export_onnx(
         _export(OnnxDecoder(model), decoder_args, tmp / "decoder" / DECODER_FILE, opset, list(DECODER_INPUTS), output_names,
                 dynamic_axes)
         files = _single_data_file(tmp / "encoder", ENCODER_FILE) + _single_data_file(tmp / "decoder", DECODER_FILE)
+        if model.crop_classifier is not None:
+            low = model.config.low_res_size
+            masks = torch.zeros(2, low, low)
+            masks[:, low // 4 : low // 2, low // 4 : low // 2] = 1.0
+            _export(model.crop_classifier, (image, masks), tmp / "classifier" / CLASSIFIER_FILE, opset, ["image", "masks"],
+                    ["class_logits"], {"masks": {0: "num_masks"}, "class_logits": {0: "num_masks"}})
+            files += [tmp / "classifier" / CLASSIFIER_FILE]
         metadata = export_metadata(model, opset, checkpoint)
         metadata["files"]["external_data"] = sorted(p.name for p in files if p.suffix == ".data")
         atomic_write_json(tmp / METADATA_FILE, metadata, indent=2)
@@ -141,9 +156,14 @@ def export_onnx(
             stale = out_dir / f"{name}.data"
             if stale.exists() and stale.name not in metadata["files"]["external_data"]:
                 stale.unlink()  # left by an earlier export of a larger model; nothing refers to it now
+        if model.crop_classifier is None and (out_dir / CLASSIFIER_FILE).exists():
+            (out_dir / CLASSIFIER_FILE).unlink()  # an earlier export's crop head; this model has none
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"encoder": out_dir / ENCODER_FILE, "decoder": out_dir / DECODER_FILE, "metadata": out_dir / METADATA_FILE}
+    paths = {"encoder": out_dir / ENCODER_FILE, "decoder": out_dir / DECODER_FILE, "metadata": out_dir / METADATA_FILE}
+    if model.crop_classifier is not None:
+        paths["classifier"] = out_dir / CLASSIFIER_FILE
+    return paths
 
 
 def _export(
@@ -215,7 +235,7 @@ def export_metadata(model: SaomModel, opset: int, checkpoint: str | Path) -> dic
                 "0 = background (not an object of interest)"
             ),
         }
-    return {
+    metadata = {
         "format": "saom_onnx",
         "format_version": 1,
         "saom_version": __version__,
@@ -269,3 +289,22 @@ def export_metadata(model: SaomModel, opset: int, checkpoint: str | Path) -> dic
             "mask = logits > mask_threshold",
         ],
     }
+    if model.crop_classifier is not None:
+        metadata["files"]["classifier"] = CLASSIFIER_FILE
+        metadata["classifier"] = {
+            "inputs": {
+                "image": {"shape": [1, 3, size, size], "dtype": "float32", "meaning": "the encoder's input, as prepared for it"},
+                "masks": {
+                    "shape": ["num_masks", low, low], "dtype": "float32",
+                    "meaning": "sigmoid of the low_res_logits of each mask to label (e.g. the ones kept after NMS)",
+                },
+            },
+            "outputs": {
+                "class_logits": {
+                    "shape": ["num_masks", len(class_names)],
+                    "meaning": "class logits of each mask; softmax over the last axis, index i is class_names[i], "
+                    "0 = background (not an object of interest)",
+                },
+            },
+        }
+    return metadata

@@ -13,7 +13,10 @@ rejected: for small objects they disagree with the stock generator, test test_ge
 SAOM mode (a model with a class head) keeps, per grid point, the best of SAM's 3 masks by
 predicted IoU (what it was trained to output) and labels it; masks classed as background, or as
 a class not in `keep_classes`, are dropped. Vanilla mode (no head) keeps all 3 masks per point,
-as the stock generator does.
+as the stock generator does. A model's crop classifier relabels the masks that survive NMS (it
+looks at their pixels, so it runs on a few masks per frame, not on every grid prompt) and
+`keep_classes` and background apply to its labels; the decoder's label then only screens out
+background before NMS.
 """
 from __future__ import annotations
 
@@ -106,6 +109,13 @@ class EverythingGenerator:
         for i, name in enumerate(names):
             allowed[i] = (i > 0 or self.config.keep_background) and (keep is None or i == 0 or name in keep)
         self.allowed = allowed.to(model.device)
+        # With a crop classifier the decoder's label only screens out background before NMS; the
+        # classes to keep are chosen on the crop classifier's (better) labels after it.
+        self.allowed_before_nms = (
+            torch.tensor([self.config.keep_background] + [True] * (len(names) - 1)).to(model.device)
+            if model.crop_classifier is not None
+            else self.allowed
+        )
         self._decode = torch.compile(model.decode) if self.config.compile else model.decode
         multimask = self.config.multimask
         self.keep_all_masks = multimask == "all" or (multimask == "auto" and not self.has_classes)
@@ -127,10 +137,20 @@ class EverythingGenerator:
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
 
     @torch.inference_mode()
-    def embed(self, image: np.ndarray) -> torch.Tensor:
+    def prepare(self, image: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 frame -> (1, 3, S, S) model input."""
+        frame = torch.as_tensor(image if image.flags.writeable else image.copy(), device=self.device)
+        return self.model.prepare_images(frame[None])
+
+    @torch.inference_mode()
+    def embed_prepared(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(model input, image embedding) of a frame."""
+        prepared = self.prepare(image)
         with self.autocast():
-            frame = torch.as_tensor(image if image.flags.writeable else image.copy(), device=self.device)
-            return self.model.encode(self.model.prepare_images(frame[None]))
+            return prepared, self.model.encode(prepared)
+
+    def embed(self, image: np.ndarray) -> torch.Tensor:
+        return self.embed_prepared(image)[1]
 
     @torch.inference_mode()
     def generate(self, image: np.ndarray, embedding: torch.Tensor | None = None) -> Segmentation:
@@ -153,7 +173,22 @@ class EverythingGenerator:
         if len(masks) == 0:
             return Segmentation(height, width, [])
         keep = batched_nms(boxes, candidates.iou, torch.zeros_like(candidates.iou), self.config.box_nms_thresh)
-        return self._finish(candidates.select(keep), masks[keep], height, width)
+        candidates, masks = candidates.select(keep), masks[keep]
+        if self.model.crop_classifier is not None:
+            candidates = self._classify(candidates, self.prepare(image))
+            allowed = self.allowed[candidates.class_id]
+            candidates, masks = candidates.select(allowed), masks[allowed]
+        return self._finish(candidates, masks, height, width)
+
+    def _classify(self, candidates: _Candidates, prepared: torch.Tensor) -> _Candidates:
+        """Labels from the crop classifier for the candidates' masks."""
+        side = self.model.config.low_res_size
+        low = candidates.logits.float()
+        padded = torch.nn.functional.pad(low, (0, side - low.shape[-1], 0, side - low.shape[-2]), value=-1e4)
+        with self.autocast():
+            logits = self.model.classify_masks(prepared, padded.sigmoid())
+        candidates.class_score, candidates.class_id = logits.float().softmax(-1).max(-1)
+        return candidates
 
     def _decode_chunk(self, embedding: torch.Tensor, coords: torch.Tensor, points: torch.Tensor, valid_h: int, valid_w: int) -> _Candidates:
         """Decode a batch of grid prompts; keep the masks that pass predicted IoU and class."""
@@ -176,8 +211,8 @@ class EverythingGenerator:
             flat = (logits[rows, best], iou[rows, best], class_id[rows, best], class_score[rows, best], point[rows, best])
         logits, iou, class_id, class_score, point = flat
         keep = iou > self.config.pred_iou_thresh
-        if self.has_classes:
-            keep &= self.allowed[class_id]
+        if out.class_logits is not None:
+            keep &= self.allowed_before_nms[class_id]
         return _Candidates(logits[keep], iou[keep], torch.zeros_like(iou[keep]), class_id[keep], class_score[keep], point[keep])
 
     def _to_frame(self, candidates: _Candidates, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor, _Candidates]:

@@ -92,7 +92,7 @@ class SaomSegmenter:
         small = self._shrink(image)
         sh, sw = small.shape[:2]
         scale = np.array([sw / width, sh / height], dtype=np.float32)
-        embedding = self.generator.embed(small)
+        prepared, embedding = self.generator.embed_prepared(small)
         instances: list[Instance] = []
         model = self.model
         device = model.device
@@ -101,26 +101,28 @@ class SaomSegmenter:
             box_in = model.points_to_input(box_t.view(-1, 2, 2), sh, sw).view(-1, 4)
             with self.generator.autocast():
                 out = model.decode(embedding, boxes=box_in, multimask_output=False)
-            instances += self._instances(out, sh, sw, [None] * len(box_t))
+            instances += self._instances(out, prepared, sh, sw, [None] * len(box_t))
         if points is not None and len(points):
             pts = np.asarray(points, dtype=np.float32).reshape(-1, 2) * scale
             pt_t = torch.as_tensor(pts, device=device)
             labels = torch.ones(len(pts), 1, dtype=torch.int, device=device)
             with self.generator.autocast():
                 out = model.decode(embedding, model.points_to_input(pt_t, sh, sw)[:, None, :], labels)
-            instances += self._instances(out, sh, sw, [tuple(map(float, p)) for p in pts])
+            instances += self._instances(out, prepared, sh, sw, [tuple(map(float, p)) for p in pts])
         return self._grow(Segmentation(sh, sw, instances), height, width)
 
-    def _instances(self, out: DecoderOutput, height: int, width: int, points: list) -> list[Instance]:
+    def _instances(self, out: DecoderOutput, prepared: torch.Tensor, height: int, width: int, points: list) -> list[Instance]:
         best = out.iou_pred.float().argmax(1)
         rows = torch.arange(len(best), device=best.device)
         logits = out.low_res_logits[rows, best].float()
         masks = self.model.logits_to_frame(logits[:, None], height, width)[:, 0] > 0
         stability = calculate_stability_score(logits, 0.0, self.generator.config.stability_score_offset)
         boxes = batched_mask_to_box(masks).float().cpu().numpy() + np.array([0, 0, 1, 1])
-        if out.class_logits is not None:
-            probs = out.class_logits[rows, best].float().softmax(-1)
-            score, cid = probs.max(-1)
+        class_logits = out.class_logits[rows, best] if out.class_logits is not None else None
+        if self.model.crop_classifier is not None:
+            class_logits = self.model.classify_masks(prepared, logits.sigmoid())
+        if class_logits is not None:
+            score, cid = class_logits.float().softmax(-1).max(-1)
         else:
             cid = torch.ones_like(best)
             score = torch.ones_like(best, dtype=torch.float)

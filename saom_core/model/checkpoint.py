@@ -1,7 +1,7 @@
 """Loading official SAM weights and saving/loading SAOM checkpoints.
 
 A SAOM checkpoint is one torch file: {"format": "saom", "version", "model_config", "head_input",
-"class_list", "generator" (its tuned everything-mode thresholds), "state_dict"} plus, for training runs, "train_state" (optimizer, scheduler, step,
+"crop_classifier" (bool), "class_list", "generator" (its tuned everything-mode thresholds), "state_dict"} plus, for training runs, "train_state" (optimizer, scheduler, step,
 RNG). An official SAM checkpoint (e.g. sam_vit_b_01ec64.pth) is a bare state_dict; `load_model`
 accepts both, so vanilla SAM is a valid baseline anywhere a SAOM checkpoint is.
 """
@@ -55,12 +55,12 @@ def load_sam_weights(model: SaomModel, path: str | Path) -> None:
     state_dict = read_checkpoint(path)
     if state_dict.get("format") == FORMAT:
         state_dict = state_dict["state_dict"]
-    _load_state(model, state_dict, path, allow_missing_prefix="classifier.")
+    _load_state(model, state_dict, path, allow_missing_prefixes=("classifier.", "crop_classifier."))
 
 
-def _load_state(model: SaomModel, state_dict: dict[str, Any], path: str | Path, allow_missing_prefix: str | None = None) -> None:
+def _load_state(model: SaomModel, state_dict: dict[str, Any], path: str | Path, allow_missing_prefixes: tuple[str, ...] = ()) -> None:
     own = model.state_dict()
-    missing = [k for k in own if k not in state_dict and not (allow_missing_prefix and k.startswith(allow_missing_prefix))]
+    missing = [k for k in own if k not in state_dict and not k.startswith(allow_missing_prefixes)]
     unexpected = [k for k in state_dict if k not in own]
     wrong_shape = [k for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or wrong_shape:
@@ -73,7 +73,7 @@ def _load_state(model: SaomModel, state_dict: dict[str, Any], path: str | Path, 
         raise CheckpointError(
             f"{path} does not fit model config '{model.config.name}': {', '.join(parts)}{hint}"
         )
-    model.load_state_dict(state_dict, strict=allow_missing_prefix is None)
+    model.load_state_dict(state_dict, strict=not allow_missing_prefixes)
 
 
 def checkpoint_dict(model: SaomModel, train_state: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -82,6 +82,7 @@ def checkpoint_dict(model: SaomModel, train_state: dict[str, Any] | None = None)
         "version": __version__,
         "model_config": model.config.to_dict(),
         "head_input": model.classifier.head_input if model.classifier is not None else None,
+        "crop_classifier": model.crop_classifier is not None,
         "class_list": model.class_list.to_dict() if model.class_list is not None else None,
         "generator": dict(model.generator_defaults),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -104,7 +105,7 @@ def model_from_checkpoint(data: dict[str, Any], path: str | Path, config: str | 
         try:
             cfg = get_config(data["model_config"])
             classes = ClassList.from_dict(data["class_list"], str(path)) if data.get("class_list") else None
-            model = build_model(cfg, classes, data.get("head_input") or "iou_token")
+            model = build_model(cfg, classes, data.get("head_input") or "iou_token", bool(data.get("crop_classifier")))
         except KeyError as exc:
             raise CheckpointError(f"{path}: SAOM checkpoint lacks {exc}") from exc
         _load_state(model, data["state_dict"], path)

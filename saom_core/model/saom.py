@@ -18,6 +18,7 @@ from torch.nn import functional as F
 
 from saom_core.data.classes import ClassList
 from saom_core.model.configs import SamConfig
+from saom_core.model.crop_head import MaskCropClassifier
 from saom_core.model.two_way import one_frame_two_way
 
 HeadInput = Literal["iou_token", "mask_token", "mask_pool"]
@@ -29,6 +30,7 @@ class DecoderOutput:
     low_res_logits: torch.Tensor  # (P, M, S, S) mask logits at the decoder's resolution
     iou_pred: torch.Tensor  # (P, M)
     class_logits: torch.Tensor | None  # (P, M, C + 1), None for vanilla SAM
+    crop_class_logits: torch.Tensor | None = None  # (P, C + 1) crop classifier on each prompt's kept mask (training)
 
 
 class BatchedMaskDecoder(MaskDecoder):
@@ -87,7 +89,8 @@ class ClassifierHead(nn.Module):
     start in 400 steps; at 800 steps with CE 1 and the other settings equal, val mIoU 0.17-0.19
     with a token head vs 0.23-0.27 with `mask_pool`) at no better class accuracy, so the tiny
     config uses `mask_pool`. `iou_token` stays the default (the paper's head) for fine-tuning a
-    pretrained SAM, whose decoder already localises objects.
+    pretrained SAM, whose decoder already localises objects. For small objects seen through a
+    coarse encoder, a model can also have a `MaskCropClassifier` that relabels the masks it keeps.
     """
 
     def __init__(self, dim: int, num_classes_with_background: int, head_input: HeadInput) -> None:
@@ -132,9 +135,17 @@ class ClassifierHead(nn.Module):
 
 
 class SaomModel(Sam):
-    """SAM plus an optional class head; `class_list is None` is vanilla SAM."""
+    """SAM plus an optional class head; `class_list is None` is vanilla SAM.
 
-    def __init__(self, config: SamConfig, class_list: ClassList | None = None, head_input: HeadInput = "iou_token") -> None:
+    `crop_classifier` adds a `MaskCropClassifier`: the decoder's head still labels every prompt
+    (cheap, and everything mode drops background with it before NMS), and the crop classifier
+    labels the masks that are kept (`classify_masks`); its label is the one reported.
+    """
+
+    def __init__(
+        self, config: SamConfig, class_list: ClassList | None = None, head_input: HeadInput = "iou_token",
+        crop_classifier: bool = False,
+    ) -> None:
         embed = config.embedding_size
         super().__init__(
             image_encoder=ImageEncoderViT(
@@ -180,6 +191,9 @@ class SaomModel(Sam):
             if class_list is not None
             else None
         )
+        self.crop_classifier = (
+            MaskCropClassifier(class_list.num_classes_with_background) if class_list is not None and crop_classifier else None
+        )
 
     def init_from_scratch(self) -> None:
         """ViT-style init of the encoder's absolute position embedding for models without weights.
@@ -189,6 +203,13 @@ class SaomModel(Sam):
         """
         if self.image_encoder.pos_embed is not None:
             nn.init.trunc_normal_(self.image_encoder.pos_embed, std=0.02)
+
+    def classify_masks(self, prepared: torch.Tensor, masks: torch.Tensor, image_index: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 3, S, S) model input, (P, s, s) mask probabilities at the decoder's resolution,
+        (P,) frame of each mask -> (P, C + 1) class logits from the crop classifier."""
+        if self.crop_classifier is None:
+            raise ValueError("classify_masks needs a model built with crop_classifier=True")
+        return self.crop_classifier(prepared, masks, image_index)
 
     @property
     def class_names(self) -> list[str]:
@@ -252,5 +273,7 @@ class SaomModel(Sam):
         return DecoderOutput(masks[:, selection], iou_pred[:, selection], class_logits)
 
 
-def build_model(config: SamConfig, class_list: ClassList | None = None, head_input: HeadInput = "iou_token") -> SaomModel:
-    return SaomModel(config, class_list, head_input)
+def build_model(
+    config: SamConfig, class_list: ClassList | None = None, head_input: HeadInput = "iou_token", crop_classifier: bool = False
+) -> SaomModel:
+    return SaomModel(config, class_list, head_input, crop_classifier)

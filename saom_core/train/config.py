@@ -14,6 +14,8 @@ class ModelSection:
     config: str = "vit_b"  # vit_b | vit_l | vit_h | tiny | test
     checkpoint: str | None = None  # official SAM weights to start from (None: random init)
     head_input: Literal["iou_token", "mask_token", "mask_pool"] = "iou_token"
+    # A second classifier that labels the kept masks from their pixels (saom_core/model/crop_head.py)
+    crop_classifier: bool = False
     init_pos_embed: bool = True  # without a checkpoint: random (not zero) encoder position embedding
 
 
@@ -34,6 +36,7 @@ class PromptSection:
     points_per_side: int = 32
     # More grid points inside each object, same target (0 = the paper: the assigned point only)
     extra_points_per_mask: int = 0
+    extra_points_source: Literal["grid", "pixel"] = "grid"  # grid: other grid points of the object; pixel: any pixel of it
 
 
 @dataclass
@@ -48,6 +51,9 @@ class OptimSection:
 @dataclass
 class TrainSection:
     max_steps: int = 10000
+    # Stop after this many seconds of training (counted over resumes) even before max_steps; the
+    # schedule still runs to max_steps, so this is a budget for comparisons, not a recipe setting
+    max_seconds: float | None = None
     frames_per_step: int = 4  # per process
     # Parameter-name prefixes that train; ["all"] trains everything. Default: the paper's spirit,
     # image encoder frozen; point prompts, mask decoder and class head trained.
@@ -63,8 +69,8 @@ class TrainSection:
     log_every: int = 10
     checkpoint_every: int = 200
     validate_every_epochs: int = 1
-    # head_input mask_pool: pool the class features of objects under their true masks in training
-    # (the predicted masks at inference), so the class loss learns before the masks are good
+    # head_input mask_pool and the crop classifier: classify objects from their true masks in
+    # training (the predicted masks at inference), so the class loss learns before masks are good
     class_pool_true_masks: bool = True
     val_max_frames: int = 200  # validation subsample (first N frames of the split) to keep epochs short
 

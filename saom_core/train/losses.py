@@ -56,8 +56,9 @@ class LossTerms:
     focal: torch.Tensor
     dice: torch.Tensor
     ce: torch.Tensor
+    ce_crop: torch.Tensor  # cross-entropy of the crop classifier (0 without one)
     iou: torch.Tensor
-    class_accuracy: torch.Tensor
+    class_accuracy: torch.Tensor  # of the reported label: the crop classifier's when there is one
     mask_iou: torch.Tensor  # IoU of the kept masks (a training metric, no gradient)
 
     def as_floats(self) -> dict[str, float]:
@@ -70,13 +71,15 @@ def saom_loss(
     class_targets: torch.Tensor,
     positive: torch.Tensor,
     weights: LossWeights,
+    crop_targets: torch.Tensor | None = None,
 ) -> LossTerms:
     """Loss over P prompts.
 
     out: decoder output for all P prompts (M = 3 masks each); mask_targets: (P_pos, S, S) soft
     targets at the decoder's resolution for the positive prompts, in order; class_targets: (P,)
     class ids, 0 = background; positive: (P,) bool, prompts that have a ground-truth mask (the
-    others are background points: class loss only).
+    others are background points: class loss only); crop_targets: (P,) targets of the crop
+    classifier (default: class_targets; -100 = ignored).
     """
     logits = out.low_res_logits[positive].float()  # (P_pos, M, S, S)
     iou_pred = out.iou_pred.float()
@@ -100,16 +103,22 @@ def saom_loss(
         focal = dice = iou = zero
         mask_iou = zero.detach()
 
+    ce = ce_crop = zero
+    class_accuracy = zero.detach()
+    reported = None
     if out.class_logits is not None and class_targets.numel() > 0:
         chosen = iou_pred.argmax(1)
-        class_logits = out.class_logits[torch.arange(len(chosen), device=chosen.device), chosen].float()
-        ce = F.cross_entropy(class_logits, class_targets)
+        reported = out.class_logits[torch.arange(len(chosen), device=chosen.device), chosen].float()
+        ce = F.cross_entropy(reported, class_targets)
+    if out.crop_class_logits is not None and class_targets.numel() > 0:
+        reported = out.crop_class_logits.float()
+        targets = class_targets if crop_targets is None else crop_targets
+        if (targets != -100).any():  # all ignored would be 0/0
+            ce_crop = F.cross_entropy(reported, targets)
+    if reported is not None:
         with torch.no_grad():
-            correct = class_logits.argmax(1) == class_targets
+            correct = reported.argmax(1) == class_targets
             class_accuracy = correct[positive].float().mean() if positive.any() else correct.float().mean()
-    else:
-        ce = zero
-        class_accuracy = zero.detach()
 
-    total = weights.focal * focal + weights.dice * dice + weights.ce * ce + weights.iou * iou
-    return LossTerms(total, focal, dice, ce, iou, class_accuracy, mask_iou)
+    total = weights.focal * focal + weights.dice * dice + weights.ce * (ce + ce_crop) + weights.iou * iou
+    return LossTerms(total, focal, dice, ce, ce_crop, iou, class_accuracy, mask_iou)

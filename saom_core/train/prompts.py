@@ -66,13 +66,18 @@ def build_frame_prompts(
     max_masks: int,
     rng: np.random.Generator,
     extra_points: int = 0,
+    extra_source: str = "grid",
 ) -> FramePrompts:
     """Prompts for one frame. Unreachable masks (no grid point inside) get no prompt.
 
-    `extra_points` > 0 adds that many more grid points inside each kept mask (random, other than
-    its assigned one) with the same target: everything mode prompts every grid point of an object,
-    and a model trained from scratch has never seen the others (a pretrained SAM generalises).
+    `extra_points` > 0 adds that many more points inside each kept mask with the same target:
+    everything mode prompts every grid point of an object, and a model trained from scratch has
+    never seen the others (a pretrained SAM generalises). `extra_source` "grid": random grid points
+    of the object other than its assigned one; "pixel": random pixels of the object (what a user
+    or a planner clicks: any point of the object, on the grid or not).
     """
+    if extra_source not in ("grid", "pixel"):
+        raise ValueError(f"unknown extra point source {extra_source!r}")
     assignment = assign(mode, features, masks, grid, geo, rng)
     keep = np.flatnonzero(assignment.reachable)
     if len(keep) > max_masks:
@@ -85,11 +90,17 @@ def build_frame_prompts(
     object_points = [assignment.points[keep]]
     if extra_points > 0:
         extra_of = []
+        masks_np = masks.cpu().numpy() if extra_source == "pixel" else None
         for k in keep:
-            others = np.flatnonzero(inside[k])
-            others = others[others != assignment.grid_index[k]]
-            chosen = rng.choice(others, size=min(extra_points, len(others)), replace=False)
-            object_points.append(grid[chosen])
+            if masks_np is not None:
+                ys, xs = np.nonzero(masks_np[k])
+                chosen = rng.choice(len(xs), size=extra_points)
+                object_points.append(np.stack([xs[chosen] + 0.5, ys[chosen] + 0.5], 1))
+            else:
+                others = np.flatnonzero(inside[k])
+                others = others[others != assignment.grid_index[k]]
+                chosen = rng.choice(others, size=min(extra_points, len(others)), replace=False)
+                object_points.append(grid[chosen])
             extra_of += [k] * len(chosen)
         keep = np.concatenate([keep, np.asarray(extra_of, dtype=np.int64)])
     points = np.concatenate([*object_points, grid[background]], 0)
