@@ -36,8 +36,11 @@ def test_eval_writes_the_report(trained, rect_dataset, tmp_path, capsys):
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert report["saom"]["points"]["objects"] == report["objects"] > 0
+    assert report["saom"]["random_points"]["objects"] == report["objects"]
+    assert 0 <= report["saom"]["random_points"]["instance_mIoU"] <= 1
     assert set(report["saom"]["points"]["per_class"]) == {"Mug", "Table", "Ball"}
     markdown = (out / "report.md").read_text()
+    assert "| mIoU over objects, random point |" in markdown
     for heading in ("## Summary", "## Per-class results (paper Tables 3 and 4)", "## Output masks in everything mode (paper Table 5)"):
         assert heading in markdown
     for png in ("per_class_iou.png", "per_class_acc.png", "overlay_000.png", "overlay_001.png"):

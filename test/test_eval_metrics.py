@@ -35,6 +35,38 @@ def test_means_skip_absent_classes_but_list_them():
     assert table["C"] == {"occurrences": 0, "IoU": None, "Acc": None, "class_accuracy": None}
 
 
+def test_instance_means_weigh_objects_not_classes():
+    classes = ClassList.from_dict({"name": "t", "classes": ["A", "B"]})
+    result = PointEvalResult(classes, True, {n: ClassStats() for n in classes.names})
+    for _ in range(3):
+        result.per_class["A"].add(9, 10, 10, True)  # IoU 0.9, right
+    result.per_class["B"].add(1, 10, 10, False)  # IoU 0.1, wrong
+    result.objects = 4
+    assert result.instance_miou == pytest.approx((3 * 0.9 + 0.1) / 4)
+    assert result.miou == pytest.approx((0.9 + 0.1) / 2)
+    assert result.instance_class_accuracy == pytest.approx(0.75)
+    assert result.mean_class_accuracy == pytest.approx(0.5)
+
+
+def test_random_point_prompts_reach_the_thin_object_the_grid_misses(tmp_path):
+    """The floor's benchmark prompts a pixel of every object, so none is unreachable; same seed, same points."""
+    from saom_core.data.format import DatasetWriter, Frame
+
+    classes = ClassList.from_dict({"name": "t", "classes": ["Thin"]})
+    writer = DatasetWriter(tmp_path / "ds", classes, "synthetic")
+    masks = np.zeros((1, 64, 64), dtype=bool)
+    masks[0, 9:11, 4:60] = True
+    writer.write_scene("scene_00000", [Frame(np.zeros((64, 64, 3), np.uint8), masks, ["Thin"], {})], split="val")
+    writer.finalize()
+    dataset = SaomDataset(tmp_path / "ds", split="val")
+    model = build_model(get_config("test"), classes)
+    runs = [evaluate_points({"m": model}, dataset, points_per_side=4, progress=False, prompt="random_foreground")["m"] for _ in range(2)]
+    assert runs[0].unreachable == 0 and runs[0].objects == 1
+    assert runs[0].to_dict() == runs[1].to_dict()
+    with pytest.raises(ValueError, match="unknown point prompt"):
+        evaluate_points({"m": model}, dataset, prompt="centre")
+
+
 def test_vanilla_sam_has_no_class_accuracy():
     classes = ClassList.from_dict({"name": "t", "classes": ["A"]})
     result = PointEvalResult(classes, False, {"A": ClassStats()})

@@ -77,6 +77,10 @@ def evaluate(
         {"baseline": baseline, "saom": saom}, dataset, settings.points_per_side, assign_with="saom",
         max_frames=settings.max_frames, device=device, progress=progress,
     )
+    random_points = evaluate_points(
+        {"baseline": baseline, "saom": saom}, dataset, max_frames=settings.max_frames, device=device,
+        progress=progress, prompt="random_foreground",
+    )
     overlay_frames: dict[int, dict[str, Any]] = {}
 
     def keep_overlay(name: str):
@@ -106,6 +110,7 @@ def evaluate(
         )
         report[name] = {
             "points": points[name].to_dict(),
+            "random_points": random_points[name].to_dict(),
             "everything": everything.to_dict(),
             "generator": f"pred IoU {config.pred_iou_thresh}, stability {config.stability_score_thresh}, "
             f"box NMS {config.box_nms_thresh}, min region {config.min_mask_region_area}, grid {config.points_per_side}",

@@ -18,7 +18,10 @@ model's most confident of its 3 masks. An object with no grid point inside it is
 empty mask. Class accuracy = share of instances whose kept mask gets the right class. mIoU, mAcc
 and mean class accuracy average over the classes that occur (classes with 0 occurrences are
 listed, not averaged). Everything mode: output masks per frame with each model's generator
-settings; mask AP/AR by pycocotools (class-agnostic for both models, per class for SAOM)."""
+settings; mask AP/AR by pycocotools (class-agnostic for both models, per class for SAOM).
+"Over objects, random point": the usual interactive benchmark instead: each object prompted with
+one random pixel of it (seeded, the same for both models), mean IoU over objects and the share of
+objects classified right."""
 
 
 def _pct(value: float | None) -> str:
@@ -46,6 +49,8 @@ def render_markdown(report: dict[str, Any], classes: ClassList, images: list[str
         f"| mIoU (%) | {_pct(base['points']['mIoU'])} | {_pct(saom['points']['mIoU'])} |",
         f"| mAcc (%) | {_pct(base['points']['mAcc'])} | {_pct(saom['points']['mAcc'])} |",
         f"| mean classification accuracy | {_num(base['points']['mean_class_accuracy'])} | {_num(saom['points']['mean_class_accuracy'])} |",
+        f"| mIoU over objects, random point | {_num(base['random_points']['instance_mIoU'])} | {_num(saom['random_points']['instance_mIoU'])} |",
+        f"| classification accuracy over objects, random point | {_num(base['random_points']['instance_class_accuracy'])} | {_num(saom['random_points']['instance_class_accuracy'])} |",
         f"| output masks per frame (everything mode) | {base['everything']['masks_per_frame']:.1f} | {saom['everything']['masks_per_frame']:.1f} |",
         f"| mask AP, class-agnostic | {_num(base['everything']['coco_mask_class_agnostic']['AP'])} | {_num(saom['everything']['coco_mask_class_agnostic']['AP'])} |",
         f"| mask AP50, class-agnostic | {_num(base['everything']['coco_mask_class_agnostic']['AP50'])} | {_num(saom['everything']['coco_mask_class_agnostic']['AP50'])} |",
