@@ -19,7 +19,7 @@ class DemoSettings:
     config: Path
     checkpoint: Path | None = None  # official SAM weights: baseline = vanilla SAM (the paper's setting)
     data: Path | None = None  # an existing dataset instead of collecting one
-    scenes: int = 200
+    scenes: int = 400
     seed: int = 0
     workers: int = 2
     eval_split: str = "test"
