@@ -33,6 +33,8 @@ bench: setup ros
 	$(PY) bench/train_throughput.py
 	$(PY) bench/everything_mode.py
 	$(PY) bench/node_latency.py
+	test -f $(DEMO_OUT)/data/annotations.json || $(VENV)/bin/saom collect --scenes 400 --out $(DEMO_OUT)/data
+	$(PY) bench/tiny_recipe.py --data $(DEMO_OUT)/data
 
 clean:
 	rm -rf $(VENV) build *.egg-info

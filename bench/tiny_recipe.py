@@ -18,6 +18,7 @@ Prints a table and, last, `recipe vs plain: ...`.
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
@@ -58,20 +59,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path("runs/demo/data"), help="a SAOM dataset with train/val/test splits")
     parser.add_argument("--config", type=Path, default=Path("config/train_tiny.yaml"))
-    parser.add_argument("--out", type=Path, default=Path("runs/bench_tiny_recipe"), help="a new folder for both runs")
+    parser.add_argument("--out", type=Path, default=None, help="a new folder to keep both runs in (default: a temporary one)")
     parser.add_argument("--split", default="test", help="held-out split to score on")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.out.exists():
+    if args.out is not None and args.out.exists():
         parser.error(f"{args.out} exists; pass a new --out")
+    if not (args.data / "annotations.json").exists():
+        parser.error(f"{args.data} is not a SAOM dataset (run make demo, or saom collect --scenes 400 --out {args.data})")
+    if args.out is None:
+        with tempfile.TemporaryDirectory(prefix="saom-tiny-recipe-") as tmp:
+            run(args, Path(tmp))
+    else:
+        run(args, args.out)
 
+
+def run(args: argparse.Namespace, out: Path) -> None:
     print(f"machine: {machine_description(torch.device('cpu'))}")
     print(f"data: {args.data}, scored on split '{args.split}'")
     overrides = [f"train.threads={args.threads}", "train.device=cpu"]
-    recipe_ckpt, recipe_steps, recipe_s = train(args.config, args.data, args.out / "recipe", overrides)
+    recipe_ckpt, recipe_steps, recipe_s = train(args.config, args.data, out / "recipe", overrides)
     plain_ckpt, plain_steps, plain_s = train(
-        args.config, args.data, args.out / "plain", [*overrides, *PLAIN, f"train.max_seconds={recipe_s:.0f}"]
+        args.config, args.data, out / "plain", [*overrides, *PLAIN, f"train.max_seconds={recipe_s:.0f}"]
     )
     dataset = SaomDataset(args.data, split=args.split)
     models = {"recipe": load_model(recipe_ckpt), "plain": load_model(plain_ckpt)}
