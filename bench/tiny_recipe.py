@@ -26,7 +26,7 @@ import torch
 
 from saom_core.data.reader import SaomDataset
 from saom_core.eval.evaluate import machine_description
-from saom_core.eval.point_eval import PointEvalResult, evaluate_points
+from saom_core.eval.point_eval import POINT_PROMPTS, PointEvalResult, evaluate_point_prompts
 from saom_core.model.checkpoint import load_model
 from saom_core.train.config import load_train_config
 from saom_core.train.trainer import Trainer
@@ -85,8 +85,8 @@ def run(args: argparse.Namespace, out: Path) -> None:
     )
     dataset = SaomDataset(args.data, split=args.split)
     models = {"recipe": load_model(recipe_ckpt), "plain": load_model(plain_ckpt)}
-    random_point = evaluate_points(models, dataset, prompt="random_foreground")
-    grid_point = evaluate_points(models, dataset, prompt="nearest_neighbour")
+    by_prompt = evaluate_point_prompts(models, dataset, POINT_PROMPTS)
+    random_point, grid_point = by_prompt["random_foreground"], by_prompt["nearest_neighbour"]
     print(f"\n{len(dataset)} frames, {random_point['recipe'].objects} objects\n")
     print("| recipe | steps | train s | random point: mIoU (objects) | class acc (objects) | grid point: mIoU (classes) | class acc (classes) |")
     print("|---|---:|---:|---:|---:|---:|---:|")

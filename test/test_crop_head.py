@@ -13,9 +13,8 @@ from saom_core.infer.segmenter import SaomSegmenter
 from saom_core.model.checkpoint import load_model, save_checkpoint
 from saom_core.model.configs import get_config
 from saom_core.model.crop_head import CONTEXT, MaskCropClassifier, square_boxes
-from saom_core.model.saom import DecoderOutput, build_model
-from saom_core.train.prompts import FramePrompts
-from saom_core.train.trainer import TrainForward
+from saom_core.model.saom import build_model
+from saom_core.train.trainer import crop_targets
 
 CLASSES = ClassList.from_dict({"name": "shapes", "classes": ["Square", "Disc"]})
 
@@ -134,15 +133,9 @@ def test_background_points_whose_masks_lie_on_objects_do_not_teach_the_crop_clas
     side = 8
     true_mask = torch.zeros(1, side, side)
     true_mask[0, :4, :4] = 1.0  # the frame's one object: top-left quarter
-    prompts = [FramePrompts(
-        points=torch.zeros(3, 2), class_ids=torch.tensor([2, 0, 0]), positive=torch.tensor([True, False, False]),
-        mask_targets=true_mask, num_masks=1, num_unreachable=0, num_fallback=0,
-    )]
-    logits = torch.full((3, 3, side, side), -5.0)
-    logits[:, 0, :4, :4] = 5.0  # object prompt and first background point: a mask on the object
-    logits[2, 0] = -5.0
-    logits[2, 0, 4:, 4:] = 5.0  # second background point: a mask on the floor
-    iou = torch.tensor([[0.9, 0.1, 0.1]]).expand(3, -1)
-    out = DecoderOutput(logits, iou, None, torch.zeros(3, 3))
-    targets = TrainForward._crop_targets(out, prompts, torch.zeros(3, dtype=torch.long), frames=1)
+    logits = torch.full((3, side, side), -5.0)  # the kept mask of each prompt
+    logits[:2, :4, :4] = 5.0  # object prompt and first background point: a mask on the object
+    logits[2, 4:, 4:] = 5.0  # second background point: a mask on the floor
+    positive = torch.tensor([True, False, False])
+    targets = crop_targets(logits, positive, true_mask, torch.tensor([2, 0, 0]), torch.zeros(3, dtype=torch.long), frames=1)
     assert targets.tolist() == [2, -100, 0]

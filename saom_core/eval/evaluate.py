@@ -13,7 +13,7 @@ import torch
 
 from saom_core.data.reader import SaomDataset
 from saom_core.eval.everything_eval import run_everything
-from saom_core.eval.point_eval import evaluate_points
+from saom_core.eval.point_eval import POINT_PROMPTS, evaluate_point_prompts
 from saom_core.eval.report import write_report
 from saom_core.infer.generator import GeneratorConfig, generator_config
 from saom_core.infer.segmenter import SaomSegmenter, resolve_device
@@ -73,14 +73,11 @@ def evaluate(
     dataset = SaomDataset(dataset_root, split=settings.split)
     saom = load_model(saom_checkpoint, device=device)
     baseline = load_model(baseline_checkpoint, device=device)
-    points = evaluate_points(
-        {"baseline": baseline, "saom": saom}, dataset, settings.points_per_side, assign_with="saom",
+    by_prompt = evaluate_point_prompts(
+        {"baseline": baseline, "saom": saom}, dataset, POINT_PROMPTS, settings.points_per_side, assign_with="saom",
         max_frames=settings.max_frames, device=device, progress=progress,
     )
-    random_points = evaluate_points(
-        {"baseline": baseline, "saom": saom}, dataset, max_frames=settings.max_frames, device=device,
-        progress=progress, prompt="random_foreground",
-    )
+    points, random_points = by_prompt["nearest_neighbour"], by_prompt["random_foreground"]
     overlay_frames: dict[int, dict[str, Any]] = {}
 
     def keep_overlay(name: str):

@@ -17,17 +17,17 @@ instances stay in the tables with occurrences 0 and are left out of the means.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from saom_core.data.classes import ClassList
-from saom_core.data.reader import SaomDataset
+from saom_core.data.reader import Sample, SaomDataset
 from saom_core.model.grid import grid_points
 from saom_core.model.saom import SaomModel
-from saom_core.train.assignment import nearest_neighbour_assignment, random_foreground_points
+from saom_core.train.assignment import Assignment, nearest_neighbour_assignment, random_foreground_points
 
 POINT_PROMPTS = ("nearest_neighbour", "random_foreground")
 
@@ -119,7 +119,6 @@ class PointEvalResult:
         }
 
 
-@torch.no_grad()
 def evaluate_points(
     models: Mapping[str, SaomModel],
     dataset: SaomDataset,
@@ -132,13 +131,36 @@ def evaluate_points(
     seed: int = 0,
 ) -> dict[str, PointEvalResult]:
     """Evaluate several models on the same single-point prompts; returns one result per model."""
-    if prompt not in POINT_PROMPTS:
-        raise ValueError(f"unknown point prompt {prompt!r}; known: {POINT_PROMPTS}")
+    return evaluate_point_prompts(
+        models, dataset, (prompt,), points_per_side, assign_with, max_frames, device, progress, seed
+    )[prompt]
+
+
+@torch.no_grad()
+def evaluate_point_prompts(
+    models: Mapping[str, SaomModel],
+    dataset: SaomDataset,
+    prompts: Sequence[str] = POINT_PROMPTS,
+    points_per_side: int = 32,
+    assign_with: str | None = None,
+    max_frames: int | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    seed: int = 0,
+) -> dict[str, dict[str, PointEvalResult]]:
+    """`evaluate_points` for several kinds of prompt in one pass: each frame is encoded once per
+    model (with vit_b on a CPU the encoder is most of the cost). -> {prompt: {model: result}}."""
+    unknown = [p for p in prompts if p not in POINT_PROMPTS]
+    if unknown:
+        raise ValueError(f"unknown point prompt {unknown[0]!r}; known: {POINT_PROMPTS}")
     rng = np.random.default_rng(seed)
     assign_name = assign_with or next(iter(models))
     results = {
-        name: PointEvalResult(dataset.classes, m.classifier is not None, {c: ClassStats() for c in dataset.classes.names})
-        for name, m in models.items()
+        prompt: {
+            name: PointEvalResult(dataset.classes, m.classifier is not None, {c: ClassStats() for c in dataset.classes.names})
+            for name, m in models.items()
+        }
+        for prompt in prompts
     }
     was_training = {name: m.training for name, m in models.items()}
     for m in models.values():
@@ -154,46 +176,53 @@ def evaluate_points(
         prepared = {name: m.prepare_images(image) for name, m in models.items()}
         embeddings = {name: m.encode(prepared[name]) for name, m in models.items()}
         ref = models[assign_name]
-        if prompt == "random_foreground":
-            assignment = random_foreground_points(sample.masks, rng)
-        else:
-            assignment = nearest_neighbour_assignment(
-                embeddings[assign_name][0], masks, grid_points(points_per_side, height, width),
-                ref.input_size(height, width), ref.config.image_size,
-            )
-        gt_area = masks.flatten(1).sum(1).float()
-        for name, model in models.items():
-            points = torch.as_tensor(assignment.points, dtype=torch.float32, device=device)
-            out = model.decode(
-                embeddings[name],
-                model.points_to_input(points, height, width)[:, None, :],
-                torch.ones(len(points), 1, dtype=torch.int, device=device),
-            )
-            best = out.iou_pred.argmax(1)
-            rows = torch.arange(len(best), device=device)
-            kept = out.low_res_logits[rows, best]
-            pred = model.logits_to_frame(kept[:, None], height, width)[:, 0] > 0
-            inter = (pred & masks).flatten(1).sum(1).float()
-            union = (pred | masks).flatten(1).sum(1).float()
-            if model.crop_classifier is not None:
-                class_logits = model.classify_masks(prepared[name], kept.sigmoid())
+        for prompt in prompts:
+            if prompt == "random_foreground":
+                assignment = random_foreground_points(sample.masks, rng)
             else:
-                class_logits = out.class_logits[rows, best] if out.class_logits is not None else None
-            predicted_class = class_logits.argmax(1).cpu().numpy() if class_logits is not None else None
-            result = results[name]
-            names = model.class_names
-            for k, class_id in enumerate(sample.class_ids):
-                reachable = bool(assignment.reachable[k])
-                result.objects += 1
-                result.unreachable += int(not reachable)
-                result.per_class[dataset.classes.name_of(int(class_id))].add(
-                    intersection=float(inter[k]) if reachable else 0.0,
-                    union=float(union[k]) if reachable else float(gt_area[k]),
-                    gt_area=float(gt_area[k]),
-                    correct=reachable
-                    and predicted_class is not None
-                    and names[int(predicted_class[k])] == dataset.classes.name_of(int(class_id)),
+                assignment = nearest_neighbour_assignment(
+                    embeddings[assign_name][0], masks, grid_points(points_per_side, height, width),
+                    ref.input_size(height, width), ref.config.image_size,
                 )
+            for name, model in models.items():
+                _score(model, prepared[name], embeddings[name], assignment, sample, masks, dataset.classes, results[prompt][name])
     for name, m in models.items():
         m.train(was_training[name])
     return results
+
+
+def _score(
+    model: SaomModel, prepared: torch.Tensor, embedding: torch.Tensor, assignment: Assignment, sample: Sample,
+    masks: torch.Tensor, classes: ClassList, result: PointEvalResult,
+) -> None:
+    """Prompt `model` with the assigned points of one frame and add its objects to `result`."""
+    height, width = masks.shape[1:]
+    device = masks.device
+    points = torch.as_tensor(assignment.points, dtype=torch.float32, device=device)
+    out = model.decode(
+        embedding,
+        model.points_to_input(points, height, width)[:, None, :],
+        torch.ones(len(points), 1, dtype=torch.int, device=device),
+    )
+    best = out.iou_pred.argmax(1)
+    rows = torch.arange(len(best), device=device)
+    kept = out.low_res_logits[rows, best]
+    pred = model.logits_to_frame(kept[:, None], height, width)[:, 0] > 0
+    inter = (pred & masks).flatten(1).sum(1).float()
+    union = (pred | masks).flatten(1).sum(1).float()
+    gt_area = masks.flatten(1).sum(1).float()
+    class_logits = model.kept_class_logits(prepared, kept, out.class_logits[rows, best] if out.class_logits is not None else None)
+    predicted_class = class_logits.argmax(1).cpu().numpy() if class_logits is not None else None
+    names = model.class_names
+    for k, class_id in enumerate(sample.class_ids):
+        reachable = bool(assignment.reachable[k])
+        result.objects += 1
+        result.unreachable += int(not reachable)
+        result.per_class[classes.name_of(int(class_id))].add(
+            intersection=float(inter[k]) if reachable else 0.0,
+            union=float(union[k]) if reachable else float(gt_area[k]),
+            gt_area=float(gt_area[k]),
+            correct=reachable
+            and predicted_class is not None
+            and names[int(predicted_class[k])] == classes.name_of(int(class_id)),
+        )

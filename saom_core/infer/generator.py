@@ -156,8 +156,9 @@ class EverythingGenerator:
     def generate(self, image: np.ndarray, embedding: torch.Tensor | None = None) -> Segmentation:
         """(H, W, 3) uint8 RGB -> labelled instances at frame resolution, best first."""
         height, width = image.shape[:2]
+        prepared = None  # the model input, kept for the crop classifier
         if embedding is None:
-            embedding = self.embed(image)
+            prepared, embedding = self.embed_prepared(image)
         points, coords = self._grid(height, width)
         point_tensor = torch.as_tensor(points, dtype=torch.float32, device=self.device)
         new_h, new_w = self.model.input_size(height, width)
@@ -175,7 +176,7 @@ class EverythingGenerator:
         keep = batched_nms(boxes, candidates.iou, torch.zeros_like(candidates.iou), self.config.box_nms_thresh)
         candidates, masks = candidates.select(keep), masks[keep]
         if self.model.crop_classifier is not None:
-            candidates = self._classify(candidates, self.prepare(image))
+            candidates = self._classify(candidates, self.prepare(image) if prepared is None else prepared)
             allowed = self.allowed[candidates.class_id]
             candidates, masks = candidates.select(allowed), masks[allowed]
         return self._finish(candidates, masks, height, width)

@@ -118,9 +118,7 @@ class SaomSegmenter:
         masks = self.model.logits_to_frame(logits[:, None], height, width)[:, 0] > 0
         stability = calculate_stability_score(logits, 0.0, self.generator.config.stability_score_offset)
         boxes = batched_mask_to_box(masks).float().cpu().numpy() + np.array([0, 0, 1, 1])
-        class_logits = out.class_logits[rows, best] if out.class_logits is not None else None
-        if self.model.crop_classifier is not None:
-            class_logits = self.model.classify_masks(prepared, logits.sigmoid())
+        class_logits = self.model.kept_class_logits(prepared, logits, out.class_logits[rows, best] if out.class_logits is not None else None)
         if class_logits is not None:
             score, cid = class_logits.float().softmax(-1).max(-1)
         else:

@@ -211,6 +211,15 @@ class SaomModel(Sam):
             raise ValueError("classify_masks needs a model built with crop_classifier=True")
         return self.crop_classifier(prepared, masks, image_index)
 
+    def kept_class_logits(
+        self, prepared: torch.Tensor, kept_logits: torch.Tensor, decoder_class_logits: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """(P, C + 1) labels of the masks SAOM keeps ((P, s, s) logits, one per prompt): the crop
+        classifier's when the model has one, else the decoder head's for those masks (None: vanilla SAM)."""
+        if self.crop_classifier is not None:
+            return self.classify_masks(prepared, kept_logits.sigmoid())
+        return decoder_class_logits
+
     @property
     def class_names(self) -> list[str]:
         from saom_core.data.classes import BACKGROUND
