@@ -20,6 +20,7 @@ All models ship in `pybullet_data`; nothing is downloaded.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import sys
@@ -113,10 +114,8 @@ class PyBulletCollector(Collector):
     # -- one scene ----------------------------------------------------------------------------------
     def collect_scene(self, scene_index: int, seed: int) -> list[Frame]:
         """The 4 frames of one scene, in a pybullet client of its own (connecting takes milliseconds),
-        so no state a scene leaves in pybullet can reach the next: with one client reused after
-        resetSimulation, CI twice saw a resumed dataset's annotations differ from the same scenes
-        collected in one go (test_crash_then_resume_finishes_and_skips_done_scenes; rare, not
-        reproduced locally in 14 repeated collections)."""
+        so no state a scene leaves in pybullet can reach the next. A scene depends only on (seed,
+        scene index): see `_mesh_is_finite` for the one shipped model that broke this."""
         rng = scene_rng(seed, scene_index)
         bc = self._connect()
         try:
@@ -167,6 +166,19 @@ class PyBulletCollector(Collector):
             "instance_ids": uids,
         }
         return Frame(image=image, masks=stacked, labels=labels, meta=meta)
+
+
+@functools.lru_cache(maxsize=None)
+def _mesh_is_finite(obj_path: str) -> bool:
+    """False for an OBJ file with a NaN/inf vertex. pybullet_data's random_urdfs/168 has only NaN
+    vertices; Bullet's convex hull of it reads memory before the point array (valgrind: invalid read
+    in btConvexHullShape::batchedUnitVectorGetSupportingVertexWithoutMargin), so the scene's physics
+    depended on the heap's contents: the same seed gave other frames in another process history."""
+    with open(obj_path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith("v ") and not all(math.isfinite(float(v)) for v in line.split()[1:4]):
+                return False
+    return True
 
 
 @contextlib.contextmanager
@@ -339,13 +351,15 @@ class _SceneBuilder:
     def _distractor(self, xy: np.ndarray) -> None:
         number = int(self.rng.integers(0, 1000))
         path = f"random_urdfs/{number:03d}/{number:03d}.urdf"
+        if not _mesh_is_finite(os.path.join(self.data_path, f"random_urdfs/{number:03d}/{number:03d}.obj")):
+            return  # drawn numbers stay drawn, so the other scenes of a seed are unchanged
         scale = self.rng.uniform(1.5, 2.5)
         orn = pybullet.getQuaternionFromEuler(self.rng.uniform(0, 2 * math.pi, 3).tolist())
         z = 0.12 + 0.16 * self.drop_level
         self.drop_level = (self.drop_level + 1) % 4
         try:
             uid = self.bc.loadURDF(path, [float(xy[0]), float(xy[1]), z], orn, globalScaling=scale)
-        except Exception:  # a few random_urdfs do not load; a missing distractor is harmless
+        except Exception:  # all shipped ones load today; a missing distractor is harmless anyway
             return
         self.bc.changeDynamics(uid, -1, rollingFriction=0.01, spinningFriction=0.01, linearDamping=0.2, angularDamping=0.3)
         self.dynamic.append(uid)
