@@ -5,6 +5,8 @@ frames per step, one random foreground point per mask, AdamW at a constant lr 6e
 authors' class head (IoU token), focal (alpha 0.25) + dice on the best-fitting of SAM's 3 masks
 + cross-entropy + IoU MSE (without it the predicted IoU that picks the mask is never taught), no
 background points, no flips. SAOM's recipe is `config/train_tiny.yaml`, as `make demo` trains it.
+Both use the trainer's mixed precision (`train.amp: auto`: bf16 on CPUs that compute it natively),
+so the comparison is of recipes, not of number formats.
 
 SAOM's recipe trains first, for its configured steps; the plain one then gets exactly the seconds
 that took (`train.max_seconds`). Both are scored on the held-out split with the same prompts:

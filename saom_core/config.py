@@ -53,6 +53,8 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
                 errors.append(str(exc))
         raise ConfigError(errors[0])
     if origin is typing.Literal:
+        if isinstance(value, bool) and {"on", "off"} & set(args):
+            value = "on" if value else "off"  # YAML 1.1 reads a bare on/off as a boolean
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
         return value

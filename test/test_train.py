@@ -10,7 +10,7 @@ import torch
 import torch.multiprocessing as mp
 
 from saom_core.cli import main as cli_main
-from saom_core.errors import SaomError
+from saom_core.errors import ConfigError, SaomError
 from saom_core.model.checkpoint import load_model, read_checkpoint
 from saom_core.train import trainer as trainer_module
 from saom_core.train.config import load_train_config
@@ -143,6 +143,24 @@ def test_cli_config_errors_are_one_line(rect_dataset, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and "unknown key 'max_step' (did you mean 'max_steps'?)" in err
+
+
+def test_cpu_mixed_precision_follows_the_cpu(rect_dataset, tmp_path, monkeypatch):
+    """auto: bf16 only where the CPU computes it natively; an explicit choice is obeyed or refused."""
+    for native, expected in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda native=native: native)
+        assert Trainer(config(rect_dataset), tmp_path / f"auto_{native}", progress=False).amp_dtype == expected
+    assert Trainer(config(rect_dataset, "train.amp=bf16"), tmp_path / "bf16", progress=False).amp_dtype == torch.bfloat16
+    assert Trainer(config(rect_dataset, "train.amp=off"), tmp_path / "off", progress=False).amp_dtype is None
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        Trainer(config(rect_dataset, "train.amp=fp16"), tmp_path / "fp16", progress=False)
+
+
+def test_a_bare_off_in_yaml_means_the_word(rect_dataset):
+    """PyYAML reads `off` as False; `train.amp=off` must still select the "off" option."""
+    assert config(rect_dataset, "train.amp=off").train.amp == "off"
+    with pytest.raises(ConfigError, match="not one of"):
+        config(rect_dataset, "train.amp=yes")
 
 
 # ---- DDP ---------------------------------------------------------------------------------------

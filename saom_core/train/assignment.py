@@ -79,7 +79,8 @@ def nearest_neighbour_assignment(
     if n == 0:
         empty = np.zeros((0, 2))
         return Assignment(empty, np.zeros(0, bool), np.zeros(0, np.int64), empty, np.zeros(0, bool))
-    with torch.no_grad():
+    # fp32 also inside a bf16 training step: the argmax must not depend on the number format
+    with torch.no_grad(), torch.autocast(features.device.type, enabled=False):
         coverage = mask_coverage(masks, input_hw, image_size, side)
         cells = coverage >= 0.5
         # A mask smaller than half a cell still needs somewhere to pool from: its best-covered cells.
@@ -87,7 +88,7 @@ def nearest_neighbour_assignment(
         if tiny.any():
             best = coverage[tiny].flatten(1).amax(1).clamp(min=1e-6)
             cells[tiny] = coverage[tiny] >= best[:, None, None]
-        sim = location_confidence(features, cells)  # (N, g*g)
+        sim = location_confidence(features.float(), cells)  # (N, g*g)
         valid_rows, valid_cols = int(np.ceil(input_hw[0] / stride)), int(np.ceil(input_hw[1] / stride))
         valid = torch.zeros(side, side, dtype=torch.bool, device=sim.device)
         valid[:valid_rows, :valid_cols] = True

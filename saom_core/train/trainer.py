@@ -165,6 +165,13 @@ def set_trainable(model: SaomModel, prefixes: list[str]) -> int:
     return count
 
 
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: where bf16 autocast speeds CPU training up (elsewhere it is emulated).
+    torch exposes the CPU feature checks only as private helpers, hence the getattr."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
 def resolve_device(name: str, ctx: DistContext) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -242,11 +249,13 @@ class Trainer:
     # ---- set-up --------------------------------------------------------------------------------
     def _amp_dtype(self) -> torch.dtype | None:
         mode = self.cfg.train.amp
-        if self.device.type != "cuda" or mode == "off":
+        if mode == "off":
             return None
-        if mode == "bf16" or (mode == "auto" and torch.cuda.is_bf16_supported()):
-            return torch.bfloat16
-        return torch.float16
+        if self.device.type == "cuda":
+            return torch.bfloat16 if mode == "bf16" or (mode == "auto" and torch.cuda.is_bf16_supported()) else torch.float16
+        if mode == "fp16":
+            raise ConfigError("train.amp fp16 needs a CUDA device; on a CPU use bf16, auto or off")
+        return torch.bfloat16 if mode == "bf16" or (mode == "auto" and cpu_has_native_bf16()) else None
 
     def _start_run(self) -> None:
         if self.ctx.is_main:
