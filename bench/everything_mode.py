@@ -26,10 +26,11 @@ from segment_anything import SamAutomaticMaskGenerator
 from saom_core.data.classes import ClassList
 from saom_core.data.reader import SaomDataset
 from saom_core.eval.matching import agreement
-from saom_core.infer.generator import EverythingGenerator, GeneratorConfig, generator_config, reduced_precision
+from saom_core.infer.generator import EverythingGenerator, GeneratorConfig, generator_config
 from saom_core.model.checkpoint import load_model
 from saom_core.model.configs import get_config
 from saom_core.model.saom import build_model
+from saom_core.precision import reduced_precision
 
 
 def synchronize(device: torch.device) -> None:

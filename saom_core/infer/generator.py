@@ -54,14 +54,6 @@ class GeneratorConfig:
     keep_classes: list[str] | None = None  # None: every class of the model
 
 
-def reduced_precision(device: torch.device) -> torch.dtype:
-    """The autocast dtype for `half` on a device: bf16 where it is supported (the only reduced type
-    CPU autocast runs fast, on CPUs with AVX512-BF16 or AMX), else fp16 on older GPUs."""
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.float16
-    return torch.bfloat16
-
-
 TUNABLE = ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "min_mask_region_area")
 
 

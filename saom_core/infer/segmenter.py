@@ -15,10 +15,11 @@ import torch
 from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
 
 from saom_core.errors import ConfigError, ImageError
-from saom_core.infer.generator import EverythingGenerator, GeneratorConfig, generator_config, reduced_precision
+from saom_core.infer.generator import EverythingGenerator, GeneratorConfig, generator_config
 from saom_core.infer.types import Instance, Segmentation
 from saom_core.model.checkpoint import load_model
 from saom_core.model.saom import DecoderOutput, SaomModel
+from saom_core.precision import reduced_precision
 
 
 def resolve_device(name: str) -> torch.device:

@@ -31,6 +31,7 @@ from saom_core.model.checkpoint import read_checkpoint, save_checkpoint
 from saom_core.model.configs import get_config
 from saom_core.model.grid import grid_points
 from saom_core.model.saom import DecoderOutput, SaomModel, build_model
+from saom_core.precision import cpu_has_native_bf16, reduced_precision
 from saom_core.train.config import TrainConfig
 from saom_core.train.distributed import DistContext, init_distributed, shutdown_distributed
 from saom_core.train.embedding_cache import EmbeddingCache
@@ -165,13 +166,6 @@ def set_trainable(model: SaomModel, prefixes: list[str]) -> int:
     return count
 
 
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: where bf16 autocast speeds CPU training up (elsewhere it is emulated).
-    torch exposes the CPU feature checks only as private helpers, hence the getattr."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
 def resolve_device(name: str, ctx: DistContext) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -251,11 +245,15 @@ class Trainer:
         mode = self.cfg.train.amp
         if mode == "off":
             return None
-        if self.device.type == "cuda":
-            return torch.bfloat16 if mode == "bf16" or (mode == "auto" and torch.cuda.is_bf16_supported()) else torch.float16
         if mode == "fp16":
-            raise ConfigError("train.amp fp16 needs a CUDA device; on a CPU use bf16, auto or off")
-        return torch.bfloat16 if mode == "bf16" or (mode == "auto" and cpu_has_native_bf16()) else None
+            if self.device.type != "cuda":
+                raise ConfigError("train.amp fp16 needs a CUDA device; on a CPU use bf16, auto or off")
+            return torch.float16
+        if mode == "bf16":
+            return torch.bfloat16
+        if self.device.type == "cpu" and not cpu_has_native_bf16():
+            return None  # auto on a CPU that would only emulate bf16
+        return reduced_precision(self.device)
 
     def _start_run(self) -> None:
         if self.ctx.is_main:

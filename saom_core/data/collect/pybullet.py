@@ -350,15 +350,15 @@ class _SceneBuilder:
 
     def _distractor(self, xy: np.ndarray) -> None:
         number = int(self.rng.integers(0, 1000))
-        path = f"random_urdfs/{number:03d}/{number:03d}.urdf"
-        if not _mesh_is_finite(os.path.join(self.data_path, f"random_urdfs/{number:03d}/{number:03d}.obj")):
+        stem = f"random_urdfs/{number:03d}/{number:03d}"
+        if not _mesh_is_finite(os.path.join(self.data_path, f"{stem}.obj")):
             return  # drawn numbers stay drawn, so the other scenes of a seed are unchanged
         scale = self.rng.uniform(1.5, 2.5)
         orn = pybullet.getQuaternionFromEuler(self.rng.uniform(0, 2 * math.pi, 3).tolist())
         z = 0.12 + 0.16 * self.drop_level
         self.drop_level = (self.drop_level + 1) % 4
         try:
-            uid = self.bc.loadURDF(path, [float(xy[0]), float(xy[1]), z], orn, globalScaling=scale)
+            uid = self.bc.loadURDF(f"{stem}.urdf", [float(xy[0]), float(xy[1]), z], orn, globalScaling=scale)
         except Exception:  # all shipped ones load today; a missing distractor is harmless anyway
             return
         self.bc.changeDynamics(uid, -1, rollingFriction=0.01, spinningFriction=0.01, linearDamping=0.2, angularDamping=0.3)
