@@ -33,14 +33,14 @@ class _LaunchConfiguration(_Recorder):
 
 def _stub_modules(share: str) -> dict[str, types.ModuleType]:
     mods = {name: types.ModuleType(name) for name in (
-        "launch", "launch.actions", "launch.conditions", "launch.substitutions", "launch_ros", "launch_ros.actions",
+        "launch", "launch.actions", "launch.substitutions", "launch_ros", "launch_ros.actions",
         "ament_index_python", "ament_index_python.packages")}
     mods["launch"].LaunchDescription = type("LaunchDescription", (_Recorder,), {})
     mods["launch.actions"].DeclareLaunchArgument = type("DeclareLaunchArgument", (_Recorder,), {})
     mods["launch.actions"].OpaqueFunction = type("OpaqueFunction", (_Recorder,), {})
-    mods["launch.conditions"].IfCondition = type("IfCondition", (_Recorder,), {})
     mods["launch.substitutions"].LaunchConfiguration = _LaunchConfiguration
     mods["launch_ros.actions"].Node = type("Node", (_Recorder,), {})
+    mods["launch_ros.actions"].LifecycleNode = type("LifecycleNode", (_Recorder,), {})
 
     def get_package_share_directory(package):
         assert package == "saom_ros"
@@ -64,46 +64,73 @@ def launch_module(monkeypatch):
     return module, share
 
 
-def test_launch_arguments_node_and_rviz(launch_module):
+def test_launch_arguments_node_and_rviz(launch_module, tmp_path):
     module, share = launch_module
     desc = module.generate_launch_description()
     actions = desc.args[0]
     declared = {a.kwargs.get("name", a.args[0] if a.args else None): a.kwargs for a in actions
                 if type(a).__name__ == "DeclareLaunchArgument"}
-    for name in ("params_file", "image_topic", "use_sim_time", "rviz", "rviz_config", "checkpoint"):
+    for name in ("params_file", "image_topic", "use_sim_time", "rviz", "rviz_config", "checkpoint", "autostart",
+                 "image_reliability", "namespace", "depth_topic", "camera_info_topic"):
         assert name in declared, f"launch argument {name} missing"
         assert declared[name]["description"]
     assert declared["params_file"]["default_value"] == f"{share}/config/saom.yaml"
     assert declared["rviz_config"]["default_value"] == f"{share}/config/saom.rviz"
     assert declared["rviz"]["default_value"] == "false"
+    assert [type(a).__name__ for a in actions if type(a).__name__ != "DeclareLaunchArgument"] == ["OpaqueFunction"]
 
     opaque = [a for a in actions if type(a).__name__ == "OpaqueFunction"]
-    assert len(opaque) == 1
     context = {name: kw["default_value"] for name, kw in declared.items()}
-    context.update(checkpoint="/models/saom.pt", image_topic="/camera/color/image_raw", use_sim_time="true")
+    context.update(checkpoint="/models/saom.pt", image_topic="/camera/color/image_raw", use_sim_time="true",
+                   depth_topic="/camera/aligned_depth_to_color/image_raw", camera_info_topic="/camera/color/camera_info")
     (node,) = opaque[0].kwargs["function"](context)
+    assert type(node).__name__ == "LifecycleNode", "a lifecycle manager or launch events must be able to drive it"
     kw = node.kwargs
-    assert (kw["package"], kw["executable"], kw["name"]) == ("saom_ros", "saom_node", "saom_node")
+    assert (kw["package"], kw["executable"], kw["name"], kw["namespace"]) == ("saom_ros", "saom_node", "saom_node", "")
     params_file, overrides = kw["parameters"]
     assert params_file == f"{share}/config/saom.yaml"
     assert overrides == {"use_sim_time": True, "checkpoint": "/models/saom.pt"}
-    assert ("image_raw", "/camera/color/image_raw") in kw["remappings"]
-    assert ("image_raw/compressed", "/camera/color/image_raw/compressed") in kw["remappings"]
+    remaps = dict(kw["remappings"])
+    assert remaps["image_raw"] == "/camera/color/image_raw"
+    assert remaps["image_raw/compressed"] == "/camera/color/image_raw/compressed"
+    assert remaps["depth/image_raw"] == "/camera/aligned_depth_to_color/image_raw"
+    assert remaps["camera_info"] == "/camera/color/camera_info"
 
-    context.update(checkpoint="", device="cuda", use_sim_time="false")
+    context.update(checkpoint="", device="cuda", use_sim_time="false", autostart="false", image_reliability="reliable")
     (node,) = opaque[0].kwargs["function"](context)
-    assert node.kwargs["parameters"][1] == {"use_sim_time": False, "device": "cuda"}
+    assert node.kwargs["parameters"][1] == {"use_sim_time": False, "device": "cuda", "autostart": False,
+                                            "image_reliability": "reliable"}
+    context.update(autostart="maybe")
+    with pytest.raises(ValueError, match="maybe"):
+        opaque[0].kwargs["function"](context)
 
-    rviz = [a for a in actions if type(a).__name__ == "Node"]
-    assert len(rviz) == 1 and rviz[0].kwargs["executable"] == "rviz2"
-    assert rviz[0].kwargs["condition"].args[0].args[0] == "rviz"
-    assert rviz[0].kwargs["arguments"][0] == "-d"
+    # rviz: the config's /saom_node/ topics follow the namespace (a rewritten copy)
+    rviz_config = REPO / "config" / "saom.rviz"
+    context.update(autostart="", rviz="true", rviz_config=str(rviz_config), namespace="arm_cam")
+    node, rviz = opaque[0].kwargs["function"](context)
+    assert node.kwargs["namespace"] == "arm_cam"
+    assert rviz.kwargs["executable"] == "rviz2" and rviz.kwargs["arguments"][0] == "-d"
+    rewritten = Path(rviz.kwargs["arguments"][1])
+    try:
+        topics = _rviz_image_topics(rewritten)
+        assert "/arm_cam/saom_node/overlay" in topics and "/arm_cam/saom_node/instance_mask" in topics
+        assert not [t for t in topics if t.startswith("/saom_node/")]
+    finally:
+        rewritten.unlink()
+    context.update(namespace="")
+    _, rviz = opaque[0].kwargs["function"](context)
+    assert rviz.kwargs["arguments"][1] == str(rviz_config)
+    assert module.node_topic_prefix("/robot/arm_cam/") == "/robot/arm_cam/saom_node/"
+
+
+def _rviz_image_topics(path: Path) -> dict[str, dict]:
+    config = yaml.safe_load(path.read_text())
+    displays = config["Visualization Manager"]["Displays"]
+    return {d["Topic"]["Value"]: d for d in displays if d["Class"] == "rviz_default_plugins/Image"}
 
 
 def test_rviz_config_shows_the_overlay():
-    config = yaml.safe_load((REPO / "config" / "saom.rviz").read_text())
-    displays = config["Visualization Manager"]["Displays"]
-    topics = {d["Topic"]["Value"]: d for d in displays if d["Class"] == "rviz_default_plugins/Image"}
+    topics = _rviz_image_topics(REPO / "config" / "saom.rviz")
     assert topics["/saom_node/overlay"]["Enabled"] is True
     assert topics["/saom_node/overlay"]["Topic"]["Reliability Policy"] == "Reliable"  # the node's outputs are reliable
     assert "/saom_node/instance_mask" in topics
