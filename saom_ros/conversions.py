@@ -20,15 +20,33 @@ from saom_core.infer.types import Instance, Segmentation
 
 from .msgtypes import MessageTypes
 
-# encoding -> (channels, channel order to RGB)
-_RAW_ENCODINGS: dict[str, tuple[int, tuple[int, ...] | None]] = {
-    "rgb8": (3, None),
-    "bgr8": (3, (2, 1, 0)),
-    "rgba8": (4, (0, 1, 2)),
-    "bgra8": (4, (2, 1, 0)),
-    "mono8": (1, (0, 0, 0)),
+@dataclass(frozen=True)
+class _Encoding:
+    channels: int
+    dtype: str  # numpy dtype of one channel
+    to_rgb: str | None  # the cv2.COLOR_* conversion to RGB (None: already RGB)
+
+
+# sensor_msgs/image_encodings names. ROS's bayer_<pattern> names the first row pair; OpenCV's
+# Bayer<XY> names the second pixel of the second row, so bayer_rggb8 is OpenCV's BayerBG (as in
+# cv_bridge). yuv422 is UYVY in ROS (image_encodings.hpp), yuv422_yuy2 and yuyv are YUYV.
+_ENCODINGS: dict[str, _Encoding] = {
+    "rgb8": _Encoding(3, "u1", None),
+    "bgr8": _Encoding(3, "u1", "COLOR_BGR2RGB"),
+    "rgba8": _Encoding(4, "u1", "COLOR_RGBA2RGB"),
+    "bgra8": _Encoding(4, "u1", "COLOR_BGRA2RGB"),
+    "mono8": _Encoding(1, "u1", "COLOR_GRAY2RGB"),
+    "mono16": _Encoding(1, "u2", "COLOR_GRAY2RGB"),  # scaled to 8 bits over the full 16-bit range
+    "yuv422": _Encoding(2, "u1", "COLOR_YUV2RGB_UYVY"),
+    "uyvy": _Encoding(2, "u1", "COLOR_YUV2RGB_UYVY"),
+    "yuv422_yuy2": _Encoding(2, "u1", "COLOR_YUV2RGB_YUY2"),
+    "yuyv": _Encoding(2, "u1", "COLOR_YUV2RGB_YUY2"),
+    "bayer_rggb8": _Encoding(1, "u1", "COLOR_BayerBG2RGB"),
+    "bayer_bggr8": _Encoding(1, "u1", "COLOR_BayerRG2RGB"),
+    "bayer_gbrg8": _Encoding(1, "u1", "COLOR_BayerGR2RGB"),
+    "bayer_grbg8": _Encoding(1, "u1", "COLOR_BayerGB2RGB"),
 }
-SUPPORTED_ENCODINGS: tuple[str, ...] = tuple(_RAW_ENCODINGS)
+SUPPORTED_ENCODINGS: tuple[str, ...] = tuple(_ENCODINGS)
 
 
 class UnsupportedEncoding(ImageError):
@@ -41,29 +59,66 @@ def _u8_buffer(data: Any) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8)
 
 
+def _encoding_of(msg: Any) -> tuple[str, _Encoding]:
+    name = str(msg.encoding).strip().lower()
+    if name not in _ENCODINGS:
+        raise UnsupportedEncoding(
+            f"image encoding {msg.encoding!r} is not supported (use one of {', '.join(SUPPORTED_ENCODINGS)})")
+    return name, _ENCODINGS[name]
+
+
+def check_layout(msg: Any) -> tuple[str, _Encoding]:
+    """The encoding of a sensor_msgs/Image whose size, step and data length agree; ImageError naming the
+    mismatch otherwise (a bad frame), UnsupportedEncoding for an encoding not in SUPPORTED_ENCODINGS."""
+    name, enc = _encoding_of(msg)
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    pixel_bytes = enc.channels * np.dtype(enc.dtype).itemsize
+    if height <= 0 or width <= 0:
+        raise ImageError(f"empty image ({width}x{height})")
+    if step < width * pixel_bytes:
+        raise ImageError(f"image step {step} is smaller than width {width} x {pixel_bytes} bytes ({name})")
+    if enc.channels == 2 and width % 2:
+        raise ImageError(f"{name} needs an even width (two pixels share U and V), got {width}")
+    size = len(msg.data) if not isinstance(msg.data, np.ndarray) else msg.data.nbytes
+    if size < height * step:
+        raise ImageError(f"image data has {size} bytes, {width}x{height} {name} with step {step} needs {height * step}")
+    return name, enc
+
+
+def image_pixels(msg: Any) -> np.ndarray:
+    """A numpy view of an Image's pixels: (H, W) or (H, W, C) in the encoding's dtype, native byte order."""
+    name, enc = check_layout(msg)
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    itemsize = np.dtype(enc.dtype).itemsize
+    rows = _u8_buffer(msg.data)[: height * step].reshape(height, step)[:, : width * enc.channels * itemsize]
+    if itemsize > 1:
+        order = ">" if int(getattr(msg, "is_bigendian", 0)) else "<"
+        rows = np.ascontiguousarray(rows).view(np.dtype(order + enc.dtype)).astype(np.dtype(enc.dtype))
+    pixels = rows.reshape(height, width, enc.channels)
+    return pixels[:, :, 0] if enc.channels == 1 else pixels
+
+
+def pixels_to_rgb(pixels: np.ndarray, encoding: str) -> np.ndarray:
+    """(H, W[, C]) pixels in `encoding` -> (H, W, 3) uint8 RGB (fresh, writable, contiguous), with OpenCV."""
+    import cv2
+
+    enc = _ENCODINGS[encoding]
+    if enc.dtype == "u2":  # 16 -> 8 bits over the full range, as cv_bridge scales mono16 to mono8
+        pixels = cv2.convertScaleAbs(pixels, alpha=255.0 / 65535.0)
+    pixels = np.ascontiguousarray(pixels)
+    if enc.to_rgb is None:
+        return np.array(pixels, dtype=np.uint8, order="C", copy=True)
+    return np.ascontiguousarray(cv2.cvtColor(pixels, getattr(cv2, enc.to_rgb)))
+
+
 def image_to_rgb(msg: Any) -> np.ndarray:
     """sensor_msgs/Image -> (H, W, 3) uint8 RGB (a fresh, writable, contiguous array).
 
-    Raises UnsupportedEncoding for encodings other than rgb8, bgr8, rgba8, bgra8, mono8 and
-    ImageError for inconsistent sizes (a bad frame).
+    Raises UnsupportedEncoding for an encoding not in SUPPORTED_ENCODINGS and ImageError for
+    inconsistent sizes (a bad frame).
     """
-    encoding = str(msg.encoding).strip().lower()
-    if encoding not in _RAW_ENCODINGS:
-        raise UnsupportedEncoding(
-            f"image encoding {msg.encoding!r} is not supported (use one of {', '.join(SUPPORTED_ENCODINGS)})")
-    channels, order = _RAW_ENCODINGS[encoding]
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    if height <= 0 or width <= 0:
-        raise ImageError(f"empty image ({width}x{height})")
-    if step < width * channels:
-        raise ImageError(f"image step {step} is smaller than width {width} x {channels} bytes")
-    buf = _u8_buffer(msg.data)
-    if buf.size < height * step:
-        raise ImageError(f"image data has {buf.size} bytes, {width}x{height} {encoding} with step {step} needs {height * step}")
-    pixels = buf[: height * step].reshape(height, step)[:, : width * channels].reshape(height, width, channels)
-    if order is None:
-        return np.array(pixels, dtype=np.uint8, order="C")
-    return np.ascontiguousarray(pixels[:, :, list(order)])
+    name, _ = _encoding_of(msg)
+    return pixels_to_rgb(image_pixels(msg), name)
 
 
 def compressed_to_rgb(msg: Any) -> np.ndarray:
@@ -99,12 +154,27 @@ def message_to_rgb(msg: Any) -> np.ndarray:
     return image_to_rgb(msg)
 
 
+def _probe_images(image_cls: Any) -> list[Any]:
+    """One small random image per supported encoding (the cv_bridge self-test)."""
+    rng = np.random.default_rng(0)
+    probes = []
+    for name, enc in _ENCODINGS.items():
+        itemsize = np.dtype(enc.dtype).itemsize
+        probe = image_cls()
+        probe.height, probe.width, probe.encoding, probe.is_bigendian = 2, 4, name, 0
+        probe.step = 4 * enc.channels * itemsize
+        probe.data = rng.integers(0, 256, size=2 * probe.step, dtype=np.uint8).tobytes()
+        probes.append(probe)
+    return probes
+
+
 def select_image_converter(image_cls: Any = None) -> tuple[Callable[[Any], np.ndarray], str]:
     """ROS 2's cv_bridge where it is installed and passes a self-test, else numpy views: (convert, name).
 
-    Both take Image or CompressedImage and accept the same encodings (others raise
-    UnsupportedEncoding), so the choice changes nothing but the code that copies the pixels. The
-    PyPI package `cv-bridge` is ROS 1's and fails with numpy 2: the self-test catches that.
+    cv_bridge only turns the message into an array (`passthrough`); the colour conversion is the
+    same OpenCV call on both paths, so the choice changes nothing but the code that copies the
+    pixels. The PyPI package `cv-bridge` is ROS 1's and fails with numpy 2: the self-test, which
+    converts one image of every supported encoding both ways, catches that.
     """
     try:
         from cv_bridge import CvBridge
@@ -116,29 +186,21 @@ def select_image_converter(image_cls: Any = None) -> tuple[Callable[[Any], np.nd
     def convert(msg: Any) -> np.ndarray:
         if hasattr(msg, "format") and not hasattr(msg, "encoding"):
             return compressed_to_rgb(msg)
-        encoding = str(msg.encoding).strip().lower()
-        if encoding not in _RAW_ENCODINGS:
-            raise UnsupportedEncoding(
-                f"image encoding {msg.encoding!r} is not supported (use one of {', '.join(SUPPORTED_ENCODINGS)})")
+        name, enc = check_layout(msg)
         try:
-            out = bridge.imgmsg_to_cv2(msg, desired_encoding="rgb8")
+            pixels = np.asarray(bridge.imgmsg_to_cv2(msg, desired_encoding="passthrough"))
         except Exception as exc:  # noqa: BLE001 - cv_bridge raises its own error types
             raise ImageError(f"cv_bridge cannot convert the frame: {exc}") from exc
-        out = np.array(out, dtype=np.uint8, order="C", copy=True)
-        if out.ndim != 3 or out.shape[2] != 3:
-            raise ImageError(f"cv_bridge returned a {out.shape} array for rgb8")
-        return out
+        expected = (int(msg.height), int(msg.width)) + ((enc.channels,) if enc.channels > 1 else ())
+        if pixels.shape != expected or pixels.dtype != np.dtype(enc.dtype):
+            raise ImageError(f"cv_bridge returned a {pixels.shape} {pixels.dtype} array for {name}")
+        return pixels_to_rgb(pixels, name)
 
     if image_cls is not None:
         try:
-            pixels = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
-            for encoding, data in (("bgr8", pixels[:, :, ::-1]), ("mono8", pixels[:, :, 0])):
-                probe = image_cls()
-                probe.height, probe.width, probe.encoding = 2, 3, encoding
-                probe.step = 3 * (1 if encoding == "mono8" else 3)
-                probe.data = np.ascontiguousarray(data).tobytes()
+            for probe in _probe_images(image_cls):
                 if not np.array_equal(convert(probe), message_to_rgb(probe)):
-                    raise ValueError(f"{encoding} differs")
+                    raise ValueError(f"{probe.encoding} differs")
         except Exception:  # noqa: BLE001
             return message_to_rgb, "numpy (cv_bridge failed its self-test)"
     return convert, "cv_bridge"
@@ -204,21 +266,21 @@ def _hypothesis(T: MessageTypes, inst: Instance) -> Any:
     )
 
 
-def make_detection(T: MessageTypes, header: Any, inst: Instance, index: int) -> Any:
+def make_detection(T: MessageTypes, header: Any, inst: Instance, det_id: str) -> Any:
     x0, y0, x1, y1 = (float(v) for v in inst.box_xyxy)
     return T.Detection2D(
         header=header,
         results=[_hypothesis(T, inst)],
         bbox=T.BoundingBox2D(center=T.Pose2D(position=T.Point2D(x=(x0 + x1) / 2.0, y=(y0 + y1) / 2.0), theta=0.0),
                              size_x=max(0.0, x1 - x0), size_y=max(0.0, y1 - y0)),
-        id=str(index),
+        id=det_id,
     )
 
 
 def make_detection_array(T: MessageTypes, header: Any, seg: Segmentation) -> Any:
     """One Detection2D per instance, in instance order; `id` = the instance's value in the label image."""
     return T.Detection2DArray(header=header,
-                              detections=[make_detection(T, header, inst, k) for k, inst in enumerate(seg.instances, 1)])
+                              detections=[make_detection(T, header, inst, str(k)) for k, inst in enumerate(seg.instances, 1)])
 
 
 def make_label_info(T: MessageTypes, header: Any, class_names: Sequence[str], threshold: float) -> Any:
@@ -266,30 +328,58 @@ def make_outputs(T: MessageTypes, in_header: Any, seg: Segmentation, score_thres
 
 @dataclass(frozen=True)
 class Prompts:
-    """Boxes (N, 4 xyxy px) and centre points (M, 2 xy px) from a Detection2DArray, and their input order."""
+    """The prompts of one Detection2DArray: valid boxes (N, 4 xyxy px) and centre points (M, 2 xy px),
+    and for each input detection, in input order, where it went and its `id`."""
 
     boxes: np.ndarray
     points: np.ndarray
-    order: tuple[tuple[str, int], ...]  # ("box", i) or ("point", j) for each input detection
+    order: tuple[tuple[str, int], ...]  # ("box", i), ("point", j) or ("invalid", k) for each input detection
+    ids: tuple[str, ...]  # Detection2D.id of each input detection (echoed on its answer)
+    problems: tuple[str, ...] = ()  # why each invalid prompt was refused
 
     def __len__(self) -> int:
         return len(self.order)
+
+    @property
+    def n_valid(self) -> int:
+        return len(self.boxes) + len(self.points)
+
+
+def _prompt_problem(cx: float, cy: float, sx: float, sy: float, width: int | None, height: int | None) -> str:
+    """Why a prompt cannot be answered ("" when it can)."""
+    if not all(np.isfinite([cx, cy, sx, sy])):
+        return "a coordinate or size is not finite"
+    if sx < 0.0 or sy < 0.0:
+        return "negative size"
+    if width is None or height is None:
+        return ""
+    if sx > 0.0 and sy > 0.0:
+        if cx + sx / 2.0 <= 0.0 or cy + sy / 2.0 <= 0.0 or cx - sx / 2.0 >= width or cy - sy / 2.0 >= height:
+            return f"the box is outside the {width}x{height} frame"
+    elif not (0.0 <= cx < width and 0.0 <= cy < height):
+        return f"the point is outside the {width}x{height} frame"
+    return ""
 
 
 def prompts_from_detections(msg: Any, width: int | None = None, height: int | None = None) -> Prompts:
     """A detection with a positive bbox size is a box prompt; one with a zero size is a point at its centre.
 
-    Coordinates are clipped to the frame when its size is given.
+    A detection that cannot be a prompt (a NaN or infinite value, a negative size, outside the
+    frame when its size is given) keeps its place as ("invalid", k), so answer k still belongs to
+    prompt k. Boxes are clipped to the frame when its size is given.
     """
     boxes: list[list[float]] = []
     points: list[list[float]] = []
     order: list[tuple[str, int]] = []
-    for det in msg.detections:
+    problems: list[str] = []
+    for k, det in enumerate(msg.detections):
         cx, cy = float(det.bbox.center.position.x), float(det.bbox.center.position.y)
         sx, sy = float(det.bbox.size_x), float(det.bbox.size_y)
-        if not all(np.isfinite([cx, cy, sx, sy])):
-            continue
-        if sx > 0.0 and sy > 0.0:
+        problem = _prompt_problem(cx, cy, sx, sy, width, height)
+        if problem:
+            order.append(("invalid", len(problems)))
+            problems.append(f"prompt {k} (id {det.id!r}): {problem}")
+        elif sx > 0.0 and sy > 0.0:
             order.append(("box", len(boxes)))
             boxes.append([cx - sx / 2.0, cy - sy / 2.0, cx + sx / 2.0, cy + sy / 2.0])
         else:
@@ -300,18 +390,47 @@ def prompts_from_detections(msg: Any, width: int | None = None, height: int | No
     if width is not None and height is not None:
         b[:, [0, 2]] = b[:, [0, 2]].clip(0, width)
         b[:, [1, 3]] = b[:, [1, 3]].clip(0, height)
-        p[:, 0] = p[:, 0].clip(0, max(width - 1, 0))
-        p[:, 1] = p[:, 1].clip(0, max(height - 1, 0))
-    return Prompts(boxes=b, points=p, order=tuple(order))
+    return Prompts(boxes=b, points=p, order=tuple(order), ids=tuple(str(d.id) for d in msg.detections),
+                   problems=tuple(problems))
 
 
-def reorder_prompted(seg: Segmentation, prompts: Prompts) -> Segmentation:
-    """segment_prompts returns boxes first, then points; put instance k back on the k-th input prompt.
+def answers_in_prompt_order(seg: Segmentation, prompts: Prompts) -> list[Instance | None]:
+    """Answer k for prompt k: segment_prompts returns boxes first, then points; invalid prompts get None.
 
-    When the segmenter returned a different number of instances the order is left as it came.
+    Raises ValueError when the segmenter did not return one instance per valid prompt (then no
+    answer can be trusted to belong to its prompt).
     """
-    if len(seg.instances) != len(prompts):
-        return seg
+    if len(seg.instances) != prompts.n_valid:
+        raise ValueError(f"the model returned {len(seg.instances)} instances for {prompts.n_valid} valid prompts")
     n_boxes = len(prompts.boxes)
-    ordered = [seg.instances[i] if kind == "box" else seg.instances[n_boxes + i] for kind, i in prompts.order]
-    return Segmentation(height=seg.height, width=seg.width, instances=ordered)
+    lookup = {"box": lambda i: seg.instances[i], "point": lambda i: seg.instances[n_boxes + i],
+              "invalid": lambda i: None}
+    return [lookup[kind](i) for kind, i in prompts.order]
+
+
+def make_prompted_outputs(T: MessageTypes, in_header: Any, answers: Sequence[Instance | None], ids: Sequence[str],
+                          height: int, width: int, masks: bool = True) -> tuple[Any, Any]:
+    """(Detection2DArray, stacked masks Image or None) for prompted answers.
+
+    Detection k answers prompt k and carries its `id`; an unanswerable prompt gets a detection with
+    no results and an empty box. The masks are one mono8 Image of height N*H: rows [k*H, (k+1)*H)
+    are answer k's mask (255 inside, 0 outside; all 0 for an empty answer), so overlapping answers
+    keep their own masks: `np.frombuffer(msg.data, np.uint8).reshape(N, H, W)` (step = W).
+    """
+    if len(answers) != len(ids):
+        raise ValueError(f"{len(answers)} answers for {len(ids)} prompt ids")
+    header = copy_header(T, in_header)
+    empty_box = T.BoundingBox2D(center=T.Pose2D(position=T.Point2D(x=0.0, y=0.0), theta=0.0), size_x=0.0, size_y=0.0)
+    detections = [make_detection(T, header, inst, det_id) if inst is not None
+                  else T.Detection2D(header=header, results=[], bbox=empty_box, id=det_id)
+                  for inst, det_id in zip(answers, ids)]
+    stacked = None
+    if masks:
+        planes = np.zeros((len(answers), height, width), dtype=np.uint8)
+        for k, inst in enumerate(answers):
+            if inst is not None:
+                if inst.mask.shape != (height, width):
+                    raise ValueError(f"answer {k} has a {inst.mask.shape} mask for a {height}x{width} frame")
+                planes[k][inst.mask] = 255
+        stacked = make_image(T, header, planes.reshape(len(answers) * height, width), "mono8")
+    return T.Detection2DArray(header=header, detections=detections), stacked

@@ -1,31 +1,46 @@
 """`saom_node`: the SAOM lifecycle node (thin rclpy wiring over the ROS-free modules of saom_ros).
 
-Lifecycle (the yolo_ros pattern): configure validates the parameters (a missing checkpoint or a bad
-value fails the transition with one clear error line) and creates the publishers; activate loads
-the model and subscribes; deactivate unsubscribes, stops the worker and frees the model (GPU memory
-included); cleanup removes the publishers. With `autostart` (default) the node configures and
-activates itself at start-up, and exits with status 1 when that fails.
+Lifecycle (the yolo_ros pattern): configure validates the parameters (a missing checkpoint, a bad
+value or a malformed topic name fails the transition with one clear error line) and creates the
+publishers; activate loads the model and subscribes; deactivate unsubscribes, waits for the worker
+and frees the model (GPU memory included); cleanup removes the publishers. Every exception inside a
+transition is logged with its reason. With `autostart` (default) the node configures and activates
+itself at start-up, and exits with status 1 when that fails.
+
+Threads: `main` spins a MultiThreadedExecutor. The lifecycle services are in a reentrant callback
+group and the diagnostics timer in its own group, so while a transition loads (and compiles) the
+model, `get_state` and /diagnostics still answer; a second transition meanwhile is refused by the
+lifecycle state machine. Frames are segmented by one worker thread (saom_ros.pipeline).
 
 Topics (relative names, remappable; ~ is the node's name):
   in   image_raw (sensor_msgs/Image; `<image_topic>/compressed` CompressedImage when image_transport
-       is compressed), sensor-data QoS (best effort, keep last 1; `image_reliability` reliable);
-       ~/prompts (vision_msgs/Detection2DArray: boxes, or centre points where the size is 0)
+       is compressed), keep last 1, reliability per `image_reliability` (auto: the camera
+       publisher's, re-checked until one appears);
+       ~/prompts (vision_msgs/Detection2DArray: boxes, or centre points where the size is 0),
+       reliable, keep last PROMPTS_DEPTH
   out  ~/detections (vision_msgs/Detection2DArray), ~/instance_mask (sensor_msgs/Image mono16),
-       ~/overlay (rgb8, only while subscribed), ~/prompted/detections, ~/prompted/instance_mask
-       (prompted mode; detection k answers prompt k), ~/label_info (vision_msgs/LabelInfo,
-       transient local), /diagnostics (diagnostic_msgs/DiagnosticArray).
+       ~/overlay (rgb8, only while subscribed), ~/prompted/detections (detection k answers prompt k
+       and carries its id), ~/prompted/masks (mono8, one H-row plane per answer: see
+       conversions.make_prompted_outputs), ~/label_info (vision_msgs/LabelInfo, transient local),
+       /diagnostics (diagnostic_msgs/DiagnosticArray).
 """
 from __future__ import annotations
 
+import functools
 import sys
+import threading
 import time
+import traceback
 from collections import defaultdict
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.lifecycle.node import LifecycleNodeMixin
+from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 try:  # Jazzy and newer
@@ -35,19 +50,19 @@ except ImportError:  # Humble
 from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
-from saom_core.errors import ImageError, SaomError
+from saom_core.errors import ConfigError, ImageError, SaomError
 
 from . import model as model_mod
 from .conversions import (
     SUPPORTED_ENCODINGS,
     UnsupportedEncoding,
+    answers_in_prompt_order,
     make_image,
     make_label_info,
     make_outputs,
-    message_to_rgb,
+    make_prompted_outputs,
     overlay_image,
     prompts_from_detections,
-    reorder_prompted,
     select_image_converter,
     stamp_key,
 )
@@ -60,17 +75,56 @@ OUTPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=R
                         durability=DurabilityPolicy.VOLATILE)
 LABEL_INFO_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
-# Prompts: best effort matches reliable and best-effort publishers alike.
-PROMPTS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.BEST_EFFORT,
+# Prompts are requests: received reliably (a best-effort prompt publisher does not match: its
+# prompts would be lost silently) with a small bounded queue; prompt sets waiting for the model
+# beyond PROMPT_QUEUE are dropped oldest first, logged and counted.
+PROMPTS_DEPTH = 5
+PROMPTS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=PROMPTS_DEPTH, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.VOLATILE)
+PROMPT_QUEUE = 4
+RELIABILITY_RECHECK_S = 1.0  # image_reliability auto: how often to look for the camera publisher
+FAILURES_FOR_ERROR = 3  # consecutive model failures that make the diagnostics ERROR
 
-OK, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
+OK, FAILURE, ERROR = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE, TransitionCallbackReturn.ERROR
 
 
 def image_qos(reliability: str) -> QoSProfile:
-    """Sensor-data QoS (keep last 1) with the configured reliability."""
+    """Sensor-data QoS (keep last 1) with the given reliability (best_effort or reliable)."""
     rel = ReliabilityPolicy.RELIABLE if reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=rel, durability=DurabilityPolicy.VOLATILE)
+
+
+def publishers_reliability(infos: Sequence[Any]) -> str | None:
+    """What a subscription should ask to hear these publishers best (rosbag2's QoS adaptation):
+    reliable when every publisher is reliable, best_effort otherwise, None when there is none."""
+    if not infos:
+        return None
+    reliable = all(info.qos_profile.reliability == ReliabilityPolicy.RELIABLE for info in infos)
+    return "reliable" if reliable else "best_effort"
+
+
+def _transition(name: str) -> Callable:
+    """Run a transition callback with every exception logged with its reason (rclpy swallows them):
+    SaomError (a problem the user can fix) fails the transition, anything else is an ERROR."""
+    def wrap(callback: Callable[[Any, LifecycleState], TransitionCallbackReturn]) -> Callable:
+        @functools.wraps(callback)
+        def run(self: "SaomNode", state: LifecycleState) -> TransitionCallbackReturn:
+            self.transition_in_progress = name
+            try:
+                result = callback(self, state)
+                if result == OK:
+                    self.last_transition_error = ""
+                return result
+            except SaomError as exc:
+                self._transition_failed(name, str(exc))
+                return FAILURE
+            except Exception as exc:  # noqa: BLE001 - logged with its traceback, then the transition fails
+                self._transition_failed(name, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+                return ERROR
+            finally:
+                self.transition_in_progress = ""
+        return run
+    return wrap
 
 
 class SaomNode(LifecycleNode):
@@ -82,7 +136,13 @@ class SaomNode(LifecycleNode):
 
     def __init__(self, node_name: str = NODE_NAME, *, segmenter_factory: model_mod.SegmenterFactory | None = None,
                  **kwargs: Any) -> None:
-        super().__init__(node_name, **kwargs)
+        # LifecycleNode.__init__ puts the lifecycle services in the node's default (mutually
+        # exclusive) group, where get_state would wait for a transition that loads the model:
+        # the two base initialisers are called here with a reentrant group instead.
+        Node.__init__(self, node_name, **kwargs)
+        self.lifecycle_group = ReentrantCallbackGroup()
+        LifecycleNodeMixin.__init__(self, callback_group=self.lifecycle_group)
+        self.timer_group = MutuallyExclusiveCallbackGroup()  # diagnostics and QoS re-checks
         for p in PARAMETERS:
             # Dynamic typing: a wrong type in a params file fails configure with a clear message
             # (params.validate) instead of raising in this constructor.
@@ -96,25 +156,38 @@ class SaomNode(LifecycleNode):
         self.worker: FrameWorker | None = None
         self.matcher: PromptMatcher | None = None
         self._pubs: dict[str, Any] = {}
-        self._subs: list[Any] = []
+        self._image_sub = None
+        self._prompt_sub = None
+        self.image_reliability = ""  # the reliability the image subscription uses now
+        self._reliability_timer = None
         self._diag_pub = None
         self._timer = None
         self._log_limit = RateLimiter(0.0)
         self._warn_limits: dict[str, RateLimiter] = defaultdict(lambda: RateLimiter(5.0))
-        self._last_failed = 0
         self._active = False
+        self.enabled = True
+        self.transition_in_progress = ""
+        self.last_transition_error = ""
         self.overlays_published = 0
         self.qos_incompatible_events = 0
-        self.no_frame_warn_s = 5.0  # warn when publishers are matched but no frame came for this long
+        self.no_frame_warn_s = 5.0  # diagnostics WARN (and a log line) after this long without a frame
         self.no_frame_warnings = 0
+        self.worker_stop_timeout_s = 30.0
         self._last_frame = 0.0
-        self._to_rgb = message_to_rgb  # replaced at configure (cv_bridge where it works)
+        self._last_processed = 0.0
+        self._last_skip = ""  # why the latest frame was skipped
+        self._last_skip_time = 0.0
+        self._to_rgb: Callable[[Any], Any] = select_image_converter(None)[0]  # set at configure
 
     # -- helpers -----------------------------------------------------------------------------
 
     def warn_throttled(self, key: str, message: str) -> None:
         if self._warn_limits[key].ready():
             self.get_logger().warning(message)
+
+    def _transition_failed(self, name: str, reason: str, details: str = "") -> None:
+        self.last_transition_error = f"{name} failed: {reason}"
+        self.get_logger().error(self.last_transition_error + (f"\n{details}" if details else ""))
 
     def read_params(self) -> NodeParams:
         raw = {name: self.get_parameter(name).value for name in PARAMETER_NAMES}
@@ -125,6 +198,14 @@ class SaomNode(LifecycleNode):
             raise SaomError(f"unknown parameter(s) {', '.join(unknown)} given to {self.get_name()}; "
                             f"known: {', '.join(PARAMETER_NAMES)}")
         return validate(raw)
+
+    def input_topic(self, params: NodeParams) -> str:
+        """The fully qualified input topic; ConfigError naming the parameter when it is not a valid name."""
+        try:
+            return self.resolve_topic_name(params.input_topic)
+        except Exception as exc:  # noqa: BLE001 - rclpy raises InvalidTopicNameException or RCLError
+            raise ConfigError(f"parameter image_topic: {params.image_topic!r} is not a valid ROS topic name "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
 
     def autostart_requested(self) -> bool:
         value = self.get_parameter("autostart").value
@@ -142,13 +223,11 @@ class SaomNode(LifecycleNode):
 
     # -- lifecycle -----------------------------------------------------------------------------
 
+    @_transition("configure")
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        try:
-            params = self.read_params()
-            model_mod.check_device(params.device)
-        except SaomError as exc:
-            self.get_logger().error(f"configure failed: {exc}")
-            return FAILURE
+        params = self.read_params()
+        model_mod.check_device(params.device)
+        topic = self.input_topic(params)
         self.params = params
         pub = self.create_lifecycle_publisher
         self._pubs = {
@@ -160,21 +239,20 @@ class SaomNode(LifecycleNode):
             self._pubs["overlay"] = pub(Image, "~/overlay", OUTPUT_QOS)
         if params.prompts_enabled:
             self._pubs["prompted_detections"] = pub(Detection2DArray, "~/prompted/detections", OUTPUT_QOS)
-            self._pubs["prompted_instance_mask"] = pub(Image, "~/prompted/instance_mask", OUTPUT_QOS)
+            self._pubs["prompted_masks"] = pub(Image, "~/prompted/masks", OUTPUT_QOS)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.stats = Stats()
-        self._last_failed = 0
         self._log_limit = RateLimiter(params.log_period)
         self._log_limit.ready()  # first line after one period
-        self._timer = self.create_timer(params.diagnostics_period, self._on_timer)
+        self._timer = self.create_timer(params.diagnostics_period, self._on_timer, callback_group=self.timer_group)
         self.matcher = PromptMatcher(params.prompt_frame_buffer)
         self._to_rgb, converter = select_image_converter(Image)
         self.get_logger().info(
             f"configured: checkpoint {params.checkpoint}, device {params.device}{' (half)' if params.half else ''}, "
-            f"input {self.resolve_topic_name(params.input_topic)} ({params.image_transport}, {params.image_reliability}, "
-            f"converted with {converter})")
+            f"input {topic} ({params.image_transport}, {params.image_reliability}, converted with {converter})")
         return super().on_configure(state)
 
+    @_transition("activate")
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         params = self.params
         assert params is not None
@@ -186,45 +264,94 @@ class SaomNode(LifecycleNode):
             class_names = model_mod.validate_segmenter(segmenter)
             check_classes(params, class_names)
         except Exception as exc:  # noqa: BLE001 - any load failure fails the transition, with the reason
-            self.get_logger().error(f"activate failed: cannot load the model: {exc}")
             try:
                 model_mod.release(segmenter, params.device)
-            except Exception:  # noqa: BLE001
-                pass
-            return FAILURE
+            except Exception as release_exc:  # noqa: BLE001
+                self.get_logger().warning(f"releasing the half-loaded model failed: {release_exc}")
+            raise SaomError(f"cannot load the model: {type(exc).__name__}: {exc}") from exc
         self.segmenter, self.class_names = segmenter, class_names
         self.get_logger().info(f"model loaded in {time.monotonic() - t0:.1f} s: {len(class_names) - 1} classes")
         ret = super().on_activate(state)
         header = self.T.Header(stamp=self.get_clock().now().to_msg(), frame_id="")
         self._pubs["label_info"].publish(make_label_info(self.T, header, class_names, params.score_threshold))
-        self.worker = FrameWorker(self._process, self._on_error)
+        self.worker = FrameWorker(self._process, self._on_error, prompt_capacity=PROMPT_QUEUE)
         self.worker.start()
-        image_type = CompressedImage if params.image_transport == "compressed" else Image
-        events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
-        self._subs.append(self.create_subscription(image_type, params.input_topic, self._on_image,
-                                                   image_qos(params.image_reliability), event_callbacks=events))
+        self._subscribe_image()
         self._last_frame = time.monotonic()
         if params.prompts_enabled:
-            self._subs.append(self.create_subscription(Detection2DArray, "~/prompts", self._on_prompts, PROMPTS_QOS))
+            self._prompt_sub = self.create_subscription(Detection2DArray, "~/prompts", self._on_prompts, PROMPTS_QOS)
         self._active = True
         return ret
 
+    def _subscribe_image(self) -> None:
+        """(Re)create the image subscription; with image_reliability auto, take the camera's reliability
+        (best effort, which hears any camera, until a publisher appears: then re-checked on a timer)."""
+        params = self.params
+        assert params is not None
+        topic = self.input_topic(params)
+        reliability = params.image_reliability
+        if reliability == "auto":
+            found = publishers_reliability(self.get_publishers_info_by_topic(topic))
+            reliability = found or "best_effort"
+            if found is None and self._reliability_timer is None:
+                self._reliability_timer = self.create_timer(RELIABILITY_RECHECK_S, self._recheck_reliability,
+                                                            callback_group=self.timer_group)
+            elif found is not None:
+                self._cancel_reliability_timer()
+                self.get_logger().info(f"image_reliability auto: {topic} is published {found}; subscribing {found}")
+        if self._image_sub is not None and reliability == self.image_reliability:
+            return
+        if self._image_sub is not None:
+            self.destroy_subscription(self._image_sub)
+        image_type = CompressedImage if params.image_transport == "compressed" else Image
+        events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
+        self._image_sub = self.create_subscription(image_type, topic, self._on_image, image_qos(reliability),
+                                                   event_callbacks=events)
+        self.image_reliability = reliability
+
+    def _recheck_reliability(self) -> None:
+        if self._active and self.params is not None:
+            self._subscribe_image()
+
+    def _cancel_reliability_timer(self) -> None:
+        if self._reliability_timer is not None:
+            self.destroy_timer(self._reliability_timer)
+            self._reliability_timer = None
+
     def _stop_processing(self) -> None:
+        """Unsubscribe, stop the worker and free the model, never while the worker may still use it."""
         self._active = False
-        for sub in self._subs:
-            self.destroy_subscription(sub)
-        self._subs = []
-        if self.worker is not None:
-            if not self.worker.stop(timeout=30.0):
-                self.get_logger().error("the model did not finish its frame within 30 s; freeing it anyway")
-            self.worker = None
+        self._cancel_reliability_timer()
+        for sub in (self._image_sub, self._prompt_sub):
+            if sub is not None:
+                self.destroy_subscription(sub)
+        self._image_sub = self._prompt_sub = None
+        self.image_reliability = ""
         if self.matcher is not None:
+            before = self.matcher.unmatched
             self.matcher.clear()
+            self._count_unmatched(before)
+        worker, self.worker = self.worker, None
         segmenter, self.segmenter = self.segmenter, None
+        device = self.params.device if self.params else "cpu"
+        if worker is not None and not worker.stop(timeout=self.worker_stop_timeout_s):
+            self.get_logger().warning(f"the model is still on a frame after {self.worker_stop_timeout_s:.0f} s; "
+                                      f"it is freed when that frame is done")
+            threading.Thread(target=self._release_after, args=(worker, segmenter, device), daemon=True,
+                             name="saom-release").start()
+            return
+        self._release(segmenter, device)
+
+    def _release_after(self, worker: FrameWorker, segmenter: Any, device: str) -> None:
+        worker.join()
+        self._release(segmenter, device)
+
+    def _release(self, segmenter: Any, device: str) -> None:
         if segmenter is not None:
-            model_mod.release(segmenter, self.params.device if self.params else "cpu")
+            model_mod.release(segmenter, device)
             self.get_logger().info("model freed")
 
+    @_transition("deactivate")
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_processing()
         return super().on_deactivate(state)
@@ -241,19 +368,25 @@ class SaomNode(LifecycleNode):
             self.destroy_publisher(self._diag_pub)
             self._diag_pub = None
 
+    @_transition("cleanup")
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._destroy_outputs()
         self.params = None
         return super().on_cleanup(state)
 
+    @_transition("shutdown")
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_processing()
         self._destroy_outputs()
         return super().on_shutdown(state)
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_processing()
-        self._destroy_outputs()
+        try:
+            self._stop_processing()
+            self._destroy_outputs()
+        except Exception as exc:  # noqa: BLE001
+            self._transition_failed("error processing", f"{type(exc).__name__}: {exc}", traceback.format_exc())
+            return FAILURE
         return OK
 
     def close(self) -> None:
@@ -270,38 +403,63 @@ class SaomNode(LifecycleNode):
         policy = getattr(getattr(info, "last_policy_kind", None), "name", str(getattr(info, "last_policy_kind", "")))
         hint = ""
         if "RELIABILITY" in policy.upper():
-            hint = " (the camera publishes best effort: set image_reliability to best_effort)"
-        self.warn_throttled("qos", f"a publisher on {self.resolve_topic_name(self.params.input_topic)} offers an "
-                                   f"incompatible QoS ({policy}); its frames will not arrive{hint}")
+            hint = " (the camera publishes best effort: set image_reliability to auto or best_effort)"
+        topic = self.input_topic(self.params) if self.params else "the image topic"
+        self.warn_throttled("qos", f"a publisher on {topic} offers an incompatible QoS ({policy}); "
+                                   f"its frames will not arrive{hint}")
+
+    def _skip(self, reason: str) -> None:
+        self.stats.count("skipped")
+        self._last_skip, self._last_skip_time = reason, time.monotonic()
+        self.warn_throttled("skip", f"skipping frames: {reason}")
+
+    def _count_unmatched(self, before: int) -> None:
+        matcher = self.matcher
+        if matcher is not None and matcher.unmatched > before:
+            self.stats.count("prompts_unmatched", matcher.unmatched - before)
+            self.warn_throttled("prompts_unmatched", matcher.last_unmatched)
+
+    def _submit_prompts(self, worker: FrameWorker, job: Job) -> None:
+        if worker.submit_prompts(job):
+            self.stats.count("prompts_dropped")
+            self.warn_throttled("prompts_dropped", f"a prompt set was dropped unanswered: {PROMPT_QUEUE} newer ones "
+                                                   f"wait for the model (it is slower than the prompts come)")
 
     def _on_image(self, msg: Any) -> None:
         received = time.monotonic()
         self._last_frame = received
         worker, params = self.worker, self.params
-        if worker is None or params is None:
+        if worker is None or params is None or not self.enabled:
             return
         self.stats.count("received")
-        if hasattr(msg, "encoding") and msg.encoding.lower() not in SUPPORTED_ENCODINGS:
-            self.stats.count("skipped")
-            self.warn_throttled("encoding", f"skipping frames in encoding {msg.encoding!r}: "
-                                            f"supported are {', '.join(SUPPORTED_ENCODINGS)}")
+        encoding = getattr(msg, "encoding", None)
+        if encoding is not None and str(encoding).strip().lower() not in SUPPORTED_ENCODINGS:
+            self._skip(f"encoding {encoding!r} is not supported (supported: {', '.join(SUPPORTED_ENCODINGS)})")
             return
         if params.prompts_enabled and self.matcher is not None:
+            before = self.matcher.unmatched
             match = self.matcher.add_frame(stamp_key(msg.header), msg)
+            self._count_unmatched(before)
             if match is not None:
                 frame, prompts, prompts_received = match
-                worker.submit_prompts(Job("prompts", frame, prompts_received, prompts))
+                self._submit_prompts(worker, Job("prompts", frame, prompts_received, prompts))
         if params.everything_mode and worker.submit_frame(Job("frame", msg, received)):
             self.stats.count("dropped")
 
     def _on_prompts(self, msg: Detection2DArray) -> None:
         received = time.monotonic()
-        worker = self.worker
-        if worker is None or self.matcher is None:
+        worker, matcher = self.worker, self.matcher
+        if worker is None or matcher is None:
             return
-        frame = self.matcher.add_prompts(stamp_key(msg.header), msg, received)
+        if not self.enabled:
+            self.stats.count("prompts_dropped")
+            self.warn_throttled("prompts_paused", "a prompt set was dropped: segmentation is paused (enable is false)")
+            return
+        before = matcher.unmatched
+        frame = matcher.add_prompts(stamp_key(msg.header), msg, received)
+        self._count_unmatched(before)
         if frame is not None:
-            worker.submit_prompts(Job("prompts", frame, received, msg))
+            self._submit_prompts(worker, Job("prompts", frame, received, msg))
 
     def _process(self, job: Job) -> None:
         params, segmenter, T = self.params, self.segmenter, self.T
@@ -310,32 +468,11 @@ class SaomNode(LifecycleNode):
         try:
             rgb = self._to_rgb(job.image)
         except UnsupportedEncoding as exc:
-            self.stats.count("skipped")
-            self.warn_throttled("encoding", f"skipping a frame: {exc}")
+            self._skip(str(exc))
             return
         h, w = rgb.shape[:2]
         if job.kind == "prompts":
-            prompts = prompts_from_detections(job.prompts, w, h)
-            t0 = time.monotonic()
-            if len(prompts):
-                seg = segmenter.segment_prompts(rgb, boxes=prompts.boxes if len(prompts.boxes) else None,
-                                                points=prompts.points if len(prompts.points) else None)
-                _check_size(seg, w, h)
-                ordered = reorder_prompted(seg, prompts)
-                if ordered is seg and len(seg.instances) != len(prompts):
-                    self.warn_throttled("prompt_count", f"the model returned {len(seg.instances)} instances for "
-                                                        f"{len(prompts)} prompts; ids follow its order")
-                seg = ordered
-            else:
-                from saom_core.infer.types import Segmentation
-                seg = Segmentation(height=h, width=w, instances=[])
-            inference = time.monotonic() - t0
-            mask_pub = self._pubs["prompted_instance_mask"]
-            out = make_outputs(T, job.image.header, seg, 0.0, mask=mask_pub.get_subscription_count() > 0)
-            self._pubs["prompted_detections"].publish(out.detections)
-            if out.instance_mask is not None:
-                mask_pub.publish(out.instance_mask)
-            self.stats.done(time.monotonic() - job.received, inference, prompts=True)
+            self._answer_prompts(job, rgb, segmenter)
             return
         t0 = time.monotonic()
         seg = segmenter.segment(rgb)
@@ -353,47 +490,102 @@ class SaomNode(LifecycleNode):
         if overlay_pub is not None and overlay_pub.get_subscription_count() > 0:
             overlay_pub.publish(make_image(T, out.detections.header, overlay_image(rgb, out.segmentation), "rgb8"))
             self.overlays_published += 1
-        self.stats.done(time.monotonic() - job.received, inference)
+        self._last_processed = time.monotonic()
+        self.stats.done(self._last_processed - job.received, inference)
+
+    def _answer_prompts(self, job: Job, rgb: Any, segmenter: Any) -> None:
+        """Answer k for prompt k, with its id; invalid prompts get an empty answer (and a warning)."""
+        h, w = rgb.shape[:2]
+        prompts = prompts_from_detections(job.prompts, w, h)
+        if prompts.problems:
+            self.warn_throttled("prompt_invalid", f"{len(prompts.problems)} prompt(s) answered empty: "
+                                                  + "; ".join(prompts.problems))
+        answers = [None] * len(prompts)
+        t0 = time.monotonic()
+        if prompts.n_valid:
+            seg = segmenter.segment_prompts(rgb, boxes=prompts.boxes if len(prompts.boxes) else None,
+                                            points=prompts.points if len(prompts.points) else None)
+            _check_size(seg, w, h)
+            answers = answers_in_prompt_order(seg, prompts)
+        inference = time.monotonic() - t0
+        masks_pub = self._pubs["prompted_masks"]
+        detections, masks = make_prompted_outputs(self.T, job.image.header, answers, prompts.ids, h, w,
+                                                  masks=masks_pub.get_subscription_count() > 0)
+        self._pubs["prompted_detections"].publish(detections)
+        if masks is not None:
+            masks_pub.publish(masks)
+        self._last_processed = time.monotonic()
+        self.stats.done(self._last_processed - job.received, inference, prompts=True)
 
     def _on_error(self, job: Job, exc: BaseException) -> None:
-        kind = "bad frame" if isinstance(exc, ImageError) else "inference failed"
-        self.stats.error(f"{kind}: {exc}")
-        self.warn_throttled("error", f"{kind} (stamp {stamp_key(job.image.header)}): {type(exc).__name__}: {exc}")
+        if isinstance(exc, ImageError):  # the frame's data, not the model: skipped, with the reason
+            self._skip(f"bad frame (stamp {stamp_key(job.image.header)}): {exc}")
+            return
+        self.stats.error(f"inference failed: {type(exc).__name__}: {exc}")
+        self.warn_throttled("error", f"inference failed (stamp {stamp_key(job.image.header)}): "
+                                     f"{type(exc).__name__}: {exc}")
 
     # -- diagnostics -------------------------------------------------------------------------------
+
+    def diagnosis(self, fps: float = 0.0) -> tuple[bytes, str]:
+        """(level, message) of the node now: the reason, not just a level."""
+        if self.transition_in_progress:
+            doing = " (loading the model)" if self.transition_in_progress == "activate" else ""
+            return DiagnosticStatus.WARN, f"{self.transition_in_progress} in progress{doing}"
+        if not self._active:
+            if self.last_transition_error:
+                return DiagnosticStatus.ERROR, self.last_transition_error
+            return DiagnosticStatus.OK, "inactive: not segmenting (lifecycle state inactive, model not loaded)"
+        if not self.enabled:
+            return DiagnosticStatus.OK, "paused: enable is false (model loaded, frames ignored)"
+        snap_failures = self.stats.consecutive_failures
+        if snap_failures >= FAILURES_FOR_ERROR:
+            return DiagnosticStatus.ERROR, (f"inference keeps failing: the last {snap_failures} frames failed "
+                                            f"({self.stats.last_error})")
+        now = time.monotonic()
+        window = self.no_frame_warn_s
+        topic = self.input_topic(self.params) if self.params else "the image topic"
+        if now - self._last_frame > window:
+            return DiagnosticStatus.WARN, f"no frame on {topic} for {now - self._last_frame:.0f} s"
+        if now - self._last_processed <= window:
+            if snap_failures:
+                return DiagnosticStatus.WARN, f"{snap_failures} frame(s) failed: {self.stats.last_error}"
+            return DiagnosticStatus.OK, f"segmenting, {fps:.1f} frames/s"
+        if now - self._last_skip_time <= window:
+            return DiagnosticStatus.WARN, f"every recent frame was skipped: {self._last_skip}"
+        if self.params is not None and not self.params.everything_mode:
+            return DiagnosticStatus.OK, "frames arrive; waiting for prompts (everything_mode is off)"
+        if snap_failures:
+            return DiagnosticStatus.WARN, f"{snap_failures} frame(s) failed: {self.stats.last_error}"
+        return DiagnosticStatus.WARN, f"frames arrive but none was segmented for {window:.0f} s (model still busy)"
 
     def _on_timer(self) -> None:
         snap = self.stats.snapshot()
         if self._active and self._log_limit.ready():
             self.get_logger().info(snap.line())
         if self._active and self.params is not None and time.monotonic() - self._last_frame > self.no_frame_warn_s:
-            topic = self.resolve_topic_name(self.params.input_topic)
+            topic = self.input_topic(self.params)
             publishers = self.count_publishers(topic)
             if publishers and self._warn_limits["no_frames"].ready():
                 self.no_frame_warnings += 1
                 self.get_logger().warning(
                     f"{publishers} publisher(s) on {topic} but no frame for {time.monotonic() - self._last_frame:.0f} s: "
-                    f"check the QoS (image_reliability is {self.params.image_reliability}) and, for large frames "
-                    f"between processes, the DDS transport (best-effort images over UDP need large socket buffers)")
-        if self._diag_pub is None:
+                    f"check the QoS (image_reliability is {self.params.image_reliability}, subscribed "
+                    f"{self.image_reliability}) and, for large frames between processes, the DDS transport "
+                    f"(best-effort images over UDP need large socket buffers)")
+        diag_pub = self._diag_pub
+        if diag_pub is None:
             return
         status = DiagnosticStatus()
         status.name = f"{self.get_name()}: segmentation"
         status.hardware_id = self.params.device if self.params else ""
-        new_failures = snap.failed - self._last_failed
-        self._last_failed = snap.failed
-        if not self._active:
-            level, status.message = DiagnosticStatus.WARN, "inactive (model not loaded)"
-        elif new_failures:
-            level, status.message = DiagnosticStatus.WARN, f"{new_failures} frame(s) failed: {snap.last_error}"
-        else:
-            level, status.message = DiagnosticStatus.OK, f"{snap.fps:.1f} frames/s"
-        status.level = level  # `byte`: b'\x00' OK, b'\x01' WARN
+        status.level, status.message = self.diagnosis(snap.fps)
         status.values = [KeyValue(key=k, value=v) for k, v in snap.key_values()]
+        status.values.append(KeyValue(key="image reliability", value=self.image_reliability))
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.status = [status]
-        self._diag_pub.publish(msg)
+        diag_pub.publish(msg)
 
 
 def _check_size(seg: Any, width: int, height: int) -> None:
@@ -402,20 +594,31 @@ def _check_size(seg: Any, width: int, height: int) -> None:
 
 
 def main(args: Sequence[str] | None = None) -> int:
-    """`saom_node` / `ros2 run saom_ros saom_node`: run the node until Ctrl-C; status 1 when autostart fails."""
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    """`saom_node` / `ros2 run saom_ros saom_node`: run the node until Ctrl-C; status 1 when autostart fails.
+
+    The executor spins from the start, so during an autostart that loads a slow model the lifecycle
+    services and the diagnostics answer (the start-up runs in its own thread).
+    """
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.task import Future
 
     rclpy.init(args=args)
     node = SaomNode()
-    executor = SingleThreadedExecutor()
+    executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
+    start_failed = Future()
+
+    def autostart() -> None:
+        if not node.startup():
+            node.get_logger().fatal("start-up failed (see the error above); exiting")
+            start_failed.set_result(True)
+
     status = 0
     try:
-        if node.autostart_requested() and not node.startup():
-            node.get_logger().fatal("start-up failed (see the error above); exiting")
-            status = 1
-        else:
-            executor.spin()
+        if node.autostart_requested():
+            threading.Thread(target=autostart, name="saom-autostart", daemon=True).start()
+        executor.spin_until_future_complete(start_failed)
+        status = 1 if start_failed.done() else 0
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

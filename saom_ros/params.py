@@ -18,7 +18,7 @@ from saom_core.errors import ConfigError
 
 NODE_NAME = "saom_node"
 
-RELIABILITIES = ("best_effort", "reliable")
+RELIABILITIES = ("auto", "best_effort", "reliable")
 TRANSPORTS = ("raw", "compressed")
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -46,11 +46,11 @@ PARAMETERS: tuple[Param, ...] = (
     Param("score_threshold", 0.0, "drop instances whose score (predicted IoU x class probability) is below this [0, 1]; published as LabelInfo.threshold"),
     Param("keep_classes", [], "class names to keep (empty = all classes of the model)"),
     Param("keep_background", False, "also output instances classified as background (class id 0)"),
-    Param("max_input_size", 0, "downscale frames whose long side exceeds this before inference (pixels >= 16, 0 = never); outputs stay at input resolution"),
+    Param("max_input_size", 1280, "downscale frames whose long side exceeds this before inference (pixels >= 16, 0 = never); outputs stay at input resolution"),
     # inputs
     Param("image_topic", "image_raw", "input image topic (remappable; `<image_topic>/compressed` when image_transport is compressed)"),
     Param("image_transport", "raw", "raw (sensor_msgs/Image) or compressed (sensor_msgs/CompressedImage)"),
-    Param("image_reliability", "best_effort", "QoS reliability of the image subscription: best_effort (sensor data, default) or reliable"),
+    Param("image_reliability", "auto", "QoS reliability of the image subscription: auto (the camera publisher's, default), best_effort or reliable"),
     Param("everything_mode", True, "segment every frame in everything mode (off: prompted mode only)"),
     Param("prompts_enabled", True, "subscribe to ~/prompts (vision_msgs/Detection2DArray boxes or centre points)"),
     Param("prompt_frame_buffer", 10, "recent frames kept to match prompts to their frame by stamp"),
@@ -84,10 +84,10 @@ class NodeParams:
     score_threshold: float = 0.0
     keep_classes: tuple[str, ...] = field(default_factory=tuple)
     keep_background: bool = False
-    max_input_size: int = 0
+    max_input_size: int = 1280
     image_topic: str = "image_raw"
     image_transport: str = "raw"
-    image_reliability: str = "best_effort"
+    image_reliability: str = "auto"
     everything_mode: bool = True
     prompts_enabled: bool = True
     prompt_frame_buffer: int = 10

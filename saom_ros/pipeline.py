@@ -18,39 +18,42 @@ T = TypeVar("T")
 
 
 class LatestSlot(Generic[T]):
-    """Holds at most one item: `put` replaces an unconsumed item (counted as dropped)."""
+    """Holds the newest `capacity` items: `put` on a full slot drops the oldest unconsumed item (counted)."""
 
-    def __init__(self) -> None:
-        self._item: T | None = None
-        self._has = False
+    def __init__(self, capacity: int = 1) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self._items: deque[T] = deque()
+        self.capacity = capacity
         self.dropped = 0
         self.lock = threading.Lock()
 
     def put(self, item: T) -> bool:
-        """Store item; True when it replaced one that was never taken."""
+        """Store item; True when an older item that was never taken was dropped for it."""
         with self.lock:
-            replaced = self._has
+            replaced = len(self._items) >= self.capacity
             if replaced:
+                self._items.popleft()
                 self.dropped += 1
-            self._item, self._has = item, True
+            self._items.append(item)
             return replaced
 
     def take(self) -> T | None:
+        """The oldest item held (None when empty)."""
         with self.lock:
-            item, self._item, self._has = self._item, None, False
-            return item
+            return self._items.popleft() if self._items else None
 
     def clear(self) -> int:
-        """Drop whatever is held; returns 1 when something was dropped."""
+        """Drop whatever is held; returns how many items were dropped."""
         with self.lock:
-            had = int(self._has)
+            had = len(self._items)
             self.dropped += had
-            self._item, self._has = None, False
+            self._items.clear()
             return had
 
     def __len__(self) -> int:
         with self.lock:
-            return int(self._has)
+            return len(self._items)
 
 
 @dataclass
@@ -65,20 +68,20 @@ class FrameWorker:
     """One thread that runs `process(job)` on the newest job; exceptions go to `on_error` and the loop goes on."""
 
     def __init__(self, process: Callable[[Job], None], on_error: Callable[[Job, BaseException], None],
-                 name: str = "saom-worker") -> None:
+                 name: str = "saom-worker", prompt_capacity: int = 1) -> None:
         self._process = process
         self._on_error = on_error
         self.frames: LatestSlot[Job] = LatestSlot()
-        self.prompts: LatestSlot[Job] = LatestSlot()
+        self.prompts: LatestSlot[Job] = LatestSlot(prompt_capacity)  # prompt sets are requests: a few wait
         self._wake = threading.Condition()
         self._stop = False
         self._busy = False
         self._thread: threading.Thread | None = None
         self._name = name
-        self.max_pending = 0  # the most jobs ever waiting at once (2 at most: one per slot)
+        self.max_pending = 0  # the most jobs ever waiting at once (1 + prompt_capacity at most)
 
     def start(self) -> None:
-        if self._thread is not None:
+        if self.running:
             raise RuntimeError("worker already started")
         self._stop = False
         self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
@@ -89,14 +92,16 @@ class FrameWorker:
         with self._wake:
             self._stop = True
             self._wake.notify_all()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout)
-            if thread.is_alive():
-                return False
         self.frames.clear()
         self.prompts.clear()
-        return True
+        return self.join(timeout)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread to end (after `stop`); True when it has."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        return not self.running
 
     @property
     def running(self) -> bool:
@@ -111,6 +116,7 @@ class FrameWorker:
         return self._submit(self.frames, job)
 
     def submit_prompts(self, job: Job) -> bool:
+        """Returns True when the oldest waiting prompt set was dropped for this one (the queue was full)."""
         return self._submit(self.prompts, job)
 
     def _submit(self, slot: LatestSlot[Job], job: Job) -> bool:
@@ -153,14 +159,20 @@ class PromptMatcher:
     Keeps the last `capacity` frames (bounded memory). A prompt with a zero stamp goes with the
     newest frame (click tools). A prompt whose frame has not arrived yet waits (only the newest
     such prompt) until that frame comes; frames are taken to arrive in stamp order, so a prompt
-    older than the newest frame and not in the buffer never matches and is dropped (counted).
+    older than the newest frame and not in the buffer never matches. Every prompt set that never
+    meets its frame is counted in `unmatched`, with the reason of the latest in `last_unmatched`.
     """
 
     def __init__(self, capacity: int = 10) -> None:
         self._frames: deque[tuple[tuple[int, int], Any]] = deque(maxlen=max(1, capacity))
         self._pending: tuple[tuple[int, int], Any, float] | None = None
         self._lock = threading.Lock()
-        self.unmatched = 0  # prompts dropped without a frame
+        self.unmatched = 0  # prompt sets dropped without a frame
+        self.last_unmatched = ""
+
+    def _drop(self, key: tuple[int, int], reason: str) -> None:
+        self.unmatched += 1
+        self.last_unmatched = f"prompt set of stamp {key[0]}.{key[1]:09d} dropped: {reason}"
 
     def add_frame(self, key: tuple[int, int], frame: Any) -> tuple[Any, Any, float] | None:
         """Remember a frame; returns (frame, prompts, prompts_received) when a waiting prompt was for it."""
@@ -172,9 +184,9 @@ class PromptMatcher:
             if pkey == key:
                 self._pending = None
                 return frame, prompts, received
-            if pkey < key:  # its frame was skipped or lost
+            if pkey < key:
                 self._pending = None
-                self.unmatched += 1
+                self._drop(pkey, f"a newer frame ({key[0]}.{key[1]:09d}) came first: its frame was skipped or lost")
             return None
 
     def add_prompts(self, key: tuple[int, int], prompts: Any, received: float) -> Any | None:
@@ -182,23 +194,25 @@ class PromptMatcher:
         with self._lock:
             if key == (0, 0):
                 if not self._frames:
-                    self.unmatched += 1
+                    self._drop(key, "no frame received yet")
                     return None
                 return self._frames[-1][1]
             for fkey, frame in reversed(self._frames):
                 if fkey == key:
                     return frame
             if self._frames and key < self._frames[-1][0]:
-                self.unmatched += 1  # older than the newest frame and not kept: never coming
+                self._drop(key, "older than every frame kept (prompt_frame_buffer)")
                 return None
             if self._pending is not None:
-                self.unmatched += 1
+                self._drop(self._pending[0], "replaced by a newer prompt set before its frame arrived")
             self._pending = (key, prompts, received)
             return None
 
     def clear(self) -> None:
         with self._lock:
             self._frames.clear()
+            if self._pending is not None:
+                self._drop(self._pending[0], "the node stopped before its frame arrived")
             self._pending = None
 
 
@@ -228,6 +242,9 @@ class StatsSnapshot:
     failed: int
     skipped: int
     prompts_processed: int
+    prompts_dropped: int
+    prompts_unmatched: int
+    consecutive_failures: int
     fps: float  # frames processed per second since the previous snapshot
     latency_p50_ms: float
     latency_p95_ms: float
@@ -238,7 +255,8 @@ class StatsSnapshot:
     def line(self) -> str:
         return (f"{self.fps:.1f} frames/s, latency p50 {self.latency_p50_ms:.1f} ms p95 {self.latency_p95_ms:.1f} ms "
                 f"(model p50 {self.inference_p50_ms:.1f} ms); processed {self.processed}, dropped {self.dropped}, "
-                f"failed {self.failed}, skipped {self.skipped}, prompts {self.prompts_processed}")
+                f"failed {self.failed}, skipped {self.skipped}, prompt sets {self.prompts_processed} "
+                f"(dropped {self.prompts_dropped}, unmatched {self.prompts_unmatched})")
 
     def key_values(self) -> list[tuple[str, str]]:
         return [
@@ -248,6 +266,9 @@ class StatsSnapshot:
             ("frames failed", str(self.failed)),
             ("frames skipped (encoding)", str(self.skipped)),
             ("prompt sets processed", str(self.prompts_processed)),
+            ("prompt sets dropped (queue full)", str(self.prompts_dropped)),
+            ("prompt sets unmatched (no frame)", str(self.prompts_unmatched)),
+            ("consecutive failures", str(self.consecutive_failures)),
             ("frames/s", f"{self.fps:.2f}"),
             ("latency p50 ms", f"{self.latency_p50_ms:.2f}"),
             ("latency p95 ms", f"{self.latency_p95_ms:.2f}"),
@@ -269,6 +290,9 @@ class Stats:
     failed: int = 0
     skipped: int = 0
     prompts_processed: int = 0
+    prompts_dropped: int = 0
+    prompts_unmatched: int = 0
+    consecutive_failures: int = 0  # failed frames since the last processed one
     last_error: str = ""
     _latency: deque = field(default_factory=deque)
     _inference: deque = field(default_factory=deque)
@@ -287,10 +311,12 @@ class Stats:
     def error(self, message: str) -> None:
         with self._lock:
             self.failed += 1
+            self.consecutive_failures += 1
             self.last_error = message[:200]
 
     def done(self, latency_s: float, inference_s: float, prompts: bool = False) -> None:
         with self._lock:
+            self.consecutive_failures = 0
             if prompts:
                 self.prompts_processed += 1
             else:
@@ -313,7 +339,9 @@ class Stats:
 
             return StatsSnapshot(
                 received=self.received, processed=self.processed, dropped=self.dropped, failed=self.failed,
-                skipped=self.skipped, prompts_processed=self.prompts_processed, fps=fps,
+                skipped=self.skipped, prompts_processed=self.prompts_processed,
+                prompts_dropped=self.prompts_dropped, prompts_unmatched=self.prompts_unmatched,
+                consecutive_failures=self.consecutive_failures, fps=fps,
                 latency_p50_ms=pct(lat, 50), latency_p95_ms=pct(lat, 95),
                 inference_p50_ms=pct(inf, 50), inference_p95_ms=pct(inf, 95), last_error=self.last_error,
             )

@@ -5,6 +5,8 @@ a slow model (sleeps per call) and `work` a busy one (burns CPU per call, for th
 frame whose top-left pixel is (13, 13, 13) makes `segment` raise, to test that a bad frame does
 not stop the node. Started as its own process, the node takes one via
 `SAOM_SEGMENTER_FACTORY=saom_ros.testing:fake_factory` (delay from `SAOM_FAKE_DELAY` seconds).
+`encoded_test_image` builds a frame in any supported encoding together with the RGB it must
+become, from each encoding's definition rather than from the converter under test.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ class FakeSegmenter:
         self.work = work
         self.n_instances = n_instances
         self.closed = False
+        self.last_image: np.ndarray | None = None  # the RGB frame of the latest call
         self.calls = 0
         self.prompt_calls = 0
         self.max_concurrent = 0
@@ -47,6 +50,7 @@ class FakeSegmenter:
             raise RuntimeError("FakeSegmenter used after close()")
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+        self.last_image = image.copy()
         with self._lock:
             self._active += 1
             self.max_concurrent = max(self.max_concurrent, self._active)
@@ -105,6 +109,52 @@ class FakeSegmenter:
 
     def close(self) -> None:
         self.closed = True
+
+
+# ROS bayer_<pattern>: the colour of each pixel of a 2x2 tile, row by row
+_BAYER_TILES = {"bayer_rggb8": "RGGB", "bayer_bggr8": "BGGR", "bayer_gbrg8": "GBRG", "bayer_grbg8": "GRBG"}
+
+
+def encoded_test_image(encoding: str, height: int, width: int, seed: int = 0,
+                       pad: int = 0) -> tuple[bytes, int, np.ndarray]:
+    """(data, step, expected RGB) of a `height` x `width` frame in `encoding` (rows padded by `pad` bytes).
+
+    Colour encodings get random pixels; mono16 is an 8-bit grey times 257 (scaled back exactly);
+    the YUV 4:2:2 ones are grey (U = V = 128), whose RGB is OpenCV's BT.601 video range
+    1.164 (Y - 16); bayer ones a flat colour, which demosaicing must return everywhere.
+    """
+    rng = np.random.default_rng(seed)
+    rgb = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    grey = rng.integers(0, 256, size=(height, width), dtype=np.uint8)
+    alpha = np.full((height, width, 1), 77, np.uint8)
+    if encoding in ("rgb8", "bgr8", "rgba8", "bgra8"):
+        pixels = {"rgb8": rgb, "bgr8": rgb[:, :, ::-1], "rgba8": np.concatenate([rgb, alpha], 2),
+                  "bgra8": np.concatenate([rgb[:, :, ::-1], alpha], 2)}[encoding]
+        expected = rgb
+    elif encoding == "mono8":
+        pixels, expected = grey, np.repeat(grey[:, :, None], 3, 2)
+    elif encoding == "mono16":
+        pixels, expected = (grey.astype("<u2") * 257).view(np.uint8), np.repeat(grey[:, :, None], 3, 2)
+    elif encoding in ("yuv422", "uyvy", "yuv422_yuy2", "yuyv"):
+        chroma = np.full((height, width), 128, np.uint8)
+        pair = (chroma, grey) if encoding in ("yuv422", "uyvy") else (grey, chroma)  # UYVY / YUYV byte order
+        pixels = np.stack(pair, axis=2)
+        level = np.clip(np.rint((grey.astype(np.float64) - 16.0) * 1.164), 0, 255).astype(np.uint8)
+        expected = np.repeat(level[:, :, None], 3, 2)
+    elif encoding in _BAYER_TILES:
+        colour = rng.integers(0, 256, size=3, dtype=np.uint8)
+        tile = _BAYER_TILES[encoding]
+        pixels = np.zeros((height, width), np.uint8)
+        for k, channel in enumerate(tile):
+            pixels[k // 2::2, k % 2::2] = colour["RGB".index(channel)]
+        expected = np.broadcast_to(colour, (height, width, 3)).copy()
+    else:
+        raise ValueError(f"no test image for encoding {encoding!r}")
+    rows = np.ascontiguousarray(pixels).reshape(height, -1)
+    step = rows.shape[1] + pad
+    data = np.zeros((height, step), np.uint8)
+    data[:, : rows.shape[1]] = rows
+    return data.tobytes(), step, expected
 
 
 def fake_factory(params=None) -> FakeSegmenter:

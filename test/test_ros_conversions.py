@@ -18,17 +18,19 @@ from saom_ros.conversions import (
     compressed_to_rgb,
     copy_header,
     filter_instances,
+    image_pixels,
     image_to_rgb,
     make_image,
     make_label_info,
     make_outputs,
     message_to_rgb,
     overlay_image,
+    answers_in_prompt_order,
+    make_prompted_outputs,
     prompts_from_detections,
-    reorder_prompted,
 )
 from saom_ros.msgtypes import VISION_MSGS_DEFINITIONS, rosbags_types, typestore
-from saom_ros.testing import FakeSegmenter
+from saom_ros.testing import FakeSegmenter, encoded_test_image
 
 REPO = Path(__file__).resolve().parents[1]
 T = rosbags_types()
@@ -58,20 +60,48 @@ RGB = np.random.default_rng(0).integers(0, 256, size=(7, 9, 3), dtype=np.uint8)
 
 @pytest.mark.parametrize("data_kind", ["numpy", "array", "bytes"])
 @pytest.mark.parametrize("pad", [0, 3])
-def test_raw_encodings_to_rgb(pad, data_kind):
-    alpha = np.full(RGB.shape[:2] + (1,), 128, np.uint8)
-    cases = {
-        "rgb8": (RGB, RGB),
-        "bgr8": (RGB[:, :, ::-1], RGB),
-        "rgba8": (np.concatenate([RGB, alpha], 2), RGB),
-        "bgra8": (np.concatenate([RGB[:, :, ::-1], alpha], 2), RGB),
-        "mono8": (RGB[:, :, 0], np.repeat(RGB[:, :, :1], 3, 2)),
-    }
-    assert set(cases) == set(SUPPORTED_ENCODINGS)
-    for encoding, (pixels, expected) in cases.items():
-        out = image_to_rgb(raw_image(pixels, encoding.upper() if encoding == "rgb8" else encoding, pad, data_kind))
-        assert out.dtype == np.uint8 and out.shape == (7, 9, 3) and out.flags.c_contiguous and out.flags.writeable
-        np.testing.assert_array_equal(out, expected, err_msg=encoding)
+@pytest.mark.parametrize("encoding", SUPPORTED_ENCODINGS)
+def test_raw_encodings_to_rgb(encoding, pad, data_kind):
+    data, step, expected = encoded_test_image(encoding, 6, 10, seed=3, pad=pad)
+    if data_kind == "numpy":
+        data = np.frombuffer(data, np.uint8)
+    elif data_kind == "array":
+        data = array.array("B", data)
+    msg = T.Image(header=header(), height=6, width=10, encoding=encoding.upper() if encoding == "rgb8" else encoding,
+                  is_bigendian=0, step=step, data=data)
+    out = image_to_rgb(msg)
+    assert out.dtype == np.uint8 and out.shape == (6, 10, 3) and out.flags.c_contiguous and out.flags.writeable
+    tolerance = 1 if encoding in ("yuv422", "uyvy", "yuv422_yuy2", "yuyv") else 0  # rounding of 1.164 (Y - 16)
+    assert np.abs(out.astype(int) - expected).max() <= tolerance, encoding
+
+
+def test_encodings_the_issue_lists_are_supported():
+    assert {"rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16", "yuv422", "yuv422_yuy2", "uyvy", "bayer_rggb8",
+            "bayer_bggr8", "bayer_gbrg8", "bayer_grbg8"} <= set(SUPPORTED_ENCODINGS)
+
+
+def test_mono16_byte_order_and_colour_yuv():
+    big = (np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000).astype(">u2")
+    msg = T.Image(header=header(), height=3, width=4, encoding="mono16", is_bigendian=1, step=8,
+                  data=np.frombuffer(big.tobytes(), np.uint8))
+    expected = np.rint(big.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    np.testing.assert_array_equal(image_to_rgb(msg)[:, :, 0], expected)
+    # one colour frame in UYVY and in YUYV byte order: the same RGB, red where V is high, blue where U is
+    y = np.full((2, 4), 120, np.uint8)
+    u = np.array([[128, 200], [60, 128]], np.uint8).repeat(2, 1)
+    v = np.array([[200, 128], [128, 60]], np.uint8).repeat(2, 1)
+    chroma = np.where(np.arange(4) % 2 == 0, u, v)  # U for even pixels, V for odd ones
+    uyvy = np.stack([chroma, y], 2).tobytes()
+    yuyv = np.stack([y, chroma], 2).tobytes()
+    outs = [image_to_rgb(T.Image(header=header(), height=2, width=4, encoding=enc, is_bigendian=0, step=8,
+                                 data=np.frombuffer(buf, np.uint8)))
+            for enc, buf in (("uyvy", uyvy), ("yuv422", uyvy), ("yuv422_yuy2", yuyv))]
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], outs[2])
+    r, g, b = (outs[0][0, 0].astype(int)[i] for i in range(3))
+    assert r > g and r > b, "high V is red"
+    r, g, b = (outs[0][0, 2].astype(int)[i] for i in range(3))
+    assert b > r and b > g, "high U is blue"
 
 
 def test_unsupported_and_bad_images():
@@ -91,6 +121,14 @@ def test_unsupported_and_bad_images():
     empty.height = 0
     with pytest.raises(ImageError, match="empty"):
         image_to_rgb(empty)
+    odd = T.Image(header=header(), height=2, width=3, encoding="yuv422", is_bigendian=0, step=6,
+                  data=np.zeros(12, np.uint8))
+    with pytest.raises(ImageError, match="even width"):
+        image_to_rgb(odd)
+    mono16 = T.Image(header=header(), height=2, width=3, encoding="mono16", is_bigendian=0, step=3,
+                     data=np.zeros(6, np.uint8))
+    with pytest.raises(ImageError, match="step 3 is smaller than width 3 x 2 bytes"):
+        image_to_rgb(mono16)
 
 
 def _compressed(img: np.ndarray, ext: str, fmt: str):
@@ -198,23 +236,49 @@ def _det(cx, cy, sx, sy):
                                               size_x=sx, size_y=sy))
 
 
-def test_prompts_from_detections_and_reordering():
-    arr = T.Detection2DArray(header=header(), detections=[
-        _det(5, 6, 0, 0), _det(20, 10, 10, 4), _det(float("nan"), 1, 0, 0), _det(-5, 200, 0, 0), _det(35, 25, 20, 20)])
-    p = prompts_from_detections(arr, width=40, height=30)
-    assert len(p) == 4
-    assert p.order == (("point", 0), ("box", 0), ("point", 1), ("box", 1))
+def test_prompts_keep_their_place_and_ids():
+    dets = [_det(5, 6, 0, 0), _det(20, 10, 10, 4), _det(float("nan"), 1, 0, 0), _det(-5, 200, 0, 0),
+            _det(35, 25, 20, 20), _det(10, 10, -3, 4), _det(100, 100, 10, 10)]
+    for k, d in enumerate(dets):
+        d.id = f"p{k}"
+    p = prompts_from_detections(T.Detection2DArray(header=header(), detections=dets), width=40, height=30)
+    assert len(p) == 7 and p.n_valid == 3
+    assert p.order == (("point", 0), ("box", 0), ("invalid", 0), ("invalid", 1), ("box", 1), ("invalid", 2),
+                       ("invalid", 3))
+    assert p.ids == tuple(f"p{k}" for k in range(7))
+    assert "not finite" in p.problems[0] and "outside" in p.problems[1] and "negative" in p.problems[2]
+    assert "'p6'" in p.problems[3] and "outside" in p.problems[3]
     np.testing.assert_allclose(p.boxes, [[15, 8, 25, 12], [25, 15, 40, 30]])
-    np.testing.assert_allclose(p.points, [[5, 6], [0, 29]])
+    np.testing.assert_allclose(p.points, [[5, 6]])
     seg = FakeSegmenter().segment_prompts(np.zeros((30, 40, 3), np.uint8), p.boxes, p.points)
-    assert [i.class_id for i in seg.instances] == [1, 1, 2, 2]  # boxes first, then points
-    ordered = reorder_prompted(seg, p)
-    assert [i.class_id for i in ordered.instances] == [2, 1, 2, 1]  # back in input order
-    assert ordered.instances[0].point == (5.0, 6.0)
-    short = Segmentation(height=30, width=40, instances=seg.instances[:2])
-    assert reorder_prompted(short, p) is short
+    assert [i.class_id for i in seg.instances] == [1, 1, 2]  # boxes first, then points
+    answers = answers_in_prompt_order(seg, p)
+    assert [None if a is None else a.class_id for a in answers] == [2, 1, None, None, 1, None, None]
+    assert answers[0].point == (5.0, 6.0)
+    with pytest.raises(ValueError, match="2 instances for 3 valid prompts"):
+        answers_in_prompt_order(Segmentation(height=30, width=40, instances=seg.instances[:2]), p)
     empty = prompts_from_detections(T.Detection2DArray(header=header(), detections=[]))
     assert len(empty) == 0 and empty.boxes.shape == (0, 4) and empty.points.shape == (0, 2)
+
+    # outputs: detection k answers prompt k with its id; overlapping masks each keep their own plane
+    dets_msg, masks = make_prompted_outputs(T, header(), answers, p.ids, 30, 40)
+    assert [d.id for d in dets_msg.detections] == list(p.ids)
+    assert [len(d.results) for d in dets_msg.detections] == [1, 1, 0, 0, 1, 0, 0]
+    assert dets_msg.detections[2].bbox.size_x == 0.0
+    assert masks.encoding == "mono8" and (masks.height, masks.width, masks.step) == (7 * 30, 40, 40)
+    planes = np.frombuffer(bytes(masks.data), np.uint8).reshape(7, 30, 40)
+    for k, a in enumerate(answers):
+        np.testing.assert_array_equal(planes[k] == 255, a.mask if a is not None else np.zeros((30, 40), bool))
+
+    # a point on a mug inside a box around the shelf: both answers keep their whole mask
+    shelf_and_mug = FakeSegmenter().segment_prompts(np.zeros((30, 40, 3), np.uint8), np.array([[0, 0, 40, 30]]),
+                                                    np.array([[10, 10]]))
+    box, point = shelf_and_mug.instances
+    assert (box.mask & point.mask).sum() == point.mask.sum() > 0
+    _, overlap = make_prompted_outputs(T, header(), [box, point], ["shelf", "mug"], 30, 40)
+    both = np.frombuffer(bytes(overlap.data), np.uint8).reshape(2, 30, 40)
+    np.testing.assert_array_equal(both[0] == 255, box.mask)
+    np.testing.assert_array_equal(both[1] == 255, point.mask)
 
 
 def test_overlay_image():
@@ -263,11 +327,11 @@ def test_cv_bridge_used_where_it_works(monkeypatch):
 
     calls = []
 
-    class GoodBridge:
+    class GoodBridge:  # what ROS 2's cv_bridge returns for passthrough: the pixels, native byte order
         def imgmsg_to_cv2(self, msg, desired_encoding="passthrough"):
             calls.append(msg.encoding)
-            assert desired_encoding == "rgb8"
-            return image_to_rgb(msg)
+            assert desired_encoding == "passthrough"
+            return image_pixels(msg).copy()
 
     class BrokenBridge:
         def imgmsg_to_cv2(self, msg, desired_encoding="passthrough"):
@@ -282,4 +346,8 @@ def test_cv_bridge_used_where_it_works(monkeypatch):
         np.testing.assert_array_equal(convert(msg), RGB)
         with pytest.raises(UnsupportedEncoding):
             convert(raw_image(RGB[:, :, :2], "16UC1"))
-    assert "bgr8" in calls and "mono8" in calls
+    assert set(SUPPORTED_ENCODINGS) <= set(calls), "the self-test converts every supported encoding"
+    short = raw_image(RGB, "rgb8")
+    short.data = short.data[:10]
+    with pytest.raises(ImageError, match="needs"):  # the same clear per-frame error as without cv_bridge
+        convert(short)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from saom_ros.testing import FakeSegmenter, isolate_ros_env
+from saom_ros.testing import FakeSegmenter, encoded_test_image, isolate_ros_env
 
 DOMAIN_ID = isolate_ros_env()  # before rclpy.init
 
@@ -25,13 +25,14 @@ import cv2  # noqa: E402
 import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from vision_msgs.msg import Detection2D, Detection2DArray, LabelInfo  # noqa: E402
 
+from saom_ros.conversions import SUPPORTED_ENCODINGS  # noqa: E402
 from saom_ros.node import SaomNode  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,12 +77,13 @@ class Collector:
 
 
 class Harness:
-    """One rclpy context for the module: a tester node and an executor spinning in a thread."""
+    """One rclpy context for the module: a tester node and the node's executor (multi-threaded, as in
+    `saom_node`) spinning in a thread."""
 
     def __init__(self) -> None:
         self.ctx = rclpy.Context()
         rclpy.init(context=self.ctx, domain_id=DOMAIN_ID)
-        self.executor = SingleThreadedExecutor(context=self.ctx)
+        self.executor = MultiThreadedExecutor(num_threads=4, context=self.ctx)
         self.tester = Node("saom_tester", context=self.ctx)
         self.executor.add_node(self.tester)
         self._stop = threading.Event()
@@ -317,8 +319,8 @@ def test_activate_fails_when_the_model_cannot_load(ros, ckpt):
         ros.drop(node)
 
 
-@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8", "mono8"])
-def test_accepted_encodings(ros, ckpt, encoding):
+@pytest.mark.parametrize("encoding", SUPPORTED_ENCODINGS)
+def test_each_encoding_reaches_the_model_as_the_right_rgb(ros, ckpt, encoding):
     factory = Factory()
     name = f"saom_enc_{encoding}"
     node = ros.node(name, ckpt, factory)
@@ -326,10 +328,16 @@ def test_accepted_encodings(ros, ckpt, encoding):
         assert node.startup()
         dets = Collector(ros.tester, Detection2DArray, f"/{name}/detections")
         pub = ros.tester.create_publisher(Image, f"/{name}/image", CAMERA)
-        msg = image_msg(3, encoding=encoding, pad=5)
+        msg = image_msg(3, w=16, h=12)
+        msg.encoding = encoding
+        data, msg.step, expected = encoded_test_image(encoding, 12, 16, seed=5, pad=6)
+        msg.data = data
         assert publish_until(pub, msg, dets, 1), encoding
         assert key(dets.msgs[0].header) == key(msg.header)
         assert len(dets.msgs[0].detections) == 3
+        got = factory.made[0].last_image
+        tolerance = 1 if "yu" in encoding or "uyvy" in encoding else 0  # rounding of 1.164 (Y - 16)
+        assert got.shape == expected.shape and np.abs(got.astype(int) - expected).max() <= tolerance
     finally:
         ros.drop(node)
 
@@ -348,11 +356,12 @@ def test_unsupported_and_bad_frames_are_skipped_and_the_node_goes_on(ros, ckpt):
         pub.publish(image_msg(1, encoding="16UC1"))  # unsupported: warning, skipped
         assert wait_until(lambda: node.stats.skipped >= 1, 5)
         short = image_msg(2)
-        short.data = bytes(short.data[:100])  # truncated: a bad frame
+        short.data = bytes(short.data[:100])  # truncated: a bad frame, skipped with the reason
         pub.publish(short)
-        assert wait_until(lambda: node.stats.failed >= 1, 5)
+        assert wait_until(lambda: node.stats.skipped >= 2, 5)
+        assert "needs" in node._last_skip and node.stats.failed == 0
         pub.publish(image_msg(3, value=13))  # the fake model raises on this frame
-        assert wait_until(lambda: node.stats.failed >= 2, 5)
+        assert wait_until(lambda: node.stats.failed >= 1, 5)
 
         good = image_msg(4)
         pub.publish(good)
@@ -387,49 +396,63 @@ def test_compressed_input(ros, ckpt):
         ros.drop(node)
 
 
+def prompt_set(stamp_of, dets_spec, ids=None):
+    arr = Detection2DArray()
+    if stamp_of is not None:
+        arr.header = stamp_of.header
+    for k, (cx, cy, sx, sy) in enumerate(dets_spec):
+        d = Detection2D()
+        d.bbox.center.position.x, d.bbox.center.position.y = float(cx), float(cy)
+        d.bbox.size_x, d.bbox.size_y = float(sx), float(sy)
+        d.id = ids[k] if ids else f"prompt{k}"
+        arr.detections.append(d)
+    return arr
+
+
+def mask_planes(msg: Image, n: int) -> np.ndarray:
+    assert msg.encoding == "mono8" and msg.step == msg.width and msg.height % max(n, 1) == 0
+    return np.frombuffer(bytes(msg.data), np.uint8).reshape(n, msg.height // max(n, 1), msg.width)
+
+
+def _prompt_node(ros, ckpt, name, factory, **params):
+    node = ros.node(name, ckpt, factory, everything_mode=False, **params)
+    assert node.startup()
+    out = Collector(ros.tester, Detection2DArray, f"/{name}/prompted/detections")
+    masks = Collector(ros.tester, Image, f"/{name}/prompted/masks")
+    img_pub = ros.tester.create_publisher(Image, f"/{name}/image", RELIABLE)
+    prm_pub = ros.tester.create_publisher(Detection2DArray, f"/{name}/prompts", RELIABLE)
+    assert wait_until(lambda: img_pub.get_subscription_count() > 0 and prm_pub.get_subscription_count() > 0)
+    assert wait_until(lambda: out.sub.get_publisher_count() > 0 and masks.sub.get_publisher_count() > 0)
+    return node, out, masks, img_pub, prm_pub
+
+
 def test_prompted_mode_answers_each_prompt_on_its_frame(ros, ckpt):
     factory = Factory()
     name = "saom_prompt"
-    node = ros.node(name, ckpt, factory, everything_mode=False)
+    node, out, masks, img_pub, prm_pub = _prompt_node(ros, ckpt, name, factory)
     try:
-        assert node.startup()
-        out = Collector(ros.tester, Detection2DArray, f"/{name}/prompted/detections")
-        masks = Collector(ros.tester, Image, f"/{name}/prompted/instance_mask")
-        img_pub = ros.tester.create_publisher(Image, f"/{name}/image", RELIABLE)
-        prm_pub = ros.tester.create_publisher(Detection2DArray, f"/{name}/prompts", RELIABLE)
-        assert wait_until(lambda: img_pub.get_subscription_count() > 0 and prm_pub.get_subscription_count() > 0)
-        assert wait_until(lambda: ros.tester.count_publishers(f"/{name}/prompted/detections") > 0)
-
         frames = [image_msg(i, w=100, h=80) for i in range(3)]
         for n, f in enumerate(frames, 1):  # keep-last-1 input: one frame at a time
             img_pub.publish(f)
             assert wait_until(lambda: node.stats.received >= n, 5)
 
-        def prompt_set(stamp_of, dets_spec):
-            arr = Detection2DArray()
-            if stamp_of is not None:
-                arr.header = stamp_of.header
-            for cx, cy, sx, sy in dets_spec:
-                d = Detection2D()
-                d.bbox.center.position.x, d.bbox.center.position.y = float(cx), float(cy)
-                d.bbox.size_x, d.bbox.size_y = float(sx), float(sy)
-                arr.detections.append(d)
-            return arr
-
-        # a point, then a box, on frame 1 (not the newest): answered in input order on frame 1
-        spec = [(20, 30, 0, 0), (60, 40, 20, 10)]
-        prm_pub.publish(prompt_set(frames[1], spec))
+        # a point, then a box around it, on frame 1 (not the newest): answered in input order on
+        # frame 1, ids echoed, and the box's mask is not hidden by the point's
+        spec = [(60, 40, 0, 0), (60, 40, 40, 30)]
+        prm_pub.publish(prompt_set(frames[1], spec, ids=["mug", "shelf"]))
         assert out.wait(1), "no prompted output"
         assert masks.wait(1)
         res = out.msgs[0]
         assert key(res.header) == key(frames[1].header) == key(masks.msgs[0].header)
-        assert [d.id for d in res.detections] == ["1", "2"]
+        assert [d.id for d in res.detections] == ["mug", "shelf"]
         point_det, box_det = res.detections
         assert point_det.results[0].hypothesis.class_id == "2"  # the fake's point class
         assert box_det.results[0].hypothesis.class_id == "1"  # the fake's box class
-        assert box_det.bbox.center.position.x == pytest.approx(60) and box_det.bbox.size_x == pytest.approx(20)
-        lab = mask_array(masks.msgs[0])
-        assert lab[30, 20] == 1 and lab[40, 60] == 2
+        assert box_det.bbox.center.position.x == pytest.approx(60) and box_det.bbox.size_x == pytest.approx(40)
+        planes = mask_planes(masks.msgs[0], 2)
+        assert planes.shape == (2, 80, 100)
+        assert planes[0][40, 60] == 255 and planes[1][40, 60] == 255, "the overlap belongs to both answers"
+        assert (planes[1] == 255).sum() == 40 * 30 and (planes[0] == 255).sum() == 9 * 9
 
         # a zero stamp (click tool) goes with the newest frame
         prm_pub.publish(prompt_set(None, [(10, 10, 0, 0)]))
@@ -445,6 +468,73 @@ def test_prompted_mode_answers_each_prompt_on_its_frame(ros, ckpt):
         assert out.wait(3)
         assert key(out.msgs[2].header) == key(future.header)
         assert factory.made[0].calls == 0, "everything mode is off"
+    finally:
+        ros.drop(node)
+
+
+def test_an_invalid_prompt_gets_an_empty_answer_at_its_place(ros, ckpt):
+    """A NaN prompt between two valid ones: three answers, ids echoed, order kept."""
+    factory = Factory()
+    name = "saom_prompt_nan"
+    node, out, masks, img_pub, prm_pub = _prompt_node(ros, ckpt, name, factory)
+    try:
+        frame = image_msg(1, w=100, h=80)
+        img_pub.publish(frame)
+        assert wait_until(lambda: node.stats.received >= 1, 5)
+        prm_pub.publish(prompt_set(frame, [(20, 30, 0, 0), (float("nan"), 10, 0, 0), (60, 40, 20, 10)],
+                                   ids=["a", "b", "c"]))
+        assert out.wait(1) and masks.wait(1)
+        res = out.msgs[0]
+        assert [d.id for d in res.detections] == ["a", "b", "c"]
+        assert [len(d.results) for d in res.detections] == [1, 0, 1]
+        assert res.detections[0].results[0].hypothesis.class_id == "2"  # a point
+        assert res.detections[2].results[0].hypothesis.class_id == "1"  # a box
+        assert res.detections[2].bbox.center.position.x == pytest.approx(60)
+        planes = mask_planes(masks.msgs[0], 3)
+        assert planes[0][30, 20] == 255 and not planes[1].any() and planes[2][40, 60] == 255
+        assert factory.made[0].prompt_calls == 1
+    finally:
+        ros.drop(node)
+
+
+def test_dropped_and_unmatched_prompt_sets_are_counted(ros, ckpt):
+    factory = Factory(delay=0.5)
+    name = "saom_prompt_drop"
+    node, out, masks, img_pub, prm_pub = _prompt_node(ros, ckpt, name, factory, diagnostics_period=0.1)
+    try:
+        diags = Collector(ros.tester, DiagnosticArray, "/diagnostics")
+        frame = image_msg(1, w=40, h=30)
+        img_pub.publish(frame)
+        assert wait_until(lambda: node.stats.received >= 1, 5)
+        # one set keeps the slow model busy, PROMPT_QUEUE wait, the rest push the oldest out
+        from saom_ros.node import PROMPT_QUEUE, PROMPTS_DEPTH
+
+        sent = PROMPT_QUEUE + 3
+        assert sent <= PROMPTS_DEPTH + 2
+        for i in range(sent):
+            prm_pub.publish(prompt_set(frame, [(5 + i, 5, 0, 0)], ids=[f"set{i}"]))
+            time.sleep(0.02)
+        assert wait_until(lambda: node.stats.prompts_dropped >= 1, 5), "no prompt set counted as dropped"
+        assert wait_until(lambda: node.stats.prompts_processed + node.stats.prompts_dropped == sent, 15)
+        # a set for a frame that never comes: a newer frame arrives first
+        lost = image_msg(5, w=40, h=30)
+        prm_pub.publish(prompt_set(lost, [(5, 5, 0, 0)]))
+        time.sleep(0.2)
+        img_pub.publish(image_msg(6, w=40, h=30))
+        assert wait_until(lambda: node.stats.prompts_unmatched >= 1, 5), "no prompt set counted as unmatched"
+
+        def reported():
+            for arr in list(diags.msgs):
+                for st in arr.status:
+                    values = {kv.key: kv.value for kv in st.values}
+                    if st.name.startswith(name) and int(values.get("prompt sets unmatched (no frame)", 0)) >= 1:
+                        return values
+            return None
+
+        assert wait_until(lambda: reported() is not None, 5)
+        assert int(reported()["prompt sets dropped (queue full)"]) == node.stats.prompts_dropped >= 1
+        answered = [d.detections[0].id for d in out.msgs]
+        assert answered[0] == "set0" and answered == sorted(answered), "answers keep the order of the sets"
     finally:
         ros.drop(node)
 
