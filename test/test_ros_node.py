@@ -780,3 +780,180 @@ def test_real_saom_checkpoint_end_to_end(ros, tmp_path):
         assert ros.transition(name, "deactivate")
     finally:
         ros.drop(node)
+
+
+def _statuses(diags: Collector, name: str, after: float = 0.0) -> list:
+    """(level, message, values) of `name`'s diagnostics received after time `after`."""
+    out = []
+    with diags._lock:
+        items = list(zip(diags.times, diags.msgs))
+    for t, arr in items:
+        for st in arr.status:
+            if t >= after and st.name.startswith(name + ":"):
+                out.append((st.level, st.message, {kv.key: kv.value for kv in st.values}))
+    return out
+
+
+def _wait_status(diags: Collector, name: str, level: bytes, text: str, after: float, timeout: float = 10.0):
+    found = lambda: [s for s in _statuses(diags, name, after) if s[0] == level and text in s[1]]  # noqa: E731
+    assert wait_until(lambda: bool(found()), timeout), \
+        f"no {level!r} '{text}' diagnostics; got {[s[:2] for s in _statuses(diags, name, after)][-5:]}"
+    return found()[-1]
+
+
+def test_slow_activate_keeps_get_state_and_diagnostics_answering(ros, ckpt):
+    load_s = 3.0
+
+    def slow(params):
+        time.sleep(load_s)  # a big checkpoint, or torch.compile
+        return FakeSegmenter()
+
+    name = "saom_slow"
+    node = ros.node(name, ckpt, slow, diagnostics_period=0.1)
+    try:
+        diags = Collector(ros.tester, DiagnosticArray, "/diagnostics")
+        assert ros.transition(name, "configure")
+        result = {}
+        activating = threading.Thread(target=lambda: result.setdefault("ok", ros.transition(name, "activate")))
+        t0 = time.monotonic()
+        activating.start()
+        assert wait_until(lambda: node.transition_in_progress == "activate", 5)
+        t_state = time.monotonic()
+        assert ros.state(name) == "activating"
+        answered_in = time.monotonic() - t_state
+        assert activating.is_alive() and answered_in < load_s / 2, f"get_state took {answered_in:.2f} s"
+        _wait_status(diags, name, b"\x01", "activate in progress (loading the model)", t0, timeout=load_s)
+        assert not ros.transition(name, "deactivate"), "a second transition meanwhile must be refused"
+        activating.join(load_s + 15)
+        assert result["ok"] and ros.state(name) == "active"
+        assert time.monotonic() - t0 >= load_s
+    finally:
+        ros.drop(node)
+
+
+def test_diagnostics_levels_tell_why(ros, ckpt):
+    name = "saom_diag_levels"
+    node = ros.node(name, ckpt, Factory(), diagnostics_period=0.1)
+    try:
+        node.no_frame_warn_s = 0.8
+        diags = Collector(ros.tester, DiagnosticArray, "/diagnostics")
+        t0 = time.monotonic()
+        assert ros.transition(name, "configure")
+        _wait_status(diags, name, b"\x00", "inactive", t0)  # deliberately inactive: said so, not an alarm
+        assert ros.transition(name, "activate")
+        t1 = time.monotonic()
+        _wait_status(diags, name, b"\x01", "no frame on /saom_diag_levels/image", t1)  # silent camera
+
+        pub = ros.tester.create_publisher(Image, f"/{name}/image", RELIABLE)
+        assert wait_until(lambda: pub.get_subscription_count() > 0)
+        t2 = time.monotonic()
+        while time.monotonic() - t2 < 1.5:  # only frames in an unsupported encoding
+            pub.publish(image_msg(1, encoding="16UC1"))
+            time.sleep(0.05)
+        _wait_status(diags, name, b"\x01", "every recent frame was skipped: encoding '16UC1'", t2)
+
+        t3 = time.monotonic()
+        for i in range(6):  # the model fails on every frame
+            pub.publish(image_msg(10 + i, value=13))
+            time.sleep(0.05)
+        level, message, values = _wait_status(diags, name, b"\x02", "inference keeps failing", t3)
+        assert "fake model failure" in message and int(values["consecutive failures"]) >= 3
+
+        t4 = time.monotonic()
+        for i in range(3):
+            pub.publish(image_msg(20 + i))
+            time.sleep(0.05)
+        _wait_status(diags, name, b"\x00", "segmenting", t4)
+        assert ros.transition(name, "deactivate")
+        _wait_status(diags, name, b"\x00", "inactive", time.monotonic())
+    finally:
+        ros.drop(node)
+
+
+def test_image_reliability_auto_follows_the_camera(ros, ckpt):
+    def sub_reliability(topic):
+        infos = [i for i in ros.tester.get_subscriptions_info_by_topic(topic) if i.node_name.startswith("saom_auto")]
+        return [i.qos_profile.reliability for i in infos]
+
+    # a reliable camera already publishing: subscribed reliably at activate
+    name = "saom_auto1"
+    pub = ros.tester.create_publisher(Image, f"/{name}/image", RELIABLE)
+    node = ros.node(name, ckpt, Factory())
+    try:
+        assert node.params is None and node.get_parameter("image_reliability").value == "auto"
+        assert wait_until(lambda: True)
+        assert node.startup()
+        assert node.image_reliability == "reliable"
+        assert wait_until(lambda: sub_reliability(f"/{name}/image") == [ReliabilityPolicy.RELIABLE])
+    finally:
+        ros.drop(node)
+        ros.tester.destroy_publisher(pub)
+
+    # no camera yet: best effort (hears anyone), then reliable once a reliable camera appears
+    name = "saom_auto2"
+    node = ros.node(name, ckpt, Factory())
+    try:
+        assert node.startup()
+        assert node.image_reliability == "best_effort"
+        dets = Collector(ros.tester, Detection2DArray, f"/{name}/detections")
+        pub = ros.tester.create_publisher(Image, f"/{name}/image", RELIABLE)
+        assert wait_until(lambda: node.image_reliability == "reliable", 10), "did not adapt to the reliable camera"
+        assert wait_until(lambda: sub_reliability(f"/{name}/image") == [ReliabilityPolicy.RELIABLE])
+        assert publish_until(pub, image_msg(1), dets, 1)
+    finally:
+        ros.drop(node)
+
+
+def test_malformed_topic_and_failing_transitions_are_clear_errors(ros, ckpt):
+    name = "saom_badtopic"
+    node = ros.node(name, ckpt, Factory(), image_topic="camera/image raw!")
+    try:
+        assert not ros.transition(name, "configure")
+        assert ros.state(name) == "unconfigured"
+        assert "parameter image_topic: 'camera/image raw!' is not a valid ROS topic name" in node.last_transition_error
+    finally:
+        ros.drop(node)
+
+    def crash(params):
+        raise RuntimeError("CUDA out of memory")
+
+    name = "saom_crash"
+    node = ros.node(name, ckpt, crash)
+    try:
+        assert ros.transition(name, "configure")
+        assert not ros.transition(name, "activate")
+        assert node.last_transition_error == "activate failed: cannot load the model: RuntimeError: CUDA out of memory"
+        assert ros.state(name) == "inactive"
+    finally:
+        ros.drop(node)
+
+    # an unexpected exception (a bug) inside a transition: logged with its reason, the transition errors
+    name = "saom_bug"
+    node = ros.node(name, ckpt, Factory())
+    try:
+        assert ros.transition(name, "configure")
+        node._subscribe_image = lambda: (_ for _ in ()).throw(KeyError("no such topic"))
+        assert not ros.transition(name, "activate")
+        assert node.last_transition_error == "activate failed: KeyError: 'no such topic'"
+        assert ros.state(name) == "unconfigured"  # error processing cleaned up
+    finally:
+        ros.drop(node)
+
+
+def test_deactivate_never_frees_the_model_under_the_worker(ros, ckpt):
+    factory = Factory(delay=1.5)
+    name = "saom_busy"
+    node = ros.node(name, ckpt, factory, prompts_enabled=False)
+    try:
+        node.worker_stop_timeout_s = 0.2
+        assert node.startup()
+        pub = ros.tester.create_publisher(Image, f"/{name}/image", RELIABLE)
+        assert wait_until(lambda: pub.get_subscription_count() > 0)
+        pub.publish(image_msg(1))
+        assert wait_until(lambda: factory.made[0].max_concurrent == 1, 5), "the model never started"
+        assert ros.transition(name, "deactivate")
+        assert not factory.made[0].closed, "freed while the worker was still segmenting"
+        assert wait_until(lambda: factory.made[0].closed, 5), "never freed after the frame finished"
+        assert node.stats.failed == 0
+    finally:
+        ros.drop(node)

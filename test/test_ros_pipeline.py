@@ -146,3 +146,28 @@ def test_stats_snapshot():
     keys = dict(snap.key_values())
     assert keys["frames dropped"] == "3" and "latency p95 ms" in keys
     assert "frames/s" in snap.line() and "dropped 3" in snap.line()
+
+
+def test_slot_with_capacity_drops_the_oldest():
+    slot: LatestSlot[int] = LatestSlot(3)
+    assert [slot.put(i) for i in range(5)] == [False, False, False, True, True]
+    assert slot.dropped == 2 and len(slot) == 3
+    assert [slot.take(), slot.take()] == [2, 3]
+    assert slot.clear() == 1 and slot.dropped == 3
+    with pytest.raises(ValueError):
+        LatestSlot(0)
+
+
+def test_prompt_matcher_says_why_a_set_never_met_its_frame():
+    m = PromptMatcher(capacity=2)
+    assert m.add_prompts((0, 0), "p", 0.0) is None and m.unmatched == 1 and "no frame received yet" in m.last_unmatched
+    for k in range(3):
+        m.add_frame((10 + k, 0), f"f{k}")
+    assert m.add_prompts((10, 0), "old", 0.0) is None and m.unmatched == 2
+    assert "prompt_frame_buffer" in m.last_unmatched and "10.000000000" in m.last_unmatched
+    assert m.add_prompts((20, 0), "a", 0.0) is None and m.unmatched == 2  # waits for its frame
+    assert m.add_prompts((21, 0), "b", 0.0) is None and m.unmatched == 3 and "replaced" in m.last_unmatched
+    assert m.add_frame((22, 0), "f22") is None and m.unmatched == 4 and "skipped or lost" in m.last_unmatched
+    assert m.add_prompts((23, 0), "c", 0.0) is None
+    m.clear()
+    assert m.unmatched == 5 and "stopped" in m.last_unmatched
