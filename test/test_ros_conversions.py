@@ -80,6 +80,13 @@ def test_encodings_the_issue_lists_are_supported():
             "bayer_bggr8", "bayer_gbrg8", "bayer_grbg8"} <= set(SUPPORTED_ENCODINGS)
 
 
+def test_readme_lists_the_supported_encodings():
+    ros_section = (REPO / "README.md").read_text().split("## ROS 2", 1)[1].split("\n## ", 1)[0]
+    line = next(line for line in ros_section.splitlines() if "**Encodings**" in line)
+    text = ros_section[ros_section.index(line):].split("\n- **", 1)[0]
+    assert [e for e in SUPPORTED_ENCODINGS if e not in text] == []
+
+
 def test_mono16_byte_order_and_colour_yuv():
     big = (np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000).astype(">u2")
     msg = T.Image(header=header(), height=3, width=4, encoding="mono16", is_bigendian=1, step=8,
