@@ -41,7 +41,8 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.lifecycle.node import LifecycleNodeMixin
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSPolicyKind, QoSProfile, ReliabilityPolicy
+from rclpy.qos_overriding_options import QoSOverridingOptions
 
 try:  # Jazzy and newer
     from rclpy.event_handler import SubscriptionEventCallbacks
@@ -79,9 +80,11 @@ LABEL_INFO_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliabilit
 # prompts would be lost silently) with a small bounded queue; prompt sets waiting for the model
 # beyond PROMPT_QUEUE are dropped oldest first, logged and counted.
 PROMPTS_DEPTH = 5
-PROMPTS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=PROMPTS_DEPTH, reliability=ReliabilityPolicy.RELIABLE,
-                         durability=DurabilityPolicy.VOLATILE)
 PROMPT_QUEUE = 4
+# qos_overrides.<topic>.subscription.<policy> work for the two subscriptions (others are refused);
+# an override of the image reliability wins over image_reliability (auto included).
+OVERRIDABLE_POLICIES = (QoSPolicyKind.HISTORY, QoSPolicyKind.DEPTH, QoSPolicyKind.RELIABILITY)
+PROMPTS_TOPIC = "~/prompts"
 RELIABILITY_RECHECK_S = 1.0  # image_reliability auto: how often to look for the camera publisher
 FAILURES_FOR_ERROR = 3  # consecutive model failures that make the diagnostics ERROR
 
@@ -92,6 +95,12 @@ def image_qos(reliability: str) -> QoSProfile:
     """Sensor-data QoS (keep last 1) with the given reliability (best_effort or reliable)."""
     rel = ReliabilityPolicy.RELIABLE if reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=rel, durability=DurabilityPolicy.VOLATILE)
+
+
+def prompts_qos() -> QoSProfile:
+    """A fresh profile (qos_overrides change the profile they are applied to)."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=PROMPTS_DEPTH, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.VOLATILE)
 
 
 def publishers_reliability(infos: Sequence[Any]) -> str | None:
@@ -207,6 +216,22 @@ class SaomNode(LifecycleNode):
             raise ConfigError(f"parameter image_topic: {params.image_topic!r} is not a valid ROS topic name "
                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
 
+    def _qos_override_names(self, topic: str) -> list[str]:
+        return [f"qos_overrides.{topic}.subscription.{kind.name.lower()}" for kind in OVERRIDABLE_POLICIES]
+
+    def _check_qos_overrides(self, image_topic: str) -> None:
+        """qos_overrides given for anything but the image and prompts subscriptions would be silently
+        ignored by rclpy: refused instead, naming those that work."""
+        given = [n for n in (getattr(self, "_parameter_overrides", {}) or {}) if n.startswith("qos_overrides.")]
+        allowed = self._qos_override_names(image_topic) + self._qos_override_names(self.resolve_topic_name(PROMPTS_TOPIC))
+        unknown = sorted(set(given) - set(allowed))
+        if unknown:
+            raise ConfigError(f"qos_overrides {', '.join(unknown)} do not apply to this node; these do: "
+                              f"{', '.join(allowed)}")
+
+    def _reliability_overridden(self, topic: str) -> bool:
+        return f"qos_overrides.{topic}.subscription.reliability" in (getattr(self, "_parameter_overrides", {}) or {})
+
     def autostart_requested(self) -> bool:
         value = self.get_parameter("autostart").value
         return value is True or (isinstance(value, str) and value.strip().lower() == "true")
@@ -228,6 +253,7 @@ class SaomNode(LifecycleNode):
         params = self.read_params()
         model_mod.check_device(params.device)
         topic = self.input_topic(params)
+        self._check_qos_overrides(topic)
         self.params = params
         pub = self.create_lifecycle_publisher
         self._pubs = {
@@ -279,18 +305,22 @@ class SaomNode(LifecycleNode):
         self._subscribe_image()
         self._last_frame = time.monotonic()
         if params.prompts_enabled:
-            self._prompt_sub = self.create_subscription(Detection2DArray, "~/prompts", self._on_prompts, PROMPTS_QOS)
+            self._prompt_sub = self.create_subscription(
+                Detection2DArray, PROMPTS_TOPIC, self._on_prompts, prompts_qos(),
+                qos_overriding_options=QoSOverridingOptions.with_default_policies())
         self._active = True
         return ret
 
     def _subscribe_image(self) -> None:
         """(Re)create the image subscription; with image_reliability auto, take the camera's reliability
-        (best effort, which hears any camera, until a publisher appears: then re-checked on a timer)."""
+        (best effort, which hears any camera, until a publisher appears: then re-checked on a timer).
+        qos_overrides of history, depth and reliability apply (a reliability override beats auto)."""
         params = self.params
         assert params is not None
         topic = self.input_topic(params)
         reliability = params.image_reliability
-        if reliability == "auto":
+        overridden = self._reliability_overridden(topic)
+        if reliability == "auto" and not overridden:
             found = publishers_reliability(self.get_publishers_info_by_topic(topic))
             reliability = found or "best_effort"
             if found is None and self._reliability_timer is None:
@@ -305,9 +335,13 @@ class SaomNode(LifecycleNode):
             self.destroy_subscription(self._image_sub)
         image_type = CompressedImage if params.image_transport == "compressed" else Image
         events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
-        self._image_sub = self.create_subscription(image_type, topic, self._on_image, image_qos(reliability),
-                                                   event_callbacks=events)
-        self.image_reliability = reliability
+        qos = image_qos(reliability)
+        # reliability is declared as an override only when one is given: declared once, a read-only
+        # parameter would pin the first reliability for the node's life (auto, reconfigure)
+        kinds = OVERRIDABLE_POLICIES if overridden else OVERRIDABLE_POLICIES[:2]
+        self._image_sub = self.create_subscription(image_type, topic, self._on_image, qos, event_callbacks=events,
+                                                   qos_overriding_options=QoSOverridingOptions(kinds))
+        self.image_reliability = "reliable" if qos.reliability == ReliabilityPolicy.RELIABLE else "best_effort"
 
     def _recheck_reliability(self) -> None:
         if self._active and self.params is not None:

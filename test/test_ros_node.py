@@ -957,3 +957,28 @@ def test_deactivate_never_frees_the_model_under_the_worker(ros, ckpt):
         assert node.stats.failed == 0
     finally:
         ros.drop(node)
+
+
+def test_qos_overrides_apply_to_the_subscriptions_or_are_refused(ros, ckpt):
+    name = "saom_qos_ov"
+    topic = f"/{name}/image"
+    node = ros.node(name, ckpt, Factory(), **{f"qos_overrides.{topic}.subscription.reliability": "reliable",
+                                            f"qos_overrides./{name}/prompts.subscription.depth": 2})
+    try:
+        assert node.startup()
+        assert node.image_reliability == "reliable", "the override beats image_reliability auto"
+        infos = ros.tester.get_subscriptions_info_by_topic(topic)
+        assert [i.qos_profile.reliability for i in infos] == [ReliabilityPolicy.RELIABLE]
+        assert node._prompt_sub.qos_profile.depth == 2  # (discovery does not carry the depth)
+        assert node._prompt_sub.qos_profile.reliability == ReliabilityPolicy.RELIABLE
+    finally:
+        ros.drop(node)
+
+    name = "saom_qos_bad"
+    node = ros.node(name, ckpt, Factory(), **{f"qos_overrides./{name}/detections.publisher.depth": 3})
+    try:
+        assert not ros.transition(name, "configure")
+        assert "do not apply to this node" in node.last_transition_error
+        assert f"qos_overrides./{name}/image.subscription.reliability" in node.last_transition_error
+    finally:
+        ros.drop(node)
