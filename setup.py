@@ -54,6 +54,7 @@ setup(
             "saom = saom_core.cli:main",
             "saom_node = saom_ros.node:main",
         ],
+        "saom.subcommands": ["bag = saom_ros.bag:add_subcommand"],
     },
     zip_safe=True,
 )
