@@ -38,15 +38,23 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports on demand
-    from saom_core.data.classes import ClassList
-    from saom_core.errors import SaomError
-    from saom_core.infer.generator import EverythingGenerator, GeneratorConfig
-    from saom_core.infer.segmenter import SaomSegmenter, load_segmenter
-    from saom_core.infer.types import Instance, Segmentation, Segmenter
-    from saom_core.model.checkpoint import load_model, save_checkpoint
-    from saom_core.model.configs import MODEL_CONFIGS, SamConfig, get_config
-    from saom_core.model.saom import SaomModel, build_model
+if TYPE_CHECKING:  # what type checkers and IDEs see (`X as X`: re-exported); at run time __getattr__ imports on demand
+    from saom_core.data.classes import ClassList as ClassList
+    from saom_core.errors import SaomError as SaomError
+    from saom_core.infer.generator import EverythingGenerator as EverythingGenerator
+    from saom_core.infer.generator import GeneratorConfig as GeneratorConfig
+    from saom_core.infer.segmenter import SaomSegmenter as SaomSegmenter
+    from saom_core.infer.segmenter import load_segmenter as load_segmenter
+    from saom_core.infer.types import Instance as Instance
+    from saom_core.infer.types import Segmentation as Segmentation
+    from saom_core.infer.types import Segmenter as Segmenter
+    from saom_core.model.checkpoint import load_model as load_model
+    from saom_core.model.checkpoint import save_checkpoint as save_checkpoint
+    from saom_core.model.configs import MODEL_CONFIGS as MODEL_CONFIGS
+    from saom_core.model.configs import SamConfig as SamConfig
+    from saom_core.model.configs import get_config as get_config
+    from saom_core.model.saom import SaomModel as SaomModel
+    from saom_core.model.saom import build_model as build_model
 
 
 def __getattr__(name: str) -> Any:

@@ -210,13 +210,15 @@ def add_subcommand(subparsers: argparse._SubParsersAction, cli: PluginContext) -
     def handle(args: argparse.Namespace) -> int:
         segmenter = cli.segmenter_from(args)
         try:
-            summary = run_bag(segmenter, args.in_bag, args.out_bag, args.topic, progress=not args.quiet, storage=args.storage)
+            summary = run_bag(
+                segmenter, args.in_bag, args.out_bag, args.topic, progress=not args.quiet, storage=args.storage
+            )
         finally:
             segmenter.close()
         print(summary.line())
         return 0
 
-    p = subparsers.add_parser("bag", help="run SAOM on every image of a rosbag2 and write the node's outputs to a new bag")
+    p = subparsers.add_parser("bag", help="segment every image of a rosbag2; write the node's outputs to a new bag")
     cli.add_generator_args(p)
     p.add_argument("in_bag", type=Path)
     p.add_argument("out_bag", type=Path)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections import defaultdict
 from importlib.metadata import EntryPoint
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,8 @@ def test_importing_every_core_module_imports_nothing_from_saom_ros():
         "import json, pkgutil, importlib, sys, saom_core\n"
         "names = [m.name for m in pkgutil.walk_packages(saom_core.__path__, 'saom_core.')]\n"
         "for name in names: importlib.import_module(name)\n"
-        "print(json.dumps({'modules': names, 'ros': sorted(m for m in sys.modules if m.split('.')[0] in ('saom_ros', 'rclpy'))}))"
+        "ros = sorted(m for m in sys.modules if m.split('.')[0] in ('saom_ros', 'rclpy'))\n"
+        "print(json.dumps({'modules': names, 'ros': ros}))"
     )
     result = json.loads(out)
     assert "saom_core.cli" in result["modules"] and "saom_core.prompting.assignment" in result["modules"]
@@ -118,7 +120,7 @@ def test_no_import_cycle_between_core_subpackages():
             graph[a].add(b)
             where.setdefault((a, b), f"{module}:{line} imports {target}")
     cycle = _cycle(graph)
-    assert cycle is None, "import cycle " + " -> ".join(cycle) + ": " + "; ".join(where[e] for e in zip(cycle, cycle[1:]))
+    assert cycle is None, f"import cycle {' -> '.join(cycle)}: " + "; ".join(map(where.get, pairwise(cycle)))
 
 
 def test_saom_bag_is_a_plugin_subcommand_from_saom_ros():
@@ -135,7 +137,8 @@ def test_a_broken_plugin_is_named_and_the_other_commands_still_work(monkeypatch,
     broken = EntryPoint(name="broken", value="saom_no_such_module:add_subcommand", group=cli.SUBCOMMAND_GROUP)
     monkeypatch.setattr(cli, "entry_points", lambda group: [broken])
     parser = cli.build_parser()
-    assert "saom: warning: subcommand 'broken' (saom_no_such_module:add_subcommand) is unavailable" in capsys.readouterr().err
+    warning = "saom: warning: subcommand 'broken' (saom_no_such_module:add_subcommand) is unavailable"
+    assert warning in capsys.readouterr().err
     assert parser.parse_args(["dataset", "check", "d"]).dir == Path("d")
     with pytest.raises(SystemExit):
         parser.parse_args(["broken"])

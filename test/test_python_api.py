@@ -39,7 +39,7 @@ def test_readme_example_imports_only_the_exported_names():
     used = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("saom_core"):
-            assert node.module == "saom_core", f"the example reaches into {node.module}: use the names saom_core exports"
+            assert node.module == "saom_core", f"the example reaches into {node.module}: use saom_core's exports"
             used += [alias.name for alias in node.names]
         if isinstance(node, ast.Import):
             assert not any(a.name.startswith("saom_core") for a in node.names), "use `from saom_core import ...`"
@@ -70,3 +70,12 @@ def test_readme_example_runs_on_a_tiny_random_model(tmp_path, monkeypatch, tiny_
     printed = out.getvalue().splitlines()
     assert printed[-1] == f"{['background', 'Mug', 'Table', 'Ball']} {sorted(saom_core.MODEL_CONFIGS)}"
     assert len(printed) == len(result.instances) + 1
+
+
+def test_type_checkers_see_the_same_names_as_run_time():
+    """saom_core/__init__.py names each export twice (run-time map, TYPE_CHECKING imports): they agree."""
+    tree = ast.parse(Path(saom_core.__file__).read_text(encoding="utf-8"))
+    guarded = next(n for n in tree.body if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING")
+    imports = [node for node in guarded.body if isinstance(node, ast.ImportFrom)]
+    typed = {alias.name: node.module for node in imports for alias in node.names}
+    assert typed == saom_core._EXPORTS
