@@ -47,7 +47,8 @@ setup(
     extras_require={
         "onnx": ["onnx>=1.15", "onnxruntime>=1.17"],
         "ai2thor": ["ai2thor>=5.0"],
-        "dev": ["pytest>=7", "onnx>=1.15", "onnxruntime>=1.17", "ruff>=0.17", "mypy>=2.4", "types-PyYAML", "types-tqdm"],
+        "dev": ["pytest>=7", "onnx>=1.15", "onnxruntime>=1.17",
+                "ruff>=0.17", "mypy>=2.4", "types-PyYAML", "types-tqdm"],
     },
     entry_points={
         "console_scripts": [
