@@ -47,13 +47,15 @@ setup(
     extras_require={
         "onnx": ["onnx>=1.15", "onnxruntime>=1.17"],
         "ai2thor": ["ai2thor>=5.0"],
-        "dev": ["pytest>=7", "onnx>=1.15", "onnxruntime>=1.17"],
+        "dev": ["pytest>=7", "onnx>=1.15", "onnxruntime>=1.17",
+                "ruff>=0.17", "mypy>=2.4", "types-PyYAML", "types-tqdm"],
     },
     entry_points={
         "console_scripts": [
             "saom = saom_core.cli:main",
             "saom_node = saom_ros.node:main",
         ],
+        "saom.subcommands": ["bag = saom_ros.bag:add_subcommand"],
     },
     zip_safe=True,
 )

@@ -6,12 +6,29 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from saom_core.errors import SaomError
 
+if TYPE_CHECKING:
+    from saom_core.infer.types import Segmenter
+
 Handler = Callable[[argparse.Namespace], int]
+# Other packages add subcommands through this entry point group (saom_ros adds `saom bag`), so the
+# core never imports them. An entry point names a callable `(subparsers, PluginContext) -> None`.
+SUBCOMMAND_GROUP = "saom.subcommands"
+
+
+@dataclass(frozen=True)
+class PluginContext:
+    """What the core CLI lends a plug-in subcommand, so its model options match `saom segment`'s."""
+
+    add_generator_args: Callable[[argparse.ArgumentParser], None]
+    segmenter_from: Callable[[argparse.Namespace], Segmenter]
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
@@ -160,18 +177,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bag(args: argparse.Namespace) -> int:
-    from saom_ros.bag import run_bag
-
-    segmenter = _segmenter_from(args)
-    try:
-        summary = run_bag(segmenter, args.in_bag, args.out_bag, args.topic, progress=not args.quiet, storage=args.storage)
-    finally:
-        segmenter.close()
-    print(summary.line())
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="saom", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -237,15 +242,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-config", default=None, help="config of a bare SAM state_dict if it cannot be guessed")
     p.set_defaults(handler=_cmd_export)
 
-    p = sub.add_parser("bag", help="run SAOM on every image of a rosbag2 and write the node's outputs to a new bag")
-    _add_generator_args(p)
-    p.add_argument("in_bag", type=Path)
-    p.add_argument("out_bag", type=Path)
-    p.add_argument("--topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
-    p.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"], help="output bag storage")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(handler=_cmd_bag)
-
     dataset = sub.add_parser("dataset", help="check, show or import datasets").add_subparsers(dest="action", required=True)
     p = dataset.add_parser("check", help="validate a dataset and print counts per split and class")
     p.add_argument("dir", type=Path)
@@ -263,7 +259,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", required=True, help="class list YAML or shipped name (pybullet, ai2thor)")
     p.add_argument("--simulator", default="imported")
     p.set_defaults(handler=_cmd_dataset_import)
+    _add_plugin_subcommands(sub)
     return parser
+
+
+def _add_plugin_subcommands(sub: argparse._SubParsersAction) -> None:
+    """Let every installed `saom.subcommands` entry point add its subcommand; a broken one is named
+    on stderr and left out, so it cannot take the other commands down with it."""
+    context = PluginContext(add_generator_args=_add_generator_args, segmenter_from=_segmenter_from)
+    for plugin in entry_points(group=SUBCOMMAND_GROUP):
+        try:
+            plugin.load()(sub, context)
+        except Exception as exc:  # noqa: BLE001 -- any failure of third-party code at load time
+            print(f"saom: warning: subcommand '{plugin.name}' ({plugin.value}) is unavailable: {exc}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

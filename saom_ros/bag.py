@@ -10,15 +10,19 @@ segmented is counted and skipped; the run goes on.
 """
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from saom_core.errors import ImageError, SaomError
 from saom_core.infer.types import Segmenter
 
 from .conversions import UnsupportedEncoding, make_image, make_label_info, make_outputs, message_to_rgb, overlay_image
 from .msgtypes import rosbags_types, typestore
+
+if TYPE_CHECKING:
+    from saom_core.cli import PluginContext
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 DEFAULT_PREFIX = "/saom_node"
@@ -198,3 +202,27 @@ def _fail(summary: BagSummary, timestamp: int, message: str) -> None:
     summary.failed += 1
     if len(summary.errors) < 5:
         summary.errors.append(f"t={timestamp}: {message}")
+
+
+def add_subcommand(subparsers: argparse._SubParsersAction, cli: PluginContext) -> None:
+    """Add `saom bag` to the `saom` command (the `saom.subcommands` entry point in setup.py)."""
+
+    def handle(args: argparse.Namespace) -> int:
+        segmenter = cli.segmenter_from(args)
+        try:
+            summary = run_bag(
+                segmenter, args.in_bag, args.out_bag, args.topic, progress=not args.quiet, storage=args.storage
+            )
+        finally:
+            segmenter.close()
+        print(summary.line())
+        return 0
+
+    p = subparsers.add_parser("bag", help="segment every image of a rosbag2; write the node's outputs to a new bag")
+    cli.add_generator_args(p)
+    p.add_argument("in_bag", type=Path)
+    p.add_argument("out_bag", type=Path)
+    p.add_argument("--topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
+    p.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"], help="output bag storage")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=handle)

@@ -10,7 +10,7 @@ from saom_core.infer.generator import EverythingGenerator, GeneratorConfig
 from saom_core.model.configs import get_config
 from saom_core.model.grid import grid_points, pixel_of
 from saom_core.model.saom import build_model
-from saom_core.train.assignment import (
+from saom_core.prompting.assignment import (
     mask_centre_points,
     nearest_neighbour_assignment,
     random_foreground_points,

@@ -27,7 +27,7 @@ from saom_core.data.classes import ClassList
 from saom_core.data.reader import Sample, SaomDataset
 from saom_core.model.grid import grid_points
 from saom_core.model.saom import SaomModel
-from saom_core.train.assignment import Assignment, nearest_neighbour_assignment, random_foreground_points
+from saom_core.prompting.assignment import Assignment, nearest_neighbour_assignment, random_foreground_points
 
 POINT_PROMPTS = ("nearest_neighbour", "random_foreground")
 

@@ -2,12 +2,9 @@
 
 Why: a from-scratch tiny SAM sees a 224 px frame as 16x16 patches, so a 20 px mug, teddy, Lego
 brick or cube covers one or two encoder cells and features pooled there (`mask_pool`) cannot tell
-them apart (randomly tinted, so colour is no cue). Measured on the PyBullet val split with the
-demo checkpoint and ground-truth masks: pooled encoder features classified 0.58 of the objects
-right (0.79 on train), this CNN (0.29M parameters) on 32x32 crops of the same masks 0.96 after
-one CPU minute. Trained inside SAOM (config/train_tiny.yaml), its labels of the masks SAOM keeps
-lifted val class accuracy from 0.64 to 0.70-0.74 (the pooled head stays: its loss also teaches the
-encoder, and it screens out background before NMS).
+them apart (randomly tinted, so colour is no cue); a small CNN on crops of the masks can. The
+pooled head stays (its loss also teaches the encoder, and it screens out background before NMS).
+The measurements: docs/recipe.md, "The crop classifier".
 
 It looks at the model input (the normalised, resized image) inside the box of each mask, plus the
 mask itself as a fourth channel, so it needs no frame-resolution data and works for any model

@@ -84,11 +84,9 @@ class ClassifierHead(nn.Module):
       * `mask_token`: each mask token's output, so the class follows the mask SAOM keeps;
       * `mask_pool`: the image embedding averaged under each predicted mask (the sigmoid of its
         low-res logits, detached, so the class loss cannot reshape masks), one class per mask.
-    Measured from scratch (tiny config, PyBullet, CPU): the token heads pass the class loss into
-    the decoder's shared transformer, which stalls mask learning (at CE weight 1 masks did not
-    start in 400 steps; at 800 steps with CE 1 and the other settings equal, val mIoU 0.17-0.19
-    with a token head vs 0.23-0.27 with `mask_pool`) at no better class accuracy, so the tiny
-    config uses `mask_pool`. `iou_token` stays the default (the paper's head) for fine-tuning a
+    Trained from scratch, the token heads pass the class loss into the decoder's shared transformer,
+    which stalls mask learning at no better class accuracy, so the tiny config uses `mask_pool`
+    (docs/recipe.md, "The class head"). `iou_token` stays the default (the paper's head) for fine-tuning a
     pretrained SAM, whose decoder already localises objects. For small objects seen through a
     coarse encoder, a model can also have a `MaskCropClassifier` that relabels the masks it keeps.
     """

@@ -5,8 +5,8 @@ its first block those copies are all the same (the frame's embedding plus the no
 the image side of that block's two cross-attentions (keys and values for tokens-to-image, queries for
 image-to-tokens) is the same for every prompt. `one_frame_two_way` computes it once per frame and
 broadcasts it; every other step is the library's own modules, called exactly as its forward calls
-them. Same outputs (tested against `TwoWayTransformer.forward`); measured on the tiny model on a CPU,
-decoding 1024 grid prompts in batches of 64: 985 -> 893 ms eager, 712 -> 492 ms with torch.compile.
+them. Same outputs (tested against `TwoWayTransformer.forward`), less decoder time per frame
+(docs/recipe.md has the measurement).
 """
 from __future__ import annotations
 

@@ -63,7 +63,7 @@ class TrainSection:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # auto: on a GPU bf16 where it has it, else fp16; on a CPU bf16 where it computes bf16 natively
-    # (AVX512-BF16 or AMX: the tiny demo trains 1.27x faster on this project's AMD EPYC), else off
+    # (AVX512-BF16 or AMX: faster, docs/recipe.md), else off
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     threads: int = 0  # torch CPU threads (0: torch's default)
     cache_embeddings: bool = True  # frozen encoder: encode each frame once, fp16 on disk

@@ -8,7 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from saom_core.model.grid import pixel_of
-from saom_core.train.assignment import (
+from saom_core.prompting.assignment import (
     Assignment,
     mask_centre_points,
     nearest_neighbour_assignment,

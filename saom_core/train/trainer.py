@@ -101,8 +101,8 @@ class TrainForward(nn.Module):
     def _masks_to_classify(self, kept: torch.Tensor, positive: torch.Tensor, true_masks: torch.Tensor) -> torch.Tensor:
         """(P, s, s) mask of each prompt for the crop classifier: the predicted mask SAOM would keep
         (what inference classifies) or, for half of the objects when `gt_pool`, the true mask (which
-        teaches the classes from the first step). Measured on the val split: trained on true masks
-        alone it classified 0.93 of the objects right from their true masks, 0.26 from predicted ones."""
+        teaches the classes from the first step). True masks alone do not carry over to predicted
+        ones (docs/recipe.md, "The crop classifier")."""
         masks = kept.float().sigmoid()
         if self.gt_pool and positive.any():
             use_true = torch.rand(len(true_masks), device=masks.device) < 0.5

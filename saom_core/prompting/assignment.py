@@ -1,4 +1,4 @@
-"""Training prompts: the paper's nearest neighbour assignment (Algorithm 1) and its ablations.
+"""Prompt points for training and evaluation: the paper's nearest neighbour assignment (Algorithm 1) and its ablations.
 
 Nearest neighbour assignment, per ground-truth mask of a frame:
  1. pool the image features inside the mask (downsampled to the feature grid) into one target
