@@ -8,10 +8,11 @@ import os
 import tempfile
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
+
+from launch import LaunchDescription
 
 PACKAGE = "saom_ros"
 NODE_NAME = "saom_node"
@@ -23,15 +24,18 @@ ARGUMENTS = (
     ("autostart", "", "true: configure and activate at start-up; false: wait for a lifecycle manager; "
                       "empty: the params file's value"),
     ("image_topic", "/camera/image_raw", "input image topic (remapped onto the node's image_raw)"),
-    ("image_transport", "", "raw or compressed (subscribes <image_topic>/compressed); overrides the params file when set"),
+    ("image_transport", "",
+     "raw or compressed (subscribes <image_topic>/compressed); overrides the params file when set"),
     ("image_reliability", "", "auto, best_effort or reliable; overrides the params file when set"),
     ("depth_topic", "/camera/depth/image_raw", "aligned depth image (remapped onto the node's depth/image_raw)"),
-    ("camera_info_topic", "/camera/camera_info", "camera info of the colour camera (remapped onto the node's camera_info)"),
+    ("camera_info_topic", "/camera/camera_info",
+     "camera info of the colour camera (remapped onto the node's camera_info)"),
     ("use_sim_time", "false", "use /clock (bag playback, simulators)"),
     ("namespace", "", "namespace of the node (rviz follows it)"),
     ("log_level", "info", "logging level of the node"),
     ("rviz", "false", "also start rviz2 with the overlay"),
-    ("rviz_config", os.path.join("{share}", "config", "saom.rviz"), "rviz2 config (its /saom_node/ topics follow `namespace`)"),
+    ("rviz_config", os.path.join("{share}", "config", "saom.rviz"),
+     "rviz2 config (its /saom_node/ topics follow `namespace`)"),
 )
 # launch arguments passed to the node as parameters when set (the params file's value otherwise)
 STRING_OVERRIDES = ("checkpoint", "device", "image_transport", "image_reliability")

@@ -10,8 +10,9 @@ mono16 instance mask.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from saom_core.errors import ImageError
 from saom_core.infer.types import Instance, Segmentation
 
 from .msgtypes import MessageTypes
+
 
 @dataclass(frozen=True)
 class _Encoding:
@@ -280,7 +282,8 @@ def make_detection(T: MessageTypes, header: Any, inst: Instance, det_id: str) ->
 def make_detection_array(T: MessageTypes, header: Any, seg: Segmentation) -> Any:
     """One Detection2D per instance, in instance order; `id` = the instance's value in the label image."""
     return T.Detection2DArray(header=header,
-                              detections=[make_detection(T, header, inst, str(k)) for k, inst in enumerate(seg.instances, 1)])
+                              detections=[make_detection(T, header, inst, str(k))
+                                          for k, inst in enumerate(seg.instances, 1)])
 
 
 def make_label_info(T: MessageTypes, header: Any, class_names: Sequence[str], threshold: float) -> Any:
@@ -288,7 +291,8 @@ def make_label_info(T: MessageTypes, header: Any, class_names: Sequence[str], th
     if len(class_names) >= 65535:
         raise ValueError("too many classes for uint16 class ids (65535 is UNLABELED)")
     return T.LabelInfo(header=header,
-                       class_map=[T.VisionClass(class_id=i, class_name=str(name)) for i, name in enumerate(class_names)],
+                       class_map=[T.VisionClass(class_id=i, class_name=str(name))
+                                  for i, name in enumerate(class_names)],
                        threshold=float(threshold))
 
 
@@ -423,7 +427,7 @@ def make_prompted_outputs(T: MessageTypes, in_header: Any, answers: Sequence[Ins
     empty_box = T.BoundingBox2D(center=T.Pose2D(position=T.Point2D(x=0.0, y=0.0), theta=0.0), size_x=0.0, size_y=0.0)
     detections = [make_detection(T, header, inst, det_id) if inst is not None
                   else T.Detection2D(header=header, results=[], bbox=empty_box, id=det_id)
-                  for inst, det_id in zip(answers, ids)]
+                  for inst, det_id in zip(answers, ids, strict=True)]
     stacked = None
     if masks:
         planes = np.zeros((len(answers), height, width), dtype=np.uint8)

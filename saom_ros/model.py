@@ -12,7 +12,7 @@ import gc
 import importlib
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from saom_core.errors import ConfigError, SaomError
 from saom_core.infer.types import Segmenter
@@ -72,7 +72,8 @@ def check_device(device: str) -> None:
     except ImportError as exc:
         raise ConfigError(f"parameter device: {device} needs PyTorch, which is not importable ({exc})") from exc
     if not torch.cuda.is_available():
-        raise ConfigError(f"parameter device: {device} requested but CUDA is not available on this machine (use device cpu)")
+        raise ConfigError(f"parameter device: {device} requested but CUDA is not available on this machine "
+                          f"(use device cpu)")
     index = int(device.split(":", 1)[1]) if ":" in device else 0
     if index >= torch.cuda.device_count():
         raise ConfigError(f"parameter device: {device} does not exist ({torch.cuda.device_count()} CUDA device(s))")

@@ -12,9 +12,10 @@ included).
 from __future__ import annotations
 
 import array
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any, Callable
+from functools import cache
+from typing import Any
 
 import numpy as np
 
@@ -156,7 +157,7 @@ def _u8_array(data) -> array.array:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def typestore():
     """A rosbags typestore (ROS 2 Kilted; Humble and Jazzy share these types) with vision_msgs registered."""
     from rosbags.typesys import Stores, get_types_from_msg, get_typestore

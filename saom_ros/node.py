@@ -32,7 +32,8 @@ import threading
 import time
 import traceback
 from collections import defaultdict
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -117,7 +118,7 @@ def _transition(name: str) -> Callable:
     SaomError (a problem the user can fix) fails the transition, anything else is an ERROR."""
     def wrap(callback: Callable[[Any, LifecycleState], TransitionCallbackReturn]) -> Callable:
         @functools.wraps(callback)
-        def run(self: "SaomNode", state: LifecycleState) -> TransitionCallbackReturn:
+        def run(self: SaomNode, state: LifecycleState) -> TransitionCallbackReturn:
             self.transition_in_progress = name
             try:
                 result = callback(self, state)
@@ -223,7 +224,8 @@ class SaomNode(LifecycleNode):
         """qos_overrides given for anything but the image and prompts subscriptions would be silently
         ignored by rclpy: refused instead, naming those that work."""
         given = [n for n in (getattr(self, "_parameter_overrides", {}) or {}) if n.startswith("qos_overrides.")]
-        allowed = self._qos_override_names(image_topic) + self._qos_override_names(self.resolve_topic_name(PROMPTS_TOPIC))
+        prompts_topic = self.resolve_topic_name(PROMPTS_TOPIC)
+        allowed = self._qos_override_names(image_topic) + self._qos_override_names(prompts_topic)
         unknown = sorted(set(given) - set(allowed))
         if unknown:
             raise ConfigError(f"qos_overrides {', '.join(unknown)} do not apply to this node; these do: "
@@ -603,7 +605,8 @@ class SaomNode(LifecycleNode):
             if publishers and self._warn_limits["no_frames"].ready():
                 self.no_frame_warnings += 1
                 self.get_logger().warning(
-                    f"{publishers} publisher(s) on {topic} but no frame for {time.monotonic() - self._last_frame:.0f} s: "
+                    f"{publishers} publisher(s) on {topic} but no frame for "
+                    f"{time.monotonic() - self._last_frame:.0f} s: "
                     f"check the QoS (image_reliability is {self.params.image_reliability}, subscribed "
                     f"{self.image_reliability}) and, for large frames between processes, the DDS transport "
                     f"(best-effort images over UDP need large socket buffers)")

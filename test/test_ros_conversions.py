@@ -15,6 +15,7 @@ from saom_core.infer.types import Segmentation
 from saom_ros.conversions import (
     SUPPORTED_ENCODINGS,
     UnsupportedEncoding,
+    answers_in_prompt_order,
     compressed_to_rgb,
     copy_header,
     filter_instances,
@@ -23,10 +24,9 @@ from saom_ros.conversions import (
     make_image,
     make_label_info,
     make_outputs,
+    make_prompted_outputs,
     message_to_rgb,
     overlay_image,
-    answers_in_prompt_order,
-    make_prompted_outputs,
     prompts_from_detections,
 )
 from saom_ros.msgtypes import VISION_MSGS_DEFINITIONS, rosbags_types, typestore
@@ -160,7 +160,8 @@ def test_compressed_images():
     with pytest.raises(ImageError, match="no data"):
         compressed_to_rgb(T.CompressedImage(header=header(), format="jpeg", data=np.zeros(0, np.uint8)))
     with pytest.raises(UnsupportedEncoding):
-        compressed_to_rgb(T.CompressedImage(header=header(), format="16UC1; compressedDepth", data=np.ones(4, np.uint8)))
+        compressed_to_rgb(T.CompressedImage(header=header(), format="16UC1; compressedDepth",
+                                            data=np.ones(4, np.uint8)))
     deep = _compressed(np.full((4, 4), 4000, np.uint16), ".png", "png")
     with pytest.raises(UnsupportedEncoding, match="8-bit"):
         compressed_to_rgb(deep)
@@ -175,9 +176,10 @@ def test_outputs_from_a_segmentation():
     h = header(sec=11, nanosec=12, frame_id="camera_optical")
     out = make_outputs(T, h, seg)
     det = out.detections
-    assert det.header is not h and (det.header.stamp.sec, det.header.stamp.nanosec, det.header.frame_id) == (11, 12, "camera_optical")
+    assert det.header is not h
+    assert (det.header.stamp.sec, det.header.stamp.nanosec, det.header.frame_id) == (11, 12, "camera_optical")
     assert len(det.detections) == 3
-    for k, (d, inst) in enumerate(zip(det.detections, seg.instances), 1):
+    for k, (d, inst) in enumerate(zip(det.detections, seg.instances, strict=True), 1):
         assert d.id == str(k) and d.header.frame_id == "camera_optical"
         hyp = d.results[0].hypothesis
         assert hyp.class_id == str(inst.class_id) and hyp.score == pytest.approx(inst.predicted_iou * inst.class_score)
@@ -218,7 +220,8 @@ def test_label_info_class_ids_match_hypotheses():
     assert info.threshold == pytest.approx(0.25)
     det = make_outputs(T, header(), _seg()).detections
     lookup = {c.class_id: c.class_name for c in info.class_map}
-    assert [lookup[int(d.results[0].hypothesis.class_id)] for d in det.detections] == [i.class_name for i in _seg().instances]
+    names = [lookup[int(d.results[0].hypothesis.class_id)] for d in det.detections]
+    assert names == [i.class_name for i in _seg().instances]
     STORE.serialize_cdr(info, "vision_msgs/msg/LabelInfo")
 
 

@@ -82,7 +82,8 @@ def test_launch_arguments_node_and_rviz(launch_module, tmp_path):
     opaque = [a for a in actions if type(a).__name__ == "OpaqueFunction"]
     context = {name: kw["default_value"] for name, kw in declared.items()}
     context.update(checkpoint="/models/saom.pt", image_topic="/camera/color/image_raw", use_sim_time="true",
-                   depth_topic="/camera/aligned_depth_to_color/image_raw", camera_info_topic="/camera/color/camera_info")
+                   depth_topic="/camera/aligned_depth_to_color/image_raw",
+                   camera_info_topic="/camera/color/camera_info")
     (node,) = opaque[0].kwargs["function"](context)
     assert type(node).__name__ == "LifecycleNode", "a lifecycle manager or launch events must be able to drive it"
     kw = node.kwargs

@@ -162,7 +162,8 @@ class Factory:
         return seg
 
 
-def image_msg(i: int, w: int = 64, h: int = 48, encoding: str = "rgb8", pad: int = 0, value: int | None = None) -> Image:
+def image_msg(i: int, w: int = 64, h: int = 48, encoding: str = "rgb8", pad: int = 0,
+              value: int | None = None) -> Image:
     channels = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "16UC1": 2, "yuv422": 2}[encoding]
     rng = np.random.default_rng(i)
     step = w * channels + pad
@@ -182,7 +183,8 @@ def key(header) -> tuple[int, int, str]:
     return header.stamp.sec, header.stamp.nanosec, header.frame_id
 
 
-def publish_until(pub, msg, collector: Collector, n: int, timeout: float = 10.0, also: tuple[Collector, ...] = ()) -> bool:
+def publish_until(pub, msg, collector: Collector, n: int, timeout: float = 10.0,
+                  also: tuple[Collector, ...] = ()) -> bool:
     """Publish (re-publishing while discovery settles) until the collector, and every one in `also`, holds n messages.
 
     Discovery matches each output topic on its own, so one collector having a message does not mean the
@@ -235,7 +237,7 @@ def test_lifecycle_transitions_outputs_and_model_release(ros, ckpt):
         assert labels_img.shape == (60, 80)
         np.testing.assert_array_equal(labels_img, expected.label_image())
         names = {c.class_id: c.class_name for c in info.class_map}
-        for k, (d, inst) in enumerate(zip(det.detections, expected.instances), 1):
+        for k, (d, inst) in enumerate(zip(det.detections, expected.instances, strict=True), 1):
             assert key(d.header) == key(msg.header)
             assert d.id == str(k) and np.any(labels_img == k)
             hyp = d.results[0].hypothesis
@@ -434,7 +436,7 @@ def test_prompted_mode_answers_each_prompt_on_its_frame(ros, ckpt):
         frames = [image_msg(i, w=100, h=80) for i in range(3)]
         for n, f in enumerate(frames, 1):  # keep-last-1 input: one frame at a time
             img_pub.publish(f)
-            assert wait_until(lambda: node.stats.received >= n, 5)
+            assert wait_until(lambda n=n: node.stats.received >= n, 5)
 
         # a point, then a box around it, on frame 1 (not the newest): answered in input order on
         # frame 1, ids echoed, and the box's mask is not hidden by the point's
@@ -770,7 +772,8 @@ def test_real_saom_checkpoint_end_to_end(ros, tmp_path):
         masks = Collector(ros.tester, Image, f"/{name}/instance_mask")
         pub = ros.tester.create_publisher(Image, f"/{name}/image", CAMERA)
         msg = image_msg(3, w=72, h=40)
-        assert publish_until(pub, msg, dets, 1, timeout=30.0, also=(masks,)), "no detections and mask from the real model"
+        assert publish_until(pub, msg, dets, 1, timeout=30.0, also=(masks,)), \
+            "no detections and mask from the real model"
         det, mask = dets.msgs[0], masks.msgs[0]
         assert key(det.header) == key(msg.header) == key(mask.header)
         labels_img = mask_array(mask)
@@ -786,7 +789,7 @@ def _statuses(diags: Collector, name: str, after: float = 0.0) -> list:
     """(level, message, values) of `name`'s diagnostics received after time `after`."""
     out = []
     with diags._lock:
-        items = list(zip(diags.times, diags.msgs))
+        items = list(zip(diags.times, diags.msgs, strict=True))
     for t, arr in items:
         for st in arr.status:
             if t >= after and st.name.startswith(name + ":"):
