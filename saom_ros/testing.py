@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from saom_core.errors import ConfigError
 from saom_core.infer.types import Instance, Segmentation
 
 FAIL_PIXEL = (13, 13, 13)
@@ -39,6 +40,7 @@ class FakeSegmenter:
         self.n_instances = n_instances
         self.closed = False
         self.last_image: np.ndarray | None = None  # the RGB frame of the latest call
+        self.applied: list = []  # settings given to apply(), in order
         self.calls = 0
         self.prompt_calls = 0
         self.max_concurrent = 0
@@ -106,6 +108,13 @@ class FakeSegmenter:
             return Segmentation(height=h, width=w, instances=instances)
         finally:
             self._exit()
+
+    def apply(self, settings) -> None:
+        """Take new runtime settings (as SaomSegmenter.apply); recorded, the fake's output stays the same."""
+        unknown = [c for c in settings.keep_classes if c not in self.class_names]
+        if unknown:
+            raise ConfigError(f"keep_classes: unknown classes {unknown}; the model knows {self.class_names[1:]}")
+        self.applied.append(settings)
 
     def close(self) -> None:
         self.closed = True
