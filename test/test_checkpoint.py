@@ -31,10 +31,11 @@ def official_state_dict(config: str = "test") -> dict[str, torch.Tensor]:
     return build_model(get_config(config)).state_dict()
 
 
-def test_official_layout_loads_as_vanilla_sam(tmp_path):
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_official_layout_loads_as_vanilla_sam(tmp_path, zip_format):
     path = tmp_path / "sam_test.pth"
     state = official_state_dict()
-    torch.save(state, path)
+    torch.save(state, path, _use_new_zipfile_serialization=zip_format)  # both layouts torch has written
     model = load_model(path)  # config guessed from the shapes
     assert isinstance(model, Sam) and model.classifier is None and model.config.name == "test"
     for key, value in state.items():
