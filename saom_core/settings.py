@@ -82,7 +82,7 @@ class Settings:
         """A copy with every value checked and normalised (strings stripped, choices lower case,
         lists as tuples, whole floats as ints); ConfigError names the first bad one, after `prefix`
         (e.g. "parameter ")."""
-        return replace(self, **{f.name: check(type(self), f, getattr(self, f.name), prefix) for f in fields(self)})  # type: ignore[arg-type]
+        return replace(self, **{f.name: check(type(self), f, getattr(self, f.name), prefix) for f in fields(self)})  # type: ignore[type-var, arg-type]
 
     @classmethod
     def from_values(cls: type[S], values: Mapping[str, Any], prefix: str = "") -> S:
@@ -180,7 +180,7 @@ class Thresholds(Settings):
 
 def _tuned(name: str) -> Any:
     """A segmenter setting for one of the Thresholds: same Spec, unset (None) by default."""
-    return field(default=None, metadata=Thresholds.__dataclass_fields__[name].metadata)  # type: ignore[attr-defined]
+    return field(default=None, metadata=Thresholds.__dataclass_fields__[name].metadata)
 
 
 THRESHOLD_NAMES = tuple(f.name for f in fields(Thresholds))

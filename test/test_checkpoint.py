@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from segment_anything.modeling import Sam
 
 from saom_core.data.classes import ClassList
 from saom_core.errors import CheckpointError
@@ -22,7 +23,6 @@ from saom_core.model.checkpoint import (
 from saom_core.model.configs import get_config
 from saom_core.model.saom import build_model
 from saom_core.settings import Thresholds
-from segment_anything.modeling import Sam
 
 
 def official_state_dict(config: str = "test") -> dict[str, torch.Tensor]:

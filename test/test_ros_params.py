@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from saom_core.errors import ConfigError
-from saom_ros import model as model_mod
 from saom_core.settings import SegmenterSettings
+from saom_ros import model as model_mod
 from saom_ros.params import (
     DEFAULTS,
     PARAMETER_NAMES,
@@ -205,7 +205,6 @@ def test_release_closes_the_model():
 
 def test_default_factory_passes_the_parameters_and_warms_up(monkeypatch, ckpt):
     """load_from_params hands the node's parameters to saom_core's load_segmenter, then warms the model up."""
-    import inspect
 
     import saom_core.infer.segmenter as real
 

@@ -29,10 +29,10 @@ from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_
 from torchvision.ops import batched_nms
 
 from saom_core.errors import ConfigError
-from saom_core.settings import SegmenterSettings, Thresholds
 from saom_core.infer.types import Instance, Segmentation
 from saom_core.model.grid import grid_points
 from saom_core.model.saom import SaomModel
+from saom_core.settings import SegmenterSettings, Thresholds
 
 # After small-region removal the stock generator re-runs NMS at max(box_nms_thresh, crop_nms_thresh),
 # crop_nms_thresh defaulting to 0.7; kept so both generators return the same masks.

@@ -21,10 +21,10 @@ import torch
 from saom_core import __version__
 from saom_core.data.classes import ClassList
 from saom_core.errors import CheckpointError, ConfigError
-from saom_core.settings import THRESHOLD_NAMES, Thresholds
 from saom_core.io import atomic_torch_save
 from saom_core.model.configs import MODEL_CONFIGS, SamConfig, get_config
 from saom_core.model.saom import SaomModel, build_model
+from saom_core.settings import THRESHOLD_NAMES, Thresholds
 
 FORMAT = "saom"
 
