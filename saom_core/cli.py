@@ -103,8 +103,8 @@ def _segmenter_from(args: argparse.Namespace):
     from saom_core.infer.segmenter import load_segmenter
     from saom_core.settings import SegmenterSettings
 
-    values = {f.name: getattr(args, f.name) for f in fields(SegmenterSettings)}
-    return load_segmenter(str(args.checkpoint), SegmenterSettings.from_values(values))
+    # Options not given are None: load_segmenter then applies the schema's defaults.
+    return load_segmenter(str(args.checkpoint), **{f.name: getattr(args, f.name) for f in fields(SegmenterSettings)})
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
