@@ -26,8 +26,8 @@ from segment_anything import SamAutomaticMaskGenerator
 from saom_core.data.classes import ClassList
 from saom_core.data.reader import SaomDataset
 from saom_core.eval.matching import agreement
-from saom_core.infer.generator import EverythingGenerator, GeneratorConfig, generator_config
-from saom_core.model.checkpoint import load_model
+from saom_core.infer.generator import EverythingGenerator, GeneratorConfig
+from saom_core.model.checkpoint import load_checkpoint
 from saom_core.model.configs import get_config
 from saom_core.model.saom import build_model
 from saom_core.precision import reduced_precision
@@ -75,11 +75,10 @@ def main() -> None:
     else:
         if not args.checkpoint.exists():
             raise SystemExit(f"{args.checkpoint} not found: run `make demo` first or pass --checkpoint/--data")
-        model = load_model(args.checkpoint, device=device)
+        model, info = load_checkpoint(args.checkpoint, device=device)
         dataset = SaomDataset(args.data, split="test")
         frames = [dataset.load_image(i) for i in range(min(args.frames, len(dataset)))]
-        tuned = generator_config(model)  # the thresholds tuned for this checkpoint (else the paper's)
-        thresholds = {k: getattr(tuned, k) for k in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "min_mask_region_area")}
+        thresholds = info.tuned.values()  # the thresholds tuned for this checkpoint (else the paper's)
         source = str(args.checkpoint)
 
     stock = SamAutomaticMaskGenerator(model, points_per_side=args.points_per_side, **thresholds)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -117,13 +117,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _segmenter_from(args: argparse.Namespace):
     from saom_core.infer.segmenter import load_segmenter
+    from saom_core.settings import SegmenterSettings
 
-    return load_segmenter(
-        str(args.checkpoint), device=args.device, points_per_side=args.points_per_side,
-        pred_iou_thresh=args.pred_iou_thresh, box_nms_thresh=args.box_nms_thresh, stability_score_thresh=args.stability_thresh,
-        min_mask_region_area=args.min_region_area, keep_classes=args.keep_classes,
-        keep_background=args.keep_background, max_input_size=args.max_input_size, compile=args.compile, half=args.half,
-    )
+    # Options not given are None: load_segmenter then applies the schema's defaults.
+    return load_segmenter(str(args.checkpoint), **{f.name: getattr(args, f.name) for f in fields(SegmenterSettings)})
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
@@ -138,20 +135,38 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     return 1 if any(o.error for o in outcomes) else 0
 
 
+# Earlier spellings of some options, still accepted.
+_OLD_SPELLINGS = {"stability_score_thresh": ["--stability-thresh"], "min_mask_region_area": ["--min-region-area"]}
+
+
 def _add_generator_args(p: argparse.ArgumentParser) -> None:
+    """--checkpoint plus one option per segmenter setting (saom_core.settings.SegmenterSettings)."""
+    from saom_core.settings import SegmenterSettings, Thresholds, spec, value_type
+
     p.add_argument("--checkpoint", type=Path, required=True, help="SAOM checkpoint (or official SAM weights)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--points-per-side", type=int, default=32)
-    tuned = "default: the value tuned for the checkpoint, else the paper's"
-    p.add_argument("--pred-iou-thresh", type=float, default=None, help=f"{tuned} (0.3)")
-    p.add_argument("--stability-thresh", type=float, default=None, help=f"{tuned} (0.95)")
-    p.add_argument("--box-nms-thresh", type=float, default=None, help=f"{tuned} (0.3)")
-    p.add_argument("--min-region-area", type=int, default=None, help=f"{tuned} (150)")
-    p.add_argument("--keep-classes", nargs="+", default=None, help="only these classes")
-    p.add_argument("--keep-background", action="store_true", help="also output masks classed as background")
-    p.add_argument("--max-input-size", type=int, default=None, help="process larger frames at this size")
-    p.add_argument("--compile", action="store_true", help="torch.compile the decoder (one-off cost, then faster frames)")
-    p.add_argument("--half", action="store_true", help="reduced precision (bf16; fp16 on GPUs without bf16): faster, masks differ slightly")
+    for f in fields(SegmenterSettings):
+        s = spec(f)
+        base, _ = value_type(SegmenterSettings, f.name)
+        flags = [option_name(f.name), *_OLD_SPELLINGS.get(f.name, [])]
+        limits = s.range_text()
+        if s.tuned:
+            shown = f"default: the checkpoint's tuned value, else the paper's {getattr(Thresholds, f.name)}"
+        else:
+            value = " ".join(f.default) if isinstance(f.default, tuple) else str(f.default)
+            shown = f"default: {value or 'empty'}"
+        help_text = f"{s.help} ({limits + '; ' if limits else ''}{shown})".replace("%", "%%")
+        # default None everywhere: an option not given is not set, and the schema's default applies.
+        if base is bool:
+            p.add_argument(*flags, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif base is tuple:
+            p.add_argument(*flags, nargs="+", default=None, metavar="NAME", help=help_text)
+        else:
+            p.add_argument(*flags, type=base, default=None, help=help_text)
+
+
+def option_name(setting: str) -> str:
+    """The command-line option of a setting: pred_iou_thresh -> --pred-iou-thresh."""
+    return "--" + setting.replace("_", "-")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -57,7 +57,7 @@ def load_from_params(params: NodeParams) -> Segmenter:
         from saom_core.infer.segmenter import load_segmenter
     except ImportError as exc:
         raise SaomError(f"cannot import the SAOM segmenter (saom_core.infer.segmenter): {exc}") from exc
-    segmenter = load_segmenter(**params.segmenter_kwargs())
+    segmenter = load_segmenter(params.checkpoint, params.segmenter_settings())
     if params.warmup:
         segmenter.warmup()
     return segmenter

@@ -1,100 +1,59 @@
-"""The node's parameters: one schema, validated without ROS.
+"""The node's parameters: the segmenter's settings schema plus the node's own, validated without ROS.
 
-`PARAMETERS` lists every parameter the node declares (name, default, description); `validate`
-turns raw values (from rclpy, or from a params YAML read by `load_params_file`) into a checked
-`NodeParams` or raises `ConfigError` naming the parameter, the bad value and what is allowed.
-The node declares all of them with dynamic typing, so a wrong type in a YAML file reaches this
-validation (a clear configure failure) instead of an exception in the node's constructor.
+Every parameter is a field of `NodeParams`: the segmenter's (`saom_core.settings.SegmenterSettings`,
+the same settings as `saom segment`) and the node's own (`NodeSettings`), each with its default,
+range or choices, help text and whether it is runtime-safe (`saom_core.settings.Spec`). `PARAMETERS`
+is the table the node declares; `validate` turns raw values (from rclpy, or a params YAML read by
+`load_params_file`) into a checked `NodeParams` or raises `ConfigError` naming the parameter, the bad
+value and what is allowed. A parameter that is not set (rclpy's NOT_SET, a key absent from the YAML)
+takes its default; for the thresholds that is the checkpoint's tuned value.
+`python -m saom_ros.params --write-yaml config/saom.yaml` writes the documented params file.
 """
 from __future__ import annotations
 
+import argparse
 import os
-import re
-from dataclasses import dataclass, field, fields
+import textwrap
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 from saom_core.errors import ConfigError
+from saom_core.settings import SegmenterSettings, Settings, Thresholds, setting, spec, value_type
 
 NODE_NAME = "saom_node"
 
-RELIABILITIES = ("auto", "best_effort", "reliable")
+RELIABILITIES = ("best_effort", "reliable")
 TRANSPORTS = ("raw", "compressed")
-_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 @dataclass(frozen=True)
-class Param:
-    name: str
-    default: Any
-    description: str
+class NodeSettings(Settings):
+    """The node's own parameters (the segmenter's are SegmenterSettings)."""
 
-
-PARAMETERS: tuple[Param, ...] = (
-    # model
-    Param("checkpoint", "", "SAOM checkpoint file (required; configure fails when it is missing)"),
-    Param("model_config", "", "SAM architecture name (vit_b, vit_l, vit_h, ...); empty = read from the checkpoint"),
-    Param("device", "cpu", "cpu, cuda, cuda:N or auto (cuda when available)"),
-    Param("half", False, "reduced precision: bf16 (fp16 on GPUs without bf16); faster, masks differ slightly (bench/everything_mode.py)"),
-    Param("warmup", True, "run the model once on a blank frame at activate, so the first camera frame pays no set-up cost"),
-    Param("compile", False, "torch.compile the mask decoder at activate (one-off ~15-30 s on a CPU, then faster decoding)"),
-    Param("points_per_side", 32, "everything-mode prompt grid size (points per side)"),
-    Param("pred_iou_thresh", -1.0, "drop masks whose predicted IoU is below this [0, 1]; -1 = the checkpoint's tuned value (paper: 0.3)"),
-    Param("stability_score_thresh", -1.0, "drop masks whose stability score is below this [0, 1]; -1 = the checkpoint's tuned value (paper: 0.95)"),
-    Param("box_nms_thresh", -1.0, "box IoU for non-maximum suppression between instances (0, 1]; -1 = the checkpoint's tuned value (paper: 0.3)"),
-    Param("min_mask_region_area", -1, "remove mask islands and holes smaller than this (pixels, 0 = off); -1 = the checkpoint's tuned value (paper: 150)"),
-    Param("score_threshold", 0.0, "drop instances whose score (predicted IoU x class probability) is below this [0, 1]; published as LabelInfo.threshold"),
-    Param("keep_classes", [], "class names to keep (empty = all classes of the model)"),
-    Param("keep_background", False, "also output instances classified as background (class id 0)"),
-    Param("max_input_size", 1280, "downscale frames whose long side exceeds this before inference (pixels >= 16, 0 = never); outputs stay at input resolution"),
-    # inputs
-    Param("image_topic", "image_raw", "input image topic (remappable; `<image_topic>/compressed` when image_transport is compressed)"),
-    Param("image_transport", "raw", "raw (sensor_msgs/Image) or compressed (sensor_msgs/CompressedImage)"),
-    Param("image_reliability", "auto", "QoS reliability of the image subscription: auto (the camera publisher's, default), best_effort or reliable"),
-    Param("everything_mode", True, "segment every frame in everything mode (off: prompted mode only)"),
-    Param("prompts_enabled", True, "subscribe to ~/prompts (vision_msgs/Detection2DArray boxes or centre points)"),
-    Param("prompt_frame_buffer", 10, "recent frames kept to match prompts to their frame by stamp"),
-    # outputs
-    Param("publish_overlay", True, "publish ~/overlay (rgb8) while someone subscribes to it"),
-    Param("diagnostics_period", 1.0, "seconds between /diagnostics messages"),
-    Param("log_period", 10.0, "seconds between statistics log lines (0 = off)"),
-    # start-up
-    Param("autostart", True, "configure and activate at start-up (no lifecycle manager needed)"),
-)
-
-PARAMETER_NAMES = tuple(p.name for p in PARAMETERS)
-# Declared by every rclpy node itself; allowed in params files, not validated here.
-ROS_STANDARD_PARAMETERS = frozenset({"use_sim_time", "start_type_description_service"})
-DEFAULTS: dict[str, Any] = {p.name: p.default for p in PARAMETERS}
+    checkpoint: str = setting("", "SAOM checkpoint file (.pt); required: configure fails while it is empty or missing")
+    warmup: bool = setting(True, "run the model once on a blank frame at activate, so the first camera frame pays no set-up cost")
+    score_threshold: float = setting(0.0, "drop instances whose score (predicted IoU x class probability) is below this; "
+                                          "published as LabelInfo.threshold", lo=0.0, hi=1.0, runtime=True)
+    image_topic: str = setting("image_raw", "input image topic (remap it from the launch file; "
+                                            "`<image_topic>/compressed` when image_transport is compressed)")
+    image_transport: str = setting("raw", "raw (sensor_msgs/Image) or compressed (sensor_msgs/CompressedImage)", choices=TRANSPORTS)
+    image_reliability: str = setting(
+        "best_effort", "QoS reliability of the image subscription: best_effort (sensor data, matches every camera) or "
+        "reliable. Large frames sent best effort between processes over UDP need big socket buffers (ROS 2 DDS tuning); "
+        "with a reliable camera, reliable avoids that", choices=RELIABILITIES)
+    everything_mode: bool = setting(True, "segment every frame in everything mode (latest frame only; off: prompted mode only)")
+    prompts_enabled: bool = setting(True, "subscribe to ~/prompts (vision_msgs/Detection2DArray boxes or centre points)")
+    prompt_frame_buffer: int = setting(10, "recent frames kept to match prompts to their frame by stamp", lo=1, hi=1000)
+    publish_overlay: bool = setting(True, "publish ~/overlay (rgb8) while someone subscribes to it", runtime=True)
+    diagnostics_period: float = setting(1.0, "seconds between /diagnostics messages", lo=0.0, hi=3600.0, lo_open=True, runtime=True)
+    log_period: float = setting(10.0, "seconds between statistics log lines (0 = off)", lo=0.0, hi=86400.0, runtime=True)
+    autostart: bool = setting(True, "configure and activate at start-up (false: wait for a lifecycle manager)")
 
 
 @dataclass(frozen=True)
-class NodeParams:
-    checkpoint: str
-    model_config: str = ""
-    device: str = "cpu"
-    half: bool = False
-    warmup: bool = True
-    compile: bool = False
-    points_per_side: int = 32
-    pred_iou_thresh: float = -1.0  # -1: the checkpoint's tuned value (TUNED)
-    stability_score_thresh: float = -1.0
-    box_nms_thresh: float = -1.0
-    min_mask_region_area: int = -1
-    score_threshold: float = 0.0
-    keep_classes: tuple[str, ...] = field(default_factory=tuple)
-    keep_background: bool = False
-    max_input_size: int = 1280
-    image_topic: str = "image_raw"
-    image_transport: str = "raw"
-    image_reliability: str = "auto"
-    everything_mode: bool = True
-    prompts_enabled: bool = True
-    prompt_frame_buffer: int = 10
-    publish_overlay: bool = True
-    diagnostics_period: float = 1.0
-    log_period: float = 10.0
-    autostart: bool = True
+class NodeParams(NodeSettings, SegmenterSettings):
+    """Every parameter of the node, checked (build it with `validate`)."""
 
     @property
     def input_topic(self) -> str:
@@ -103,112 +62,64 @@ class NodeParams:
             return self.image_topic.rstrip("/") + "/compressed"
         return self.image_topic
 
-    def segmenter_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `saom_core.infer.segmenter.load_segmenter`."""
-        kwargs: dict[str, Any] = dict(
-            checkpoint=self.checkpoint,
-            device=self.device,
-            half=self.half,
-            points_per_side=self.points_per_side,
-            pred_iou_thresh=_tuned(self.pred_iou_thresh),
-            stability_score_thresh=_tuned(self.stability_score_thresh),
-            box_nms_thresh=_tuned(self.box_nms_thresh),
-            min_mask_region_area=_tuned(self.min_mask_region_area),
-            keep_classes=list(self.keep_classes) or None,
-            keep_background=self.keep_background,
-            max_input_size=self.max_input_size or None,
-            compile=self.compile,
-        )
-        if self.model_config:
-            kwargs["model_config"] = self.model_config
-        return kwargs
+    def segmenter_settings(self) -> SegmenterSettings:
+        """The settings for `saom_core.infer.segmenter.load_segmenter(params.checkpoint, ...)`."""
+        return SegmenterSettings(**{f.name: getattr(self, f.name) for f in fields(SegmenterSettings)})
+
+    def updated(self, changes: Mapping[str, Any]) -> NodeParams:
+        """These parameters with `changes` applied, all checked again (ConfigError names a bad one);
+        for parameter changes while the node runs."""
+        return validate({**self.values(), **changes}, check_files=False)
 
 
-assert tuple(f.name for f in fields(NodeParams)) == PARAMETER_NAMES, "PARAMETERS and NodeParams out of sync"
+Kind = Literal["bool", "int", "float", "str", "str_list"]
+_KINDS: dict[type, Kind] = {bool: "bool", int: "int", float: "float", str: "str", tuple: "str_list"}
 
 
-def _bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    raise ConfigError(f"parameter {name}: expected true or false, got {value!r}")
+@dataclass(frozen=True)
+class Param:
+    """One declared parameter, as the node's ParameterDescriptor and the params YAML need it."""
+
+    name: str
+    default: Any  # as a ROS parameter value: None = not set, lists for string arrays
+    description: str  # help, range, runtime safety and what "not set" means
+    kind: Kind
+    read_only: bool  # changing it needs a reconfigure (the model is reloaded); else runtime-safe
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False  # lo itself is not allowed (ROS ranges cannot say so: validate does)
+    choices: tuple[str, ...] | None = None
 
 
-def _int(name: str, value: Any, lo: int | None = None, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise ConfigError(f"parameter {name}: expected an integer, got {value!r}")
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ConfigError(f"parameter {name}: {value} is out of range [{lo}, {'inf' if hi is None else hi}]")
-    return value
+def _describe(name: str) -> str:
+    s = spec(NodeParams.__dataclass_fields__[name])
+    notes = [s.range_text() if s.choices or s.allowed_text else f"range {s.range_text()}" if s.range_text() else "",
+             "runtime-safe" if s.runtime else "",
+             f"not set: the checkpoint's tuned value, paper {getattr(Thresholds, name)}" if s.tuned else ""]
+    notes = [n for n in notes if n]
+    return s.help + (f" ({'; '.join(notes)})" if notes else "")
 
 
-def _float(name: str, value: Any, lo: float | None = None, hi: float | None = None,
-            lo_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"parameter {name}: expected a number, got {value!r}")
-    value = float(value)
-    if value != value:  # NaN
-        raise ConfigError(f"parameter {name}: NaN is not allowed")
-    too_low = lo is not None and (value <= lo if lo_open else value < lo)
-    if too_low or (hi is not None and value > hi):
-        left = "(" if lo_open else "["
-        raise ConfigError(f"parameter {name}: {value} is out of range {left}{lo}, {'inf' if hi is None else hi}]")
-    return value
+def _param(name: str) -> Param:
+    f = NodeParams.__dataclass_fields__[name]
+    s = spec(f)
+    base, _ = value_type(NodeParams, name)
+    default = list(f.default) if isinstance(f.default, tuple) else f.default
+    return Param(name, default, _describe(name), _KINDS[base], not s.runtime, s.lo, s.hi, s.lo_open, s.choices)
 
 
-def _str(name: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(f"parameter {name}: expected a string, got {value!r}")
-    return value
-
-
-def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    value = _str(name, value).strip().lower()
-    if value not in choices:
-        raise ConfigError(f"parameter {name}: {value!r} is not one of {', '.join(choices)}")
-    return value
-
-
-def _str_list(name: str, value: Any) -> tuple[str, ...]:
-    if value is None or value == "":
-        return ()
-    if isinstance(value, str):  # "mug, bottle" from a command line
-        return tuple(v.strip() for v in value.split(",") if v.strip())
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return tuple(v.strip() for v in value if v.strip())
-    if isinstance(value, (list, tuple, bytes)) and len(value) == 0:
-        return ()
-    raise ConfigError(f"parameter {name}: expected a list of class names, got {value!r}")
-
-
-def _max_input_size(value: Any) -> int:
-    value = _int("max_input_size", value, 0, 16384)
-    if 0 < value < 16:
-        raise ConfigError(f"parameter max_input_size: {value} is too small (0 = never downscale, else >= 16 pixels)")
-    return value
-
-
-TUNED = -1  # a threshold parameter at -1 takes the value tuned for the checkpoint
-
-
-def _tuned(value: float) -> float | None:
-    """None (= the checkpoint's tuned value) for the TUNED sentinel."""
-    return None if value == TUNED else value
-
-
-def _or_tuned(check: Any, name: str, value: Any, *args: Any, **kwargs: Any) -> Any:
-    """-1 passes through (the checkpoint's value); anything else is checked as usual."""
-    if not isinstance(value, bool) and isinstance(value, (int, float)) and value == TUNED:
-        return type(DEFAULTS[name])(TUNED)
-    return check(name, value, *args, **kwargs)
+# The node's own parameters first (checkpoint at the top of the params file), then the segmenter's.
+_GROUPS = (("node", NodeSettings), ("segmenter: the same settings as `saom segment` (saom_core/settings.py)", SegmenterSettings))
+PARAMETERS: tuple[Param, ...] = tuple(_param(f.name) for _, group in _GROUPS for f in fields(group))
+PARAMETER_NAMES = tuple(p.name for p in PARAMETERS)
+RUNTIME_PARAMETERS = frozenset(p.name for p in PARAMETERS if not p.read_only)
+# Declared by every rclpy node itself; allowed in params files, not validated here.
+ROS_STANDARD_PARAMETERS = frozenset({"use_sim_time", "start_type_description_service"})
+DEFAULTS: dict[str, Any] = {p.name: p.default for p in PARAMETERS}
 
 
 def validate(raw: Mapping[str, Any], check_files: bool = True) -> NodeParams:
-    """Check raw parameter values (missing ones take their defaults); raise ConfigError on the first problem.
+    """Check raw parameter values (missing or unset ones take their defaults); raise ConfigError on the first problem.
 
     Unknown names are an error too: a misspelled key that is silently ignored is worse than a failure.
     """
@@ -216,14 +127,12 @@ def validate(raw: Mapping[str, Any], check_files: bool = True) -> NodeParams:
                      if not k.startswith("qos_overrides."))
     if unknown:
         raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(PARAMETER_NAMES)}")
-    v = dict(DEFAULTS)
-    v.update({k: val for k, val in raw.items() if k in DEFAULTS and (val is not None or k == "keep_classes")})
+    params = NodeParams.from_values({k: v for k, v in raw.items() if k in DEFAULTS}, prefix="parameter ")
 
-    checkpoint = _str("checkpoint", v["checkpoint"]).strip()
-    if not checkpoint:
+    if not params.checkpoint:
         raise ConfigError("parameter checkpoint: no checkpoint given (set `checkpoint` to a SAOM .pt file, "
                           "e.g. --ros-args -p checkpoint:=/path/to/saom.pt)")
-    checkpoint = os.path.expanduser(checkpoint)
+    checkpoint = os.path.expanduser(params.checkpoint)
     if check_files:
         path = Path(checkpoint)
         if not path.exists():
@@ -232,47 +141,11 @@ def validate(raw: Mapping[str, Any], check_files: bool = True) -> NodeParams:
             raise ConfigError(f"parameter checkpoint: {checkpoint} is not a file")
         if not os.access(path, os.R_OK):
             raise ConfigError(f"parameter checkpoint: {checkpoint} is not readable")
-
-    device = _str("device", v["device"]).strip().lower()
-    if not _DEVICE_RE.match(device):
-        raise ConfigError(f"parameter device: {device!r} is not cpu, cuda, cuda:N or auto")
-    half = _bool("half", v["half"])
-
-    image_topic = _str("image_topic", v["image_topic"]).strip()
-    if not image_topic:
+    if not params.image_topic:
         raise ConfigError("parameter image_topic: empty topic name")
-    everything_mode = _bool("everything_mode", v["everything_mode"])
-    prompts_enabled = _bool("prompts_enabled", v["prompts_enabled"])
-    if not everything_mode and not prompts_enabled:
+    if not params.everything_mode and not params.prompts_enabled:
         raise ConfigError("parameters everything_mode and prompts_enabled are both false: the node would do nothing")
-
-    return NodeParams(
-        checkpoint=checkpoint,
-        model_config=_str("model_config", v["model_config"]).strip(),
-        device=device,
-        half=half,
-        warmup=_bool("warmup", v["warmup"]),
-        compile=_bool("compile", v["compile"]),
-        points_per_side=_int("points_per_side", v["points_per_side"], 1, 256),
-        pred_iou_thresh=_or_tuned(_float, "pred_iou_thresh", v["pred_iou_thresh"], 0.0, 1.0),
-        stability_score_thresh=_or_tuned(_float, "stability_score_thresh", v["stability_score_thresh"], 0.0, 1.0),
-        box_nms_thresh=_or_tuned(_float, "box_nms_thresh", v["box_nms_thresh"], 0.0, 1.0, lo_open=True),
-        min_mask_region_area=_or_tuned(_int, "min_mask_region_area", v["min_mask_region_area"], 0),
-        score_threshold=_float("score_threshold", v["score_threshold"], 0.0, 1.0),
-        keep_classes=_str_list("keep_classes", v["keep_classes"]),
-        keep_background=_bool("keep_background", v["keep_background"]),
-        max_input_size=_max_input_size(v["max_input_size"]),
-        image_topic=image_topic,
-        image_transport=_choice("image_transport", v["image_transport"], TRANSPORTS),
-        image_reliability=_choice("image_reliability", v["image_reliability"], RELIABILITIES),
-        everything_mode=everything_mode,
-        prompts_enabled=prompts_enabled,
-        prompt_frame_buffer=_int("prompt_frame_buffer", v["prompt_frame_buffer"], 1, 1000),
-        publish_overlay=_bool("publish_overlay", v["publish_overlay"]),
-        diagnostics_period=_float("diagnostics_period", v["diagnostics_period"], 0.0, 3600.0, lo_open=True),
-        log_period=_float("log_period", v["log_period"], 0.0, 86400.0),
-        autostart=_bool("autostart", v["autostart"]),
-    )
+    return replace(params, checkpoint=checkpoint)
 
 
 def check_classes(params: NodeParams, class_names: list[str]) -> None:
@@ -319,3 +192,52 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = val
     return out
+
+
+YAML_HEADER = """\
+# Parameters of saom_node (ros2 launch saom_ros saom.launch.py params_file:=...; or
+# ros2 run saom_ros saom_node --ros-args --params-file config/saom.yaml -p checkpoint:=/path/saom.pt).
+# `/**` applies them to the node whatever its name or namespace. Every key below is a declared
+# parameter; an unknown key or a bad value makes configure fail with a message naming it. A key left
+# out (or commented out) is not set and takes its default; for the thresholds that is the value tuned
+# for the checkpoint at training (stored in it). Parameters are read when the node configures; the
+# runtime-safe ones need no model reload to change.
+# Generated from the settings schema (saom_core/settings.py, saom_ros/params.py) by
+# `python -m saom_ros.params --write-yaml config/saom.yaml`: edit the schema, then regenerate.
+"""
+
+
+def _yaml_value(value: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("\n...").strip()
+
+
+def params_yaml() -> str:
+    """config/saom.yaml: every parameter with its default and its description as a comment."""
+    lines = [YAML_HEADER.rstrip("\n"), "/**:", "  ros__parameters:"]
+    for title, group in _GROUPS:
+        lines.append(f"    # --- {title} ---")
+        for f in fields(group):
+            param = _param(f.name)
+            lines += textwrap.wrap(param.description, 100, initial_indent="    # ", subsequent_indent="    #   ")
+            if param.default is None:
+                lines.append(f"    # {param.name}: {_yaml_value(getattr(Thresholds, param.name))}")
+            else:
+                lines.append(f"    {param.name}: {_yaml_value(param.default)}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m saom_ros.params", description="write the node's documented params file")
+    parser.add_argument("--write-yaml", type=Path, required=True, metavar="PATH", help="e.g. config/saom.yaml")
+    args = parser.parse_args(argv)
+    from saom_core.io import atomic_write_text
+
+    atomic_write_text(args.write_yaml, params_yaml())
+    print(f"wrote {args.write_yaml}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

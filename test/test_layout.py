@@ -129,8 +129,10 @@ def test_saom_bag_is_a_plugin_subcommand_from_saom_ros():
         f"`saom bag` is not registered (entry points: {plugins}); setup.py declares it under "
         f"'{cli.SUBCOMMAND_GROUP}': reinstall the package (make setup) to refresh its metadata")
     parser = cli.build_parser()
-    args = parser.parse_args(["bag", "--checkpoint", "m.pt", "in", "out", "--topic", "/camera/image_raw"])
-    assert args.handler.__module__ == "saom_ros.bag" and args.points_per_side == 32
+    args = parser.parse_args(["bag", "--checkpoint", "m.pt", "in", "out", "--topic", "/camera/image_raw",
+                              "--points-per-side", "16"])
+    # the plug-in gets the core's model options (generated from the settings schema)
+    assert args.handler.__module__ == "saom_ros.bag" and args.points_per_side == 16
 
 
 def test_a_broken_plugin_is_named_and_the_other_commands_still_work(monkeypatch, capsys):

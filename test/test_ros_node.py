@@ -668,14 +668,16 @@ def test_params_file_loads_into_the_declared_parameters(ros, ckpt):
     """config/saom.yaml through rcl's own YAML parser: every key is a declared parameter and validates."""
     import yaml
 
-    from saom_ros.params import PARAMETER_NAMES, load_params_file
+    from saom_ros.params import PARAMETER_NAMES, PARAMETERS, load_params_file
 
     node = SaomNode("saom_yaml", context=ros.ctx, segmenter_factory=Factory(),
                     cli_args=["--ros-args", "--params-file", str(REPO / "config" / "saom.yaml"),
                               "-p", f"checkpoint:={ckpt}"])
     try:
         yaml_params = yaml.safe_load((REPO / "config" / "saom.yaml").read_text())["/**"]["ros__parameters"]
-        assert set(yaml_params) == set(PARAMETER_NAMES)
+        unset = {p.name for p in PARAMETERS if p.default is None}  # the thresholds: the checkpoint's tuned values
+        assert set(yaml_params) == set(PARAMETER_NAMES) - unset
+        assert all(node.get_parameter(name).value is None for name in unset)
         for name, value in yaml_params.items():
             if name == "checkpoint":
                 continue

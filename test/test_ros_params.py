@@ -7,10 +7,13 @@ from pathlib import Path
 import pytest
 
 from saom_core.errors import ConfigError
+from saom_core.settings import SegmenterSettings
 from saom_ros import model as model_mod
 from saom_ros.params import (
     DEFAULTS,
     PARAMETER_NAMES,
+    PARAMETERS,
+    RUNTIME_PARAMETERS,
     NodeParams,
     check_classes,
     load_params_file,
@@ -19,9 +22,6 @@ from saom_ros.params import (
 from saom_ros.testing import FakeSegmenter
 
 REPO = Path(__file__).resolve().parents[1]
-LOAD_SEGMENTER_ARGS = {"checkpoint", "device", "half", "points_per_side", "pred_iou_thresh", "box_nms_thresh",
-                       "min_mask_region_area", "keep_classes", "keep_background", "max_input_size",
-                       "stability_score_thresh", "compile"}
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def ckpt(tmp_path) -> str:
 def test_defaults_validate_with_a_checkpoint(ckpt):
     p = validate({"checkpoint": ckpt})
     assert isinstance(p, NodeParams)
-    assert p.checkpoint == ckpt and p.device == "cpu" and p.image_reliability == "best_effort"
+    assert p.checkpoint == ckpt and p.device == "auto" and p.image_reliability == "best_effort"
     assert p.input_topic == "image_raw" and p.keep_classes == ()
     assert set(DEFAULTS) == set(PARAMETER_NAMES)
 
@@ -48,13 +48,14 @@ def test_defaults_validate_with_a_checkpoint(ckpt):
     ({"half": "yes"}, "half: expected true or false"),
     ({"pred_iou_thresh": 1.5}, "pred_iou_thresh: 1.5 is out of range"),
     ({"pred_iou_thresh": "high"}, "pred_iou_thresh: expected a number"),
-    ({"box_nms_thresh": 0.0}, r"box_nms_thresh: 0.0 is out of range \(0.0"),
+    ({"box_nms_thresh": 0.0}, r"box_nms_thresh: 0.0 is out of range \(0, 1\]"),
     ({"points_per_side": 2.5}, "points_per_side: expected an integer"),
     ({"points_per_side": 0}, "points_per_side: 0 is out of range"),
     ({"min_mask_region_area": -2}, "min_mask_region_area"),
     ({"image_reliability": "sometimes"}, "image_reliability: 'sometimes' is not one of best_effort, reliable"),
     ({"image_transport": "theora"}, "image_transport"),
-    ({"keep_classes": [1, 2]}, "keep_classes: expected a list of class names"),
+    ({"keep_classes": [1, 2]}, "keep_classes: expected a list of names"),
+    ({"pred_iou_thresh": -1.0}, "leave it unset for the checkpoint's tuned value"),
     ({"diagnostics_period": 0}, "diagnostics_period"),
     ({"everything_mode": False, "prompts_enabled": False}, "would do nothing"),
     ({"pred_iou_tresh": 0.5}, "unknown parameter.*pred_iou_tresh"),
@@ -80,24 +81,41 @@ def test_coercions(ckpt, tmp_path):
         validate({"checkpoint": str(tmp_path)})
 
 
-def test_segmenter_kwargs_match_load_segmenter(ckpt):
-    p = validate({"checkpoint": ckpt, "keep_classes": ["mug"], "max_input_size": 512})
-    kwargs = p.segmenter_kwargs()
-    assert set(kwargs) == LOAD_SEGMENTER_ARGS
-    assert kwargs["keep_classes"] == ["mug"] and kwargs["max_input_size"] == 512
-    assert validate({"checkpoint": ckpt}).segmenter_kwargs()["max_input_size"] is None
-    assert validate({"checkpoint": ckpt, "model_config": "vit_b"}).segmenter_kwargs()["model_config"] == "vit_b"
-    try:
-        from saom_core.infer.segmenter import load_segmenter
-    except ImportError:  # the real loader lands separately; its documented signature is the contract
-        return
-    accepted = set(inspect.signature(load_segmenter).parameters)
-    assert LOAD_SEGMENTER_ARGS <= accepted
+def test_segmenter_settings_are_the_segmenter_parameters(ckpt):
+    p = validate({"checkpoint": ckpt, "keep_classes": ["mug"], "max_input_size": 512, "model_config": "vit_b"})
+    settings = p.segmenter_settings()
+    assert isinstance(settings, SegmenterSettings) and settings == settings.validate()
+    assert settings.keep_classes == ("mug",) and settings.max_input_size == 512 and settings.model_config == "vit_b"
+    assert validate({"checkpoint": ckpt}).segmenter_settings() == SegmenterSettings()
+
+
+def test_parameter_table(ckpt):
+    by_name = {p.name: p for p in PARAMETERS}
+    assert by_name["pred_iou_thresh"].default is None and by_name["pred_iou_thresh"].kind == "float"
+    assert (by_name["pred_iou_thresh"].lo, by_name["pred_iou_thresh"].hi) == (0.0, 1.0)
+    assert by_name["box_nms_thresh"].lo_open and by_name["keep_classes"].default == [] and by_name["keep_classes"].kind == "str_list"
+    assert by_name["image_reliability"].choices == ("best_effort", "reliable") and by_name["device"].read_only
+    assert {"score_threshold", "keep_classes", "keep_background", "publish_overlay", "pred_iou_thresh", "points_per_side",
+            "diagnostics_period", "log_period"} <= RUNTIME_PARAMETERS
+    assert not {"checkpoint", "device", "half", "compile", "image_topic", "model_config"} & RUNTIME_PARAMETERS
+    assert "not set: the checkpoint's tuned value, paper 0.3" in by_name["pred_iou_thresh"].description
+
+
+def test_updated_checks_the_changes(ckpt):
+    p = validate({"checkpoint": ckpt})
+    q = p.updated({"score_threshold": 0.5, "keep_classes": "mug"})
+    assert (q.score_threshold, q.keep_classes, q.checkpoint) == (0.5, ("mug",), p.checkpoint)
+    with pytest.raises(ConfigError, match="parameter score_threshold: 2.0 is out of range"):
+        p.updated({"score_threshold": 2.0})
+    with pytest.raises(ConfigError, match="would do nothing"):
+        p.updated({"everything_mode": False, "prompts_enabled": False})
 
 
 def test_config_yaml_sets_every_parameter_and_validates(ckpt):
     raw = load_params_file(REPO / "config" / "saom.yaml")
-    assert set(raw) == set(PARAMETER_NAMES), "config/saom.yaml should document every parameter"
+    unset = {name for name, value in DEFAULTS.items() if value is None}
+    assert unset == {"pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "min_mask_region_area"}
+    assert set(raw) == set(PARAMETER_NAMES) - unset, "config/saom.yaml should set every parameter that has a value"
     assert raw["checkpoint"] == ""
     with pytest.raises(ConfigError, match="no checkpoint given"):
         validate(raw)
@@ -187,7 +205,6 @@ def test_release_closes_the_model():
 
 def test_default_factory_passes_the_parameters_and_warms_up(monkeypatch, ckpt):
     """load_from_params hands the node's parameters to saom_core's load_segmenter, then warms the model up."""
-    import inspect
 
     import saom_core.infer.segmenter as real
 
@@ -200,14 +217,15 @@ def test_default_factory_passes_the_parameters_and_warms_up(monkeypatch, ckpt):
         def warmup(self) -> None:
             self.warmed = True
 
-    def loader(**kwargs):
-        seen.update(kwargs)
+    def loader(checkpoint, settings=None, **overrides):
+        seen.update(checkpoint=checkpoint, settings=settings, overrides=overrides)
         return Warmable()
 
     monkeypatch.setattr(real, "load_segmenter", loader)
     segmenter = model_mod.load_from_params(validate({"checkpoint": ckpt, "points_per_side": 8, "model_config": "vit_b"}))
-    assert set(seen) <= accepted, f"parameters load_segmenter does not take: {set(seen) - accepted}"
-    assert seen["checkpoint"] == ckpt and seen["points_per_side"] == 8 and seen["model_config"] == "vit_b"
+    assert {"checkpoint", "settings"} <= accepted
+    assert seen["checkpoint"] == ckpt and seen["overrides"] == {}
+    assert seen["settings"].points_per_side == 8 and seen["settings"].model_config == "vit_b"
     assert segmenter.warmed
     assert not model_mod.load_from_params(validate({"checkpoint": ckpt, "warmup": False})).warmed
 
@@ -234,10 +252,9 @@ def test_cuda_device_is_checked_at_configure():
             model_mod.check_device("cuda:0")
 
 
-def test_threshold_minus_one_means_the_checkpoints_tuned_value(ckpt):
-    params = validate({"checkpoint": ckpt})
-    kwargs = params.segmenter_kwargs()
+def test_unset_thresholds_take_the_checkpoints_tuned_value(ckpt):
+    settings = validate({"checkpoint": ckpt, "pred_iou_thresh": None}).segmenter_settings()
     for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "min_mask_region_area"):
-        assert kwargs[name] is None, name  # load_segmenter then uses the checkpoint's value
-    explicit = validate({"checkpoint": ckpt, "pred_iou_thresh": 0.5, "min_mask_region_area": 0}).segmenter_kwargs()
-    assert explicit["pred_iou_thresh"] == 0.5 and explicit["min_mask_region_area"] == 0
+        assert getattr(settings, name) is None, name  # load_segmenter then uses the checkpoint's value
+    explicit = validate({"checkpoint": ckpt, "pred_iou_thresh": 0.5, "min_mask_region_area": 0}).segmenter_settings()
+    assert explicit.pred_iou_thresh == 0.5 and explicit.min_mask_region_area == 0

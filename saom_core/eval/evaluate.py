@@ -18,8 +18,9 @@ from saom_core.eval.report import write_report
 from saom_core.infer.generator import GeneratorConfig, generator_config
 from saom_core.infer.segmenter import SaomSegmenter, resolve_device
 from saom_core.infer.types import Segmentation
-from saom_core.model.checkpoint import load_model
+from saom_core.model.checkpoint import load_checkpoint
 from saom_core.model.saom import SaomModel
+from saom_core.settings import SegmenterSettings, Thresholds
 from saom_core.viz import draw_instances, save_rgb_png
 
 # Vanilla SAM is run as released (SamAutomaticMaskGenerator defaults); SAOM with the paper's tuned values.
@@ -44,10 +45,10 @@ def machine_description(device: torch.device) -> str:
     return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
 
 
-def generator_for(model: SaomModel, points_per_side: int) -> GeneratorConfig:
+def generator_for(model: SaomModel, points_per_side: int, tuned: Thresholds) -> GeneratorConfig:
     """A SAOM model's own tuned settings (its checkpoint's, else the paper's); stock SAM's for vanilla SAM."""
     if model.classifier is not None:
-        return generator_config(model, points_per_side=points_per_side)
+        return generator_config(SegmenterSettings(points_per_side=points_per_side), tuned)
     return GeneratorConfig(**{**asdict(STOCK_SAM_SETTINGS), "points_per_side": points_per_side})
 
 
@@ -71,8 +72,8 @@ def evaluate(
     out_dir = Path(out_dir)
     device = resolve_device(settings.device)
     dataset = SaomDataset(dataset_root, split=settings.split)
-    saom = load_model(saom_checkpoint, device=device)
-    baseline = load_model(baseline_checkpoint, device=device)
+    saom, saom_info = load_checkpoint(saom_checkpoint, device=device)
+    baseline, baseline_info = load_checkpoint(baseline_checkpoint, device=device)
     by_prompt = evaluate_point_prompts(
         {"baseline": baseline, "saom": saom}, dataset, POINT_PROMPTS, settings.points_per_side, assign_with="saom",
         max_frames=settings.max_frames, device=device, progress=progress,
@@ -98,8 +99,8 @@ def evaluate(
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "settings": asdict(settings),
     }
-    for name, model in (("baseline", baseline), ("saom", saom)):
-        config = generator_for(model, settings.points_per_side)
+    for name, model, info in (("baseline", baseline, baseline_info), ("saom", saom, saom_info)):
+        config = generator_for(model, settings.points_per_side, info.tuned)
         segmenter = SaomSegmenter(model, config)
         everything = run_everything(
             segmenter.segment, dataset, model.classifier is not None, max_frames=settings.everything_frames,

@@ -32,6 +32,7 @@ from saom_core.errors import ConfigError
 from saom_core.infer.types import Instance, Segmentation
 from saom_core.model.grid import grid_points
 from saom_core.model.saom import SaomModel
+from saom_core.settings import SegmenterSettings, Thresholds
 
 # After small-region removal the stock generator re-runs NMS at max(box_nms_thresh, crop_nms_thresh),
 # crop_nms_thresh defaulting to 0.7; kept so both generators return the same masks.
@@ -40,29 +41,35 @@ STOCK_CROP_NMS_THRESH = 0.7
 
 @dataclass
 class GeneratorConfig:
-    points_per_side: int = 32
-    points_per_batch: int | None = None  # prompts per decoder call; None: 64 on a CPU (measured fastest: fits the caches), 256 on a GPU
-    pred_iou_thresh: float = 0.3  # SAOM's tuned value (stock SAM: 0.88)
-    stability_score_thresh: float = 0.95
+    """The generator's resolved settings: build them with `generator_config`. The user-facing
+    ones, their defaults and ranges are defined in saom_core.settings; the rest are tuning
+    knobs of this implementation."""
+
+    points_per_side: int = SegmenterSettings.points_per_side
+    points_per_batch: int | None = None  # prompts per decoder call; None: 64 on a CPU (fits the caches), 256 on a GPU
+    pred_iou_thresh: float = Thresholds.pred_iou_thresh
+    stability_score_thresh: float = Thresholds.stability_score_thresh
     stability_score_offset: float = 1.0
-    box_nms_thresh: float = 0.3  # SAOM's tuned value (stock SAM: 0.7)
-    min_mask_region_area: int = 150  # SAOM's tuned value (stock SAM: 0)
+    box_nms_thresh: float = Thresholds.box_nms_thresh
+    min_mask_region_area: int = Thresholds.min_mask_region_area
     frame_batch: int = 64  # candidates upsampled to the frame at once (memory: frame_batch x H x W floats)
-    compile: bool = False  # torch.compile the decoder: a one-off compile (~15 s on a CPU), then faster decoding (bench/everything_mode.py)
+    compile: bool = SegmenterSettings.compile
     multimask: Literal["auto", "best", "all"] = "auto"  # auto: best for SAOM, all for vanilla SAM
-    keep_background: bool = False
+    keep_background: bool = SegmenterSettings.keep_background
     keep_classes: list[str] | None = None  # None: every class of the model
 
 
-TUNABLE = ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "min_mask_region_area")
-
-
-def generator_config(model: SaomModel, **overrides: object) -> GeneratorConfig:
-    """Settings for a model: the paper's values, then the thresholds tuned for this model at training
-    (stored in its checkpoint), then explicit overrides (None = not overridden)."""
-    values = {k: v for k, v in model.generator_defaults.items() if k in TUNABLE}
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return GeneratorConfig(**values)
+def generator_config(settings: SegmenterSettings, tuned: Thresholds | None = None) -> GeneratorConfig:
+    """The generator's config for checked settings: thresholds left unset take `tuned` (the values
+    tuned for the model, from its checkpoint), else the paper's."""
+    thresholds = settings.thresholds(tuned)
+    return GeneratorConfig(
+        points_per_side=settings.points_per_side,
+        compile=settings.compile,
+        keep_background=settings.keep_background,
+        keep_classes=list(settings.keep_classes) or None,
+        **thresholds.values(),
+    )
 
 
 @dataclass

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import gc
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -17,9 +19,10 @@ from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_
 from saom_core.errors import ConfigError, ImageError
 from saom_core.infer.generator import EverythingGenerator, GeneratorConfig, generator_config
 from saom_core.infer.types import Instance, Segmentation
-from saom_core.model.checkpoint import load_model
+from saom_core.model.checkpoint import load_checkpoint
 from saom_core.model.saom import DecoderOutput, SaomModel
 from saom_core.precision import reduced_precision
+from saom_core.settings import SegmenterSettings, Thresholds
 
 
 def resolve_device(name: str) -> torch.device:
@@ -49,11 +52,20 @@ def check_frame(image: np.ndarray) -> np.ndarray:
 class SaomSegmenter:
     """Implements `saom_core.infer.types.Segmenter`."""
 
-    def __init__(self, model: SaomModel, config: GeneratorConfig, half: bool = False, max_input_size: int | None = None) -> None:
+    def __init__(self, model: SaomModel, config: GeneratorConfig, half: bool = False, max_input_size: int | None = None,
+                 tuned: Thresholds | None = None) -> None:
         self.model = model.eval()
         self.max_input_size = max_input_size
+        self.tuned = tuned or Thresholds()  # the checkpoint's: what apply() gives unset thresholds
         self.generator = EverythingGenerator(model, config, amp_dtype=reduced_precision(model.device) if half else None)
         self.class_names = model.class_names
+
+    def apply(self, settings: SegmenterSettings) -> None:
+        """Use new per-frame settings (grid, thresholds, classes) without reloading the model; the
+        settings fixed at load (device, half, compile, max_input_size) are not changed."""
+        checked = settings.validate()
+        config = replace(generator_config(checked, self.tuned), compile=self.generator.config.compile)
+        self.generator = EverythingGenerator(self.model, config, amp_dtype=self.generator.amp_dtype)
 
     # ---- frames ------------------------------------------------------------------------------
     def _shrink(self, image: np.ndarray) -> np.ndarray:
@@ -153,45 +165,15 @@ class SaomSegmenter:
             torch.cuda.empty_cache()
 
 
-def load_segmenter(
-    checkpoint: str,
-    device: str = "cpu",
-    half: bool = False,
-    points_per_side: int = 32,
-    pred_iou_thresh: float | None = None,
-    box_nms_thresh: float | None = None,
-    min_mask_region_area: int | None = None,
-    keep_classes: list[str] | None = None,
-    keep_background: bool = False,
-    max_input_size: int | None = None,
-    stability_score_thresh: float | None = None,
-    model_config: str | None = None,
-    compile: bool = False,
-) -> SaomSegmenter:
+def load_segmenter(checkpoint: str | Path, settings: SegmenterSettings | None = None, **overrides: Any) -> SaomSegmenter:
     """Load a SAOM (or official SAM) checkpoint for inference; errors name the bad file or value.
 
-    Thresholds left at None take the values tuned for this model (stored in its checkpoint), else
-    the paper's (pred IoU 0.3, box NMS 0.3, min region area 150, stability 0.95).
+    `settings` and/or keyword `overrides` by name (the fields of saom_core.settings.SegmenterSettings:
+    device, half, points_per_side, pred_iou_thresh, keep_classes, ...). Thresholds left unset take the
+    values tuned for this model (stored in its checkpoint), else the paper's.
     """
-    if points_per_side < 1:
-        raise ConfigError(f"points_per_side must be >= 1, got {points_per_side}")
-    for name, value in (("pred_iou_thresh", pred_iou_thresh), ("box_nms_thresh", box_nms_thresh), ("stability_score_thresh", stability_score_thresh)):
-        if value is not None and not 0.0 <= value <= 1.0:
-            raise ConfigError(f"{name} must be within [0, 1], got {value}")
-    if min_mask_region_area is not None and min_mask_region_area < 0:
-        raise ConfigError(f"min_mask_region_area must be >= 0, got {min_mask_region_area}")
-    if max_input_size is not None and max_input_size < 16:
-        raise ConfigError(f"max_input_size must be >= 16 pixels, got {max_input_size}")
-    model = load_model(checkpoint, model_config, resolve_device(device))
-    config = generator_config(
-        model,
-        points_per_side=points_per_side,
-        pred_iou_thresh=pred_iou_thresh,
-        box_nms_thresh=box_nms_thresh,
-        min_mask_region_area=min_mask_region_area,
-        stability_score_thresh=stability_score_thresh,
-        keep_classes=list(keep_classes) if keep_classes else None,
-        keep_background=keep_background,
-        compile=compile,
-    )
-    return SaomSegmenter(model, config, half=half, max_input_size=max_input_size)
+    values = {**(settings or SegmenterSettings()).values(), **overrides}
+    checked = SegmenterSettings.from_values(values)
+    model, info = load_checkpoint(checkpoint, checked.model_config or None, resolve_device(checked.device))
+    return SaomSegmenter(model, generator_config(checked, info.tuned), half=checked.half,
+                         max_input_size=checked.max_input_size or None, tuned=info.tuned)

@@ -4,40 +4,83 @@ A SAOM checkpoint is one torch file: {"format": "saom", "version", "model_config
 "crop_classifier" (bool), "class_list", "generator" (its tuned everything-mode thresholds), "state_dict"} plus, for training runs, "train_state" (optimizer, scheduler, step,
 RNG). An official SAM checkpoint (e.g. sam_vit_b_01ec64.pth) is a bare state_dict; `load_model`
 accepts both, so vanilla SAM is a valid baseline anywhere a SAOM checkpoint is.
+
+Checkpoints are data, not code: they hold only tensors and plain Python values (dicts, lists,
+strings, numbers), and are read with `torch.load(weights_only=True)`, so a file from anywhere
+cannot run code when it is opened; one that needs more is refused with a CheckpointError.
 """
 from __future__ import annotations
 
 import pickle
-import zipfile
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from saom_core import __version__
 from saom_core.data.classes import ClassList
-from saom_core.errors import CheckpointError
+from saom_core.errors import CheckpointError, ConfigError
 from saom_core.io import atomic_torch_save
 from saom_core.model.configs import MODEL_CONFIGS, SamConfig, get_config
 from saom_core.model.saom import SaomModel, build_model
+from saom_core.settings import THRESHOLD_NAMES, Thresholds
 
 FORMAT = "saom"
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """torch.load with errors that name the file."""
+    """The checkpoint's contents, unpickled as data only; errors name the file."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint is not a file: {path}")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=False)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError) as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {_unpickling_problem(exc)}") from exc
+    except Exception as exc:  # a torn or foreign file fails in many ways inside the unpickler
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} is not a SAM or SAOM checkpoint (top level is {type(data).__name__})")
     return data
+
+
+def _unpickling_problem(exc: pickle.UnpicklingError) -> str:
+    """torch's weights-only refusal in one line: which Python object the file wanted to build."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)|Unsupported operand \S+|Trying to \w+ [^.]+", str(exc))
+    if "Weights only load failed" not in str(exc):
+        return str(exc)
+    what = found.group(1) or found.group(0) if found else "an object that is not a tensor or plain data"
+    return (f"it holds Python objects, not only tensors and plain data ({what}); refused, because unpickling "
+            f"them could run code. Re-save the weights from a trusted copy with torch.save(state_dict)")
+
+
+class CheckpointInfo(NamedTuple):
+    """What a checkpoint says about itself besides the network: the settings tuned for it."""
+
+    tuned: Thresholds  # its tuned everything-mode thresholds (the paper's where it stores none)
+    is_saom: bool  # a SAOM checkpoint (False: official SAM weights)
+
+
+class LoadedCheckpoint(NamedTuple):
+    model: SaomModel
+    info: CheckpointInfo
+
+
+def checkpoint_info(data: dict[str, Any], path: str | Path) -> CheckpointInfo:
+    """The metadata of a checkpoint dict (as read_checkpoint returns it)."""
+    if data.get("format") != FORMAT:
+        return CheckpointInfo(Thresholds(), is_saom=False)
+    stored = data.get("generator") or {}
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{path}: its tuned thresholds are not a mapping ({type(stored).__name__})")
+    try:
+        tuned = Thresholds.from_values({k: v for k, v in stored.items() if k in THRESHOLD_NAMES}, "tuned ")
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+    return CheckpointInfo(tuned, is_saom=True)
 
 
 def guess_sam_config(state_dict: dict[str, torch.Tensor]) -> str | None:
@@ -76,7 +119,8 @@ def _load_state(model: SaomModel, state_dict: dict[str, Any], path: str | Path, 
     model.load_state_dict(state_dict, strict=not allow_missing_prefixes)
 
 
-def checkpoint_dict(model: SaomModel, train_state: dict[str, Any] | None = None) -> dict[str, Any]:
+def checkpoint_dict(model: SaomModel, train_state: dict[str, Any] | None = None, tuned: Thresholds | None = None) -> dict[str, Any]:
+    """The saved form of a model; `tuned` (default: the paper's) is what its segmenters use for unset thresholds."""
     data: dict[str, Any] = {
         "format": FORMAT,
         "version": __version__,
@@ -84,7 +128,7 @@ def checkpoint_dict(model: SaomModel, train_state: dict[str, Any] | None = None)
         "head_input": model.classifier.head_input if model.classifier is not None else None,
         "crop_classifier": model.crop_classifier is not None,
         "class_list": model.class_list.to_dict() if model.class_list is not None else None,
-        "generator": dict(model.generator_defaults),
+        "generator": (tuned or Thresholds()).values(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     if train_state is not None:
@@ -92,10 +136,11 @@ def checkpoint_dict(model: SaomModel, train_state: dict[str, Any] | None = None)
     return data
 
 
-def save_checkpoint(path: str | Path, model: SaomModel, train_state: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(path: str | Path, model: SaomModel, train_state: dict[str, Any] | None = None,
+                    tuned: Thresholds | None = None) -> Path:
     """Atomic save: a crash mid-write leaves the previous file intact."""
     path = Path(path)
-    atomic_torch_save(path, checkpoint_dict(model, train_state))
+    atomic_torch_save(path, checkpoint_dict(model, train_state, tuned))
     return path
 
 
@@ -109,7 +154,6 @@ def model_from_checkpoint(data: dict[str, Any], path: str | Path, config: str | 
         except KeyError as exc:
             raise CheckpointError(f"{path}: SAOM checkpoint lacks {exc}") from exc
         _load_state(model, data["state_dict"], path)
-        model.generator_defaults = dict(data.get("generator") or {})
         return model
     name = config if config is not None else guess_sam_config(data)
     if name is None:
@@ -122,7 +166,14 @@ def model_from_checkpoint(data: dict[str, Any], path: str | Path, config: str | 
     return model
 
 
+def load_checkpoint(path: str | Path, config: str | SamConfig | None = None, device: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """A SAOM checkpoint, or an official SAM checkpoint as vanilla SAM (no class head), in eval mode,
+    with its metadata (the thresholds tuned for it)."""
+    data = read_checkpoint(path)
+    info = checkpoint_info(data, path)
+    return LoadedCheckpoint(model_from_checkpoint(data, path, config).to(device).eval(), info)
+
+
 def load_model(path: str | Path, config: str | SamConfig | None = None, device: str | torch.device = "cpu") -> SaomModel:
-    """A SAOM checkpoint, or an official SAM checkpoint as vanilla SAM (no class head), in eval mode."""
-    model = model_from_checkpoint(read_checkpoint(path), path, config)
-    return model.to(device).eval()
+    """The network of `load_checkpoint` alone (for uses that need no tuned settings)."""
+    return load_checkpoint(path, config, device).model

@@ -181,9 +181,6 @@ class SaomModel(Sam):
         )
         self.config = config
         self.class_list = class_list
-        # Everything-mode thresholds tuned for this model (saved in its checkpoint); see
-        # saom_core.infer.generator.generator_config. Empty: the paper's values.
-        self.generator_defaults: dict[str, float | int] = {}
         self.classifier = (
             ClassifierHead(config.prompt_embed_dim, class_list.num_classes_with_background, head_input)
             if class_list is not None

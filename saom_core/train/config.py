@@ -1,11 +1,12 @@
 """The training config (config/train_*.yaml), one dataclass per section."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Sequence
 
 from saom_core.config import apply_overrides, from_dict, load_yaml
+from saom_core.settings import Thresholds
 from saom_core.train.losses import LossWeights
 
 
@@ -77,14 +78,9 @@ class TrainSection:
     val_max_frames: int = 200  # validation subsample (first N frames of the split) to keep epochs short
 
 
-@dataclass
-class InferenceSection:
-    """Everything-mode thresholds stored in the checkpoint as this model's defaults (paper: 0.3, -, 0.3, 150)."""
-
-    pred_iou_thresh: float = 0.3
-    stability_score_thresh: float = 0.95
-    box_nms_thresh: float = 0.3
-    min_mask_region_area: int = 150
+# Everything-mode thresholds stored in the checkpoint as this model's tuned values (the segmenter
+# settings left unset take them); fields, defaults and ranges: saom_core.settings.Thresholds.
+InferenceSection = Thresholds
 
 
 @dataclass
@@ -101,4 +97,5 @@ class TrainConfig:
 def load_train_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
     data = load_yaml(path) if path is not None else {}
     apply_overrides(data, overrides)
-    return from_dict(TrainConfig, data, str(path or "config"))
+    config = from_dict(TrainConfig, data, str(path or "config"))
+    return replace(config, inference=config.inference.validate(f"{path or 'config'}: inference."))

@@ -49,8 +49,9 @@ class EmbeddingCache:
         if not path.exists():
             return None
         try:
-            return torch.load(path, map_location="cpu")
-        except Exception:  # a torn or foreign file is just a miss; it is recomputed and replaced
+            # weights_only: a tensor is all an entry holds, and anything else could run code
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # a torn, foreign or hostile file is just a miss; it is recomputed and replaced
             return None
 
     @torch.no_grad()

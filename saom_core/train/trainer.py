@@ -11,7 +11,7 @@ import csv
 import io
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -203,7 +203,6 @@ class Trainer:
             load_sam_weights(self.model, cfg.model.checkpoint)
         elif cfg.model.init_pos_embed:
             self.model.init_from_scratch()
-        self.model.generator_defaults = asdict(cfg.inference)
         self.num_trainable = set_trainable(self.model, cfg.train.trainable)
         self.model.to(self.device)
         self.encoder_frozen = not any(p.requires_grad for p in self.model.image_encoder.parameters())
@@ -259,7 +258,7 @@ class Trainer:
         if self.ctx.is_main:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
-            save_checkpoint(self.ckpt_dir / "init.pt", self.model)
+            save_checkpoint(self.ckpt_dir / "init.pt", self.model, tuned=self.cfg.inference)
             with open(self.run_dir / "metrics.csv", "w", newline="") as handle:
                 csv.writer(handle).writerow(CSV_FIELDS)
         self.ctx.barrier()
@@ -398,7 +397,7 @@ class Trainer:
     def _save_last(self) -> None:
         state = self._train_state()  # collective: every rank takes part
         if self.ctx.is_main:
-            save_checkpoint(self.ckpt_dir / "last.pt", self.model, state)
+            save_checkpoint(self.ckpt_dir / "last.pt", self.model, state, tuned=self.cfg.inference)
         self.ctx.barrier()
 
     def _end_epoch(self, writer: Any, final: bool = False) -> None:
@@ -421,7 +420,7 @@ class Trainer:
         miou = metrics["mIoU"]
         if miou is not None and (self.best_miou is None or miou > self.best_miou):
             self.best_miou = miou
-            save_checkpoint(self.ckpt_dir / "best.pt", self.model)
+            save_checkpoint(self.ckpt_dir / "best.pt", self.model, tuned=self.cfg.inference)
         tqdm.write(
             f"step {self.step} epoch {self.epoch}: val mIoU {_fmt(miou)}, mAcc {_fmt(metrics['mAcc'])}, "
             f"class accuracy {_fmt(metrics['class_accuracy'])}"
