@@ -199,7 +199,8 @@ class SegmenterSettings(Settings):
     model_config: str = setting("", "SAM architecture of a bare SAM state_dict (vit_b, vit_l, vit_h, ...); empty = from the checkpoint")
     half: bool = setting(False, "reduced precision: bf16 (fp16 on GPUs without bf16); faster, masks differ slightly")
     compile: bool = setting(False, "torch.compile the mask decoder: a one-off cost at load, then faster frames")
-    max_input_size: int = setting(0, "segment frames whose long side exceeds this many pixels downscaled; masks come back at the input resolution",
+    # 1280: a 4K camera frame costs what a 1280x720 one does (README, ROS 2 section)
+    max_input_size: int = setting(1280, "segment frames whose long side exceeds this many pixels downscaled; masks come back at the input resolution",
                                   lo=16, hi=16384, zero_means="never")
     points_per_side: int = setting(32, "everything-mode prompt grid: points per side (points_per_side^2 prompts a frame)", lo=1, hi=256, runtime=True)
     pred_iou_thresh: float | None = _tuned("pred_iou_thresh")

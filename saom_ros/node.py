@@ -37,11 +37,18 @@ from typing import Any
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    SetParametersResult,
+)
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.lifecycle.node import LifecycleNodeMixin
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSPolicyKind, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
 
@@ -69,7 +76,19 @@ from .conversions import (
     stamp_key,
 )
 from .msgtypes import rclpy_types
-from .params import NODE_NAME, PARAMETER_NAMES, PARAMETERS, ROS_STANDARD_PARAMETERS, NodeParams, check_classes, validate
+from .params import (
+    NODE_NAME,
+    PARAMETER_NAMES,
+    PARAMETERS,
+    ROS_STANDARD_PARAMETERS,
+    RUNTIME_PARAMETERS,
+    SEGMENTER_PARAMETERS,
+    NodeParams,
+    Param,
+    check_classes,
+    check_parameter,
+    validate,
+)
 from .pipeline import FrameWorker, Job, PromptMatcher, RateLimiter, Stats
 
 # Outputs are lossless: reliable, a few messages deep so a slow reader does not lose any.
@@ -113,6 +132,53 @@ def publishers_reliability(infos: Sequence[Any]) -> str | None:
     return "reliable" if reliable else "best_effort"
 
 
+_ROS_TYPES = {"bool": Parameter.Type.BOOL, "int": Parameter.Type.INTEGER, "float": Parameter.Type.DOUBLE,
+              "str": Parameter.Type.STRING, "str_list": Parameter.Type.STRING_ARRAY}
+# Read once, at start-up: a later change would do nothing, so ROS refuses it (read_only).
+START_ONLY = frozenset({"autostart"})
+RELOAD_HINT = "needs a model reload: deactivate, cleanup, set it, then configure and activate"
+
+
+def parameter_descriptor(p: Param) -> ParameterDescriptor:
+    """Typed, with the schema's range where ROS can say it (an open bound or `0 = off` below the
+    range is checked by params.validate); whether a change needs a reload in additional_constraints."""
+    d = ParameterDescriptor(name=p.name, type=_ROS_TYPES[p.kind].value, description=p.description,
+                            read_only=p.name in START_ONLY)
+    constraints = []
+    if p.choices:
+        constraints.append("one of " + ", ".join(p.choices))
+    if p.read_only and p.name not in START_ONLY:
+        constraints.append(f"fixed while configured ({RELOAD_HINT})")
+    d.additional_constraints = "; ".join(constraints)
+    lo = 0 if p.zero_means else p.lo
+    if p.kind == "float" and (lo is not None or p.hi is not None):
+        d.floating_point_range = [FloatingPointRange(
+            from_value=-sys.float_info.max if lo is None else float(lo),
+            to_value=sys.float_info.max if p.hi is None else float(p.hi), step=0.0)]
+    elif p.kind == "int" and (lo is not None or p.hi is not None):
+        d.integer_range = [IntegerRange(from_value=-(2**63) if lo is None else int(lo),
+                                        to_value=2**63 - 1 if p.hi is None else int(p.hi), step=0)]
+    return d
+
+
+def ros_parameter(p: Param, value: Any) -> Parameter:
+    """A params-file or command-line value as a parameter of p's type: ints are fine for doubles
+    (YAML's `0`), an empty list is an empty string array."""
+    if p.kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if p.kind == "str_list" and isinstance(value, (list, tuple)) and not value:
+        return Parameter(p.name, Parameter.Type.STRING_ARRAY, [])
+    return Parameter(p.name, value=value)
+
+
+def declared_default(p: Param) -> Any:
+    """p's default for declare_parameter: not set (its bare type) for None and an empty list (both
+    read back as the schema's default)."""
+    if p.default is None or (p.kind == "str_list" and not p.default):
+        return _ROS_TYPES[p.kind]
+    return float(p.default) if p.kind == "float" else p.default
+
+
 def _transition(name: str) -> Callable:
     """Run a transition callback with every exception logged with its reason (rclpy swallows them):
     SaomError (a problem the user can fix) fails the transition, anything else is an ERROR."""
@@ -153,10 +219,8 @@ class SaomNode(LifecycleNode):
         self.lifecycle_group = ReentrantCallbackGroup()
         LifecycleNodeMixin.__init__(self, callback_group=self.lifecycle_group)
         self.timer_group = MutuallyExclusiveCallbackGroup()  # diagnostics and QoS re-checks
-        for p in PARAMETERS:
-            # Dynamic typing: a wrong type in a params file fails configure with a clear message
-            # (params.validate) instead of raising in this constructor.
-            self.declare_parameter(p.name, p.default, ParameterDescriptor(description=p.description, dynamic_typing=True))
+        self._override_problems = [problem for p in PARAMETERS if (problem := self._declare(p))]
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self._factory = segmenter_factory
         self.T = rclpy_types()
         self.params: NodeParams | None = None
@@ -175,7 +239,6 @@ class SaomNode(LifecycleNode):
         self._log_limit = RateLimiter(0.0)
         self._warn_limits: dict[str, RateLimiter] = defaultdict(lambda: RateLimiter(5.0))
         self._active = False
-        self.enabled = True
         self.transition_in_progress = ""
         self.last_transition_error = ""
         self.overlays_published = 0
@@ -199,8 +262,80 @@ class SaomNode(LifecycleNode):
         self.last_transition_error = f"{name} failed: {reason}"
         self.get_logger().error(self.last_transition_error + (f"\n{details}" if details else ""))
 
+    def _declare(self, p: Param) -> str:
+        """Declare p typed, with its range; a params-file or command-line value of the wrong type or
+        out of range is not applied but returned as the reason configure will fail with."""
+        overrides = getattr(self, "_parameter_overrides", None)
+        given = overrides.get(p.name) if overrides else None
+        if given is not None and given.type_ != Parameter.Type.NOT_SET:
+            given = overrides[p.name] = ros_parameter(p, given.value)
+        try:
+            self.declare_parameter(p.name, declared_default(p), parameter_descriptor(p))
+            return ""
+        except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
+            self.declare_parameter(p.name, declared_default(p), parameter_descriptor(p), ignore_override=True)
+            return f"parameter {p.name}: {given.value if given is not None else None!r} refused: {exc}"
+
+    @property
+    def enabled(self) -> bool:
+        """The `enable` switch: False pauses segmentation without unloading the model."""
+        params = self.params
+        return params.enable if params is not None else bool(self.get_parameter("enable").value)
+
+    def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
+        """`ros2 param set`: rclpy has checked type and range; here the schema's checks. Unconfigured,
+        any valid value is taken (configure reads them); configured, runtime-safe ones apply at once
+        (the segmenter's without reloading the model) and the others are refused with what to do."""
+        changes = {p.name: p.value for p in parameters if p.name in PARAMETER_NAMES}
+        if not changes:
+            return SetParametersResult(successful=True)
+        try:
+            for name, value in changes.items():
+                check_parameter(name, value)
+        except SaomError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        params = self.params
+        if params is None:
+            return SetParametersResult(successful=True)
+        reload = sorted(n for n in changes if n not in RUNTIME_PARAMETERS)
+        if reload:
+            state = "active" if self._active else "configured"
+            return SetParametersResult(successful=False, reason=f"{', '.join(reload)}: the node is {state}; a change "
+                                                                f"{RELOAD_HINT}")
+        try:
+            new = params.updated(changes)
+            segmenter = self.segmenter
+            if segmenter is not None and set(changes) & SEGMENTER_PARAMETERS:
+                check_classes(new, self.class_names)
+                apply = getattr(segmenter, "apply", None)
+                if apply is None:
+                    raise SaomError(f"this segmenter ({type(segmenter).__name__}) cannot change settings while "
+                                    f"loaded: {RELOAD_HINT}")
+                apply(new.segmenter_settings())
+        except SaomError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        self.params = new
+        self._apply_node_settings(params, new)
+        self.get_logger().info("parameters set: " + ", ".join(f"{k}={v!r}" for k, v in changes.items()))
+        return SetParametersResult(successful=True)
+
+    def _apply_node_settings(self, old: NodeParams, new: NodeParams) -> None:
+        if new.diagnostics_period != old.diagnostics_period and self._timer is not None:
+            self._timer.timer_period_ns = int(new.diagnostics_period * 1e9)
+        if new.log_period != old.log_period:
+            self._log_limit = RateLimiter(new.log_period)
+            self._log_limit.ready()
+        if new.score_threshold != old.score_threshold and self._active and "label_info" in self._pubs:
+            header = self.T.Header(stamp=self.get_clock().now().to_msg(), frame_id="")
+            self._pubs["label_info"].publish(make_label_info(self.T, header, self.class_names, new.score_threshold))
+        if new.enable != old.enable:
+            self.get_logger().info("segmentation " + ("resumed" if new.enable else "paused (enable is false; "
+                                                                              "the model stays loaded)"))
+
     def read_params(self) -> NodeParams:
-        raw = {name: self.get_parameter(name).value for name in PARAMETER_NAMES}
+        if self._override_problems:
+            raise ConfigError("; ".join(self._override_problems))
+        raw = {name: self.get_parameter_or(name, Parameter(name)).value for name in PARAMETER_NAMES}  # unset: None
         overrides = getattr(self, "_parameter_overrides", {}) or {}
         unknown = sorted(n for n in overrides if n not in PARAMETER_NAMES and n not in ROS_STANDARD_PARAMETERS
                          and not n.startswith("qos_overrides.") and not self.has_parameter(n))
@@ -263,8 +398,7 @@ class SaomNode(LifecycleNode):
             "instance_mask": pub(Image, "~/instance_mask", OUTPUT_QOS),
             "label_info": pub(LabelInfo, "~/label_info", LABEL_INFO_QOS),
         }
-        if params.publish_overlay:
-            self._pubs["overlay"] = pub(Image, "~/overlay", OUTPUT_QOS)
+        self._pubs["overlay"] = pub(Image, "~/overlay", OUTPUT_QOS)  # used while publish_overlay (runtime-safe)
         if params.prompts_enabled:
             self._pubs["prompted_detections"] = pub(Detection2DArray, "~/prompted/detections", OUTPUT_QOS)
             self._pubs["prompted_masks"] = pub(Image, "~/prompted/masks", OUTPUT_QOS)
@@ -523,7 +657,7 @@ class SaomNode(LifecycleNode):
         if out.instance_mask is not None:
             mask_pub.publish(out.instance_mask)
         overlay_pub = self._pubs.get("overlay")
-        if overlay_pub is not None and overlay_pub.get_subscription_count() > 0:
+        if params.publish_overlay and overlay_pub is not None and overlay_pub.get_subscription_count() > 0:
             overlay_pub.publish(make_image(T, out.detections.header, overlay_image(rgb, out.segmentation), "rgb8"))
             self.overlays_published += 1
         self._last_processed = time.monotonic()

@@ -14,16 +14,17 @@ from __future__ import annotations
 import argparse
 import os
 import textwrap
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from saom_core.errors import ConfigError
-from saom_core.settings import SegmenterSettings, Settings, Thresholds, setting, spec, value_type
+from saom_core.settings import SegmenterSettings, Settings, Thresholds, check, setting, spec, value_type
 
 NODE_NAME = "saom_node"
 
-RELIABILITIES = ("best_effort", "reliable")
+RELIABILITIES = ("auto", "best_effort", "reliable")
 TRANSPORTS = ("raw", "compressed")
 
 
@@ -39,9 +40,10 @@ class NodeSettings(Settings):
                                             "`<image_topic>/compressed` when image_transport is compressed)")
     image_transport: str = setting("raw", "raw (sensor_msgs/Image) or compressed (sensor_msgs/CompressedImage)", choices=TRANSPORTS)
     image_reliability: str = setting(
-        "best_effort", "QoS reliability of the image subscription: best_effort (sensor data, matches every camera) or "
-        "reliable. Large frames sent best effort between processes over UDP need big socket buffers (ROS 2 DDS tuning); "
-        "with a reliable camera, reliable avoids that", choices=RELIABILITIES)
+        "auto", "QoS reliability of the image subscription: auto (the camera publisher's, as rosbag2 adapts; best effort "
+        "until one appears, then re-checked), best_effort (matches every camera) or reliable. Large frames sent best "
+        "effort between processes over UDP need big socket buffers (ROS 2 DDS tuning): auto hears a reliable camera "
+        "reliably", choices=RELIABILITIES)
     everything_mode: bool = setting(True, "segment every frame in everything mode (latest frame only; off: prompted mode only)")
     prompts_enabled: bool = setting(True, "subscribe to ~/prompts (vision_msgs/Detection2DArray boxes or centre points)")
     prompt_frame_buffer: int = setting(10, "recent frames kept to match prompts to their frame by stamp", lo=1, hi=1000)
@@ -49,6 +51,8 @@ class NodeSettings(Settings):
     diagnostics_period: float = setting(1.0, "seconds between /diagnostics messages", lo=0.0, hi=3600.0, lo_open=True, runtime=True)
     log_period: float = setting(10.0, "seconds between statistics log lines (0 = off)", lo=0.0, hi=86400.0, runtime=True)
     autostart: bool = setting(True, "configure and activate at start-up (false: wait for a lifecycle manager)")
+    enable: bool = setting(True, "segment frames and answer prompts (false: paused, the model stays loaded)",
+                           runtime=True)
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,7 @@ class Param:
     hi: float | None = None
     lo_open: bool = False  # lo itself is not allowed (ROS ranges cannot say so: validate does)
     choices: tuple[str, ...] | None = None
+    zero_means: str | None = None  # 0 is allowed below lo and means this
 
 
 def _describe(name: str) -> str:
@@ -105,7 +110,8 @@ def _param(name: str) -> Param:
     s = spec(f)
     base, _ = value_type(NodeParams, name)
     default = list(f.default) if isinstance(f.default, tuple) else f.default
-    return Param(name, default, _describe(name), _KINDS[base], not s.runtime, s.lo, s.hi, s.lo_open, s.choices)
+    return Param(name, default, _describe(name), _KINDS[base], not s.runtime, s.lo, s.hi, s.lo_open, s.choices,
+                 s.zero_means)
 
 
 # The node's own parameters first (checkpoint at the top of the params file), then the segmenter's.
@@ -113,6 +119,7 @@ _GROUPS = (("node", NodeSettings), ("segmenter: the same settings as `saom segme
 PARAMETERS: tuple[Param, ...] = tuple(_param(f.name) for _, group in _GROUPS for f in fields(group))
 PARAMETER_NAMES = tuple(p.name for p in PARAMETERS)
 RUNTIME_PARAMETERS = frozenset(p.name for p in PARAMETERS if not p.read_only)
+SEGMENTER_PARAMETERS = frozenset(f.name for f in fields(SegmenterSettings))  # what SaomSegmenter.apply takes
 # Declared by every rclpy node itself; allowed in params files, not validated here.
 ROS_STANDARD_PARAMETERS = frozenset({"use_sim_time", "start_type_description_service"})
 DEFAULTS: dict[str, Any] = {p.name: p.default for p in PARAMETERS}
@@ -146,6 +153,12 @@ def validate(raw: Mapping[str, Any], check_files: bool = True) -> NodeParams:
     if not params.everything_mode and not params.prompts_enabled:
         raise ConfigError("parameters everything_mode and prompts_enabled are both false: the node would do nothing")
     return replace(params, checkpoint=checkpoint)
+
+
+def check_parameter(name: str, value: Any) -> Any:
+    """One parameter's value checked against the schema (a `ros2 param set` before configure);
+    ConfigError names it. None (not set) is allowed where the schema allows it."""
+    return check(NodeParams, NodeParams.__dataclass_fields__[name], value, prefix="parameter ")
 
 
 def check_classes(params: NodeParams, class_names: list[str]) -> None:

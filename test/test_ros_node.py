@@ -677,11 +677,11 @@ def test_params_file_loads_into_the_declared_parameters(ros, ckpt):
         yaml_params = yaml.safe_load((REPO / "config" / "saom.yaml").read_text())["/**"]["ros__parameters"]
         unset = {p.name for p in PARAMETERS if p.default is None}  # the thresholds: the checkpoint's tuned values
         assert set(yaml_params) == set(PARAMETER_NAMES) - unset
-        assert all(node.get_parameter(name).value is None for name in unset)
+        assert all(node.get_parameter_or(name, Parameter(name)).value is None for name in unset)  # typed, not set
         for name, value in yaml_params.items():
             if name == "checkpoint":
                 continue
-            got = node.get_parameter(name).value
+            got = node.get_parameter_or(name, Parameter(name)).value
             assert got == value or (value == [] and got in (None, [])), (name, got, value)
         params = node.read_params()
         assert params.checkpoint == str(ckpt)
@@ -886,7 +886,6 @@ def test_image_reliability_auto_follows_the_camera(ros, ckpt):
     node = ros.node(name, ckpt, Factory())
     try:
         assert node.params is None and node.get_parameter("image_reliability").value == "auto"
-        assert wait_until(lambda: True)
         assert node.startup()
         assert node.image_reliability == "reliable"
         assert wait_until(lambda: sub_reliability(f"/{name}/image") == [ReliabilityPolicy.RELIABLE])
@@ -987,3 +986,138 @@ def test_qos_overrides_apply_to_the_subscriptions_or_are_refused(ros, ckpt):
         assert f"qos_overrides./{name}/image.subscription.reliability" in node.last_transition_error
     finally:
         ros.drop(node)
+
+
+def _set(ros, name: str, **values):
+    """`ros2 param set` over the node's set_parameters service: [(successful, reason)] per value."""
+    from rcl_interfaces.srv import SetParameters
+
+    req = SetParameters.Request()
+    for k, v in values.items():
+        value = Parameter(k, Parameter.Type.STRING_ARRAY, v) if isinstance(v, list) else Parameter(k, value=v)
+        req.parameters.append(value.to_parameter_msg())
+    return [(r.successful, r.reason) for r in ros.call(SetParameters, f"/{name}/set_parameters", req).results]
+
+
+def test_parameters_typed_with_ranges_over_the_parameter_services(ros, ckpt):
+    from rcl_interfaces.msg import ParameterType
+    from rcl_interfaces.srv import DescribeParameters
+
+    name = "saom_pdesc"
+    node = ros.node(name, ckpt, Factory())
+    try:
+        req = DescribeParameters.Request(names=["score_threshold", "points_per_side", "checkpoint", "autostart",
+                                                "keep_classes", "pred_iou_thresh", "max_input_size"])
+        d = {x.name: x for x in ros.call(DescribeParameters, f"/{name}/describe_parameters", req).descriptors}
+        assert d["score_threshold"].type == ParameterType.PARAMETER_DOUBLE
+        assert (d["score_threshold"].floating_point_range[0].from_value,
+                d["score_threshold"].floating_point_range[0].to_value) == (0.0, 1.0)
+        assert d["points_per_side"].type == ParameterType.PARAMETER_INTEGER
+        grid = d["points_per_side"].integer_range[0]
+        assert (grid.from_value, grid.to_value) == (1, 256)
+        assert d["keep_classes"].type == ParameterType.PARAMETER_STRING_ARRAY
+        assert d["pred_iou_thresh"].type == ParameterType.PARAMETER_DOUBLE
+        assert d["max_input_size"].integer_range[0].from_value == 0  # 0 = never
+        assert "reload" in d["checkpoint"].additional_constraints and not d["checkpoint"].read_only
+        assert d["autostart"].read_only
+        assert node.get_parameter("max_input_size").value == 1280
+        # unconfigured: any valid value is taken; bad ones are refused with the reason
+        assert _set(ros, name, points_per_side=16) == [(True, "")]
+        ok, reason = _set(ros, name, image_transport="carrier-pigeon")[0]
+        assert not ok and "image_transport" in reason and "raw" in reason
+        ok, reason = _set(ros, name, score_threshold=1.5)[0]
+        assert not ok and "score_threshold" in reason
+        ok, reason = _set(ros, name, autostart=True)[0]
+        assert not ok and "read-only" in reason
+    finally:
+        ros.drop(node)
+
+
+def test_runtime_parameters_apply_while_active_and_the_others_are_refused(ros, ckpt):
+    factory = Factory()
+    name = "saom_pset"
+    node = ros.node(name, ckpt, factory)
+    try:
+        assert node.startup()
+        labels = Collector(ros.tester, LabelInfo, f"/{name}/label_info", LATCHED)
+        assert labels.wait(1)
+        assert _set(ros, name, score_threshold=0.5, publish_overlay=False, log_period=0.0,
+                    diagnostics_period=0.3) == [(True, "")] * 4
+        assert node.params.score_threshold == 0.5 and not node.params.publish_overlay
+        assert node._timer.timer_period_ns == 300_000_000
+        assert wait_until(lambda: labels.msgs[-1].threshold == pytest.approx(0.5), 5), "LabelInfo not republished"
+
+        # the segmenter's runtime settings reach the loaded model, without a reload
+        assert _set(ros, name, pred_iou_thresh=0.6, points_per_side=8, keep_classes=["mug"],
+                    keep_background=True) == [(True, "")] * 4
+        seg = factory.made[0]
+        applied = seg.applied[-1]
+        assert (applied.pred_iou_thresh, applied.points_per_side, applied.keep_classes,
+                applied.keep_background) == (0.6, 8, ("mug",), True)
+        assert len(factory.made) == 1 and not seg.closed
+
+        ok, reason = _set(ros, name, keep_classes=["unicorn"])[0]
+        assert not ok and "unicorn" in reason
+        ok, reason = _set(ros, name, box_nms_thresh=0.0)[0]  # (0, 1]: an open bound ROS cannot express
+        assert not ok and "box_nms_thresh" in reason
+        for change in ({"checkpoint": "/other.pt"}, {"device": "cuda"}, {"image_topic": "/x"}):
+            ok, reason = _set(ros, name, **change)[0]
+            assert not ok and "reload" in reason and "active" in reason, (change, reason)
+        assert node.params.checkpoint == str(ckpt) and node.get_parameter("checkpoint").value == str(ckpt)
+        # a refused value leaves everything as it was
+        assert node.params.keep_classes == ("mug",) and seg.applied[-1].keep_classes == ("mug",)
+
+        # inactive: still refused (configure reads them); unconfigured: taken for the next configure
+        assert ros.transition(name, "deactivate")
+        ok, reason = _set(ros, name, prompt_frame_buffer=3)[0]
+        assert not ok and "configured" in reason
+        assert ros.transition(name, "cleanup")
+        assert _set(ros, name, prompt_frame_buffer=3) == [(True, "")]
+        assert ros.transition(name, "configure") and node.params.prompt_frame_buffer == 3
+    finally:
+        ros.drop(node)
+
+
+def test_enable_switch_pauses_segmentation_without_unloading(ros, ckpt):
+    factory = Factory()
+    name = "saom_enable"
+    node = ros.node(name, ckpt, factory, diagnostics_period=0.1)
+    try:
+        diags = Collector(ros.tester, DiagnosticArray, "/diagnostics")
+        assert node.startup()
+        dets = Collector(ros.tester, Detection2DArray, f"/{name}/detections")
+        pub = ros.tester.create_publisher(Image, f"/{name}/image", RELIABLE)
+        assert publish_until(pub, image_msg(0), dets, 1)
+        assert _set(ros, name, enable=False) == [(True, "")]
+        t0 = time.monotonic()
+        n = len(dets)
+        calls = factory.made[0].calls
+        for i in range(1, 6):
+            pub.publish(image_msg(i))
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert len(dets) == n and factory.made[0].calls == calls, "segmented while paused"
+        assert not factory.made[0].closed and node.segmenter is factory.made[0], "the model must stay loaded"
+        _wait_status(diags, name, b"\x00", "paused", t0)
+        assert _set(ros, name, enable=True) == [(True, "")]
+        assert publish_until(pub, image_msg(9), dets, n + 1)
+        assert len(factory.made) == 1
+    finally:
+        ros.drop(node)
+
+
+def test_params_file_values_of_the_wrong_type_fail_configure_with_the_reason(ros, ckpt):
+    node = SaomNode("saom_ptype", context=ros.ctx, segmenter_factory=Factory(),
+                    cli_args=["--ros-args", "-p", f"checkpoint:={ckpt}", "-p", "score_threshold:=0",
+                              "-p", "points_per_side:=many", "-p", "pred_iou_thresh:=2.0"])
+    try:
+        assert node.get_parameter("score_threshold").value == 0.0  # YAML's 0 is fine for a double
+        with pytest.raises(Exception, match="points_per_side") as info:
+            node.read_params()
+        assert "pred_iou_thresh" in str(info.value)
+        from rclpy.lifecycle import TransitionCallbackReturn
+
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert "points_per_side" in node.last_transition_error
+    finally:
+        node.destroy_node()

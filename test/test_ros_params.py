@@ -34,7 +34,7 @@ def ckpt(tmp_path) -> str:
 def test_defaults_validate_with_a_checkpoint(ckpt):
     p = validate({"checkpoint": ckpt})
     assert isinstance(p, NodeParams)
-    assert p.checkpoint == ckpt and p.device == "auto" and p.image_reliability == "best_effort"
+    assert p.checkpoint == ckpt and p.device == "auto" and p.image_reliability == "auto"
     assert p.input_topic == "image_raw" and p.keep_classes == ()
     assert set(DEFAULTS) == set(PARAMETER_NAMES)
 
@@ -52,7 +52,7 @@ def test_defaults_validate_with_a_checkpoint(ckpt):
     ({"points_per_side": 2.5}, "points_per_side: expected an integer"),
     ({"points_per_side": 0}, "points_per_side: 0 is out of range"),
     ({"min_mask_region_area": -2}, "min_mask_region_area"),
-    ({"image_reliability": "sometimes"}, "image_reliability: 'sometimes' is not one of best_effort, reliable"),
+    ({"image_reliability": "sometimes"}, "image_reliability: 'sometimes' is not one of auto, best_effort, reliable"),
     ({"image_transport": "theora"}, "image_transport"),
     ({"keep_classes": [1, 2]}, "keep_classes: expected a list of names"),
     ({"pred_iou_thresh": -1.0}, "leave it unset for the checkpoint's tuned value"),
@@ -94,7 +94,7 @@ def test_parameter_table(ckpt):
     assert by_name["pred_iou_thresh"].default is None and by_name["pred_iou_thresh"].kind == "float"
     assert (by_name["pred_iou_thresh"].lo, by_name["pred_iou_thresh"].hi) == (0.0, 1.0)
     assert by_name["box_nms_thresh"].lo_open and by_name["keep_classes"].default == [] and by_name["keep_classes"].kind == "str_list"
-    assert by_name["image_reliability"].choices == ("best_effort", "reliable") and by_name["device"].read_only
+    assert by_name["image_reliability"].choices == ("auto", "best_effort", "reliable") and by_name["device"].read_only
     assert {"score_threshold", "keep_classes", "keep_background", "publish_overlay", "pred_iou_thresh", "points_per_side",
             "diagnostics_period", "log_period"} <= RUNTIME_PARAMETERS
     assert not {"checkpoint", "device", "half", "compile", "image_topic", "model_config"} & RUNTIME_PARAMETERS
@@ -258,3 +258,19 @@ def test_unset_thresholds_take_the_checkpoints_tuned_value(ckpt):
         assert getattr(settings, name) is None, name  # load_segmenter then uses the checkpoint's value
     explicit = validate({"checkpoint": ckpt, "pred_iou_thresh": 0.5, "min_mask_region_area": 0}).segmenter_settings()
     assert explicit.pred_iou_thresh == 0.5 and explicit.min_mask_region_area == 0
+
+
+def test_node_switches_and_single_parameter_checks():
+    from saom_ros.params import SEGMENTER_PARAMETERS, check_parameter
+
+    by_name = {p.name: p for p in PARAMETERS}
+    assert "enable" in RUNTIME_PARAMETERS and by_name["enable"].default is True
+    assert by_name["max_input_size"].default == 1280 and by_name["max_input_size"].zero_means == "never"
+    assert {"points_per_side", "keep_classes", "pred_iou_thresh"} <= SEGMENTER_PARAMETERS
+    assert not {"score_threshold", "enable", "checkpoint"} & SEGMENTER_PARAMETERS
+    assert check_parameter("image_reliability", " Auto ") == "auto"
+    assert check_parameter("pred_iou_thresh", None) is None  # not set: the checkpoint's tuned value
+    with pytest.raises(ConfigError, match="parameter box_nms_thresh: 0.0 is out of range"):
+        check_parameter("box_nms_thresh", 0.0)
+    with pytest.raises(ConfigError, match="parameter max_input_size: 8 is too small"):
+        check_parameter("max_input_size", 8)
