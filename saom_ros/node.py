@@ -220,7 +220,6 @@ class SaomNode(LifecycleNode):
         LifecycleNodeMixin.__init__(self, callback_group=self.lifecycle_group)
         self.timer_group = MutuallyExclusiveCallbackGroup()  # diagnostics and QoS re-checks
         self._override_problems = [problem for p in PARAMETERS if (problem := self._declare(p))]
-        self.add_on_set_parameters_callback(self._on_set_parameters)
         self._factory = segmenter_factory
         self.T = rclpy_types()
         self.params: NodeParams | None = None
@@ -251,6 +250,7 @@ class SaomNode(LifecycleNode):
         self._last_skip = ""  # why the latest frame was skipped
         self._last_skip_time = 0.0
         self._to_rgb: Callable[[Any], Any] = select_image_converter(None)[0]  # set at configure
+        self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # -- helpers -----------------------------------------------------------------------------
 

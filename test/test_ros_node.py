@@ -46,7 +46,7 @@ LATCHED = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=Relia
 CAMERA = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
 
 
-def wait_until(predicate, timeout: float = 10.0, step: float = 0.01) -> bool:
+def wait_until(predicate, timeout: float = 20.0, step: float = 0.01) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if predicate():
@@ -72,7 +72,7 @@ class Collector:
         with self._lock:
             return len(self.msgs)
 
-    def wait(self, n: int = 1, timeout: float = 10.0) -> bool:
+    def wait(self, n: int = 1, timeout: float = 20.0) -> bool:
         return wait_until(lambda: len(self) >= n, timeout)
 
 
@@ -107,10 +107,10 @@ class Harness:
         node.close()
         node.destroy_node()
 
-    def call(self, srv_type, name: str, request, timeout: float = 15.0):
+    def call(self, srv_type, name: str, request, timeout: float = 30.0):
         client = self.tester.create_client(srv_type, name)
         try:
-            assert client.wait_for_service(timeout_sec=10.0), f"service {name} not available"
+            assert client.wait_for_service(timeout_sec=20.0), f"service {name} not available"
             done = threading.Event()
             future = client.call_async(request)
             future.add_done_callback(lambda _f: done.set())
@@ -183,7 +183,7 @@ def key(header) -> tuple[int, int, str]:
     return header.stamp.sec, header.stamp.nanosec, header.frame_id
 
 
-def publish_until(pub, msg, collector: Collector, n: int, timeout: float = 10.0,
+def publish_until(pub, msg, collector: Collector, n: int, timeout: float = 20.0,
                   also: tuple[Collector, ...] = ()) -> bool:
     """Publish (re-publishing while discovery settles) until the collector, and every one in `also`, holds n messages.
 
@@ -799,7 +799,7 @@ def _statuses(diags: Collector, name: str, after: float = 0.0) -> list:
     return out
 
 
-def _wait_status(diags: Collector, name: str, level: bytes, text: str, after: float, timeout: float = 10.0):
+def _wait_status(diags: Collector, name: str, level: bytes, text: str, after: float, timeout: float = 20.0):
     found = lambda: [s for s in _statuses(diags, name, after) if s[0] == level and text in s[1]]  # noqa: E731
     assert wait_until(lambda: bool(found()), timeout), \
         f"no {level!r} '{text}' diagnostics; got {[s[:2] for s in _statuses(diags, name, after)][-5:]}"
