@@ -14,23 +14,13 @@ import numpy as np
 import torch
 from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
 
+from saom_core.device import resolve_device
 from saom_core.errors import ConfigError, ImageError
 from saom_core.infer.generator import EverythingGenerator, GeneratorConfig, generator_config
 from saom_core.infer.types import Instance, Segmentation
 from saom_core.model.checkpoint import load_model
 from saom_core.model.saom import DecoderOutput, SaomModel
 from saom_core.precision import reduced_precision
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device '{name}' requested but CUDA is not available")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"invalid device '{name}' ({exc})") from exc
 
 
 def check_frame(image: np.ndarray) -> np.ndarray:
@@ -182,7 +172,7 @@ def load_segmenter(
         raise ConfigError(f"min_mask_region_area must be >= 0, got {min_mask_region_area}")
     if max_input_size is not None and max_input_size < 16:
         raise ConfigError(f"max_input_size must be >= 16 pixels, got {max_input_size}")
-    model = load_model(checkpoint, model_config, resolve_device(device))
+    model = load_model(checkpoint, model_config, resolve_device(device, "device"))
     config = generator_config(
         model,
         points_per_side=points_per_side,

@@ -16,6 +16,7 @@ import torch
 
 from saom_core import __version__
 from saom_core.data.classes import ClassList
+from saom_core.device import resolve_device
 from saom_core.errors import CheckpointError
 from saom_core.io import atomic_torch_save
 from saom_core.model.configs import MODEL_CONFIGS, SamConfig, get_config
@@ -123,6 +124,9 @@ def model_from_checkpoint(data: dict[str, Any], path: str | Path, config: str | 
 
 
 def load_model(path: str | Path, config: str | SamConfig | None = None, device: str | torch.device = "cpu") -> SaomModel:
-    """A SAOM checkpoint, or an official SAM checkpoint as vanilla SAM (no class head), in eval mode."""
+    """A SAOM checkpoint, or an official SAM checkpoint as vanilla SAM (no class head), in eval mode
+    on `device` (any name `saom_core.device.resolve_device` takes). The file is read to the CPU
+    first, so a checkpoint written on a GPU loads on any machine."""
+    target = resolve_device(device)
     model = model_from_checkpoint(read_checkpoint(path), path, config)
-    return model.to(device).eval()
+    return model.to(target).eval()
