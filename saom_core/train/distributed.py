@@ -28,14 +28,11 @@ class DistContext:
     local_rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")  # where this rank's collective tensors live
+    enabled: bool = False  # in a process group (launched by torchrun, even with one process)
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
 
     def barrier(self) -> None:
         if self.enabled:
@@ -62,18 +59,24 @@ def process_group_backend(device_kind: str) -> str:
     return CPU_AND_CUDA_BACKEND if device_kind == "cuda" else CPU_BACKEND
 
 
+def launched_by_torchrun() -> bool:
+    """torchrun (or any launcher of its env:// protocol) sets these for every process it starts;
+    `torchrun --nproc_per_node 1` is a real one-process group, which is how one GPU checks DDP."""
+    return all(key in os.environ for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+
+
 def init_distributed(device: torch.device) -> DistContext:
     """Join the process group torchrun describes in the environment. On a CUDA `device` (from
     `saom_core.device.resolve_device`: `cuda:$LOCAL_RANK` under torchrun) that GPU is made this
     process's current device before the group is joined."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    if not launched_by_torchrun():
         return DistContext()
+    world_size = int(os.environ["WORLD_SIZE"])
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend=process_group_backend(device.type))
-    return DistContext(rank=dist.get_rank(), local_rank=env_local_rank() or 0, world_size=world_size, device=device)
+    return DistContext(rank=dist.get_rank(), local_rank=env_local_rank() or 0, world_size=world_size, device=device, enabled=True)
 
 
 def shutdown_distributed(ctx: DistContext) -> None:
