@@ -15,7 +15,11 @@ sees every Python-level torch call, not what a C++ op does with its arguments).
 """
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -233,6 +237,25 @@ def test_load_model_resolves_its_device(tmp_path, monkeypatch):
         load_model(path, device="cuda")
 
 
+def test_gpu_check_unpacks_only_the_wheels_the_machine_lacks(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("gpu_check", Path(__file__).parents[1] / "bench" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_check", gpu_check)  # its dataclasses look their module up
+    spec.loader.exec_module(gpu_check)
+    bundle = tmp_path / "bundle"
+    (bundle / "wheels").mkdir(parents=True)
+    (bundle / "data").mkdir()
+    (bundle / "data" / "annotations.json").write_text("{}")
+    for name, files in (("saom_probe_pkg-0.1-py3-none-any.whl", {"saom_probe_pkg/__init__.py": "VALUE = 7\n"}),
+                        ("pytest-0.0-py3-none-any.whl", {"pytest/__init__.py": "raise ImportError\n"})):
+        with zipfile.ZipFile(bundle / "wheels" / name, "w") as archive:
+            for path, text in files.items():
+                archive.writestr(path, text)
+    assert gpu_check.install_bundle(bundle, tmp_path / "site") == ["saom_probe_pkg-0.1-py3-none-any.whl"]
+    assert (tmp_path / "site" / "saom_probe_pkg" / "__init__.py").read_text() == "VALUE = 7\n"
+    assert not (tmp_path / "site" / "pytest").exists(), "an installed package must not be shadowed"
+
+
 # ---- on a real GPU (skipped with the reason on a CPU) ----------------------------------------------
 @pytest.mark.cuda
 def test_cuda_frame_prompts_with_masks_on_the_gpu():
@@ -308,7 +331,6 @@ def test_cuda_every_process_group_collective_works_on_its_device():
 def test_no_test_here_silently_needs_a_gpu():
     """Every test of this file that needs real CUDA carries the marker (so CPUs skip it with a reason)."""
     import inspect
-    import sys
 
     module = sys.modules[__name__]
     for name, func in inspect.getmembers(module, inspect.isfunction):
