@@ -71,8 +71,8 @@ class Plan:
                 everything_args=["--random-model", "test", "--frames", "1", "--points-per-side", "4", "--no-compile"],
             )
         return Plan(
-            device, False, "vit_b", train_steps=30, extra_steps=10, frames_per_step=8,
-            throughput_args=["--config", "vit_b", "--naive-masks", "16", "--steps", "8"],
+            device, False, "vit_b", train_steps=24, extra_steps=6, frames_per_step=8,
+            throughput_args=["--config", "vit_b", "--naive-masks", "16", "--steps", "6"],
             everything_args=["--random-model", "vit_b", "--frames", "2", "--points-per-side", "32"],
         )
 
@@ -231,6 +231,9 @@ def step_train_single(plan: Plan, data: Path, work: Path, checkpoint: Path) -> d
 
     cfg = load_train_config(REPO / "config" / "train_vit_b.yaml", train_overrides(plan, data, work, checkpoint, plan.train_steps))
     trainer = Trainer(cfg, work / "run_single", progress=False)
+    places = {str(p.device) for p in trainer.model.parameters()}
+    if places != {str(trainer.device)} or trainer.device.type != plan.device:
+        raise StepFailed(f"asked for {plan.device}, the trainer runs on {trainer.device} with weights on {sorted(places)}")
     if trainer.cache is None:
         raise StepFailed("the vit_b recipe should train from the embedding cache (frozen encoder)")
     if plan.device == "cuda":
@@ -345,6 +348,18 @@ def sync(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
+def source_revision() -> str:
+    """The commit checked (and whether the tree differs from it); 'unknown' without git or .git."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        return (commit + (" + uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else "")) if commit else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 # ---- main ----------------------------------------------------------------------------------------
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -373,15 +388,13 @@ def check(args: argparse.Namespace, work: Path) -> int:
     import torch
 
     plan = Plan.make(args.device, args.quick)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    if commit and subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True).stdout.strip():
-        commit += " + uncommitted changes"
+    commit = source_revision()
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     if args.device == "cuda" and torch.cuda.is_available():
         machine = f"{torch.cuda.get_device_name(0)}; {machine}"
     header = {"device": args.device, "quick": args.quick, "machine": machine, "torch": torch.__version__,
               "python": platform.python_version(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-              "commit": commit or "unknown", "unpacked_wheels": wheels}
+              "commit": commit, "unpacked_wheels": wheels}
     runner = Runner(args.out, env, header)
     print(f"gpu_check: {header}", flush=True)
 

@@ -45,10 +45,10 @@ def resolve_device(name: str | torch.device, what: str = "device") -> torch.devi
     if device.type == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise ConfigError(f"{what} is '{name}' but no CUDA device is available (use cpu)")
+        raise ConfigError(f"{what} is '{name}' but CUDA is not available on this machine (use cpu)")
     if device.index is None:
         device = torch.device("cuda", local_rank() or 0)
     count = torch.cuda.device_count()
     if device.index >= count:
-        raise ConfigError(f"{what} '{name}' resolves to {device}, but this machine has {count} CUDA device(s)")
+        raise ConfigError(f"{what} '{name}' ({device}) does not exist: this machine has {count} CUDA device(s)")
     return device

@@ -49,7 +49,7 @@ class EmbeddingCache:
         if not path.exists():
             return None
         try:
-            return torch.load(path, map_location="cpu")
+            return torch.load(path, map_location="cpu", weights_only=True)
         except Exception:  # a torn or foreign file is just a miss; it is recomputed and replaced
             return None
 
