@@ -16,6 +16,7 @@ sees every Python-level torch call, not what a C++ op does with its arguments).
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import sys
 import zipfile
@@ -237,11 +238,36 @@ def test_load_model_resolves_its_device(tmp_path, monkeypatch):
         load_model(path, device="cuda")
 
 
-def test_gpu_check_unpacks_only_the_wheels_the_machine_lacks(tmp_path, monkeypatch):
+@pytest.fixture
+def gpu_check(monkeypatch):
+    """bench/gpu_check.py as a module."""
     spec = importlib.util.spec_from_file_location("gpu_check", Path(__file__).parents[1] / "bench" / "gpu_check.py")
-    gpu_check = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "gpu_check", gpu_check)  # its dataclasses look their module up
-    spec.loader.exec_module(gpu_check)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_check", module)  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_records_failed_and_skipped_steps(gpu_check, tmp_path):
+    header = {"device": "cpu", "quick": True, "machine": "m", "torch": "t", "python": "p", "started": "s", "commit": "c",
+              "unpacked_wheels": []}
+    runner = gpu_check.Runner(tmp_path, dict(os.environ), header)
+
+    def broken() -> dict:
+        raise gpu_check.StepFailed("masks/s is 0")
+
+    assert runner.run("first", lambda: {"masks_per_s": 3.5})
+    assert not runner.run("second", broken)
+    assert not runner.run("third", lambda: {}, needs=("second",))
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert not data["ok"]
+    assert [(s["name"], s["ok"], s["error"]) for s in data["steps"]] == [
+        ("first", True, None), ("second", False, "StepFailed: masks/s is 0"), ("third", False, "skipped: needs second")]
+    assert data["steps"][0]["figures"] == {"masks_per_s": 3.5}
+    assert "| second | FAILED: StepFailed: masks/s is 0 |" in (tmp_path / "results.md").read_text()
+
+
+def test_gpu_check_unpacks_only_the_wheels_the_machine_lacks(gpu_check, tmp_path):
     bundle = tmp_path / "bundle"
     (bundle / "wheels").mkdir(parents=True)
     (bundle / "data").mkdir()
