@@ -27,6 +27,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         resume=args.resume,
         classes=args.classes,
         min_area=args.min_area,
+        trajectory=args.trajectory,
     )
     print(f"wrote {path}")
     return 0
@@ -186,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an unfinished or extend a finished collection")
     p.add_argument("--classes", default=None, help="class list YAML (default: the simulator's own)")
     p.add_argument("--min-area", type=int, default=None, help="drop masks smaller than this (pixels)")
+    p.add_argument("--trajectory", type=int, default=0, metavar="N",
+                   help="N frames per scene from a camera moving in small steps (for tracking; pybullet)")
     p.set_defaults(handler=_cmd_collect)
 
     p = sub.add_parser("train", help="fine-tune SAOM (single process, or DDP under torchrun)")
