@@ -10,8 +10,8 @@ fewer than `min_points` points left gets no 3D result, never a box at the origin
 
 The box is axis-aligned in the camera frame, its extents the `percentiles` of the points (robust to
 the last stray pixels, unlike min/max). A camera sees only the front of an object: with
-`complete_depth` the box reaches behind the visible surface by the object's smaller visible width
-(a guess that the object is about as deep as it is wide, recorded as such), so the box and its
+`complete_depth` the box reaches behind the visible surface to a depth equal to the object's mean
+visible width (a guess that the object is about as deep as it is wide), so the box and its
 centre describe the whole object rather than its visible skin; `surface_centroid` is the mean of the
 seen points either way.
 """
@@ -86,7 +86,7 @@ class DepthSettings:
     max_depth: float = 10.0  # metres; farther depths are invalid
     mad_k: float = 3.0  # keep points within mad_k robust standard deviations of the median depth ...
     min_spread: float = 0.02  # ... but never closer than this (metres): a flat face has MAD 0
-    percentiles: tuple[float, float] = (2.0, 98.0)
+    percentiles: tuple[float, float] = (0.5, 99.5)
     complete_depth: bool = True  # extend the box behind the visible surface (see the module docstring)
 
     def __post_init__(self) -> None:
@@ -173,7 +173,7 @@ def object_from_mask(mask: np.ndarray, depth_m: np.ndarray, camera: CameraIntrin
     lo[:2] -= footprint
     hi[:2] += footprint
     if settings.complete_depth:
-        hi[2] = max(hi[2], lo[2] + min(hi[0] - lo[0], hi[1] - lo[1]))
+        hi[2] = max(hi[2], lo[2] + (hi[0] - lo[0] + hi[1] - lo[1]) / 2)
     return Object3D(box_min=lo, box_max=hi, surface_centroid=points.mean(0), points=points)
 
 

@@ -18,7 +18,8 @@ Depth: the z-buffer turned into metres along the optical axis with the projectio
 aligned with the image. 3D ground truth per mask (`Frame.objects3d`), in the camera's optical frame
 (REP 103: x right, y down, z forward): `position` (the centre of the object's box), `orientation`
 (quaternion x, y, z, w of the object's frame), `extents` (edge lengths of its collision shapes'
-axis-aligned box in its own frame, Bullet's small AABB margin included).
+axis-aligned box in its own frame, Bullet's small AABB margin included), and `aabb_min`/`aabb_max`,
+the axis-aligned box of its collision geometry in the optical frame (what a box from depth estimates).
 
 Trajectory mode (`trajectory=N`): N frames of one scene, the camera facing the first station and
 moving in small steps (turning and sliding sideways), so tracking can be measured. It draws the same
@@ -243,10 +244,7 @@ def _local_boxes(bc: BulletClient, uids: list[int]) -> dict[int, tuple[np.ndarra
     for uid in uids:
         pos, orn = bc.getBasePositionAndOrientation(uid)
         bc.resetBasePositionAndOrientation(uid, [0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0])
-        lo, hi = (np.array(v) for v in bc.getAABB(uid, -1))
-        for link in range(bc.getNumJoints(uid)):
-            a, b = bc.getAABB(uid, link)
-            lo, hi = np.minimum(lo, a), np.maximum(hi, b)
+        lo, hi = _body_aabb(bc, uid)
         bc.resetBasePositionAndOrientation(uid, pos, orn)
         boxes[uid] = ((lo + hi) / 2, hi - lo)
     return boxes
@@ -254,19 +252,50 @@ def _local_boxes(bc: BulletClient, uids: list[int]) -> dict[int, tuple[np.ndarra
 
 def _objects_in_camera(bc: BulletClient, uids: list[int], boxes: dict[int, tuple[np.ndarray, np.ndarray]],
                        world_to_cam: np.ndarray) -> list[dict[str, list[float]]]:
-    """Each body's box centre, orientation and extents in the optical frame."""
+    """Each body's box centre, orientation and extents in the optical frame, and the axis-aligned box
+    of its collision geometry in the optical frame (`aabb_min`, `aabb_max`: Bullet's AABB of the body
+    turned as the camera sees it; exact for spheres and convex shapes, unlike the box around the
+    turned local box). Bodies are moved to measure it and put back."""
     from scipy.spatial.transform import Rotation
 
+    to_cam = Rotation.from_matrix(world_to_cam[:3, :3])
     out = []
     for uid in uids:
         pos, orn = bc.getBasePositionAndOrientation(uid)
         body = Rotation.from_quat(orn)
         centre_world = body.apply(boxes[uid][0]) + np.asarray(pos)
         centre = world_to_cam[:3, :3] @ centre_world + world_to_cam[:3, 3]
-        orientation = (Rotation.from_matrix(world_to_cam[:3, :3]) * body).as_quat()
-        out.append({"position": [_r(v) for v in centre], "orientation": [_r(v) for v in orientation],
-                    "extents": [_r(v) for v in boxes[uid][1]]})
+        orientation = to_cam * body
+        bc.resetBasePositionAndOrientation(uid, [0.0, 0.0, 0.0], orientation.as_quat().tolist())
+        lo, hi = _body_aabb(bc, uid, tight=True)
+        bc.resetBasePositionAndOrientation(uid, pos, orn)
+        origin = world_to_cam[:3, :3] @ np.asarray(pos) + world_to_cam[:3, 3]
+        out.append({"position": [_r(v) for v in centre], "orientation": [_r(v) for v in orientation.as_quat()],
+                    "extents": [_r(v) for v in boxes[uid][1]], "aabb_min": [_r(v) for v in origin + lo],
+                    "aabb_max": [_r(v) for v in origin + hi]})
     return out
+
+
+def _body_aabb(bc: BulletClient, uid: int, tight: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """World AABB of a body over all its links. Bullet's AABB of a compound shape (the vhacd duck and
+    teddy, the mug) is the union of its parts' turned boxes, far larger than the object; with `tight`,
+    links whose collision mesh pybullet returns are bounded by their vertices instead."""
+    from scipy.spatial.transform import Rotation
+
+    los, his = [], []
+    for link in range(-1, bc.getNumJoints(uid)):
+        vertices = np.asarray(bc.getMeshData(uid, link)[1], dtype=np.float64) if tight else np.zeros((0, 3))
+        if len(vertices):
+            pos, orn = bc.getBasePositionAndOrientation(uid) if link == -1 else bc.getLinkState(uid, link)[:2]
+            world = Rotation.from_quat(orn).apply(vertices) + np.asarray(pos)
+            los.append(world.min(0))
+            his.append(world.max(0))
+        else:
+            a, b = bc.getAABB(uid, link)
+            los.append(np.array(a))
+            his.append(np.array(b))
+    lo, hi = np.min(los, axis=0), np.max(his, axis=0)
+    return lo, hi
 
 
 @functools.lru_cache(maxsize=None)
