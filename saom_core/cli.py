@@ -169,7 +169,8 @@ def _cmd_bag(args: argparse.Namespace) -> int:
 
     segmenter = _segmenter_from(args)
     try:
-        summary = run_bag(segmenter, args.in_bag, args.out_bag, args.topic, progress=not args.quiet, storage=args.storage)
+        summary = run_bag(segmenter, args.in_bag, args.out_bag, args.topic, progress=not args.quiet, storage=args.storage,
+                          depth_topic=args.depth_topic, camera_info_topic=args.camera_info_topic, sync_slop=args.sync_slop)
     finally:
         segmenter.close()
     print(summary.line())
@@ -253,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_bag", type=Path)
     p.add_argument("--topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
     p.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"], help="output bag storage")
+    p.add_argument("--depth-topic", default=None, help="registered depth (16UC1/32FC1): also write 3D outputs")
+    p.add_argument("--camera-info-topic", default=None, help="the colour camera's sensor_msgs/CameraInfo")
+    p.add_argument("--sync-slop", type=float, default=0.05, help="max stamp difference colour-depth (seconds)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=_cmd_bag)
 
