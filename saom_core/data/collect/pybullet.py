@@ -141,12 +141,14 @@ class PyBulletCollector(Collector):
         try:
             scene = _SceneBuilder(bc, rng, self.data_path).build()
             light = _random_light(rng)
-            frames = [self._render(bc, scene, eye, yaw, light, k, seed) for k, (eye, yaw) in enumerate(self._camera_path(scene))]
+            rendered = [self._render(bc, scene, eye, yaw, light, k, seed)
+                        for k, (eye, yaw) in enumerate(self._camera_path(scene))]
             # after every render: measuring the boxes moves bodies (and puts them back)
-            boxes = _local_boxes(bc, sorted({uid for f in frames for uid in f.meta["instance_ids"]}))
-            for frame in frames:
-                frame.objects3d = _objects_in_camera(bc, frame.meta["instance_ids"], boxes,
-                                                     frame.meta.pop("_world_to_optical"))
+            boxes = _local_boxes(bc, sorted({uid for frame, _ in rendered for uid in frame.meta["instance_ids"]}))
+            frames = []
+            for frame, world_to_cam in rendered:
+                frame.objects3d = _objects_in_camera(bc, frame.meta["instance_ids"], boxes, world_to_cam)
+                frames.append(frame)
         finally:
             bc.disconnect()
         return frames
@@ -165,7 +167,8 @@ class PyBulletCollector(Collector):
         return path
 
     def _render(self, bc: BulletClient, scene: dict[str, Any], eye: np.ndarray, yaw: float, light: dict[str, Any],
-                k: int, seed: int) -> Frame:
+                k: int, seed: int) -> tuple[Frame, np.ndarray]:
+        """The frame and the camera's world-to-optical transform."""
         h, pitch, fov = scene["height"], scene["pitch"], scene["fov"]
         yr, pr = math.radians(yaw), math.radians(pitch)
         forward = np.array([math.cos(pr) * math.cos(yr), math.cos(pr) * math.sin(yr), math.sin(pr)])
@@ -200,12 +203,11 @@ class PyBulletCollector(Collector):
             "intrinsics": intrinsics_from_projection(proj, self.size, self.size),
             "light": light,
             "instance_ids": uids,
-            "_world_to_optical": world_to_optical(view),  # popped by collect_scene
         }
         if self.trajectory:
             meta["trajectory_step"] = k
         depth = depth_from_zbuffer(np.reshape(np.asarray(zbuffer, dtype=np.float64), (self.size, self.size)), _NEAR, _FAR)
-        return Frame(image=image, masks=stacked, labels=labels, meta=meta, depth=depth)
+        return Frame(image=image, masks=stacked, labels=labels, meta=meta, depth=depth), world_to_optical(view)
 
 
 def depth_from_zbuffer(zbuffer: np.ndarray, near: float, far: float) -> np.ndarray:
