@@ -138,11 +138,24 @@ def depth_in_metres(depth: np.ndarray, depth_scale: float | None = None) -> np.n
     return metres
 
 
+def mask_bounds(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(y0, y1, x0, x1), end-exclusive, of a mask's pixels; None for an empty mask."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if len(rows) == 0:
+        return None
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
 def backproject(mask: np.ndarray, depth_m: np.ndarray, camera: CameraIntrinsics, settings: DepthSettings) -> np.ndarray:
     """(N, 3) float32 points of the mask's valid depth pixels."""
     if mask.shape != depth_m.shape:
         raise ConfigError(f"mask {mask.shape} and depth {depth_m.shape} differ in size")
-    vs, us = np.nonzero(mask)
+    bounds = mask_bounds(mask)
+    if bounds is None:
+        return np.zeros((0, 3), dtype=np.float32)
+    y0, y1, x0, x1 = bounds
+    vs, us = np.nonzero(mask[y0:y1, x0:x1])  # within the mask's box: a small object costs little
+    vs, us = vs + y0, us + x0
     z = depth_m[vs, us]
     valid = (z >= settings.min_depth) & (z <= settings.max_depth)  # NaN compares False: dropped
     us, vs, z = us[valid], vs[valid], z[valid]
