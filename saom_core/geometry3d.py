@@ -9,11 +9,12 @@ dropped: mask pixels that bleed onto the background or onto a surface behind the
 fewer than `min_points` points left gets no 3D result, never a box at the origin or of zero size.
 
 The box is axis-aligned in the camera frame, its extents the `percentiles` of the points (robust to
-the last stray pixels, unlike min/max). A camera sees only the front of an object: with
+the last stray pixels, unlike min/max), widened in x and y by half a pixel's footprint (the points
+are pixel centres). A camera sees only the front of an object: with
 `complete_depth` the box reaches behind the visible surface to a depth equal to the object's mean
 visible width (a guess that the object is about as deep as it is wide), so the box and its
-centre describe the whole object rather than its visible skin; `surface_centroid` is the mean of the
-seen points either way.
+centre describe the whole object rather than its visible skin (without it, a flat face towards the
+camera has no depth extent); `surface_centroid` is the mean of the seen points either way.
 """
 from __future__ import annotations
 
