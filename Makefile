@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 CONSTRAINTS := requirements/constraints.txt
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup ros demo test bench clean
+.PHONY: setup ros demo test bench gpu-bundle clean
 
 setup: $(VENV)/.installed
 
@@ -28,6 +28,7 @@ demo: setup
 
 test: setup ros
 	$(PY) -m pytest -q test
+	PYTHON=$(PY) bash bench/gpu_check.sh --device cpu --quick --out runs/gpu_check
 
 bench: setup ros
 	$(PY) bench/train_throughput.py
@@ -35,6 +36,22 @@ bench: setup ros
 	$(PY) bench/node_latency.py
 	test -f $(DEMO_OUT)/data/annotations.json || $(VENV)/bin/saom collect --scenes 400 --out $(DEMO_OUT)/data
 	$(PY) bench/tiny_recipe.py --data $(DEMO_OUT)/data
+
+# For a GPU machine without network (bench/gpu_check.sh --bundle $(GPU_BUNDLE)): the wheels it lacks,
+# for CPython 3.12 manylinux x86_64 (segment-anything, pycocotools; pytest for the CUDA tests), and
+# a small PyBullet dataset. Built in $(GPU_BUNDLE).partial, renamed when complete; a few MiB.
+GPU_BUNDLE ?= gpu_bundle
+GPU_BUNDLE_SCENES ?= 8
+WHEEL_TARGET := --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 \
+	--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64
+
+gpu-bundle: setup
+	rm -rf $(GPU_BUNDLE).partial
+	$(PIP) download -q --no-deps $(WHEEL_TARGET) -d $(GPU_BUNDLE).partial/wheels segment-anything pycocotools
+	$(PIP) download -q $(WHEEL_TARGET) -d $(GPU_BUNDLE).partial/wheels pytest
+	$(VENV)/bin/saom collect --sim pybullet --scenes $(GPU_BUNDLE_SCENES) --seed 0 --out $(GPU_BUNDLE).partial/data
+	rm -rf $(GPU_BUNDLE) && mv $(GPU_BUNDLE).partial $(GPU_BUNDLE)
+	du -sh $(GPU_BUNDLE)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

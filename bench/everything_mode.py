@@ -25,6 +25,7 @@ from segment_anything import SamAutomaticMaskGenerator
 
 from saom_core.data.classes import ClassList
 from saom_core.data.reader import SaomDataset
+from saom_core.device import resolve_device
 from saom_core.eval.matching import agreement
 from saom_core.infer.generator import EverythingGenerator, GeneratorConfig
 from saom_core.model.checkpoint import load_checkpoint
@@ -62,7 +63,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile settings (no C++ compiler)")
     args = parser.parse_args()
-    device = torch.device(args.device)
+    device = resolve_device(args.device, "--device")
 
     if args.random_model:
         torch.manual_seed(0)

@@ -12,7 +12,7 @@ import gc
 import importlib
 import os
 import sys
-from collections.abc import Callable
+from typing import Callable
 
 from saom_core.errors import ConfigError, SaomError
 from saom_core.infer.types import Segmenter
@@ -68,15 +68,10 @@ def check_device(device: str) -> None:
     if not device.startswith("cuda"):  # cpu, or auto (cuda when available)
         return
     try:
-        import torch
+        from saom_core.device import resolve_device  # imports torch
     except ImportError as exc:
         raise ConfigError(f"parameter device: {device} needs PyTorch, which is not importable ({exc})") from exc
-    if not torch.cuda.is_available():
-        raise ConfigError(f"parameter device: {device} requested but CUDA is not available on this machine "
-                          f"(use device cpu)")
-    index = int(device.split(":", 1)[1]) if ":" in device else 0
-    if index >= torch.cuda.device_count():
-        raise ConfigError(f"parameter device: {device} does not exist ({torch.cuda.device_count()} CUDA device(s))")
+    resolve_device(device, "parameter device")
 
 
 def validate_segmenter(segmenter: Segmenter) -> list[str]:

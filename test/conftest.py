@@ -83,3 +83,15 @@ def write_synthetic_dataset(root: Path, scenes: int = 12, size: tuple[int, int] 
 @pytest.fixture(scope="session")
 def rect_dataset(tmp_path_factory) -> Path:
     return write_synthetic_dataset(tmp_path_factory.mktemp("rects") / "ds")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked `cuda` skip, with the reason, where no CUDA device exists."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (no CUDA device here; bench/gpu_check.sh runs these on one)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

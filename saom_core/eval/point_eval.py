@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from saom_core.data.classes import ClassList
 from saom_core.data.reader import Sample, SaomDataset
+from saom_core.device import resolve_device
 from saom_core.model.grid import grid_points
 from saom_core.model.saom import SaomModel
 from saom_core.prompting.assignment import Assignment, nearest_neighbour_assignment, random_foreground_points
@@ -153,6 +154,10 @@ def evaluate_point_prompts(
     unknown = [p for p in prompts if p not in POINT_PROMPTS]
     if unknown:
         raise ValueError(f"unknown point prompt {unknown[0]!r}; known: {POINT_PROMPTS}")
+    device = resolve_device(device)
+    elsewhere = {name: str(m.device) for name, m in models.items() if m.device != device}
+    if elsewhere:  # one device for every model and the ground truth: nothing moves silently
+        raise ValueError(f"point evaluation on {device}, but models {elsewhere} are elsewhere; move them first")
     rng = np.random.default_rng(seed)
     assign_name = assign_with or next(iter(models))
     results = {

@@ -98,7 +98,8 @@ def decoder_output_names(model: SaomModel) -> list[str]:
 
 
 def export_onnx(
-    checkpoint: str | Path, out_dir: str | Path, opset: int = 17, model_config: str | None = None
+    checkpoint: str | Path, out_dir: str | Path, opset: int = 17, model_config: str | None = None,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Path]:
     """Export `checkpoint` (SAOM or official SAM) to `out_dir`; returns {"encoder", "decoder", "metadata"} paths.
 
@@ -106,14 +107,16 @@ def export_onnx(
     the metadata's `files.external_data`; keep it in the same folder.
 
     `model_config` names the architecture of an official SAM state_dict whose shapes do not
-    identify it (ignored for SAOM checkpoints, which record theirs). Raises CheckpointError for a
+    identify it (ignored for SAOM checkpoints, which record theirs). `device` is where the model
+    is traced (e.g. "cuda" to export exactly the model a GPU runs; the graph is the same). Raises CheckpointError for a
     missing or invalid checkpoint and SaomError for an unsupported opset or a failed export.
     """
     if isinstance(opset, bool) or not isinstance(opset, int) or opset not in SUPPORTED_OPSETS:
         raise SaomError(
             f"unsupported ONNX opset {opset!r}; supported: {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}"
         )
-    model = load_model(checkpoint, config=model_config, device="cpu")
+    model = load_model(checkpoint, config=model_config, device=device)
+    device = model.device  # the example inputs must live where the weights do
     if model.crop_classifier is not None and opset < CROP_CLASSIFIER_MIN_OPSET:
         raise SaomError(f"the crop classifier needs ONNX opset >= {CROP_CLASSIFIER_MIN_OPSET} (RoiAlign), got {opset}")
     out_dir = Path(out_dir)
@@ -122,10 +125,10 @@ def export_onnx(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     size, grid, dim = model.config.image_size, model.config.embedding_size, model.config.prompt_embed_dim
-    image = torch.zeros(1, 3, size, size)
-    embeddings = torch.zeros(1, dim, grid, grid)
-    coords = torch.full((2, 2, 2), size / 2)
-    labels = torch.tensor([[1.0, 0.0], [1.0, -1.0]])
+    image = torch.zeros(1, 3, size, size, device=device)
+    embeddings = torch.zeros(1, dim, grid, grid, device=device)
+    coords = torch.full((2, 2, 2), size / 2, device=device)
+    labels = torch.tensor([[1.0, 0.0], [1.0, -1.0]], device=device)
     prompt_axes = {0: "num_prompts", 1: "num_points"}
     output_names = decoder_output_names(model)
 
@@ -141,7 +144,7 @@ def export_onnx(
         files = _single_data_file(tmp / "encoder", ENCODER_FILE) + _single_data_file(tmp / "decoder", DECODER_FILE)
         if model.crop_classifier is not None:
             low = model.config.low_res_size
-            masks = torch.zeros(2, low, low)
+            masks = torch.zeros(2, low, low, device=device)
             masks[:, low // 4 : low // 2, low // 4 : low // 2] = 1.0
             _export(model.crop_classifier, (image, masks), tmp / "classifier" / CLASSIFIER_FILE, opset, ["image", "masks"],
                     ["class_logits"], {"masks": {0: "num_masks"}, "class_logits": {0: "num_masks"}})

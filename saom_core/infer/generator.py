@@ -234,7 +234,8 @@ class EverythingGenerator:
             kept.append(torch.nonzero(keep).flatten() + start)
         if not kept:
             empty = torch.zeros(0, dtype=torch.long, device=self.device)
-            return torch.zeros(0, height, width, dtype=torch.bool), torch.zeros(0, 4), candidates.select(empty)
+            no_masks = torch.zeros(0, height, width, dtype=torch.bool, device=self.device)
+            return no_masks, torch.zeros(0, 4, device=self.device), candidates.select(empty)
         selected = candidates.select(torch.cat(kept))
         selected.stability = torch.cat(stability)
         return torch.cat(masks), torch.cat(boxes), selected

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
 
+from saom_core.device import resolve_device
 from saom_core.errors import ConfigError, ImageError
 from saom_core.infer.generator import EverythingGenerator, GeneratorConfig, generator_config
 from saom_core.infer.types import Instance, Segmentation
@@ -23,17 +24,6 @@ from saom_core.model.checkpoint import load_checkpoint
 from saom_core.model.saom import DecoderOutput, SaomModel
 from saom_core.precision import reduced_precision
 from saom_core.settings import SegmenterSettings, Thresholds
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device '{name}' requested but CUDA is not available")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"invalid device '{name}' ({exc})") from exc
 
 
 def check_frame(image: np.ndarray) -> np.ndarray:

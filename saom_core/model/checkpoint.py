@@ -20,6 +20,7 @@ import torch
 
 from saom_core import __version__
 from saom_core.data.classes import ClassList
+from saom_core.device import resolve_device
 from saom_core.errors import CheckpointError, ConfigError
 from saom_core.io import atomic_torch_save
 from saom_core.model.configs import MODEL_CONFIGS, SamConfig, get_config
@@ -167,11 +168,13 @@ def model_from_checkpoint(data: dict[str, Any], path: str | Path, config: str | 
 
 
 def load_checkpoint(path: str | Path, config: str | SamConfig | None = None, device: str | torch.device = "cpu") -> LoadedCheckpoint:
-    """A SAOM checkpoint, or an official SAM checkpoint as vanilla SAM (no class head), in eval mode,
-    with its metadata (the thresholds tuned for it)."""
+    """A SAOM checkpoint, or an official SAM checkpoint as vanilla SAM (no class head), in eval mode
+    on `device` (any name `saom_core.device.resolve_device` takes), with its metadata (the thresholds
+    tuned for it). The file is read to the CPU first, so a checkpoint written on a GPU loads anywhere."""
+    target = resolve_device(device)
     data = read_checkpoint(path)
     info = checkpoint_info(data, path)
-    return LoadedCheckpoint(model_from_checkpoint(data, path, config).to(device).eval(), info)
+    return LoadedCheckpoint(model_from_checkpoint(data, path, config).to(target).eval(), info)
 
 
 def load_model(path: str | Path, config: str | SamConfig | None = None, device: str | torch.device = "cpu") -> SaomModel:

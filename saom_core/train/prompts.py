@@ -104,12 +104,15 @@ def build_frame_prompts(
             extra_of += [k] * len(chosen)
         keep = np.concatenate([keep, np.asarray(extra_of, dtype=np.int64)])
     points = np.concatenate([*object_points, grid[background]], 0)
-    keep_t = torch.from_numpy(keep).to(masks.device)
+    # Every index lives on the device of the tensor it indexes (a CPU tensor rejects CUDA indices).
+    # The returned prompts are on the CPU except the mask targets, which stay on the masks' device.
+    keep_t = torch.from_numpy(keep)
+    class_ids = class_ids.cpu()
     return FramePrompts(
         points=torch.as_tensor(points, dtype=torch.float32),
-        class_ids=torch.cat([class_ids[keep_t].cpu(), torch.zeros(len(background), dtype=torch.int64)]),
+        class_ids=torch.cat([class_ids[keep_t], torch.zeros(len(background), dtype=torch.int64)]),
         positive=torch.cat([torch.ones(len(keep), dtype=torch.bool), torch.zeros(len(background), dtype=torch.bool)]),
-        mask_targets=low_res_targets(masks[keep_t], geo),
+        mask_targets=low_res_targets(masks[keep_t.to(masks.device)], geo),
         num_masks=len(masks),
         num_unreachable=int((~assignment.reachable).sum()),
         num_fallback=int((assignment.reachable & ~assignment.prior_snapped_inside).sum()),

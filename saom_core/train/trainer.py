@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from saom_core.config import to_dict
 from saom_core.data.reader import SaomDataset
+from saom_core.device import resolve_device
 from saom_core.errors import CheckpointError, ConfigError, DatasetError, SaomError
 from saom_core.eval.point_eval import evaluate_points
 from saom_core.io import atomic_write_json, atomic_write_text
@@ -33,7 +34,7 @@ from saom_core.model.grid import grid_points
 from saom_core.model.saom import DecoderOutput, SaomModel, build_model
 from saom_core.precision import cpu_has_native_bf16, reduced_precision
 from saom_core.train.config import TrainConfig
-from saom_core.train.distributed import DistContext, init_distributed, shutdown_distributed
+from saom_core.train.distributed import init_distributed, shutdown_distributed
 from saom_core.train.embedding_cache import EmbeddingCache
 from saom_core.train.frames import FrameStore, TrainFrame, epoch_batches
 from saom_core.train.losses import saom_loss
@@ -166,24 +167,14 @@ def set_trainable(model: SaomModel, prefixes: list[str]) -> int:
     return count
 
 
-def resolve_device(name: str, ctx: DistContext) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and ctx.enabled:
-        name = f"cuda:{ctx.local_rank}"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device is '{name}' but no CUDA device is available")
-    return torch.device(name)
-
-
 class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.progress = progress
-        self.ctx = init_distributed("cuda" if cfg.train.device.startswith("cuda") or (cfg.train.device == "auto" and torch.cuda.is_available()) else "cpu")
-        self.device = resolve_device(cfg.train.device, self.ctx)
+        self.device = resolve_device(cfg.train.device, "train.device")  # cuda:$LOCAL_RANK under torchrun
+        self.ctx = init_distributed(self.device)
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
         if not resume and (self.ckpt_dir / "last.pt").exists():
@@ -276,6 +267,8 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "numpy_rng": rng_states,
             "torch_rng": torch.get_rng_state(),
+            # each rank's CUDA generator (the crop classifier's true/predicted mask draw runs on it)
+            "cuda_rng": self.ctx.gather_objects(torch.cuda.get_rng_state(self.device)) if self.device.type == "cuda" else None,
             "world_size": self.ctx.world_size,
             "config": to_dict(self.cfg),
         }
@@ -294,6 +287,8 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.rng.bit_generator.state = state["numpy_rng"][self.ctx.rank]
         torch.set_rng_state(state["torch_rng"])
+        if self.device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"][self.ctx.rank], self.device)
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.best_miou = state["best_miou"]
         self.elapsed_before = state.get("elapsed_s", 0.0)
