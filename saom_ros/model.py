@@ -12,7 +12,7 @@ import gc
 import importlib
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from saom_core.errors import ConfigError, SaomError
 from saom_core.infer.types import Segmenter
