@@ -204,19 +204,12 @@ def _score(
     height, width = masks.shape[1:]
     device = masks.device
     points = torch.as_tensor(assignment.points, dtype=torch.float32, device=device)
-    out = model.decode(
-        embedding,
-        model.points_to_input(points, height, width)[:, None, :],
-        torch.ones(len(points), 1, dtype=torch.int, device=device),
-    )
-    best = out.iou_pred.argmax(1)
-    rows = torch.arange(len(best), device=device)
-    kept = out.low_res_logits[rows, best]
-    pred = model.logits_to_frame(kept[:, None], height, width)[:, 0] > 0
+    kept = model.decode_points(embedding, points, [(height, width)]).keep_best()
+    pred = model.logits_to_frame(kept.logits[:, None], height, width)[:, 0] > 0
     inter = (pred & masks).flatten(1).sum(1).float()
     union = (pred | masks).flatten(1).sum(1).float()
     gt_area = masks.flatten(1).sum(1).float()
-    class_logits = model.kept_class_logits(prepared, kept, out.class_logits[rows, best] if out.class_logits is not None else None)
+    class_logits = model.kept_class_logits(prepared, kept)
     predicted_class = class_logits.argmax(1).cpu().numpy() if class_logits is not None else None
     names = model.class_names
     for k, class_id in enumerate(sample.class_ids):

@@ -77,14 +77,11 @@ class TrainForward(nn.Module):
             embeddings = self.model.encode(prepared)
         prompts = [make_prompts(i, embeddings[i].detach()) for i in range(len(frame_sizes))]
         device = embeddings.device
-        coords = torch.cat(
-            [self.model.points_to_input(p.points.to(device), h, w) for p, (h, w) in zip(prompts, frame_sizes)]
-        )
+        points = torch.cat([p.points for p in prompts]).to(device)
         image_index = torch.cat(
             [torch.full((len(p.points),), i, dtype=torch.long, device=device) for i, p in enumerate(prompts)]
         )
-        labels = torch.ones(len(coords), 1, dtype=torch.int, device=device)
-        out = self.model.decode(embeddings, coords[:, None, :], labels, image_index=image_index)
+        out = self.model.decode_points(embeddings, points, frame_sizes, image_index)
         classifier = self.model.classifier
         if self.gt_pool and classifier is not None and classifier.head_input == "mask_pool":
             out = self._classes_from_true_masks(out, prompts, embeddings, image_index)
@@ -92,8 +89,7 @@ class TrainForward(nn.Module):
             return out, prompts, None
         positive = torch.cat([p.positive for p in prompts]).to(device)
         true_masks = torch.cat([p.mask_targets for p in prompts]).to(device)
-        rows = torch.arange(len(positive), device=device)
-        kept = out.low_res_logits[rows, out.iou_pred.argmax(1)].detach()  # the mask SAOM would keep
+        kept = out.keep_best().logits.detach()  # the mask SAOM would keep
         crops = self.model.classify_masks(prepared, self._masks_to_classify(kept, positive, true_masks), image_index)
         out = DecoderOutput(out.low_res_logits, out.iou_pred, out.class_logits, crops)
         class_ids = torch.cat([p.class_ids for p in prompts]).to(device)
