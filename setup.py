@@ -38,6 +38,8 @@ setup(
         "pycocotools>=2.0.7",
         "opencv-python-headless>=4.8",
         "pillow>=10",
+        "scipy>=1.10",
+        "motmetrics>=1.4",
         "pyyaml>=6",
         "tqdm>=4.60",
         "tensorboard>=2.14",

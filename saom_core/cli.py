@@ -44,6 +44,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         resume=args.resume,
         classes=args.classes,
         min_area=args.min_area,
+        trajectory=args.trajectory,
     )
     print(f"wrote {path}")
     return 0
@@ -124,9 +125,12 @@ def _segmenter_from(args: argparse.Namespace):
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
+    from saom_core.geometry3d import CameraIntrinsics
     from saom_core.infer.files import segment_files
 
-    outcomes = segment_files(_segmenter_from(args), args.images, args.out)
+    camera = CameraIntrinsics.parse(args.intrinsics) if args.intrinsics else None
+    outcomes = segment_files(_segmenter_from(args), args.images, args.out, depths=args.depth, camera=camera,
+                             depth_scale=args.depth_scale)
     for outcome in outcomes:
         if outcome.error:
             print(f"saom: error: {outcome.error}", file=sys.stderr)
@@ -206,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an unfinished or extend a finished collection")
     p.add_argument("--classes", default=None, help="class list YAML (default: the simulator's own)")
     p.add_argument("--min-area", type=int, default=None, help="drop masks smaller than this (pixels)")
+    p.add_argument("--trajectory", type=int, default=0, metavar="N",
+                   help="N frames per scene from a camera moving in small steps (for tracking; pybullet)")
     p.set_defaults(handler=_cmd_collect)
 
     p = sub.add_parser("train", help="fine-tune SAOM (single process, or DDP under torchrun)")
@@ -247,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generator_args(p)
     p.add_argument("images", type=Path, nargs="+")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--depth", type=Path, nargs="+", default=None,
+                   help="aligned depth image per image (16-bit PNG in mm or float TIFF in m): 3D results in the JSON")
+    p.add_argument("--intrinsics", default=None, help="fx,fy,cx,cy in pixels, or a ROS camera calibration YAML")
+    p.add_argument("--depth-scale", type=float, default=None, help="metres per depth unit (default 0.001 for 16-bit)")
     p.set_defaults(handler=_cmd_segment)
 
     p = sub.add_parser("export", help="export encoder and decoder(+class head) to ONNX (for TensorRT on Jetson)")

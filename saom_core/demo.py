@@ -1,4 +1,5 @@
-"""The main job (`make demo` / `saom demo`): collect -> fine-tune -> evaluate -> segment -> report.
+"""The main job (`make demo` / `saom demo`): collect -> fine-tune -> evaluate -> segment -> 3D and
+tracking on a few trajectory scenes -> report.
 
 Each stage reuses what an earlier, interrupted run left in the output directory (the dataset,
 the training run via --resume), so re-running the same command continues instead of starting over.
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from saom_core.data.format import ANNOTATIONS
 from saom_core.errors import SaomError
+from saom_core.io import atomic_write_json
 
 
 @dataclass
@@ -25,6 +27,8 @@ class DemoSettings:
     eval_split: str = "test"
     everything_frames: int | None = 16
     segment_frames: int = 4
+    trajectory_scenes: int = 5  # scenes of a moving camera for the 3D and tracking figures ...
+    trajectory_frames: int = 8  # ... frames each, from another seed than the training data (unseen rooms)
     overrides: tuple[str, ...] = ()
 
 
@@ -38,6 +42,8 @@ def run_demo(settings: DemoSettings) -> Path:
     from saom_core.data.collect import collect_dataset
     from saom_core.data.reader import SaomDataset
     from saom_core.eval.evaluate import EvalSettings, evaluate
+    from saom_core.eval.objects3d_eval import Objects3DEvaluation
+    from saom_core.eval.objects3d_eval import format_markdown as format_objects_3d
     from saom_core.infer.files import segment_files
     from saom_core.infer.segmenter import load_segmenter
     from saom_core.train.config import load_train_config
@@ -49,7 +55,7 @@ def run_demo(settings: DemoSettings) -> Path:
 
     data = settings.data or out / "data"
     if settings.data is None:
-        t = _stage(f"1/5 collect {settings.scenes} PyBullet scenes -> {data}")
+        t = _stage(f"1/6 collect {settings.scenes} PyBullet scenes -> {data}")
         if not (data / ANNOTATIONS).exists():
             collect_dataset(sim="pybullet", scenes=settings.scenes, out=data, seed=settings.seed, workers=settings.workers, resume=data.exists())
         report, dataset = check_dataset(data, progress=False)
@@ -61,14 +67,14 @@ def run_demo(settings: DemoSettings) -> Path:
         overrides.append(f"model.checkpoint={settings.checkpoint}")
     cfg = load_train_config(settings.config, overrides)
     run_dir = out / "run"
-    t = _stage(f"2/5 fine-tune ({cfg.model.config}, {cfg.train.max_steps} steps) -> {run_dir}")
+    t = _stage(f"2/6 fine-tune ({cfg.model.config}, {cfg.train.max_steps} steps) -> {run_dir}")
     resume = (run_dir / "checkpoints" / "last.pt").exists()
     result = Trainer(cfg, run_dir, resume=resume).fit()
     print(f"{result.steps} steps, {result.masks_per_second:.0f} masks/s, best val mIoU {result.best_miou} ({time.perf_counter() - t:.0f} s)")
     saom_ckpt = result.best_checkpoint or result.last_checkpoint
     baseline = settings.checkpoint or run_dir / "checkpoints" / "init.pt"
 
-    t = _stage(f"3/5 evaluate {saom_ckpt.name} against {'vanilla SAM' if settings.checkpoint else 'the untrained model'} on '{settings.eval_split}'")
+    t = _stage(f"3/6 evaluate {saom_ckpt.name} against {'vanilla SAM' if settings.checkpoint else 'the untrained model'} on '{settings.eval_split}'")
     report_dir = out / "report"
     report_md = evaluate(
         saom_ckpt, baseline, data, report_dir,
@@ -78,7 +84,7 @@ def run_demo(settings: DemoSettings) -> Path:
     print(report_md.read_text().split("## Per-class")[0].rstrip())
     print(f"({time.perf_counter() - t:.0f} s)")
 
-    t = _stage(f"4/5 segment {settings.segment_frames} held-out frames")
+    t = _stage(f"4/6 segment {settings.segment_frames} held-out frames")
     held_out = SaomDataset(data, split=settings.eval_split)
     if len(held_out) == 0:
         raise SaomError(f"{data}: split '{settings.eval_split}' is empty; collect more scenes")
@@ -88,6 +94,20 @@ def run_demo(settings: DemoSettings) -> Path:
         print(f"{outcome.source.name}: {outcome.instances} objects -> {outcome.overlay}")
     print(f"({time.perf_counter() - t:.0f} s)")
 
-    _stage("5/5 done")
+    t = _stage(f"5/6 3D objects and tracking: {settings.trajectory_scenes} trajectory scenes x {settings.trajectory_frames} frames")
+    trajectory = out / "trajectory"
+    if not (trajectory / ANNOTATIONS).exists():
+        collect_dataset(sim="pybullet", scenes=settings.trajectory_scenes, out=trajectory, seed=settings.seed + 1,
+                        workers=settings.workers, resume=trajectory.exists(), trajectory=settings.trajectory_frames,
+                        progress=False)
+    sequences = SaomDataset(trajectory)
+    evaluation = Objects3DEvaluation(sequences)
+    for i in range(len(sequences)):
+        evaluation.add(i, segmenter.segment(sequences.load_image(i)))
+    atomic_write_json(report_dir / "objects_3d_trajectory.json", evaluation.result(), indent=1)
+    print("\n".join(format_objects_3d(evaluation.result(), len(sequences))))
+    print(f"({time.perf_counter() - t:.0f} s)")
+
+    _stage("6/6 done")
     print(f"total {time.perf_counter() - started:.0f} s; report: {report_md}")
     return report_md

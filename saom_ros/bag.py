@@ -7,6 +7,13 @@ frame and at its bag timestamp, the same messages `saom_node` publishes: `<prefi
 (rgb8), and `<prefix>/label_info` once (transient local, so rviz/Foxglove and `ros2 bag play` get
 the class map). Every output carries its input frame's header. A frame that cannot be read or
 segmented is counted and skipped; the run goes on.
+
+With `depth_topic` and `camera_info_topic` (registered depth, 16UC1 or 32FC1), each colour frame is
+paired with them by header stamp within `sync_slop` seconds (saom_ros.sync) and the 3D outputs are
+written too: `<prefix>/detections_3d` (vision_msgs/Detection3DArray), `<prefix>/objects`
+(sensor_msgs/PointCloud2) and `<prefix>/markers` (visualization_msgs/MarkerArray), ids as in
+`<prefix>/detections` (saom_ros.objects3d). A colour frame without matching depth, or with depth
+that cannot be used, gets its 2D outputs only and is counted.
 """
 from __future__ import annotations
 
@@ -20,6 +27,8 @@ from saom_core.infer.types import Segmenter
 
 from .conversions import UnsupportedEncoding, make_image, make_label_info, make_outputs, message_to_rgb, overlay_image
 from .msgtypes import rosbags_types, typestore
+from .objects3d import DepthInputError, frame_to_3d, make_outputs_3d, rosbags_types_3d
+from .sync import CAMERA_INFO, COLOR, DEPTH, StampSync, stamp_ns
 
 if TYPE_CHECKING:
     from saom_core.cli import PluginContext
@@ -36,9 +45,11 @@ class BagSummary:
     failed: int = 0  # unreadable frames or model errors
     errors: list[str] = field(default_factory=list)  # the first few failures
     topics: dict[str, int] = field(default_factory=dict)  # output topic -> messages written
+    without_depth: int = 0  # with depth topics: segmented frames without usable matching depth
 
     def line(self) -> str:
-        return (f"{self.segmented}/{self.frames} frames segmented, {self.skipped} skipped, {self.failed} failed; "
+        depth = f", {self.without_depth} without depth" if self.without_depth else ""
+        return (f"{self.segmented}/{self.frames} frames segmented, {self.skipped} skipped, {self.failed} failed{depth}; "
                 + ", ".join(f"{t}: {n}" for t, n in self.topics.items()))
 
 
@@ -71,6 +82,9 @@ def run_bag(
     copy_input: bool = False,
     score_threshold: float = 0.0,
     storage: str | None = "mcap",
+    depth_topic: str | None = None,
+    camera_info_topic: str | None = None,
+    sync_slop: float = 0.05,
 ) -> BagSummary:
     """Segment every image on `topic` of `in_bag` and write the outputs to the new bag `out_bag`.
 
@@ -110,6 +124,18 @@ def run_bag(
         if bad:
             raise SaomError(f"{in_bag}: topic {topic} is {bad[0]}, not sensor_msgs/Image or CompressedImage")
         total = sum(c.msgcount for c in conns)
+        if (depth_topic is None) != (camera_info_topic is None):
+            raise SaomError("3D outputs need both a depth topic and a camera_info topic")
+        extra = {}  # connection id -> sync stream
+        for stream, name, msgtype in ((DEPTH, depth_topic, "sensor_msgs/msg/Image"),
+                                      (CAMERA_INFO, camera_info_topic, "sensor_msgs/msg/CameraInfo")):
+            if name is None:
+                continue
+            found = [c for c in reader.connections if c.topic == name]
+            if not found or any(c.msgtype != msgtype for c in found):
+                raise SaomError(f"{in_bag}: no {msgtype} topic {name}")
+            extra.update({c.id: stream for c in found})
+        sync = StampSync(sync_slop) if extra else None
 
         plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
         try:
@@ -131,6 +157,11 @@ def run_bag(
             }
             if overlay:
                 out["overlay"] = add("overlay", "sensor_msgs/msg/Image")
+            if sync is not None:
+                M = rosbags_types_3d(store)
+                out["detections_3d"] = add("detections_3d", "vision_msgs/msg/Detection3DArray")
+                out["objects"] = add("objects", "sensor_msgs/msg/PointCloud2")
+                out["markers"] = add("markers", "visualization_msgs/msg/MarkerArray")
             copies = {}
             if copy_input:
                 for c in conns:
@@ -146,8 +177,65 @@ def run_bag(
             from tqdm import tqdm
 
             label_info_written = False
+
+            def segment_frame(timestamp: int, msg: Any, depth: Any = None, info: Any = None) -> None:
+                try:
+                    rgb = message_to_rgb(msg)
+                except UnsupportedEncoding as exc:
+                    summary.skipped += 1
+                    if len(summary.errors) < 5:
+                        summary.errors.append(f"t={timestamp}: {exc}")
+                    return
+                except ImageError as exc:
+                    _fail(summary, timestamp, str(exc))
+                    return
+                try:
+                    seg = segmenter.segment(rgb)
+                    if (seg.height, seg.width) != rgb.shape[:2]:
+                        raise ValueError(f"segmentation {seg.width}x{seg.height} for a "
+                                         f"{rgb.shape[1]}x{rgb.shape[0]} frame")
+                    outputs = make_outputs(T, msg.header, seg, score_threshold)
+                except Exception as exc:  # noqa: BLE001 - keep going after a bad frame
+                    _fail(summary, timestamp, f"{type(exc).__name__}: {exc}")
+                    return
+                write("detections", timestamp, outputs.detections, "vision_msgs/msg/Detection2DArray")
+                write("instance_mask", timestamp, outputs.instance_mask, "sensor_msgs/msg/Image")
+                if overlay:
+                    image = make_image(T, outputs.detections.header, overlay_image(rgb, outputs.segmentation), "rgb8")
+                    write("overlay", timestamp, image, "sensor_msgs/msg/Image")
+                summary.segmented += 1
+                if sync is None:
+                    return
+                if depth is None:
+                    summary.without_depth += 1
+                    return
+                try:
+                    frame_to_3d(outputs.segmentation, depth, info)
+                except DepthInputError as exc:
+                    summary.without_depth += 1
+                    if len(summary.errors) < 5:
+                        summary.errors.append(f"t={timestamp}: {exc}")
+                    return
+                out3d = make_outputs_3d(M, outputs.detections.header, outputs.segmentation)
+                write("detections_3d", timestamp, out3d.detections, "vision_msgs/msg/Detection3DArray")
+                write("objects", timestamp, out3d.cloud, "sensor_msgs/msg/PointCloud2")
+                write("markers", timestamp, out3d.markers, "visualization_msgs/msg/MarkerArray")
+
+            def segment_matches(matches) -> None:
+                for match in matches:
+                    timestamp, msg = match.color
+                    segment_frame(timestamp, msg, match.depth, match.camera_info)
+
             with tqdm(total=total, unit="frame", desc="saom bag", disable=not progress) as bar:
-                for conn, timestamp, raw in reader.messages(connections=conns):
+                for conn, timestamp, raw in reader.messages(connections=conns + [c for c in reader.connections if c.id in extra]):
+                    if conn.id in extra:
+                        try:
+                            other = store.deserialize_cdr(raw, conn.msgtype)
+                        except Exception as exc:  # noqa: BLE001 - a corrupt depth message is just missing depth
+                            _fail(summary, timestamp, f"cannot deserialize {conn.topic}: {exc}")
+                            continue
+                        segment_matches(sync.add(extra[conn.id], stamp_ns(other.header), other))
+                        continue
                     bar.update(1)
                     summary.frames += 1
                     if copy_input:
@@ -164,31 +252,12 @@ def run_bag(
                         write("label_info", timestamp, make_label_info(T, header, class_names, score_threshold),
                               "vision_msgs/msg/LabelInfo")
                         label_info_written = True
-                    try:
-                        rgb = message_to_rgb(msg)
-                    except UnsupportedEncoding as exc:
-                        summary.skipped += 1
-                        if len(summary.errors) < 5:
-                            summary.errors.append(f"t={timestamp}: {exc}")
-                        continue
-                    except ImageError as exc:
-                        _fail(summary, timestamp, str(exc))
-                        continue
-                    try:
-                        seg = segmenter.segment(rgb)
-                        if (seg.height, seg.width) != rgb.shape[:2]:
-                            raise ValueError(f"segmentation {seg.width}x{seg.height} for a "
-                                             f"{rgb.shape[1]}x{rgb.shape[0]} frame")
-                        outputs = make_outputs(T, msg.header, seg, score_threshold)
-                    except Exception as exc:  # noqa: BLE001 - keep going after a bad frame
-                        _fail(summary, timestamp, f"{type(exc).__name__}: {exc}")
-                        continue
-                    write("detections", timestamp, outputs.detections, "vision_msgs/msg/Detection2DArray")
-                    write("instance_mask", timestamp, outputs.instance_mask, "sensor_msgs/msg/Image")
-                    if overlay:
-                        image = make_image(T, outputs.detections.header, overlay_image(rgb, outputs.segmentation), "rgb8")
-                        write("overlay", timestamp, image, "sensor_msgs/msg/Image")
-                    summary.segmented += 1
+                    if sync is None:
+                        segment_frame(timestamp, msg)
+                    else:
+                        segment_matches(sync.add(COLOR, stamp_ns(msg.header), (timestamp, msg)))
+                if sync is not None:  # the end of the recording: what still waits has no depth
+                    segment_matches(sync.expire(2**63 - 1))
         except BaseException:
             writer.close()
             raise
@@ -211,7 +280,8 @@ def add_subcommand(subparsers: argparse._SubParsersAction, cli: PluginContext) -
         segmenter = cli.segmenter_from(args)
         try:
             summary = run_bag(
-                segmenter, args.in_bag, args.out_bag, args.topic, progress=not args.quiet, storage=args.storage
+                segmenter, args.in_bag, args.out_bag, args.topic, progress=not args.quiet, storage=args.storage,
+                depth_topic=args.depth_topic, camera_info_topic=args.camera_info_topic, sync_slop=args.sync_slop,
             )
         finally:
             segmenter.close()
@@ -224,5 +294,8 @@ def add_subcommand(subparsers: argparse._SubParsersAction, cli: PluginContext) -
     p.add_argument("out_bag", type=Path)
     p.add_argument("--topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
     p.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"], help="output bag storage")
+    p.add_argument("--depth-topic", default=None, help="registered depth (16UC1/32FC1): also write 3D outputs")
+    p.add_argument("--camera-info-topic", default=None, help="the colour camera's sensor_msgs/CameraInfo")
+    p.add_argument("--sync-slop", type=float, default=0.05, help="max stamp difference colour-depth (seconds)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=handle)

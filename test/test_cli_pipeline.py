@@ -107,5 +107,6 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--config", str(config), "--scenes", "4", "--workers", "1", "--everything-frames", "2"]) == 0
     out = capsys.readouterr().out
     assert "total" in out and "report:" in out
-    assert (tmp_path / "demo/report/report.md").exists()
+    assert "| IDF1 |" in out and "median 3D centroid error (cm)" in out  # the trajectory stage's figures
+    assert "## 3D objects from depth" in (tmp_path / "demo/report/report.md").read_text()
     assert list((tmp_path / "demo/report/segment").glob("*_overlay.png"))

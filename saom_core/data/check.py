@@ -5,6 +5,7 @@ grouped by type and size).
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ class DatasetReport:
     scenes: Counter = field(default_factory=Counter)  # split -> scenes
     per_class: dict[str, Counter] = field(default_factory=dict)  # class -> split -> masks
     frame_sizes: Counter = field(default_factory=Counter)  # (w, h) -> frames
+    depth_frames: int = 0  # frames with an aligned depth image
+    objects3d: int = 0  # annotations with a ground-truth 3D pose
 
     @property
     def total_images(self) -> int:
@@ -49,7 +52,9 @@ class DatasetReport:
             cells = " | ".join(f"{counts[s]:>6}" for s in SPLITS)
             lines.append(f"| {cls.type:<11} | {cls.size:<12} | {cls.name:<20} | {cells} | {sum(counts.values()):>6} |")
         sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sorted(self.frame_sizes.items()))
-        lines += ["", f"frame sizes: {sizes}", f"classes present: {len(self.classes_present)} of {len(dataset.classes.classes)}"]
+        lines += ["", f"frame sizes: {sizes}", f"classes present: {len(self.classes_present)} of {len(dataset.classes.classes)}",
+                  f"depth: {self.depth_frames} of {self.total_images} frames; 3D ground truth: {self.objects3d} of "
+                  f"{sum(self.masks.values())} masks"]
         return "\n".join(lines)
 
 
@@ -65,6 +70,9 @@ def check_dataset(root: str | Path, progress: bool = True) -> tuple[DatasetRepor
         report.images[split] += 1
         report.frame_sizes[(image.shape[1], image.shape[0])] += 1
         scenes[split].add(str(info["saom"].get("scene")))
+        if dataset.load_depth(index) is not None:  # decodes and checks size and type
+            _check_intrinsics(info)
+            report.depth_frames += 1
         for ann in dataset.annotations_of(index):
             try:
                 mask = rle_utils.decode(ann["segmentation"])
@@ -74,8 +82,39 @@ def check_dataset(root: str | Path, progress: bool = True) -> tuple[DatasetRepor
                 raise DatasetError(f"annotation {ann['id']}: mask {mask.shape} is not the frame size {image.shape[:2]}")
             if not mask.any():
                 raise DatasetError(f"annotation {ann['id']} (image {info['id']}): empty mask")
+            if "object3d" in ann:
+                _check_object3d(ann)
+                report.objects3d += 1
             report.masks[split] += 1
             report.per_class[dataset.classes.name_of(ann["category_id"])][split] += 1
     for split, names in scenes.items():
         report.scenes[split] = len(names)
     return report, dataset
+
+
+def _check_intrinsics(info: dict) -> None:
+    k = info["saom"].get("intrinsics")
+    if not isinstance(k, dict) or not all(isinstance(k.get(n), (int, float)) for n in ("fx", "fy", "cx", "cy")):
+        raise DatasetError(f"image {info['id']}: depth without saom.intrinsics {{fx, fy, cx, cy}}")
+    if k["fx"] <= 0 or k["fy"] <= 0:
+        raise DatasetError(f"image {info['id']}: focal lengths must be positive, got fx={k['fx']} fy={k['fy']}")
+
+
+def _check_object3d(ann: dict) -> None:
+    obj = ann["object3d"]
+    where = f"annotation {ann['id']} (image {ann['image_id']}): object3d"
+    lengths = {"position": 3, "orientation": 4, "extents": 3}
+    if not isinstance(obj, dict) or any(
+        not isinstance(obj.get(key), list) or len(obj[key]) != n or not all(isinstance(v, (int, float)) for v in obj[key])
+        for key, n in lengths.items()
+    ):
+        raise DatasetError(f"{where} needs position [3], orientation [4] (x, y, z, w) and extents [3] numbers")
+    if not all(math.isfinite(v) for key in lengths for v in obj[key]) or min(obj["extents"]) <= 0:
+        raise DatasetError(f"{where} has a non-finite value or a non-positive extent: {obj}")
+    lo, hi = obj.get("aabb_min"), obj.get("aabb_max")
+    if (lo is None) != (hi is None) or (lo is not None and (
+            len(lo) != 3 or len(hi) != 3 or not all(isinstance(a, (int, float)) and isinstance(b, (int, float)) and a < b
+                                                    for a, b in zip(lo, hi)))):
+        raise DatasetError(f"{where}: aabb_min/aabb_max must both be 3 numbers with min < max, got {lo}, {hi}")
+    if abs(math.sqrt(sum(v * v for v in obj["orientation"])) - 1.0) > 1e-3:
+        raise DatasetError(f"{where}: orientation is not a unit quaternion: {obj['orientation']}")

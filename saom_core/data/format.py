@@ -6,6 +6,8 @@ metadata dict (scene, frame index, agent pose, simulator). On disk a dataset is 
     DIR/annotations.json   COCO instances; masks as RLE; categories carry the paper's type/size;
                            each image has an `saom` dict (scene, frame_index, split, agent_pose, ...)
     DIR/images/*.png       the frames
+    DIR/depth/*.png        optional aligned depth, 16-bit PNG in millimetres (0 = no depth); the image
+                           entry names it in `depth_file_name`, its `saom.intrinsics` holds fx, fy, cx, cy
     DIR/.scenes/*.json     one shard per finished scene (what `--resume` continues from)
 
 `annotations.json` is written last and atomically, so a directory without it is an unfinished
@@ -45,6 +47,8 @@ class Frame:
     masks: np.ndarray  # (N, H, W) bool, one per object
     labels: list[str]  # N class names
     meta: dict[str, Any] = field(default_factory=dict)
+    depth: np.ndarray | None = None  # (H, W) float32 metres, aligned with `image`; 0 or NaN = no depth
+    objects3d: list[dict[str, Any]] | None = None  # per mask: ground-truth pose/extents (see pybullet.py)
 
     def validate(self, where: str = "frame") -> None:
         if self.image.ndim != 3 or self.image.shape[2] != 3 or self.image.dtype != np.uint8:
@@ -54,6 +58,29 @@ class Frame:
             raise DatasetError(f"{where}: masks must be (N, {h}, {w}), got {self.masks.shape}")
         if len(self.labels) != len(self.masks):
             raise DatasetError(f"{where}: {len(self.masks)} masks but {len(self.labels)} labels")
+        if self.depth is not None:
+            if self.depth.shape != (h, w):
+                raise DatasetError(f"{where}: depth must be ({h}, {w}), got {self.depth.shape}")
+            if "intrinsics" not in self.meta:
+                raise DatasetError(f"{where}: depth without meta['intrinsics']")
+        if self.objects3d is not None and len(self.objects3d) != len(self.masks):
+            raise DatasetError(f"{where}: {len(self.masks)} masks but {len(self.objects3d)} 3D objects")
+
+
+DEPTH_SCALE = 0.001  # metres per unit of a stored depth PNG (millimetres)
+DEPTH_MAX_M = 65.535  # the largest depth a 16-bit millimetre PNG holds
+
+
+def encode_depth_png(depth_m: np.ndarray) -> bytes:
+    """Metres -> 16-bit PNG in millimetres; NaN, <= 0 and beyond 65.535 m become 0 (no depth)."""
+    import cv2
+
+    depth = np.nan_to_num(np.asarray(depth_m, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    mm = np.where((depth > 0) & (depth <= DEPTH_MAX_M), np.round(depth / DEPTH_SCALE), 0).astype(np.uint16)
+    ok, buffer = cv2.imencode(".png", mm)
+    if not ok:
+        raise DatasetError("could not encode a depth image as PNG")
+    return buffer.tobytes()
 
 
 def split_for_scene(scene: str, fractions: tuple[float, float, float] = DEFAULT_SPLIT_FRACTIONS) -> str:
@@ -101,12 +128,19 @@ class DatasetWriter:
             file_name = f"images/{scene}_{index:03d}.png"
             with atomic_open(self.root / file_name) as handle:
                 Image.fromarray(frame.image).save(handle, format="PNG")
+            record_extra: dict[str, Any] = {}
+            if frame.depth is not None:
+                depth_name = f"depth/{scene}_{index:03d}.png"
+                with atomic_open(self.root / depth_name) as handle:
+                    handle.write(encode_depth_png(frame.depth))
+                record_extra["depth_file_name"] = depth_name
             annotations = []
-            for mask, label in zip(frame.masks, frame.labels):
+            for k, (mask, label) in enumerate(zip(frame.masks, frame.labels)):
                 self.class_list.index(label)  # unknown class -> clear error now, not at training time
                 rle = rle_utils.encode(mask)
                 annotations.append(
                     {"category": label, "segmentation": rle, "area": int(mask.sum()), "bbox": rle_utils.bbox_xywh(mask)}
+                    | ({"object3d": frame.objects3d[k]} if frame.objects3d is not None else {})
                 )
             meta = dict(frame.meta, scene=scene, frame_index=index, split=split)
             meta.setdefault("simulator", self.simulator)
@@ -117,6 +151,7 @@ class DatasetWriter:
                     "width": int(frame.image.shape[1]),
                     "saom": meta,
                     "annotations": annotations,
+                    **record_extra,
                 }
             )
         atomic_write_json(self.shard_dir / f"{scene}.json", {"scene": scene, "split": split, "frames": records})
@@ -135,7 +170,8 @@ class DatasetWriter:
             for record in shard["frames"]:
                 image_id = len(coco["images"]) + 1
                 coco["images"].append(
-                    {k: record[k] for k in ("file_name", "height", "width", "saom")} | {"id": image_id}
+                    {k: record[k] for k in ("file_name", "depth_file_name", "height", "width", "saom") if k in record}
+                    | {"id": image_id}
                 )
                 for ann in record["annotations"]:
                     coco["annotations"].append(
@@ -148,6 +184,7 @@ class DatasetWriter:
                             "bbox": ann["bbox"],
                             "iscrowd": 0,
                         }
+                        | ({"object3d": ann["object3d"]} if "object3d" in ann else {})
                     )
         coco["saom"]["splits"] = splits
         path = self.root / ANNOTATIONS

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -12,7 +12,7 @@ from PIL import Image, UnidentifiedImageError
 
 from saom_core.data import rle as rle_utils
 from saom_core.data.classes import ClassList
-from saom_core.data.format import ANNOTATIONS, SPLITS
+from saom_core.data.format import ANNOTATIONS, DEPTH_SCALE, SPLITS
 from saom_core.errors import ConfigError, DatasetError
 
 
@@ -27,6 +27,14 @@ class Sample:
     meta: dict[str, Any]
     image_id: int
     annotation_ids: list[int]
+    depth: np.ndarray | None = None  # (H, W) float32 metres, 0 = no depth; None for datasets without depth
+    objects3d: list[dict[str, Any] | None] = field(default_factory=list)  # per mask, ground truth 3D or None
+
+    @property
+    def intrinsics(self) -> tuple[float, float, float, float] | None:
+        """(fx, fy, cx, cy) in pixels, if the frame records them."""
+        k = self.meta.get("intrinsics")
+        return None if k is None else (float(k["fx"]), float(k["fy"]), float(k["cx"]), float(k["cy"]))
 
 
 class SaomDataset:
@@ -79,6 +87,29 @@ class SaomDataset:
             )
         return image
 
+    @property
+    def has_depth(self) -> bool:
+        """True when every frame (of the split) has an aligned depth image."""
+        return bool(self.images) and all("depth_file_name" in info for info in self.images)
+
+    def load_depth(self, index: int) -> np.ndarray | None:
+        """The frame's depth in metres (float32, 0 = no depth), or None for a frame without depth."""
+        import cv2
+
+        info = self.images[index]
+        if "depth_file_name" not in info:
+            return None
+        path = self.root / info["depth_file_name"]
+        raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if raw is None:
+            raise DatasetError(f"image {info['id']}: depth file missing or undecodable: {path}")
+        if raw.dtype != np.uint16 or raw.shape != (info["height"], info["width"]):
+            raise DatasetError(
+                f"image {info['id']}: {path} must be a {info['width']}x{info['height']} 16-bit single-channel PNG, "
+                f"got {raw.dtype} {raw.shape}"
+            )
+        return raw.astype(np.float32) * np.float32(DEPTH_SCALE)
+
     def __getitem__(self, index: int) -> Sample:
         info = self.images[index]
         image = self.load_image(index)
@@ -96,6 +127,8 @@ class SaomDataset:
             meta=dict(info.get("saom", {})),
             image_id=int(info["id"]),
             annotation_ids=[int(a["id"]) for a in anns],
+            depth=self.load_depth(index),
+            objects3d=[a.get("object3d") for a in anns],
         )
 
 

@@ -13,6 +13,7 @@ import torch
 
 from saom_core.data.reader import SaomDataset
 from saom_core.eval.everything_eval import run_everything
+from saom_core.eval.objects3d_eval import Objects3DEvaluation
 from saom_core.eval.point_eval import POINT_PROMPTS, evaluate_point_prompts
 from saom_core.eval.report import write_report
 from saom_core.infer.generator import GeneratorConfig, generator_config
@@ -81,10 +82,14 @@ def evaluate(
     points, random_points = by_prompt["nearest_neighbour"], by_prompt["random_foreground"]
     overlay_frames: dict[int, dict[str, Any]] = {}
 
+    objects_3d = Objects3DEvaluation(dataset) if dataset.has_depth else None  # SAOM's masks, on datasets with depth
+
     def keep_overlay(name: str):
         def on_frame(index: int, image: np.ndarray, seg: Segmentation) -> None:
             if index < settings.overlays:
                 overlay_frames.setdefault(index, {"image": image})[name] = seg
+            if name == "saom" and objects_3d is not None:
+                objects_3d.add(index, seg)
 
         return on_frame
 
@@ -113,6 +118,8 @@ def evaluate(
             "generator": f"pred IoU {config.pred_iou_thresh}, stability {config.stability_score_thresh}, "
             f"box NMS {config.box_nms_thresh}, min region {config.min_mask_region_area}, grid {config.points_per_side}",
         }
+    if objects_3d is not None:
+        report["objects_3d"] = objects_3d.result()
     report["frames"] = min(len(dataset), settings.max_frames or len(dataset))
     report["objects"] = points["saom"].objects
     overlay_files = _write_overlays(out_dir, dataset, overlay_frames)

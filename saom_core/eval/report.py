@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from saom_core.data.classes import ClassList
+from saom_core.eval.objects3d_eval import format_markdown as format_objects_3d
 from saom_core.io import atomic_open, atomic_write_json, atomic_write_text
 
 DEFINITIONS = """\
@@ -60,6 +61,8 @@ def render_markdown(report: dict[str, Any], classes: ClassList, images: list[str
     if per_class_ap:
         base_ap = base["everything"]["coco_mask_per_class"] or {}
         lines.append(f"| mask AP, per class | {_num(base_ap.get('AP'))} | {_num(per_class_ap['AP'])} |")
+    if "objects_3d" in report:
+        lines += ["", *format_objects_3d(report["objects_3d"], saom["everything"]["frames"])]
     lines += [
         "",
         "## Per-class results (paper Tables 3 and 4)",

@@ -9,7 +9,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from saom_core.data import rle as rle_utils
-from saom_core.errors import ImageError, SaomError
+from saom_core.errors import ConfigError, ImageError, SaomError
+from saom_core.geometry3d import CameraIntrinsics, add_objects3d
 from saom_core.infer.segmenter import SaomSegmenter
 from saom_core.infer.types import Segmentation
 from saom_core.io import atomic_write_json
@@ -49,6 +50,7 @@ def segmentation_json(seg: Segmentation, source: str) -> dict:
                 "area": int(inst.mask.sum()),
                 "segmentation": rle_utils.encode(inst.mask),
             }
+            | ({"object3d": inst.object3d.to_dict()} if inst.object3d is not None else {})
             for k, inst in enumerate(seg.instances)
         ],
     }
@@ -63,13 +65,34 @@ class SegmentOutcome:
     error: str | None = None
 
 
-def segment_files(segmenter: SaomSegmenter, paths: Iterable[str | Path], out_dir: str | Path) -> list[SegmentOutcome]:
-    """Segment each image; a bad image is reported and skipped, the batch goes on."""
+def read_depth(path: str | Path, depth_scale: float | None = None) -> np.ndarray:
+    """A depth image file (16-bit PNG in millimetres, or a float TIFF in metres) as float32 metres."""
+    import cv2
+
+    from saom_core.geometry3d import depth_in_metres
+
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if raw is None:
+        raise ImageError(f"{path}: no such file or not a readable depth image")
+    try:
+        return depth_in_metres(raw, depth_scale)
+    except SaomError as exc:
+        raise ImageError(f"{path}: {exc}") from exc
+
+
+def segment_files(segmenter: SaomSegmenter, paths: Iterable[str | Path], out_dir: str | Path,
+                  depths: list[Path] | None = None, camera: CameraIntrinsics | None = None,
+                  depth_scale: float | None = None) -> list[SegmentOutcome]:
+    """Segment each image; a bad image is reported and skipped, the batch goes on. With `depths`
+    (one aligned depth image per image) and `camera`, each instance's 3D result goes into the JSON."""
+    paths = list(paths)
+    if depths is not None and (camera is None or len(depths) != len(paths)):
+        raise ConfigError(f"--depth needs --intrinsics and one depth image per image ({len(depths)} for {len(paths)})")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     outcomes = []
     used: set[str] = set()
-    for path in map(Path, paths):
+    for index, path in enumerate(map(Path, paths)):
         stem = path.stem
         while stem in used:  # same name from two folders: keep both outputs
             stem += "_"
@@ -77,6 +100,8 @@ def segment_files(segmenter: SaomSegmenter, paths: Iterable[str | Path], out_dir
         try:
             image = read_image(path)
             seg = segmenter.segment(image)
+            if depths is not None:
+                add_objects3d(seg, read_depth(depths[index], depth_scale), camera)
         except SaomError as exc:
             outcomes.append(SegmentOutcome(path, error=str(exc)))
             continue

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from saom_core.geometry3d import Object3D
 
 
 @dataclass
@@ -22,6 +25,8 @@ class Instance:
     predicted_iou: float
     stability: float
     point: tuple[float, float] | None = None  # the prompt (x, y) in pixels, if any
+    track_id: int | None = None  # persistent id across frames (saom_core.track), when tracked
+    object3d: "Object3D | None" = None  # 3D from aligned depth (saom_core.geometry3d), when computed
 
     @property
     def score(self) -> float:

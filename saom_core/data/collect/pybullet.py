@@ -10,7 +10,20 @@ camera height/pitch/field of view, object scales and tints are random per scene;
 Frame meta: `agent_pose` (position of the camera, z up; `yaw` in degrees counter-clockwise about +z
 from +x, so each RotateRight lowers it by 90; `pitch` in degrees, negative looking down; `height`),
 `camera` (vertical field of view, clip planes, size), `light` (TinyRenderer light parameters),
-`station` (what stands in that direction), `instance_ids` (PyBullet body ids of the masks), `seed`.
+`station` (what stands in that direction), `instance_ids` (PyBullet body ids of the masks), `seed`,
+`intrinsics` (pinhole fx, fy, cx, cy in pixels, OpenCV/ROS convention: pixel (u, v) is centred at
+u, v; derived from the projection matrix) and `trajectory_step` in trajectory mode.
+
+Depth: the z-buffer turned into metres along the optical axis with the projection's near/far planes,
+aligned with the image. 3D ground truth per mask (`Frame.objects3d`), in the camera's optical frame
+(REP 103: x right, y down, z forward): `position` (the centre of the object's box), `orientation`
+(quaternion x, y, z, w of the object's frame), `extents` (edge lengths of its collision shapes'
+axis-aligned box in its own frame, Bullet's small AABB margin included), and `aabb_min`/`aabb_max`,
+the axis-aligned box of its collision geometry in the optical frame (what a box from depth estimates).
+
+Trajectory mode (`trajectory=N`): N frames of one scene, the camera facing the first station and
+moving in small steps (turning and sliding sideways), so tracking can be measured. It draws the same
+random numbers as the 4-view mode; only the camera path differs.
 
 Masks come from the segmentation buffer: the visible pixels of one body in one frame. Only bodies
 whose class is in the class list get masks; masks under `min_area` pixels are dropped.
@@ -78,6 +91,7 @@ _STATION_WEIGHTS = (0.3, 0.2, 0.2, 0.15, 0.15)
 _FLOOR_TEXTURES = ("table/table.png", "checker_blue.png", "tray/tray.jpg")
 _NEAR, _FAR = 0.05, 15.0
 _SETTLE_STEPS, _SETTLE_CHECK = 360, 30
+_TRAJECTORY_TURN_DEG, _TRAJECTORY_SLIDE_M = 1.5, 0.02  # camera motion per trajectory frame
 
 
 def _r(x: float) -> float:
@@ -92,8 +106,14 @@ class PyBulletCollector(Collector):
     name = "pybullet"
     default_classes = "pybullet"
 
-    def __init__(self, class_list: ClassList, size: int = REFERENCE_SIZE, min_area: int = DEFAULT_MIN_AREA) -> None:
+    supports_trajectory = True
+
+    def __init__(self, class_list: ClassList, size: int = REFERENCE_SIZE, min_area: int = DEFAULT_MIN_AREA,
+                 trajectory: int = 0) -> None:
         super().__init__(class_list, size=size, min_area=min_area)
+        if trajectory < 0:
+            raise SimulatorError(f"trajectory must be 0 (4 views) or a number of frames, got {trajectory}")
+        self.trajectory = int(trajectory)
         self.interest = {name for name in MODELS if name in class_list.names}
         if not self.interest:
             raise SimulatorError(
@@ -113,7 +133,7 @@ class PyBulletCollector(Collector):
 
     # -- one scene ----------------------------------------------------------------------------------
     def collect_scene(self, scene_index: int, seed: int) -> list[Frame]:
-        """The 4 frames of one scene, in a pybullet client of its own (connecting takes milliseconds),
+        """The frames of one scene, in a pybullet client of its own (connecting takes milliseconds),
         so no state a scene leaves in pybullet can reach the next. A scene depends only on (seed,
         scene index): see `_mesh_is_finite` for the one shipped model that broke this."""
         rng = scene_rng(seed, scene_index)
@@ -121,23 +141,40 @@ class PyBulletCollector(Collector):
         try:
             scene = _SceneBuilder(bc, rng, self.data_path).build()
             light = _random_light(rng)
+            rendered = [self._render(bc, scene, eye, yaw, light, k, seed)
+                        for k, (eye, yaw) in enumerate(self._camera_path(scene))]
+            # after every render: measuring the boxes moves bodies (and puts them back)
+            boxes = _local_boxes(bc, sorted({uid for frame, _ in rendered for uid in frame.meta["instance_ids"]}))
             frames = []
-            for k in range(FRAMES_PER_SCENE):
-                yaw = scene["yaw0"] - 90.0 * k  # RotateRight 90
-                frames.append(self._render(bc, scene, yaw, light, k, seed))
+            for frame, world_to_cam in rendered:
+                frame.objects3d = _objects_in_camera(bc, frame.meta["instance_ids"], boxes, world_to_cam)
+                frames.append(frame)
         finally:
             bc.disconnect()
         return frames
 
-    def _render(self, bc: BulletClient, scene: dict[str, Any], yaw: float, light: dict[str, Any], k: int,
-                seed: int) -> Frame:
+    def _camera_path(self, scene: dict[str, Any]) -> list[tuple[np.ndarray, float]]:
+        """(eye position, yaw in degrees) per frame: the paper's 4 views, or a trajectory of small steps."""
+        eye = np.array([0.0, 0.0, scene["height"]])
+        if not self.trajectory:
+            return [(eye, scene["yaw0"] - 90.0 * k) for k in range(FRAMES_PER_SCENE)]  # RotateRight 90
+        path = []
+        for k in range(self.trajectory):
+            t = k - (self.trajectory - 1) / 2  # centred on the first station's view
+            yaw = scene["yaw0"] + _TRAJECTORY_TURN_DEG * t
+            side = np.array([-math.sin(math.radians(scene["yaw0"])), math.cos(math.radians(scene["yaw0"])), 0.0])
+            path.append((eye + side * _TRAJECTORY_SLIDE_M * t, yaw))
+        return path
+
+    def _render(self, bc: BulletClient, scene: dict[str, Any], eye: np.ndarray, yaw: float, light: dict[str, Any],
+                k: int, seed: int) -> tuple[Frame, np.ndarray]:
+        """The frame and the camera's world-to-optical transform."""
         h, pitch, fov = scene["height"], scene["pitch"], scene["fov"]
-        eye = np.array([0.0, 0.0, h])
         yr, pr = math.radians(yaw), math.radians(pitch)
         forward = np.array([math.cos(pr) * math.cos(yr), math.cos(pr) * math.sin(yr), math.sin(pr)])
         view = bc.computeViewMatrix(eye.tolist(), (eye + forward).tolist(), [0.0, 0.0, 1.0])
         proj = bc.computeProjectionMatrixFOV(fov, 1.0, _NEAR, _FAR)
-        _, _, rgba, _, seg = bc.getCameraImage(
+        _, _, rgba, zbuffer, seg = bc.getCameraImage(
             self.size, self.size, view, proj, renderer=pybullet.ER_TINY_RENDERER,
             lightDirection=light["direction"], lightColor=light["color"], lightDistance=light["distance"],
             shadow=int(light["shadow"]), lightAmbientCoeff=light["ambient"], lightDiffuseCoeff=light["diffuse"],
@@ -158,14 +195,109 @@ class PyBulletCollector(Collector):
         meta = {
             "simulator": self.name,
             "seed": int(seed),
-            "station": scene["stations"][k],
-            "agent_pose": {"position": [0.0, 0.0, _r(h)], "yaw": _r(yaw % 360.0), "pitch": _r(pitch), "height": _r(h)},
+            "station": scene["stations"][0 if self.trajectory else k],
+            "agent_pose": {"position": [_r(eye[0]), _r(eye[1]), _r(h)], "yaw": _r(yaw % 360.0), "pitch": _r(pitch),
+                           "height": _r(h)},
             "camera": {"fov_deg": _r(fov), "near": _NEAR, "far": _FAR, "width": self.size, "height": self.size,
                        "renderer": "tiny"},
+            "intrinsics": intrinsics_from_projection(proj, self.size, self.size),
             "light": light,
             "instance_ids": uids,
         }
-        return Frame(image=image, masks=stacked, labels=labels, meta=meta)
+        if self.trajectory:
+            meta["trajectory_step"] = k
+        depth = depth_from_zbuffer(np.reshape(np.asarray(zbuffer, dtype=np.float64), (self.size, self.size)), _NEAR, _FAR)
+        return Frame(image=image, masks=stacked, labels=labels, meta=meta, depth=depth), world_to_optical(view)
+
+
+def depth_from_zbuffer(zbuffer: np.ndarray, near: float, far: float) -> np.ndarray:
+    """OpenGL z-buffer values in [0, 1] -> metres along the optical axis (float32)."""
+    return (far * near / (far - (far - near) * zbuffer)).astype(np.float32)
+
+
+def _gl_matrix(values) -> np.ndarray:
+    """pybullet's column-major 16-list -> a (4, 4) row-major matrix."""
+    return np.asarray(values, dtype=np.float64).reshape(4, 4).T
+
+
+def intrinsics_from_projection(proj, width: int, height: int) -> dict[str, float]:
+    """Pinhole intrinsics of an OpenGL projection matrix for a width x height image.
+
+    OpenGL's eye frame is x right, y up, z backward; the optical frame is x right, y down, z forward
+    with pixel (u, v) centred at u, v (OpenCV, sensor_msgs/CameraInfo). TinyRenderer samples pixel i
+    at window coordinate i (not i + 0.5 as GPU rasterisers do) and counts rows from the bottom, so
+    row v is sampled at height - 1 - v: cx = width / 2 and cy = height / 2 - 1 for a centred
+    projection (the sphere test checks both to a quarter pixel)."""
+    p = _gl_matrix(proj)
+    return {"fx": _r(p[0, 0] * width / 2), "fy": _r(p[1, 1] * height / 2),
+            "cx": _r((1.0 - p[0, 2]) * width / 2), "cy": _r((1.0 + p[1, 2]) * height / 2 - 1.0)}
+
+
+def world_to_optical(view) -> np.ndarray:
+    """(4, 4) transform from world to the camera's optical frame, from an OpenGL view matrix."""
+    return np.diag([1.0, -1.0, -1.0, 1.0]) @ _gl_matrix(view)
+
+
+def _local_boxes(bc: BulletClient, uids: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per body: (centre, edge lengths) of its collision shapes' box in the body's own (base) frame.
+
+    Measured by placing the body at the origin unrotated and reading its AABB, then putting it back."""
+    boxes = {}
+    for uid in uids:
+        pos, orn = bc.getBasePositionAndOrientation(uid)
+        bc.resetBasePositionAndOrientation(uid, [0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0])
+        lo, hi = _body_aabb(bc, uid)
+        bc.resetBasePositionAndOrientation(uid, pos, orn)
+        boxes[uid] = ((lo + hi) / 2, hi - lo)
+    return boxes
+
+
+def _objects_in_camera(bc: BulletClient, uids: list[int], boxes: dict[int, tuple[np.ndarray, np.ndarray]],
+                       world_to_cam: np.ndarray) -> list[dict[str, list[float]]]:
+    """Each body's box centre, orientation and extents in the optical frame, and the axis-aligned box
+    of its collision geometry in the optical frame (`aabb_min`, `aabb_max`: Bullet's AABB of the body
+    turned as the camera sees it; exact for spheres and convex shapes, unlike the box around the
+    turned local box). Bodies are moved to measure it and put back."""
+    from scipy.spatial.transform import Rotation
+
+    to_cam = Rotation.from_matrix(world_to_cam[:3, :3])
+    out = []
+    for uid in uids:
+        pos, orn = bc.getBasePositionAndOrientation(uid)
+        body = Rotation.from_quat(orn)
+        centre_world = body.apply(boxes[uid][0]) + np.asarray(pos)
+        centre = world_to_cam[:3, :3] @ centre_world + world_to_cam[:3, 3]
+        orientation = to_cam * body
+        bc.resetBasePositionAndOrientation(uid, [0.0, 0.0, 0.0], orientation.as_quat().tolist())
+        lo, hi = _body_aabb(bc, uid, tight=True)
+        bc.resetBasePositionAndOrientation(uid, pos, orn)
+        origin = world_to_cam[:3, :3] @ np.asarray(pos) + world_to_cam[:3, 3]
+        out.append({"position": [_r(v) for v in centre], "orientation": [_r(v) for v in orientation.as_quat()],
+                    "extents": [_r(v) for v in boxes[uid][1]], "aabb_min": [_r(v) for v in origin + lo],
+                    "aabb_max": [_r(v) for v in origin + hi]})
+    return out
+
+
+def _body_aabb(bc: BulletClient, uid: int, tight: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """World AABB of a body over all its links. Bullet's AABB of a compound shape (the vhacd duck and
+    teddy, the mug) is the union of its parts' turned boxes, far larger than the object; with `tight`,
+    links whose collision mesh pybullet returns are bounded by their vertices instead."""
+    from scipy.spatial.transform import Rotation
+
+    los, his = [], []
+    for link in range(-1, bc.getNumJoints(uid)):
+        vertices = np.asarray(bc.getMeshData(uid, link)[1], dtype=np.float64) if tight else np.zeros((0, 3))
+        if len(vertices):
+            pos, orn = bc.getBasePositionAndOrientation(uid) if link == -1 else bc.getLinkState(uid, link)[:2]
+            world = Rotation.from_quat(orn).apply(vertices) + np.asarray(pos)
+            los.append(world.min(0))
+            his.append(world.max(0))
+        else:
+            a, b = bc.getAABB(uid, link)
+            los.append(np.array(a))
+            his.append(np.array(b))
+    lo, hi = np.min(los, axis=0), np.max(his, axis=0)
+    return lo, hi
 
 
 @functools.lru_cache(maxsize=None)

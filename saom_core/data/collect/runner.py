@@ -23,7 +23,7 @@ from saom_core.errors import ConfigError, DatasetError
 from saom_core.io import atomic_write_json
 
 SETTINGS_FILE = "collect.json"  # how the directory was collected; --resume must use the same settings
-_RESUME_KEYS = ("simulator", "seed", "size", "class_list", "min_area")
+_RESUME_KEYS = ("simulator", "seed", "size", "class_list", "min_area", "trajectory")
 
 
 def collect_dataset(
@@ -37,8 +37,10 @@ def collect_dataset(
     classes: str | Path | ClassList | None = None,
     min_area: int | None = None,
     progress: bool = True,
+    trajectory: int = 0,
 ) -> Path:
-    """Collect `scenes` scenes (4 frames each) into `out`; returns the annotations.json path."""
+    """Collect `scenes` scenes (4 frames each, or `trajectory` frames of a moving camera) into `out`;
+    returns the annotations.json path."""
     cls = collector_class(sim)
     if scenes < 1:
         raise ConfigError(f"--scenes must be at least 1, got {scenes}")
@@ -46,16 +48,19 @@ def collect_dataset(
         raise ConfigError(f"--workers must be at least 1, got {workers}")
     if not 16 <= size <= 4096:
         raise ConfigError(f"--size must be between 16 and 4096 pixels, got {size}")
+    if trajectory < 0 or (trajectory and not getattr(cls, "supports_trajectory", False)):
+        raise ConfigError(f"--trajectory must be a positive number of frames, supported by pybullet only (got {trajectory} for {cls.name})")
     class_list, extras = load_class_list(classes if classes is not None else cls.default_classes)
     area = resolve_min_area(min_area, extras, size)
     # fail before touching the output directory: simulator not installed, class list it cannot label ...
     cls.check_available()
-    cls(class_list, size=size, min_area=area).close()  # constructing is cheap: the simulator starts lazily
+    kwargs = {"trajectory": int(trajectory)} if trajectory else {}
+    cls(class_list, size=size, min_area=area, **kwargs).close()  # constructing is cheap: the simulator starts lazily
 
     out = Path(out)
     writer = DatasetWriter(out, class_list, cls.name, resume=resume)
     settings = {"simulator": cls.name, "seed": int(seed), "size": int(size), "class_list": class_list.name,
-                "min_area": area, "scenes": int(scenes)}
+                "min_area": area, "scenes": int(scenes), "trajectory": int(trajectory)}
     _check_resume_settings(out, settings)
     atomic_write_json(out / SETTINGS_FILE, settings, indent=2)
 
@@ -64,7 +69,7 @@ def collect_dataset(
     bar = tqdm(total=scenes, initial=scenes - len(pending), desc=f"collect {cls.name}", unit="scene",
                disable=not progress)
     try:
-        for index, frames in _render(cls, class_list, size, area, seed, pending, workers):
+        for index, frames in _render(cls, class_list, size, area, seed, pending, workers, kwargs):
             writer.write_scene(scene_id(index), frames)
             bar.update(1)
     finally:
@@ -89,18 +94,18 @@ def _check_resume_settings(out: Path, settings: dict[str, Any]) -> None:
 
 
 def _render(cls: type[Collector], class_list: ClassList, size: int, min_area: int, seed: int,
-            indices: list[int], workers: int):
+            indices: list[int], workers: int, kwargs: dict[str, Any]):
     """Yield (scene index, frames) in scene order."""
     if not indices:
         return
     if workers == 1 or len(indices) == 1:
-        with cls(class_list, size=size, min_area=min_area) as collector:
+        with cls(class_list, size=size, min_area=min_area, **kwargs) as collector:
             for index in indices:
                 yield index, collector.collect_scene(index, seed)
         return
     # spawn: every worker starts clean (no simulator state or threads inherited from the parent)
     ctx = multiprocessing.get_context("spawn")
-    init_args = (cls.name, class_list.to_dict(), size, min_area, seed)
+    init_args = (cls.name, class_list.to_dict(), size, min_area, seed, kwargs)
     with ctx.Pool(min(workers, len(indices)), initializer=_worker_init, initargs=init_args) as pool:
         yield from pool.imap(_worker_scene, indices, chunksize=1)
 
@@ -109,17 +114,19 @@ def _render(cls: type[Collector], class_list: ClassList, size: int, min_area: in
 _worker: dict[str, Any] = {}
 
 
-def _worker_init(sim: str, class_list: dict[str, Any], size: int, min_area: int, seed: int) -> None:
+def _worker_init(sim: str, class_list: dict[str, Any], size: int, min_area: int, seed: int,
+                 kwargs: dict[str, Any]) -> None:
     # Only store the settings: an exception in a Pool initializer makes the pool respawn workers
     # forever, so the simulator is started (and may fail, reported normally) on the first scene.
-    _worker.update(sim=sim, class_list=class_list, size=size, min_area=min_area, seed=seed)
+    _worker.update(sim=sim, class_list=class_list, size=size, min_area=min_area, seed=seed, kwargs=kwargs)
 
 
 def _worker_scene(index: int) -> tuple[int, list[Frame]]:
     collector = _worker.get("collector")
     if collector is None:
         cls = collector_class(_worker["sim"])
-        collector = cls(ClassList.from_dict(_worker["class_list"]), size=_worker["size"], min_area=_worker["min_area"])
+        collector = cls(ClassList.from_dict(_worker["class_list"]), size=_worker["size"], min_area=_worker["min_area"],
+                        **_worker["kwargs"])
         _worker["collector"] = collector
         mp_util.Finalize(collector, collector.close, exitpriority=10)  # runs when the worker exits cleanly
     return index, collector.collect_scene(index, _worker["seed"])

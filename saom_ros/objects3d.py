@@ -1,0 +1,243 @@
+"""3D outputs and RGB-D inputs as ROS messages, built without a running node (the node and `saom bag`).
+
+Outputs, all with the colour image's header, one entry per instance that has a 3D result
+(`Instance.object3d`), named by `instance_id` (the track id when tracking is on, else the instance's
+number in the frame, which is its value in `~/instance_mask`):
+- vision_msgs/Detection3DArray: box centre and size (camera optical frame, metres, axis-aligned so
+  the orientation is identity), class id (as in Detection2D: the class index as a string) and score.
+- sensor_msgs/PointCloud2: every object's points, fields x, y, z (float32), id and class_id (uint16).
+- visualization_msgs/MarkerArray: a DELETEALL marker, then per object a translucent CUBE (namespace
+  "boxes") and a TEXT_VIEW_FACING label "class id" above it (namespace "labels"), both with marker id
+  = the object's id, so rviz shows the current frame only.
+
+Inputs: `depth_from_message` (sensor_msgs/Image 16UC1/mono16 millimetres or 32FC1 metres) and
+`camera_from_info` (sensor_msgs/CameraInfo), with one clear DepthInputError per problem.
+"""
+from __future__ import annotations
+
+import colorsys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from saom_core.errors import ImageError
+from saom_core.geometry3d import CameraIntrinsics, depth_in_metres
+from saom_core.infer.types import Instance, Segmentation
+
+from .conversions import _u8_buffer
+from .msgtypes import _u8_array, typestore
+
+DEPTH_ENCODINGS = {"16uc1": ("<u2", ">u2", 0.001), "mono16": ("<u2", ">u2", 0.001), "32fc1": ("<f4", ">f4", 1.0)}
+POINT_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("id", "<u2"), ("class_id", "<u2")])
+_POINTFIELD_FLOAT32, _POINTFIELD_UINT16 = 7, 4
+_MARKER_CUBE, _MARKER_TEXT, _MARKER_DELETEALL, _MARKER_ADD = 1, 9, 3, 0
+
+
+class DepthInputError(ImageError):
+    """Depth or camera_info that cannot give 3D for this colour frame (warned about, never fatal)."""
+
+
+@dataclass(frozen=True)
+class Messages3D:
+    """The message classes of the 3D outputs, from one implementation (rclpy or rosbags)."""
+
+    Header: Any
+    Time: Any
+    Duration: Any
+    Detection3DArray: Any
+    Detection3D: Any
+    BoundingBox3D: Any
+    ObjectHypothesisWithPose: Any
+    ObjectHypothesis: Any
+    PoseWithCovariance: Any
+    Pose: Any
+    Point: Any
+    Quaternion: Any
+    Vector3: Any
+    PointCloud2: Any
+    PointField: Any
+    MarkerArray: Any
+    Marker: Any
+    ColorRGBA: Any
+    CompressedImage: Any
+    MeshFile: Any
+    u8: Callable[[memoryview], Any]
+
+
+_NAMES = {
+    "Header": "std_msgs/msg/Header", "Time": "builtin_interfaces/msg/Time", "Duration": "builtin_interfaces/msg/Duration",
+    "Detection3DArray": "vision_msgs/msg/Detection3DArray", "Detection3D": "vision_msgs/msg/Detection3D",
+    "BoundingBox3D": "vision_msgs/msg/BoundingBox3D", "ObjectHypothesisWithPose": "vision_msgs/msg/ObjectHypothesisWithPose",
+    "ObjectHypothesis": "vision_msgs/msg/ObjectHypothesis", "PoseWithCovariance": "geometry_msgs/msg/PoseWithCovariance",
+    "Pose": "geometry_msgs/msg/Pose", "Point": "geometry_msgs/msg/Point", "Quaternion": "geometry_msgs/msg/Quaternion",
+    "Vector3": "geometry_msgs/msg/Vector3", "PointCloud2": "sensor_msgs/msg/PointCloud2",
+    "PointField": "sensor_msgs/msg/PointField", "MarkerArray": "visualization_msgs/msg/MarkerArray",
+    "Marker": "visualization_msgs/msg/Marker", "ColorRGBA": "std_msgs/msg/ColorRGBA",
+    "CompressedImage": "sensor_msgs/msg/CompressedImage", "MeshFile": "visualization_msgs/msg/MeshFile",
+}
+
+
+def rclpy_types_3d() -> Messages3D:
+    """rclpy's generated classes (ROS 2 with vision_msgs and visualization_msgs)."""
+    import importlib
+
+    classes = {}
+    for attr, name in _NAMES.items():
+        pkg, _, cls = name.split("/")
+        classes[attr] = getattr(importlib.import_module(f"{pkg}.msg"), cls)
+    return Messages3D(**classes, u8=_u8_array)
+
+
+def rosbags_types_3d(store=None) -> Messages3D:
+    """rosbags' dataclasses (pure Python: `saom bag` and the ROS-free tests)."""
+    store = store or typestore()
+    return Messages3D(**{attr: store.types[name] for attr, name in _NAMES.items()},
+                      u8=lambda data: np.frombuffer(data, dtype=np.uint8))
+
+
+def instance_id(instance: Instance, index: int) -> int:
+    """The id an instance is published under: its track id when tracked, else its number (1-based)."""
+    return int(instance.track_id) if instance.track_id is not None else int(index)
+
+
+def _with_3d(seg: Segmentation) -> list[tuple[int, Instance]]:
+    return [(instance_id(inst, k), inst) for k, inst in enumerate(seg.instances, 1) if inst.object3d is not None]
+
+
+def _pose(M: Messages3D, centre: np.ndarray) -> Any:
+    x, y, z = (float(v) for v in centre)
+    return M.Pose(position=M.Point(x=x, y=y, z=z), orientation=M.Quaternion(x=0.0, y=0.0, z=0.0, w=1.0))
+
+
+def make_detection3d_array(M: Messages3D, header: Any, seg: Segmentation) -> Any:
+    detections = []
+    for key, inst in _with_3d(seg):
+        obj = inst.object3d
+        sx, sy, sz = (float(v) for v in obj.size)
+        hypothesis = M.ObjectHypothesisWithPose(
+            hypothesis=M.ObjectHypothesis(class_id=str(int(inst.class_id)), score=float(inst.score)),
+            pose=M.PoseWithCovariance(pose=_pose(M, obj.centre), covariance=np.zeros(36, dtype=np.float64)))
+        detections.append(M.Detection3D(header=header, results=[hypothesis],
+                                        bbox=M.BoundingBox3D(center=_pose(M, obj.centre), size=M.Vector3(x=sx, y=sy, z=sz)),
+                                        id=str(key)))
+    return M.Detection3DArray(header=header, detections=detections)
+
+
+def make_point_cloud(M: Messages3D, header: Any, seg: Segmentation) -> Any:
+    """All objects' points in one unorganised cloud (height 1), fields x, y, z, id, class_id."""
+    parts = []
+    for key, inst in _with_3d(seg):
+        pts = inst.object3d.points
+        part = np.empty(len(pts), dtype=POINT_DTYPE)
+        part["x"], part["y"], part["z"] = pts[:, 0], pts[:, 1], pts[:, 2]
+        part["id"], part["class_id"] = key, int(inst.class_id)
+        parts.append(part)
+    cloud = np.concatenate(parts) if parts else np.empty(0, dtype=POINT_DTYPE)
+    fields = [M.PointField(name=name, offset=int(POINT_DTYPE.fields[name][1]),
+                           datatype=_POINTFIELD_FLOAT32 if name in "xyz" else _POINTFIELD_UINT16, count=1)
+              for name in POINT_DTYPE.names]
+    return M.PointCloud2(header=header, height=1, width=int(len(cloud)), fields=fields, is_bigendian=False,
+                         point_step=POINT_DTYPE.itemsize, row_step=POINT_DTYPE.itemsize * len(cloud),
+                         data=M.u8(memoryview(cloud.tobytes())), is_dense=True)
+
+
+def class_colour(class_id: int) -> tuple[float, float, float]:
+    """A stable, distinct colour per class (golden-ratio hues)."""
+    return colorsys.hsv_to_rgb((class_id * 0.618033988749895) % 1.0, 0.75, 0.95)
+
+
+def _marker(M: Messages3D, header: Any, ns: str, key: int, kind: int, action: int = _MARKER_ADD,
+            centre: np.ndarray | None = None, scale=(0.0, 0.0, 0.0), rgba=(0.0, 0.0, 0.0, 0.0), text: str = "") -> Any:
+    return M.Marker(
+        header=header, ns=ns, id=int(key), type=kind, action=action,
+        pose=_pose(M, np.zeros(3) if centre is None else centre),
+        scale=M.Vector3(x=float(scale[0]), y=float(scale[1]), z=float(scale[2])),
+        color=M.ColorRGBA(r=float(rgba[0]), g=float(rgba[1]), b=float(rgba[2]), a=float(rgba[3])),
+        lifetime=M.Duration(sec=0, nanosec=0), frame_locked=False, points=[], colors=[], texture_resource="",
+        texture=M.CompressedImage(header=header, format="", data=M.u8(memoryview(b""))), uv_coordinates=[],
+        text=text, mesh_resource="", mesh_file=M.MeshFile(filename="", data=M.u8(memoryview(b""))),
+        mesh_use_embedded_materials=False)
+
+
+def make_markers(M: Messages3D, header: Any, seg: Segmentation) -> Any:
+    markers = [_marker(M, header, "", 0, _MARKER_CUBE, action=_MARKER_DELETEALL)]
+    for key, inst in _with_3d(seg):
+        obj = inst.object3d
+        r, g, b = class_colour(int(inst.class_id))
+        size = np.maximum(obj.size, 1e-3)  # rviz draws nothing for a zero scale
+        markers.append(_marker(M, header, "boxes", key, _MARKER_CUBE, centre=obj.centre, scale=size, rgba=(r, g, b, 0.4)))
+        above = obj.centre - np.array([0.0, size[1] / 2 + 0.03, 0.0])  # optical frame: -y is up
+        markers.append(_marker(M, header, "labels", key, _MARKER_TEXT, centre=above, scale=(0.0, 0.0, 0.05),
+                               rgba=(1.0, 1.0, 1.0, 1.0), text=f"{inst.class_name} {key}"))
+    return M.MarkerArray(markers=markers)
+
+
+@dataclass
+class Outputs3D:
+    detections: Any
+    cloud: Any
+    markers: Any
+
+
+def make_outputs_3d(M: Messages3D, header: Any, seg: Segmentation) -> Outputs3D:
+    return Outputs3D(make_detection3d_array(M, header, seg), make_point_cloud(M, header, seg), make_markers(M, header, seg))
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs
+
+
+def depth_from_message(msg: Any, width: int, height: int) -> np.ndarray:
+    """sensor_msgs/Image depth -> (H, W) float32 metres (0 = no depth), checked against the colour size."""
+    encoding = str(msg.encoding).strip().lower()
+    if encoding not in DEPTH_ENCODINGS:
+        raise DepthInputError(f"depth encoding {msg.encoding!r} is not supported (16UC1 or mono16 in millimetres, 32FC1 in metres)")
+    little, big, scale = DEPTH_ENCODINGS[encoding]
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if (h, w) != (int(height), int(width)):
+        raise DepthInputError(f"depth image is {w}x{h} but the colour image is {width}x{height}: "
+                              "use depth registered to the colour camera (e.g. RealSense align_depth)")
+    dtype = np.dtype(big if msg.is_bigendian else little)
+    if step < w * dtype.itemsize:
+        raise DepthInputError(f"depth step {step} is smaller than width {w} x {dtype.itemsize} bytes")
+    buf = _u8_buffer(msg.data)
+    if buf.size < h * step:
+        raise DepthInputError(f"depth data has {buf.size} bytes, {w}x{h} {encoding} with step {step} needs {h * step}")
+    rows = buf[: h * step].reshape(h, step)[:, : w * dtype.itemsize]
+    raw = np.ascontiguousarray(rows).view(dtype).reshape(h, w)
+    return depth_in_metres(raw.astype(dtype.newbyteorder("=")), depth_scale=scale)
+
+
+def camera_from_info(msg: Any, width: int, height: int) -> CameraIntrinsics:
+    """sensor_msgs/CameraInfo -> intrinsics, checked against the colour image it is paired with."""
+    info_w, info_h = int(msg.width), int(msg.height)
+    if (info_w, info_h) != (0, 0) and (info_w, info_h) != (int(width), int(height)):
+        raise DepthInputError(f"camera_info is for {info_w}x{info_h} images but the colour image is {width}x{height}")
+    k = [float(v) for v in msg.k]
+    if len(k) != 9 or k[0] <= 0 or k[4] <= 0:
+        raise DepthInputError(f"camera_info has no usable focal length (K = {k}); is the camera calibrated?")
+    return CameraIntrinsics.from_k(k)
+
+
+def frame_to_3d(seg: Segmentation, depth_msg: Any, info_msg: Any, settings: Any = None) -> int:
+    """Set `object3d` on the instances of `seg` from a depth and a camera_info message; returns how
+    many instances got none. Raises DepthInputError for unusable inputs (nothing is set then)."""
+    from saom_core.geometry3d import DepthSettings, add_objects3d
+
+    depth = depth_from_message(depth_msg, seg.width, seg.height)
+    camera = camera_from_info(info_msg, seg.width, seg.height)
+    return add_objects3d(seg, depth, camera, settings or DepthSettings())
+
+
+def depth_to_message(T: Any, header: Any, depth_m: np.ndarray, encoding: str = "16UC1") -> Any:
+    """A depth sensor_msgs/Image from metres (tests, synthetic streams): 16UC1 millimetres or 32FC1 metres."""
+    if encoding == "16UC1":
+        data = np.where(np.isfinite(depth_m), np.round(depth_m * 1000.0), 0).clip(0, 65535).astype("<u2")
+    elif encoding == "32FC1":
+        data = np.asarray(depth_m, dtype="<f4")
+    else:
+        raise ValueError(f"cannot encode depth as {encoding}")
+    h, w = depth_m.shape
+    return T.Image(header=header, height=int(h), width=int(w), encoding=encoding, is_bigendian=0,
+                   step=int(w * data.itemsize), data=T.u8(memoryview(np.ascontiguousarray(data)).cast("B")))

@@ -1,0 +1,175 @@
+"""saom_ros.objects3d with rclpy's real message classes (and rosbags' for serialisation), and the
+ROS-free stamp synchroniser saom_ros.sync."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from saom_ros.testing import isolate_ros_env
+
+isolate_ros_env()
+
+from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+from builtin_interfaces.msg import Time  # noqa: E402
+
+from saom_core.geometry3d import CameraIntrinsics, Object3D  # noqa: E402
+from saom_core.infer.types import Instance, Segmentation  # noqa: E402
+from saom_ros.msgtypes import rclpy_types, rosbags_types, typestore  # noqa: E402
+from saom_ros.objects3d import (  # noqa: E402
+    POINT_DTYPE, DepthInputError, camera_from_info, depth_from_message, depth_to_message, frame_to_3d, make_outputs_3d,
+    rclpy_types_3d, rosbags_types_3d,
+)
+from saom_ros.sync import StampSync  # noqa: E402
+
+pytestmark = [pytest.mark.filterwarnings("ignore:module 'sre_:DeprecationWarning")]
+M = rclpy_types_3d()
+T = rclpy_types()
+H, W = 48, 64
+CAM = CameraIntrinsics(60.0, 60.0, 31.5, 23.5)
+
+
+def _header(sec=3, nanosec=4):
+    return Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id="camera_color_optical_frame")
+
+
+def _info(width=W, height=H, fx=CAM.fx):
+    return CameraInfo(header=_header(), width=width, height=height, distortion_model="plumb_bob",
+                      k=[fx, 0.0, CAM.cx, 0.0, CAM.fy, CAM.cy, 0.0, 0.0, 1.0])
+
+
+def _seg() -> Segmentation:
+    a, b, c = (np.zeros((H, W), bool) for _ in range(3))
+    a[10:20, 10:30] = True
+    b[25:40, 35:60] = True
+    c[0, 0] = True  # too small for 3D
+    insts = [Instance(m, (0, 0, 1, 1), k, f"class{k}", 0.9, 1.0, 1.0) for k, m in ((2, a), (5, b), (1, c))]
+    insts[0].track_id, insts[1].track_id = 17, 4  # tracked: ids are track ids
+    return Segmentation(H, W, insts)
+
+
+def _depth():
+    depth = np.full((H, W), 2.0, np.float32)
+    depth[25:40, 35:60] = 1.25
+    return depth
+
+
+@pytest.mark.parametrize("encoding", ["16UC1", "32FC1"])
+def test_outputs_with_real_messages_and_colour_header(encoding):
+    seg = _seg()
+    depth_msg = depth_to_message(T, _header(), _depth(), encoding)
+    assert isinstance(depth_msg, Image)
+    assert frame_to_3d(seg, depth_msg, _info()) == 1  # the one-pixel instance gets no 3D
+    header = _header()
+    out = make_outputs_3d(M, header, seg)
+
+    dets = out.detections.detections
+    assert out.detections.header == header and [d.id for d in dets] == ["17", "4"]
+    assert [d.results[0].hypothesis.class_id for d in dets] == ["2", "5"]
+    assert dets[1].bbox.center.position.z == pytest.approx(1.25 + 0.5 * dets[1].bbox.size.z, abs=1e-3)
+    assert dets[1].bbox.size.x == pytest.approx(25 * 1.25 / 60.0, abs=1e-3)  # 25 px at 1.25 m, f = 60 px
+    assert all(d.bbox.size.x > 0 and d.bbox.size.y > 0 and d.bbox.size.z > 0 for d in dets)
+
+    cloud = out.cloud
+    assert cloud.header == header and cloud.height == 1 and cloud.width == 200 + 375
+    assert [f.name for f in cloud.fields] == ["x", "y", "z", "id", "class_id"]
+    points = np.frombuffer(bytes(cloud.data), dtype=POINT_DTYPE)
+    assert set(np.unique(points["id"])) == {17, 4} and set(points[points["id"] == 4]["class_id"]) == {5}
+    assert np.allclose(points[points["id"] == 4]["z"], 1.25, atol=1e-3)
+
+    markers = out.markers.markers
+    assert markers[0].action == 3  # DELETEALL first: rviz shows this frame's objects only
+    assert [(m.ns, m.id) for m in markers[1:]] == [("boxes", 17), ("labels", 17), ("boxes", 4), ("labels", 4)]
+    assert all(m.header == header for m in markers) and markers[2].text == "class2 17"
+
+
+def test_rosbags_classes_serialise_the_same_outputs():
+    from saom_ros.objects3d import make_outputs_3d as build
+
+    store = typestore()
+    Tb = rosbags_types()
+    seg = _seg()
+    frame_to_3d(seg, depth_to_message(Tb, _header_b(Tb), _depth(), "16UC1"), _info())
+    out = build(rosbags_types_3d(), _header_b(Tb), seg)
+    for msg in (out.detections, out.cloud, out.markers):
+        raw = store.serialize_cdr(msg, msg.__msgtype__)
+        assert store.deserialize_cdr(raw, msg.__msgtype__).__msgtype__ == msg.__msgtype__
+
+
+def _header_b(Tb):
+    return Tb.Header(stamp=Tb.Time(sec=3, nanosec=4), frame_id="cam")
+
+
+def test_bad_depth_and_camera_info_give_clear_errors():
+    good = depth_to_message(T, _header(), _depth(), "16UC1")
+    with pytest.raises(DepthInputError, match="depth image is 32x48 but the colour image is 64x48"):
+        depth_from_message(depth_to_message(T, _header(), _depth()[:, :32], "16UC1"), W, H)
+    bad = depth_to_message(T, _header(), _depth(), "16UC1")
+    bad.encoding = "rgb8"
+    with pytest.raises(DepthInputError, match="encoding 'rgb8' is not supported"):
+        depth_from_message(bad, W, H)
+    with pytest.raises(DepthInputError, match="no usable focal length"):
+        camera_from_info(_info(fx=0.0), W, H)
+    with pytest.raises(DepthInputError, match="camera_info is for 640x480"):
+        camera_from_info(_info(width=640, height=480), W, H)
+    seg = _seg()
+    with pytest.raises(DepthInputError):
+        frame_to_3d(seg, good, _info(fx=0.0))
+    assert all(i.object3d is None for i in seg.instances)  # nothing half-set
+    assert np.allclose(depth_from_message(good, W, H), _depth())
+
+
+def test_big_endian_and_padded_depth_rows():
+    depth = _depth()
+    data = np.zeros((H, W + 3), ">u2")
+    data[:, :W] = np.round(depth * 1000)
+    msg = Image(header=_header(), height=H, width=W, encoding="mono16", is_bigendian=1, step=(W + 3) * 2,
+                data=data.tobytes())
+    assert np.allclose(depth_from_message(msg, W, H), depth)
+
+
+# -- the synchroniser ----------------------------------------------------------------------------------
+MS = 1_000_000
+
+
+def test_sync_pairs_by_nearest_stamp_within_slop():
+    sync = StampSync(slop=0.02)
+    assert sync.add("color", 100 * MS, "c100") == []
+    assert sync.add("depth", 95 * MS, "d95") == []  # camera_info still missing
+    out = sync.add("camera_info", 101 * MS, "i101")
+    assert [(m.color, m.depth, m.camera_info) for m in out] == [("c100", "d95", "i101")]
+    sync.add("depth", 130 * MS, "d130")
+    sync.add("depth", 141 * MS, "d141")
+    sync.add("camera_info", 139 * MS, "i139")
+    out = sync.add("color", 138 * MS, "c138")
+    assert [(m.color, m.depth) for m in out] == [("c138", "d141")]  # nearest, not first
+
+
+def test_colour_without_matching_depth_still_comes_out_in_order():
+    sync = StampSync(slop=0.01)
+    out = sync.add("color", 100 * MS, "c100") + sync.add("color", 133 * MS, "c133")
+    assert out == []
+    out += sync.add("camera_info", 133 * MS, "i133")  # past c100's window: c100 can never match
+    assert [m.color for m in out] == ["c100"]
+    out += sync.add("depth", 133 * MS, "d133")
+    assert [(m.color, m.complete) for m in out] == [("c100", False), ("c133", True)]
+
+
+def test_expire_releases_frames_when_depth_stops():
+    sync = StampSync(slop=0.01, max_wait=0.2)
+    sync.add("color", 100 * MS, "c100")
+    sync.add("color", 200 * MS, "c200")
+    assert sync.expire(250 * MS) == []
+    assert [m.color for m in sync.expire(350 * MS)] == ["c100"]
+    assert [m.color for m in sync.expire(1000 * MS)] == ["c200"]
+    with pytest.raises(ValueError, match="unknown stream"):
+        sync.add("infrared", 1, None)
+
+
+def test_sync_queue_never_grows_past_its_size():
+    sync = StampSync(slop=0.01, queue_size=3)
+    released = []
+    for k in range(10):  # no depth at all: a full queue hands out its oldest frame without depth
+        released += sync.add("color", k * 100 * MS, f"c{k}")
+    assert [m.color for m in released] == [f"c{k}" for k in range(7)] and not any(m.complete for m in released)
+    assert len(sync.queues["color"]) == 3
