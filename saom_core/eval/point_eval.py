@@ -16,8 +16,9 @@ instances stay in the tables with occurrences 0 and are left out of the means.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -162,7 +163,9 @@ def evaluate_point_prompts(
     assign_name = assign_with or next(iter(models))
     results = {
         prompt: {
-            name: PointEvalResult(dataset.classes, m.classifier is not None, {c: ClassStats() for c in dataset.classes.names})
+            name: PointEvalResult(
+                dataset.classes, m.classifier is not None, {c: ClassStats() for c in dataset.classes.names}
+            )
             for name, m in models.items()
         }
         for prompt in prompts
@@ -190,7 +193,10 @@ def evaluate_point_prompts(
                     ref.input_size(height, width), ref.config.image_size,
                 )
             for name, model in models.items():
-                _score(model, prepared[name], embeddings[name], assignment, sample, masks, dataset.classes, results[prompt][name])
+                _score(
+                    model, prepared[name], embeddings[name], assignment, sample, masks, dataset.classes,
+                    results[prompt][name],
+                )
     for name, m in models.items():
         m.train(was_training[name])
     return results

@@ -17,7 +17,7 @@ import torch
 from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
 
 from saom_core.device import resolve_device
-from saom_core.errors import ConfigError, ImageError
+from saom_core.errors import ImageError
 from saom_core.infer.generator import EverythingGenerator, GeneratorConfig, generator_config
 from saom_core.infer.types import Instance, Segmentation, build_instances
 from saom_core.model.checkpoint import load_checkpoint
@@ -88,7 +88,9 @@ class SaomSegmenter:
         return self._grow(self.generator.generate(small), *image.shape[:2])
 
     @torch.inference_mode()
-    def segment_prompts(self, image: np.ndarray, boxes: np.ndarray | None = None, points: np.ndarray | None = None) -> Segmentation:
+    def segment_prompts(
+        self, image: np.ndarray, boxes: np.ndarray | None = None, points: np.ndarray | None = None
+    ) -> Segmentation:
         """One instance per box (N, 4 xyxy pixels), then one per point (M, 2 xy pixels); none dropped."""
         image = check_frame(image)
         height, width = image.shape[:2]
@@ -100,7 +102,8 @@ class SaomSegmenter:
         model = self.model
         device = model.device
         if boxes is not None and len(boxes):
-            box_t = torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4) * np.tile(scale, 2), device=device)
+            box_px = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) * np.tile(scale, 2)
+            box_t = torch.as_tensor(box_px, device=device)
             box_in = model.points_to_input(box_t.view(-1, 2, 2), sh, sw).view(-1, 4)
             with self.generator.autocast():
                 out = model.decode(embedding, boxes=box_in, multimask_output=False)
@@ -142,7 +145,9 @@ class SaomSegmenter:
             torch.cuda.empty_cache()
 
 
-def load_segmenter(checkpoint: str | Path, settings: SegmenterSettings | None = None, **overrides: Any) -> SaomSegmenter:
+def load_segmenter(
+    checkpoint: str | Path, settings: SegmenterSettings | None = None, **overrides: Any
+) -> SaomSegmenter:
     """Load a SAOM (or official SAM) checkpoint for inference; errors name the bad file or value.
 
     `settings` and/or keyword `overrides` by name (the fields of saom_core.settings.SegmenterSettings:

@@ -26,7 +26,7 @@ class Instance:
     stability: float
     point: tuple[float, float] | None = None  # the prompt (x, y) in pixels, if any
     track_id: int | None = None  # persistent id across frames (saom_core.track), when tracked
-    object3d: "Object3D | None" = None  # 3D from aligned depth (saom_core.geometry3d), when computed
+    object3d: Object3D | None = None  # 3D from aligned depth (saom_core.geometry3d), when computed
 
     @property
     def score(self) -> float:

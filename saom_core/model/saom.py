@@ -137,7 +137,9 @@ class ClassifierHead(nn.Module):
             raise ValueError("head_input 'mask_pool' needs the mask logits and the image embeddings")
         return self.pool(mask_logits.detach().sigmoid(), image_embeddings, image_index)
 
-    def pool(self, masks: torch.Tensor, image_embeddings: torch.Tensor, image_index: torch.Tensor | None = None) -> torch.Tensor:
+    def pool(
+        self, masks: torch.Tensor, image_embeddings: torch.Tensor, image_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """`mask_pool` logits from soft masks (P, M, S, S) in [0, 1] at the decoder's resolution.
 
         Training calls this with the ground-truth masks of the objects (the predicted ones are blobs
@@ -208,7 +210,9 @@ class SaomModel(Sam):
             else None
         )
         self.crop_classifier = (
-            MaskCropClassifier(class_list.num_classes_with_background) if class_list is not None and crop_classifier else None
+            MaskCropClassifier(class_list.num_classes_with_background)
+            if class_list is not None and crop_classifier
+            else None
         )
 
     def init_from_scratch(self) -> None:
@@ -220,7 +224,9 @@ class SaomModel(Sam):
         if self.image_encoder.pos_embed is not None:
             nn.init.trunc_normal_(self.image_encoder.pos_embed, std=0.02)
 
-    def classify_masks(self, prepared: torch.Tensor, masks: torch.Tensor, image_index: torch.Tensor | None = None) -> torch.Tensor:
+    def classify_masks(
+        self, prepared: torch.Tensor, masks: torch.Tensor, image_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(B, 3, S, S) model input, (P, s, s) mask probabilities at the decoder's resolution,
         (P,) frame of each mask -> (P, C + 1) class logits from the crop classifier."""
         if self.crop_classifier is None:
@@ -295,7 +301,8 @@ class SaomModel(Sam):
         selection = slice(1, None) if multimask_output else slice(0, 1)
         class_logits = None
         if self.classifier is not None:
-            class_logits = self.classifier(iou_token_out, mask_tokens_out, masks, image_embeddings, image_index)[:, selection]
+            class_logits = self.classifier(iou_token_out, mask_tokens_out, masks, image_embeddings, image_index)
+            class_logits = class_logits[:, selection]
         return DecoderOutput(masks[:, selection], iou_pred[:, selection], class_logits)
 
     def decode_points(
@@ -322,6 +329,9 @@ class SaomModel(Sam):
 
 
 def build_model(
-    config: SamConfig, class_list: ClassList | None = None, head_input: HeadInput = "iou_token", crop_classifier: bool = False
+    config: SamConfig,
+    class_list: ClassList | None = None,
+    head_input: HeadInput = "iou_token",
+    crop_classifier: bool = False,
 ) -> SaomModel:
     return SaomModel(config, class_list, head_input, crop_classifier)

@@ -96,7 +96,9 @@ class Trainer:
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
         if not resume and (self.ckpt_dir / "last.pt").exists():
-            raise SaomError(f"{self.run_dir} already holds a training run; pass --resume to continue it or choose another --out")
+            raise SaomError(
+                f"{self.run_dir} already holds a training run; pass --resume to continue it or choose another --out"
+            )
         if resume and not (self.ckpt_dir / "last.pt").exists():
             raise CheckpointError(f"nothing to resume: {self.ckpt_dir / 'last.pt'} does not exist")
 
@@ -105,7 +107,9 @@ class Trainer:
         self.val_set = SaomDataset(cfg.data.root, split=cfg.data.val_split)
         if len(self.train_set) == 0:
             raise DatasetError(f"{cfg.data.root}: split '{cfg.data.train_split}' has no frames")
-        self.model = build_model(get_config(cfg.model.config), self.train_set.classes, cfg.model.head_input, cfg.model.crop_classifier)
+        self.model = build_model(
+            get_config(cfg.model.config), self.train_set.classes, cfg.model.head_input, cfg.model.crop_classifier
+        )
         if cfg.model.checkpoint:
             from saom_core.model.checkpoint import load_sam_weights
 
@@ -119,7 +123,8 @@ class Trainer:
         self.hflip = cfg.data.hflip and not self.use_cache
 
         self.frames = FrameStore(self.train_set, cfg.data.preload, progress=progress and self.ctx.is_main)
-        self.cache = EmbeddingCache(cfg.train.cache_dir or Path(cfg.data.root) / ".embedding_cache", self.model) if self.use_cache else None
+        cache_dir = cfg.train.cache_dir or Path(cfg.data.root) / ".embedding_cache"
+        self.cache = EmbeddingCache(cache_dir, self.model) if self.use_cache else None
         self.forward_module: nn.Module = TrainForward(self.model, cfg.train.class_pool_true_masks)
         if self.ctx.enabled:
             self.forward_module = DistributedDataParallel(
@@ -185,7 +190,9 @@ class Trainer:
             "numpy_rng": rng_states,
             "torch_rng": torch.get_rng_state(),
             # each rank's CUDA generator (the crop classifier's true/predicted mask draw runs on it)
-            "cuda_rng": self.ctx.gather_objects(torch.cuda.get_rng_state(self.device)) if self.device.type == "cuda" else None,
+            "cuda_rng": (
+                self.ctx.gather_objects(torch.cuda.get_rng_state(self.device)) if self.device.type == "cuda" else None
+            ),
             "world_size": self.ctx.world_size,
             "config": to_dict(self.cfg),
         }
@@ -233,7 +240,9 @@ class Trainer:
         if self.cache is not None:
             embeddings = torch.stack([self._embedding(self.cache, f) for f in frames]).to(self.device).float()
         if self.cache is None or self.model.crop_classifier is not None:
-            prepared = torch.cat([self.model.prepare_images(torch.from_numpy(f.image)[None].to(self.device)) for f in frames])
+            prepared = torch.cat(
+                [self.model.prepare_images(torch.from_numpy(f.image)[None].to(self.device)) for f in frames]
+            )
 
         model = self.model
         low_res = model.config.low_res_size
@@ -249,7 +258,8 @@ class Trainer:
 
         start = time.perf_counter()
         self.forward_module.train()
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+        amp = self.amp_dtype
+        with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
             out, prompts, crop_targets = self.forward_module(prepared, embeddings, sizes, make_prompts)
             terms = saom_loss(
                 out,
@@ -269,7 +279,8 @@ class Trainer:
         self.scaler.scale(terms.total).backward()
         self.scaler.unscale_(self.optimizer)
         if self.cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.cfg.optim.grad_clip)
+            trained = [p for p in self.model.parameters() if p.requires_grad]
+            torch.nn.utils.clip_grad_norm_(trained, self.cfg.optim.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -321,18 +332,26 @@ class Trainer:
         cfg = self.cfg.train
         if self.ctx.is_main:
             self.run_log.open()
-        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="training", unit="step", disable=not (self.progress and self.ctx.is_main))
+        bar = tqdm(
+            total=cfg.max_steps, initial=self.step, desc="training", unit="step",
+            disable=not (self.progress and self.ctx.is_main),
+        )
         self._fit_started = time.perf_counter()
         done = self.step >= cfg.max_steps or self._out_of_time()
         try:
             while not done:
-                batches = epoch_batches(len(self.frames), cfg.frames_per_step, self.epoch, cfg.seed, self.ctx.rank, self.ctx.world_size)
+                batches = epoch_batches(
+                    len(self.frames), cfg.frames_per_step, self.epoch, cfg.seed, self.ctx.rank, self.ctx.world_size
+                )
                 while self.batch_in_epoch < len(batches) and not done:
                     metrics = self.train_step([self.frames[i] for i in batches[self.batch_in_epoch]])
                     self.step += 1
                     self.batch_in_epoch += 1
                     bar.update(1)
-                    bar.set_postfix(loss=f"{metrics['loss']:.3f}", iou=f"{metrics['mask_iou']:.2f}", acc=f"{metrics['class_accuracy']:.2f}")
+                    bar.set_postfix(
+                        loss=f"{metrics['loss']:.3f}", iou=f"{metrics['mask_iou']:.2f}",
+                        acc=f"{metrics['class_accuracy']:.2f}",
+                    )
                     done = self.step >= cfg.max_steps or self._out_of_time()
                     if self.ctx.is_main and (self.step % cfg.log_every == 0 or done):
                         self.run_log.train_step(self.step, self.epoch, float(self.scheduler.get_last_lr()[0]), metrics)
@@ -351,5 +370,8 @@ class Trainer:
             shutdown_distributed(self.ctx)
         masks, seconds = self._throughput
         best = self.ckpt_dir / "best.pt"
-        return TrainResult(self.run_dir, self.step, self.best_miou, self.ckpt_dir / "last.pt", best if best.exists() else None, masks / seconds if seconds else 0.0)
+        return TrainResult(
+            self.run_dir, self.step, self.best_miou, self.ckpt_dir / "last.pt", best if best.exists() else None,
+            masks / seconds if seconds else 0.0,
+        )
 
