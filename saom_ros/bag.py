@@ -49,8 +49,8 @@ class BagSummary:
 
     def line(self) -> str:
         depth = f", {self.without_depth} without depth" if self.without_depth else ""
-        return (f"{self.segmented}/{self.frames} frames segmented, {self.skipped} skipped, {self.failed} failed{depth}; "
-                + ", ".join(f"{t}: {n}" for t, n in self.topics.items()))
+        counts = f"{self.segmented}/{self.frames} frames segmented, {self.skipped} skipped, {self.failed} failed"
+        return f"{counts}{depth}; " + ", ".join(f"{t}: {n}" for t, n in self.topics.items())
 
 
 def _qos(transient_local: bool = False):
@@ -93,9 +93,6 @@ def run_bag(
     a missing/unreadable input bag, an output that exists already, or a topic that is not an image
     topic of the bag.
     """
-    from rosbags.rosbag2 import Reader, StoragePlugin, Writer
-    from rosbags.rosbag2.errors import ReaderError, WriterError
-
     in_bag, out_bag = Path(in_bag), Path(out_bag)
     if not in_bag.exists():
         raise SaomError(f"{in_bag}: no such bag")
@@ -104,167 +101,231 @@ def run_bag(
     storage = storage or _storage_of(in_bag)
     if storage not in ("mcap", "sqlite3"):
         raise SaomError(f"storage {storage!r}: use mcap or sqlite3")
-    store = typestore()
-    T = rosbags_types(store)
-    prefix = "/" + output_prefix.strip("/") if output_prefix.strip("/") else ""
-    class_names = list(segmenter.class_names)
     summary = BagSummary()
+    reader = _open_reader(in_bag)
+    try:
+        inputs = _find_inputs(reader, in_bag, topic, depth_topic, camera_info_topic, sync_slop)
+        writer = _open_writer(out_bag, storage)
+        try:
+            outputs = _Outputs(writer, output_prefix, summary, overlay=overlay, three_d=inputs.sync is not None,
+                               copies=inputs.images if copy_input else [])
+            frames = _FrameSegmenter(segmenter, outputs, summary, score_threshold)
+            _segment_all(reader, inputs, outputs, frames, summary, list(segmenter.class_names), score_threshold,
+                         progress)
+        finally:
+            writer.close()
+    finally:
+        reader.close()
+    return summary
+
+
+# ---- open --------------------------------------------------------------------------------------
+def _open_reader(in_bag: Path) -> Any:
+    from rosbags.rosbag2 import Reader
+    from rosbags.rosbag2.errors import ReaderError
 
     try:
         reader = Reader(in_bag)
         reader.open()
     except (ReaderError, OSError, ValueError) as exc:
         raise SaomError(f"{in_bag}: cannot open the bag: {exc}") from exc
+    return reader
+
+
+def _open_writer(out_bag: Path, storage: str) -> Any:
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.rosbag2.errors import WriterError
+
+    plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
     try:
-        conns = [c for c in reader.connections if c.topic == topic]
-        if not conns:
-            images = sorted({c.topic for c in reader.connections if c.msgtype in IMAGE_TYPES})
-            raise SaomError(f"{in_bag}: no topic {topic}; image topics in the bag: {', '.join(images) or 'none'}")
-        bad = [c.msgtype for c in conns if c.msgtype not in IMAGE_TYPES]
-        if bad:
-            raise SaomError(f"{in_bag}: topic {topic} is {bad[0]}, not sensor_msgs/Image or CompressedImage")
-        total = sum(c.msgcount for c in conns)
-        if (depth_topic is None) != (camera_info_topic is None):
-            raise SaomError("3D outputs need both a depth topic and a camera_info topic")
-        extra = {}  # connection id -> sync stream
-        for stream, name, msgtype in ((DEPTH, depth_topic, "sensor_msgs/msg/Image"),
-                                      (CAMERA_INFO, camera_info_topic, "sensor_msgs/msg/CameraInfo")):
-            if name is None:
+        writer = Writer(out_bag, version=8, storage_plugin=plugin)
+        writer.open()
+    except (WriterError, OSError) as exc:
+        raise SaomError(f"{out_bag}: cannot create the bag: {exc}") from exc
+    return writer
+
+
+# ---- set up ------------------------------------------------------------------------------------
+@dataclass
+class _Inputs:
+    """The input bag's connections to read: the images, and the depth/camera_info streams to pair."""
+
+    images: list[Any]
+    streams: dict[int, str]  # connection id -> sync stream (DEPTH, CAMERA_INFO)
+    sync: StampSync | None  # pairs colour with depth by stamp; None without depth topics
+    connections: list[Any]  # the images and the streams
+
+
+def _find_inputs(reader: Any, in_bag: Path, topic: str, depth_topic: str | None, camera_info_topic: str | None,
+                 sync_slop: float) -> _Inputs:
+    images = [c for c in reader.connections if c.topic == topic]
+    if not images:
+        found = sorted({c.topic for c in reader.connections if c.msgtype in IMAGE_TYPES})
+        raise SaomError(f"{in_bag}: no topic {topic}; image topics in the bag: {', '.join(found) or 'none'}")
+    bad = [c.msgtype for c in images if c.msgtype not in IMAGE_TYPES]
+    if bad:
+        raise SaomError(f"{in_bag}: topic {topic} is {bad[0]}, not sensor_msgs/Image or CompressedImage")
+    if (depth_topic is None) != (camera_info_topic is None):
+        raise SaomError("3D outputs need both a depth topic and a camera_info topic")
+    streams = {}
+    for stream, name, msgtype in ((DEPTH, depth_topic, "sensor_msgs/msg/Image"),
+                                  (CAMERA_INFO, camera_info_topic, "sensor_msgs/msg/CameraInfo")):
+        if name is None:
+            continue
+        found_conns = [c for c in reader.connections if c.topic == name]
+        if not found_conns or any(c.msgtype != msgtype for c in found_conns):
+            raise SaomError(f"{in_bag}: no {msgtype} topic {name}")
+        streams.update({c.id: stream for c in found_conns})
+    connections = images + [c for c in reader.connections if c.id in streams]
+    return _Inputs(images, streams, StampSync(sync_slop) if streams else None, connections)
+
+
+class _Outputs:
+    """The output bag's topics (the node's, under `prefix`, and optional copies of the input images),
+    each message written at its input frame's bag time and counted in the summary."""
+
+    def __init__(self, writer: Any, output_prefix: str, summary: BagSummary, *, overlay: bool, three_d: bool,
+                 copies: list[Any]) -> None:
+        self.writer = writer
+        self.store = typestore()
+        self.types = rosbags_types(self.store)
+        self.types_3d = rosbags_types_3d(self.store) if three_d else None
+        self.summary = summary
+        self.prefix = "/" + output_prefix.strip("/") if output_prefix.strip("/") else ""
+        self.overlay = overlay
+        self.topics = {
+            "detections": self._add("detections", "vision_msgs/msg/Detection2DArray"),
+            "instance_mask": self._add("instance_mask", "sensor_msgs/msg/Image"),
+            "label_info": self._add("label_info", "vision_msgs/msg/LabelInfo", transient_local=True),
+        }
+        if overlay:
+            self.topics["overlay"] = self._add("overlay", "sensor_msgs/msg/Image")
+        if three_d:
+            self.topics["detections_3d"] = self._add("detections_3d", "vision_msgs/msg/Detection3DArray")
+            self.topics["objects"] = self._add("objects", "sensor_msgs/msg/PointCloud2")
+            self.topics["markers"] = self._add("markers", "visualization_msgs/msg/MarkerArray")
+        self.copies = {}
+        for c in copies:
+            summary.topics[c.topic] = 0
+            self.copies[c.id] = writer.add_connection(c.topic, c.msgtype, typestore=self.store,
+                                                      offered_qos_profiles=_qos())
+
+    def _add(self, name: str, msgtype: str, transient_local: bool = False) -> tuple[str, Any, str]:
+        full = f"{self.prefix}/{name}"
+        self.summary.topics[full] = 0
+        conn = self.writer.add_connection(full, msgtype, typestore=self.store,
+                                          offered_qos_profiles=_qos(transient_local))
+        return full, conn, msgtype
+
+    def write(self, key: str, timestamp: int, msg: Any) -> None:
+        name, conn, msgtype = self.topics[key]
+        self.writer.write(conn, timestamp, self.store.serialize_cdr(msg, msgtype))
+        self.summary.topics[name] += 1
+
+    def copy(self, conn: Any, timestamp: int, raw: bytes) -> None:
+        """The input image message as it was, when the inputs are copied."""
+        if conn.id in self.copies:
+            self.writer.write(self.copies[conn.id], timestamp, raw)
+            self.summary.topics[conn.topic] += 1
+
+
+# ---- the loop ----------------------------------------------------------------------------------
+class _FrameSegmenter:
+    """Segments one colour frame and writes its outputs: 2D, and 3D when it comes with depth."""
+
+    def __init__(self, segmenter: Segmenter, outputs: _Outputs, summary: BagSummary, score_threshold: float) -> None:
+        self.segmenter = segmenter
+        self.outputs = outputs
+        self.summary = summary
+        self.score_threshold = score_threshold
+
+    def __call__(self, timestamp: int, msg: Any, depth: Any = None, info: Any = None) -> None:
+        summary, outputs = self.summary, self.outputs
+        try:
+            rgb = message_to_rgb(msg)
+        except UnsupportedEncoding as exc:
+            summary.skipped += 1
+            if len(summary.errors) < 5:
+                summary.errors.append(f"t={timestamp}: {exc}")
+            return
+        except ImageError as exc:
+            _fail(summary, timestamp, str(exc))
+            return
+        try:
+            seg = self.segmenter.segment(rgb)
+            if (seg.height, seg.width) != rgb.shape[:2]:
+                raise ValueError(f"segmentation {seg.width}x{seg.height} for a "
+                                 f"{rgb.shape[1]}x{rgb.shape[0]} frame")
+            out2d = make_outputs(outputs.types, msg.header, seg, self.score_threshold)
+        except Exception as exc:  # noqa: BLE001 - keep going after a bad frame
+            _fail(summary, timestamp, f"{type(exc).__name__}: {exc}")
+            return
+        outputs.write("detections", timestamp, out2d.detections)
+        outputs.write("instance_mask", timestamp, out2d.instance_mask)
+        if outputs.overlay:
+            image = make_image(outputs.types, out2d.detections.header, overlay_image(rgb, out2d.segmentation), "rgb8")
+            outputs.write("overlay", timestamp, image)
+        summary.segmented += 1
+        if outputs.types_3d is None:
+            return
+        if depth is None:
+            summary.without_depth += 1
+            return
+        try:
+            frame_to_3d(out2d.segmentation, depth, info)
+        except DepthInputError as exc:
+            summary.without_depth += 1
+            if len(summary.errors) < 5:
+                summary.errors.append(f"t={timestamp}: {exc}")
+            return
+        out3d = make_outputs_3d(outputs.types_3d, out2d.detections.header, out2d.segmentation)
+        outputs.write("detections_3d", timestamp, out3d.detections)
+        outputs.write("objects", timestamp, out3d.cloud)
+        outputs.write("markers", timestamp, out3d.markers)
+
+    def matches(self, matches: Any) -> None:
+        """Colour frames the stamp sync has paired (with depth, or given up on)."""
+        for match in matches:
+            timestamp, msg = match.color
+            self(timestamp, msg, match.depth, match.camera_info)
+
+
+def _segment_all(reader: Any, inputs: _Inputs, outputs: _Outputs, frames: _FrameSegmenter, summary: BagSummary,
+                 class_names: list[str], score_threshold: float, progress: bool) -> None:
+    """Every message of the inputs in bag order: images are segmented (paired with depth first when
+    there is depth), the label map is written once before the first frame's outputs."""
+    from tqdm import tqdm
+
+    store, T, sync = outputs.store, outputs.types, inputs.sync
+    label_info_written = False
+    with tqdm(total=sum(c.msgcount for c in inputs.images), unit="frame", desc="saom bag", disable=not progress) as bar:
+        for conn, timestamp, raw in reader.messages(connections=inputs.connections):
+            if sync is not None and conn.id in inputs.streams:
+                try:
+                    other = store.deserialize_cdr(raw, conn.msgtype)
+                except Exception as exc:  # noqa: BLE001 - a corrupt depth message is just missing depth
+                    _fail(summary, timestamp, f"cannot deserialize {conn.topic}: {exc}")
+                    continue
+                frames.matches(sync.add(inputs.streams[conn.id], stamp_ns(other.header), other))
                 continue
-            found = [c for c in reader.connections if c.topic == name]
-            if not found or any(c.msgtype != msgtype for c in found):
-                raise SaomError(f"{in_bag}: no {msgtype} topic {name}")
-            extra.update({c.id: stream for c in found})
-        sync = StampSync(sync_slop) if extra else None
-
-        plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
-        try:
-            writer = Writer(out_bag, version=8, storage_plugin=plugin)
-            writer.open()
-        except (WriterError, OSError) as exc:
-            raise SaomError(f"{out_bag}: cannot create the bag: {exc}") from exc
-        try:
-            def add(name: str, msgtype: str, transient_local: bool = False):
-                full = f"{prefix}/{name}"
-                summary.topics[full] = 0
-                return full, writer.add_connection(full, msgtype, typestore=store,
-                                                   offered_qos_profiles=_qos(transient_local))
-
-            out = {
-                "detections": add("detections", "vision_msgs/msg/Detection2DArray"),
-                "instance_mask": add("instance_mask", "sensor_msgs/msg/Image"),
-                "label_info": add("label_info", "vision_msgs/msg/LabelInfo", transient_local=True),
-            }
-            if overlay:
-                out["overlay"] = add("overlay", "sensor_msgs/msg/Image")
-            if sync is not None:
-                M = rosbags_types_3d(store)
-                out["detections_3d"] = add("detections_3d", "vision_msgs/msg/Detection3DArray")
-                out["objects"] = add("objects", "sensor_msgs/msg/PointCloud2")
-                out["markers"] = add("markers", "visualization_msgs/msg/MarkerArray")
-            copies = {}
-            if copy_input:
-                for c in conns:
-                    summary.topics[c.topic] = 0
-                    copies[c.id] = writer.add_connection(
-                        c.topic, c.msgtype, typestore=store, offered_qos_profiles=_qos())
-
-            def write(key: str, timestamp: int, msg: Any, msgtype: str) -> None:
-                name, conn = out[key]
-                writer.write(conn, timestamp, store.serialize_cdr(msg, msgtype))
-                summary.topics[name] += 1
-
-            from tqdm import tqdm
-
-            label_info_written = False
-
-            def segment_frame(timestamp: int, msg: Any, depth: Any = None, info: Any = None) -> None:
-                try:
-                    rgb = message_to_rgb(msg)
-                except UnsupportedEncoding as exc:
-                    summary.skipped += 1
-                    if len(summary.errors) < 5:
-                        summary.errors.append(f"t={timestamp}: {exc}")
-                    return
-                except ImageError as exc:
-                    _fail(summary, timestamp, str(exc))
-                    return
-                try:
-                    seg = segmenter.segment(rgb)
-                    if (seg.height, seg.width) != rgb.shape[:2]:
-                        raise ValueError(f"segmentation {seg.width}x{seg.height} for a "
-                                         f"{rgb.shape[1]}x{rgb.shape[0]} frame")
-                    outputs = make_outputs(T, msg.header, seg, score_threshold)
-                except Exception as exc:  # noqa: BLE001 - keep going after a bad frame
-                    _fail(summary, timestamp, f"{type(exc).__name__}: {exc}")
-                    return
-                write("detections", timestamp, outputs.detections, "vision_msgs/msg/Detection2DArray")
-                write("instance_mask", timestamp, outputs.instance_mask, "sensor_msgs/msg/Image")
-                if overlay:
-                    image = make_image(T, outputs.detections.header, overlay_image(rgb, outputs.segmentation), "rgb8")
-                    write("overlay", timestamp, image, "sensor_msgs/msg/Image")
-                summary.segmented += 1
-                if sync is None:
-                    return
-                if depth is None:
-                    summary.without_depth += 1
-                    return
-                try:
-                    frame_to_3d(outputs.segmentation, depth, info)
-                except DepthInputError as exc:
-                    summary.without_depth += 1
-                    if len(summary.errors) < 5:
-                        summary.errors.append(f"t={timestamp}: {exc}")
-                    return
-                out3d = make_outputs_3d(M, outputs.detections.header, outputs.segmentation)
-                write("detections_3d", timestamp, out3d.detections, "vision_msgs/msg/Detection3DArray")
-                write("objects", timestamp, out3d.cloud, "sensor_msgs/msg/PointCloud2")
-                write("markers", timestamp, out3d.markers, "visualization_msgs/msg/MarkerArray")
-
-            def segment_matches(matches) -> None:
-                for match in matches:
-                    timestamp, msg = match.color
-                    segment_frame(timestamp, msg, match.depth, match.camera_info)
-
-            with tqdm(total=total, unit="frame", desc="saom bag", disable=not progress) as bar:
-                for conn, timestamp, raw in reader.messages(connections=conns + [c for c in reader.connections if c.id in extra]):
-                    if conn.id in extra:
-                        try:
-                            other = store.deserialize_cdr(raw, conn.msgtype)
-                        except Exception as exc:  # noqa: BLE001 - a corrupt depth message is just missing depth
-                            _fail(summary, timestamp, f"cannot deserialize {conn.topic}: {exc}")
-                            continue
-                        segment_matches(sync.add(extra[conn.id], stamp_ns(other.header), other))
-                        continue
-                    bar.update(1)
-                    summary.frames += 1
-                    if copy_input:
-                        writer.write(copies[conn.id], timestamp, raw)
-                        summary.topics[conn.topic] += 1
-                    try:
-                        msg = store.deserialize_cdr(raw, conn.msgtype)
-                    except Exception as exc:  # noqa: BLE001 - a corrupt message is a bad frame
-                        _fail(summary, timestamp, f"cannot deserialize: {exc}")
-                        continue
-                    if not label_info_written:
-                        header = T.Header(stamp=T.Time(sec=msg.header.stamp.sec, nanosec=msg.header.stamp.nanosec),
-                                          frame_id="")
-                        write("label_info", timestamp, make_label_info(T, header, class_names, score_threshold),
-                              "vision_msgs/msg/LabelInfo")
-                        label_info_written = True
-                    if sync is None:
-                        segment_frame(timestamp, msg)
-                    else:
-                        segment_matches(sync.add(COLOR, stamp_ns(msg.header), (timestamp, msg)))
-                if sync is not None:  # the end of the recording: what still waits has no depth
-                    segment_matches(sync.expire(2**63 - 1))
-        except BaseException:
-            writer.close()
-            raise
-        writer.close()
-    finally:
-        reader.close()
-    return summary
+            bar.update(1)
+            summary.frames += 1
+            outputs.copy(conn, timestamp, raw)
+            try:
+                msg = store.deserialize_cdr(raw, conn.msgtype)
+            except Exception as exc:  # noqa: BLE001 - a corrupt message is a bad frame
+                _fail(summary, timestamp, f"cannot deserialize: {exc}")
+                continue
+            if not label_info_written:
+                header = T.Header(stamp=T.Time(sec=msg.header.stamp.sec, nanosec=msg.header.stamp.nanosec), frame_id="")
+                outputs.write("label_info", timestamp, make_label_info(T, header, class_names, score_threshold))
+                label_info_written = True
+            if sync is None:
+                frames(timestamp, msg)
+            else:
+                frames.matches(sync.add(COLOR, stamp_ns(msg.header), (timestamp, msg)))
+        if sync is not None:  # the end of the recording: what still waits has no depth
+            frames.matches(sync.expire(2**63 - 1))
 
 
 def _fail(summary: BagSummary, timestamp: int, message: str) -> None:

@@ -14,7 +14,7 @@ from saom_core.model.checkpoint import load_model, save_checkpoint
 from saom_core.model.configs import get_config
 from saom_core.model.crop_head import CONTEXT, MaskCropClassifier, square_boxes
 from saom_core.model.saom import build_model
-from saom_core.train.trainer import crop_targets
+from saom_core.train.forward import crop_targets
 
 CLASSES = ClassList.from_dict({"name": "shapes", "classes": ["Square", "Disc"]})
 

@@ -16,8 +16,9 @@ instances stay in the tables with occurrences 0 and are left out of the means.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -162,7 +163,9 @@ def evaluate_point_prompts(
     assign_name = assign_with or next(iter(models))
     results = {
         prompt: {
-            name: PointEvalResult(dataset.classes, m.classifier is not None, {c: ClassStats() for c in dataset.classes.names})
+            name: PointEvalResult(
+                dataset.classes, m.classifier is not None, {c: ClassStats() for c in dataset.classes.names}
+            )
             for name, m in models.items()
         }
         for prompt in prompts
@@ -190,7 +193,10 @@ def evaluate_point_prompts(
                     ref.input_size(height, width), ref.config.image_size,
                 )
             for name, model in models.items():
-                _score(model, prepared[name], embeddings[name], assignment, sample, masks, dataset.classes, results[prompt][name])
+                _score(
+                    model, prepared[name], embeddings[name], assignment, sample, masks, dataset.classes,
+                    results[prompt][name],
+                )
     for name, m in models.items():
         m.train(was_training[name])
     return results
@@ -204,19 +210,12 @@ def _score(
     height, width = masks.shape[1:]
     device = masks.device
     points = torch.as_tensor(assignment.points, dtype=torch.float32, device=device)
-    out = model.decode(
-        embedding,
-        model.points_to_input(points, height, width)[:, None, :],
-        torch.ones(len(points), 1, dtype=torch.int, device=device),
-    )
-    best = out.iou_pred.argmax(1)
-    rows = torch.arange(len(best), device=device)
-    kept = out.low_res_logits[rows, best]
-    pred = model.logits_to_frame(kept[:, None], height, width)[:, 0] > 0
+    kept = model.decode_points(embedding, points, [(height, width)]).keep_best()
+    pred = model.logits_to_frame(kept.logits[:, None], height, width)[:, 0] > 0
     inter = (pred & masks).flatten(1).sum(1).float()
     union = (pred | masks).flatten(1).sum(1).float()
     gt_area = masks.flatten(1).sum(1).float()
-    class_logits = model.kept_class_logits(prepared, kept, out.class_logits[rows, best] if out.class_logits is not None else None)
+    class_logits = model.kept_class_logits(prepared, kept)
     predicted_class = class_logits.argmax(1).cpu().numpy() if class_logits is not None else None
     names = model.class_names
     for k, class_id in enumerate(sample.class_ids):

@@ -29,7 +29,7 @@ from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_
 from torchvision.ops import batched_nms
 
 from saom_core.errors import ConfigError
-from saom_core.infer.types import Instance, Segmentation
+from saom_core.infer.types import Segmentation, build_instances
 from saom_core.model.grid import grid_points
 from saom_core.model.saom import SaomModel
 from saom_core.settings import SegmenterSettings, Thresholds
@@ -246,27 +246,12 @@ class EverythingGenerator:
         if self.config.min_mask_region_area > 0 and len(masks_np):
             masks_np, boxes, keep = self._remove_small_regions(masks_np, boxes)
             candidates = candidates.select(keep.to(self.device))
-        iou = candidates.iou.cpu().numpy()
-        stability = candidates.stability.cpu().numpy()
-        class_id = candidates.class_id.cpu().numpy()
-        class_score = candidates.class_score.cpu().numpy()
-        point = candidates.point.cpu().numpy()
-        boxes_np = boxes.numpy() + np.array([0, 0, 1, 1])  # inclusive max -> exclusive
-        names = self.model.class_names
-        instances = [
-            Instance(
-                mask=masks_np[k],
-                box_xyxy=tuple(float(v) for v in boxes_np[k]),
-                class_id=int(class_id[k]),
-                class_name=names[int(class_id[k])],
-                class_score=float(class_score[k]),
-                predicted_iou=float(iou[k]),
-                stability=float(stability[k]),
-                point=(float(point[k, 0]), float(point[k, 1])),
-            )
-            for k in range(len(masks_np))
-            if masks_np[k].any()
-        ]
+        instances = build_instances(
+            masks_np, boxes.numpy(), candidates.class_id.cpu().numpy(), candidates.class_score.cpu().numpy(),
+            candidates.iou.cpu().numpy(), candidates.stability.cpu().numpy(), self.model.class_names,
+            candidates.point.cpu().numpy(),
+        )
+        instances = [inst for inst in instances if inst.mask.any()]  # small-region removal can empty a mask
         instances.sort(key=lambda inst: inst.score, reverse=True)
         return Segmentation(height, width, instances)
 

@@ -17,11 +17,11 @@ import torch
 from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
 
 from saom_core.device import resolve_device
-from saom_core.errors import ConfigError, ImageError
+from saom_core.errors import ImageError
 from saom_core.infer.generator import EverythingGenerator, GeneratorConfig, generator_config
-from saom_core.infer.types import Instance, Segmentation
+from saom_core.infer.types import Instance, Segmentation, build_instances
 from saom_core.model.checkpoint import load_checkpoint
-from saom_core.model.saom import DecoderOutput, SaomModel
+from saom_core.model.saom import KeptMasks, SaomModel
 from saom_core.precision import reduced_precision
 from saom_core.settings import SegmenterSettings, Thresholds
 
@@ -88,7 +88,9 @@ class SaomSegmenter:
         return self._grow(self.generator.generate(small), *image.shape[:2])
 
     @torch.inference_mode()
-    def segment_prompts(self, image: np.ndarray, boxes: np.ndarray | None = None, points: np.ndarray | None = None) -> Segmentation:
+    def segment_prompts(
+        self, image: np.ndarray, boxes: np.ndarray | None = None, points: np.ndarray | None = None
+    ) -> Segmentation:
         """One instance per box (N, 4 xyxy pixels), then one per point (M, 2 xy pixels); none dropped."""
         image = check_frame(image)
         height, width = image.shape[:2]
@@ -100,47 +102,35 @@ class SaomSegmenter:
         model = self.model
         device = model.device
         if boxes is not None and len(boxes):
-            box_t = torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4) * np.tile(scale, 2), device=device)
+            box_px = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) * np.tile(scale, 2)
+            box_t = torch.as_tensor(box_px, device=device)
             box_in = model.points_to_input(box_t.view(-1, 2, 2), sh, sw).view(-1, 4)
             with self.generator.autocast():
                 out = model.decode(embedding, boxes=box_in, multimask_output=False)
-            instances += self._instances(out, prepared, sh, sw, [None] * len(box_t))
+            instances += self._instances(out.keep_best(), prepared, sh, sw, [None] * len(box_t))
         if points is not None and len(points):
             pts = np.asarray(points, dtype=np.float32).reshape(-1, 2) * scale
-            pt_t = torch.as_tensor(pts, device=device)
-            labels = torch.ones(len(pts), 1, dtype=torch.int, device=device)
             with self.generator.autocast():
-                out = model.decode(embedding, model.points_to_input(pt_t, sh, sw)[:, None, :], labels)
-            instances += self._instances(out, prepared, sh, sw, [tuple(map(float, p)) for p in pts])
+                out = model.decode_points(embedding, torch.as_tensor(pts, device=device), [(sh, sw)])
+            instances += self._instances(out.keep_best(), prepared, sh, sw, list(pts))
         return self._grow(Segmentation(sh, sw, instances), height, width)
 
-    def _instances(self, out: DecoderOutput, prepared: torch.Tensor, height: int, width: int, points: list) -> list[Instance]:
-        best = out.iou_pred.float().argmax(1)
-        rows = torch.arange(len(best), device=best.device)
-        logits = out.low_res_logits[rows, best].float()
+    def _instances(self, kept: KeptMasks, prepared: torch.Tensor, height: int, width: int,
+                   points: list[np.ndarray | None]) -> list[Instance]:
+        """The kept mask of each prompt at frame resolution, in prompt order, empty ones included."""
+        logits = kept.logits.float()
         masks = self.model.logits_to_frame(logits[:, None], height, width)[:, 0] > 0
         stability = calculate_stability_score(logits, 0.0, self.generator.config.stability_score_offset)
-        boxes = batched_mask_to_box(masks).float().cpu().numpy() + np.array([0, 0, 1, 1])
-        class_logits = self.model.kept_class_logits(prepared, logits, out.class_logits[rows, best] if out.class_logits is not None else None)
+        class_logits = self.model.kept_class_logits(prepared, kept)
         if class_logits is not None:
-            score, cid = class_logits.float().softmax(-1).max(-1)
+            score, class_id = class_logits.float().softmax(-1).max(-1)
         else:
-            cid = torch.ones_like(best)
-            score = torch.ones_like(best, dtype=torch.float)
-        masks_np = masks.cpu().numpy()
-        return [
-            Instance(
-                mask=masks_np[k],
-                box_xyxy=tuple(float(v) for v in boxes[k]) if masks_np[k].any() else (0.0, 0.0, 0.0, 0.0),
-                class_id=int(cid[k]),
-                class_name=self.class_names[int(cid[k])],
-                class_score=float(score[k]),
-                predicted_iou=float(out.iou_pred[rows[k], best[k]]),
-                stability=float(stability[k]),
-                point=points[k],
-            )
-            for k in range(len(masks_np))
-        ]
+            class_id = torch.ones_like(kept.index)
+            score = torch.ones_like(kept.index, dtype=torch.float)
+        return build_instances(
+            masks.cpu().numpy(), batched_mask_to_box(masks).cpu().numpy(), class_id.cpu().numpy(), score.cpu().numpy(),
+            kept.iou_pred.float().cpu().numpy(), stability.cpu().numpy(), self.class_names, points,
+        )
 
     def warmup(self, height: int = 480, width: int = 640) -> None:
         """Run once on a blank frame so the first real frame pays no allocation or kernel set-up."""
@@ -155,7 +145,9 @@ class SaomSegmenter:
             torch.cuda.empty_cache()
 
 
-def load_segmenter(checkpoint: str | Path, settings: SegmenterSettings | None = None, **overrides: Any) -> SaomSegmenter:
+def load_segmenter(
+    checkpoint: str | Path, settings: SegmenterSettings | None = None, **overrides: Any
+) -> SaomSegmenter:
     """Load a SAOM (or official SAM) checkpoint for inference; errors name the bad file or value.
 
     `settings` and/or keyword `overrides` by name (the fields of saom_core.settings.SegmenterSettings:

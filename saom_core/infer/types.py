@@ -5,6 +5,7 @@ same fields and the same instance numbering.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -25,12 +26,44 @@ class Instance:
     stability: float
     point: tuple[float, float] | None = None  # the prompt (x, y) in pixels, if any
     track_id: int | None = None  # persistent id across frames (saom_core.track), when tracked
-    object3d: "Object3D | None" = None  # 3D from aligned depth (saom_core.geometry3d), when computed
+    object3d: Object3D | None = None  # 3D from aligned depth (saom_core.geometry3d), when computed
 
     @property
     def score(self) -> float:
         """Ranking score: mask quality times class confidence."""
         return self.predicted_iou * self.class_score
+
+
+def build_instances(
+    masks: np.ndarray,
+    boxes: np.ndarray,
+    class_ids: np.ndarray,
+    class_scores: np.ndarray,
+    predicted_ious: np.ndarray,
+    stabilities: np.ndarray,
+    class_names: Sequence[str],
+    points: Sequence[Sequence[float] | np.ndarray | None] | np.ndarray | None = None,
+) -> list[Instance]:
+    """Instances in the order given, so every producer fills the fields the same way.
+
+    masks: (K, H, W) bool; boxes: (K, 4) the masks' boxes with inclusive max, as segment_anything's
+    `batched_mask_to_box` gives them (an Instance's are exclusive; an empty mask gets (0, 0, 0, 0));
+    class_ids, class_scores, predicted_ious, stabilities: (K,); points: each mask's prompt (x, y)
+    in pixels or None, or None for no prompts at all.
+    """
+    instances = []
+    for k, mask in enumerate(masks):
+        x0, y0, x1, y1 = (float(v) for v in boxes[k])
+        box = (x0, y0, x1 + 1, y1 + 1) if mask.any() else (0.0, 0.0, 0.0, 0.0)
+        prompt = None if points is None else points[k]
+        point = None if prompt is None else (float(prompt[0]), float(prompt[1]))
+        class_id = int(class_ids[k])
+        instances.append(Instance(
+            mask=mask, box_xyxy=box, class_id=class_id, class_name=class_names[class_id],
+            class_score=float(class_scores[k]), predicted_iou=float(predicted_ious[k]),
+            stability=float(stabilities[k]), point=point,
+        ))
+    return instances
 
 
 @dataclass

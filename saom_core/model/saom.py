@@ -3,10 +3,13 @@
 `SaomModel` subclasses `segment_anything.modeling.Sam`, so an official SAM state_dict loads into
 it key for key; the only new parameters are `classifier.*`. Its decoder accepts prompts from
 several frames in one call (`image_index`), which is what lets the trainer decode every mask of
-a batch at once and the generator decode a whole point grid at once.
+a batch at once and the generator decode a whole point grid at once. Point prompts go through
+`SaomModel.decode_points`, and the one mask SAOM keeps per prompt is `DecoderOutput.keep_best`:
+the generator, prompted segmentation, point evaluation and the trainer share both.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal
@@ -31,6 +34,24 @@ class DecoderOutput:
     iou_pred: torch.Tensor  # (P, M)
     class_logits: torch.Tensor | None  # (P, M, C + 1), None for vanilla SAM
     crop_class_logits: torch.Tensor | None = None  # (P, C + 1) crop classifier on each prompt's kept mask (training)
+
+    def keep_best(self) -> KeptMasks:
+        """Each prompt's mask with the highest predicted IoU, with its class logits: the mask SAOM is
+        trained to output and reports (the first one on a tie)."""
+        best = self.iou_pred.argmax(1)
+        rows = torch.arange(len(best), device=best.device)
+        class_logits = None if self.class_logits is None else self.class_logits[rows, best]
+        return KeptMasks(self.low_res_logits[rows, best], self.iou_pred[rows, best], class_logits, best)
+
+
+@dataclass
+class KeptMasks:
+    """One mask per prompt, chosen by `DecoderOutput.keep_best`."""
+
+    logits: torch.Tensor  # (P, S, S) mask logits at the decoder's resolution
+    iou_pred: torch.Tensor  # (P,)
+    class_logits: torch.Tensor | None  # (P, C + 1) the decoder head's, None for vanilla SAM
+    index: torch.Tensor  # (P,) which of the decoder's outputs it is
 
 
 class BatchedMaskDecoder(MaskDecoder):
@@ -116,7 +137,9 @@ class ClassifierHead(nn.Module):
             raise ValueError("head_input 'mask_pool' needs the mask logits and the image embeddings")
         return self.pool(mask_logits.detach().sigmoid(), image_embeddings, image_index)
 
-    def pool(self, masks: torch.Tensor, image_embeddings: torch.Tensor, image_index: torch.Tensor | None = None) -> torch.Tensor:
+    def pool(
+        self, masks: torch.Tensor, image_embeddings: torch.Tensor, image_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """`mask_pool` logits from soft masks (P, M, S, S) in [0, 1] at the decoder's resolution.
 
         Training calls this with the ground-truth masks of the objects (the predicted ones are blobs
@@ -187,7 +210,9 @@ class SaomModel(Sam):
             else None
         )
         self.crop_classifier = (
-            MaskCropClassifier(class_list.num_classes_with_background) if class_list is not None and crop_classifier else None
+            MaskCropClassifier(class_list.num_classes_with_background)
+            if class_list is not None and crop_classifier
+            else None
         )
 
     def init_from_scratch(self) -> None:
@@ -199,21 +224,21 @@ class SaomModel(Sam):
         if self.image_encoder.pos_embed is not None:
             nn.init.trunc_normal_(self.image_encoder.pos_embed, std=0.02)
 
-    def classify_masks(self, prepared: torch.Tensor, masks: torch.Tensor, image_index: torch.Tensor | None = None) -> torch.Tensor:
+    def classify_masks(
+        self, prepared: torch.Tensor, masks: torch.Tensor, image_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(B, 3, S, S) model input, (P, s, s) mask probabilities at the decoder's resolution,
         (P,) frame of each mask -> (P, C + 1) class logits from the crop classifier."""
         if self.crop_classifier is None:
             raise ValueError("classify_masks needs a model built with crop_classifier=True")
         return self.crop_classifier(prepared, masks, image_index)
 
-    def kept_class_logits(
-        self, prepared: torch.Tensor, kept_logits: torch.Tensor, decoder_class_logits: torch.Tensor | None
-    ) -> torch.Tensor | None:
-        """(P, C + 1) labels of the masks SAOM keeps ((P, s, s) logits, one per prompt): the crop
+    def kept_class_logits(self, prepared: torch.Tensor, kept: KeptMasks) -> torch.Tensor | None:
+        """(P, C + 1) labels of the masks SAOM keeps (one frame's, `prepared` its model input): the crop
         classifier's when the model has one, else the decoder head's for those masks (None: vanilla SAM)."""
         if self.crop_classifier is not None:
-            return self.classify_masks(prepared, kept_logits.sigmoid())
-        return decoder_class_logits
+            return self.classify_masks(prepared, kept.logits.float().sigmoid())
+        return kept.class_logits
 
     @property
     def class_names(self) -> list[str]:
@@ -238,9 +263,12 @@ class SaomModel(Sam):
 
     def points_to_input(self, points: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """(..., 2) xy pixel coordinates of a (height, width) frame -> model input coordinates."""
+        return points * self._input_scale(height, width, points)
+
+    def _input_scale(self, height: int, width: int, like: torch.Tensor) -> torch.Tensor:
+        """(2,) xy factors from a (height, width) frame's pixels to model input coordinates."""
         new_h, new_w = self.input_size(height, width)
-        scale = torch.tensor([new_w / width, new_h / height], device=points.device, dtype=points.dtype)
-        return points * scale
+        return torch.tensor([new_w / width, new_h / height], device=like.device, dtype=like.dtype)
 
     def logits_to_frame(self, low_res_logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """(N, M, S, S) decoder logits -> (N, M, height, width), as Sam.postprocess_masks."""
@@ -273,11 +301,37 @@ class SaomModel(Sam):
         selection = slice(1, None) if multimask_output else slice(0, 1)
         class_logits = None
         if self.classifier is not None:
-            class_logits = self.classifier(iou_token_out, mask_tokens_out, masks, image_embeddings, image_index)[:, selection]
+            class_logits = self.classifier(iou_token_out, mask_tokens_out, masks, image_embeddings, image_index)
+            class_logits = class_logits[:, selection]
         return DecoderOutput(masks[:, selection], iou_pred[:, selection], class_logits)
+
+    def decode_points(
+        self,
+        image_embeddings: torch.Tensor,
+        points: torch.Tensor,
+        frame_sizes: Sequence[tuple[int, int]],
+        image_index: torch.Tensor | None = None,
+    ) -> DecoderOutput:
+        """Decode one foreground point per prompt, SAM's 3 masks each.
+
+        points: (P, 2) xy pixels; frame_sizes: (height, width) of each frame in `image_embeddings`;
+        image_index: (P,) the frame of each point, None for points all on one frame.
+        """
+        if image_index is None:
+            if len(frame_sizes) != 1:
+                raise ValueError(f"points of {len(frame_sizes)} frames need the image_index of each point")
+            coords = self.points_to_input(points, *frame_sizes[0])
+        else:
+            scales = torch.stack([self._input_scale(height, width, points) for height, width in frame_sizes])
+            coords = points * scales[image_index]
+        labels = torch.ones(len(points), 1, dtype=torch.int, device=points.device)
+        return self.decode(image_embeddings, coords[:, None, :], labels, image_index=image_index)
 
 
 def build_model(
-    config: SamConfig, class_list: ClassList | None = None, head_input: HeadInput = "iou_token", crop_classifier: bool = False
+    config: SamConfig,
+    class_list: ClassList | None = None,
+    head_input: HeadInput = "iou_token",
+    crop_classifier: bool = False,
 ) -> SaomModel:
     return SaomModel(config, class_list, head_input, crop_classifier)

@@ -1,19 +1,19 @@
-"""SAOM fine-tuning: the training loop, checkpoints, resume, logging, validation.
+"""SAOM fine-tuning: the training loop, checkpoints, exact resume, validation.
 
 One command for every scale: a single CPU process, or many GPUs/nodes under `torchrun` (DDP).
-The model runs through one `TrainForward.forward` call per step, so DDP sees the forward pass
-and all-reduces every gradient (calling `ddp.module` directly, as the authors' code does, skips
-that and lets the replicas drift apart).
+The model runs through one `TrainForward.forward` call per step (saom_core.train.forward), so DDP
+sees the forward pass and all-reduces every gradient (calling `ddp.module` directly, as the
+authors' code does, skips that and lets the replicas drift apart). The run's records (CSV,
+TensorBoard, validation history) are saom_core.train.run_log's.
 """
 from __future__ import annotations
 
-import csv
-import io
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,20 +27,20 @@ from saom_core.data.reader import SaomDataset
 from saom_core.device import resolve_device
 from saom_core.errors import CheckpointError, ConfigError, DatasetError, SaomError
 from saom_core.eval.point_eval import evaluate_points
-from saom_core.io import atomic_write_json, atomic_write_text
+from saom_core.io import atomic_write_text
 from saom_core.model.checkpoint import read_checkpoint, save_checkpoint
 from saom_core.model.configs import get_config
 from saom_core.model.grid import grid_points
-from saom_core.model.saom import DecoderOutput, SaomModel, build_model
+from saom_core.model.saom import SaomModel, build_model
 from saom_core.precision import cpu_has_native_bf16, reduced_precision
 from saom_core.train.config import TrainConfig
 from saom_core.train.distributed import init_distributed, shutdown_distributed
 from saom_core.train.embedding_cache import EmbeddingCache
+from saom_core.train.forward import TrainForward
 from saom_core.train.frames import FrameStore, TrainFrame, epoch_batches
 from saom_core.train.losses import saom_loss
 from saom_core.train.prompts import FramePrompts, Geometry, build_frame_prompts
-
-CSV_FIELDS = ["step", "epoch", "lr", "loss", "focal", "dice", "ce", "ce_crop", "iou", "mask_iou", "class_accuracy", "masks_per_s"]
+from saom_core.train.run_log import RunLog
 
 
 class TrainingError(SaomError):
@@ -55,89 +55,6 @@ class TrainResult:
     last_checkpoint: Path
     best_checkpoint: Path | None
     masks_per_second: float
-
-
-class TrainForward(nn.Module):
-    """Encoder (unless embeddings are given) + prompt building + one batched decoder call."""
-
-    def __init__(self, model: SaomModel, gt_pool: bool = True) -> None:
-        super().__init__()
-        self.model = model
-        self.gt_pool = gt_pool
-
-    def forward(
-        self,
-        prepared: torch.Tensor | None,
-        embeddings: torch.Tensor | None,
-        frame_sizes: list[tuple[int, int]],
-        make_prompts: Callable[[int, torch.Tensor], FramePrompts],
-    ) -> tuple[DecoderOutput, list[FramePrompts], torch.Tensor | None]:
-        """-> (decoder output, prompts, class targets of the crop classifier or None)."""
-        if embeddings is None:
-            embeddings = self.model.encode(prepared)
-        prompts = [make_prompts(i, embeddings[i].detach()) for i in range(len(frame_sizes))]
-        device = embeddings.device
-        coords = torch.cat(
-            [self.model.points_to_input(p.points.to(device), h, w) for p, (h, w) in zip(prompts, frame_sizes)]
-        )
-        image_index = torch.cat(
-            [torch.full((len(p.points),), i, dtype=torch.long, device=device) for i, p in enumerate(prompts)]
-        )
-        labels = torch.ones(len(coords), 1, dtype=torch.int, device=device)
-        out = self.model.decode(embeddings, coords[:, None, :], labels, image_index=image_index)
-        classifier = self.model.classifier
-        if self.gt_pool and classifier is not None and classifier.head_input == "mask_pool":
-            out = self._classes_from_true_masks(out, prompts, embeddings, image_index)
-        if self.model.crop_classifier is None:
-            return out, prompts, None
-        positive = torch.cat([p.positive for p in prompts]).to(device)
-        true_masks = torch.cat([p.mask_targets for p in prompts]).to(device)
-        rows = torch.arange(len(positive), device=device)
-        kept = out.low_res_logits[rows, out.iou_pred.argmax(1)].detach()  # the mask SAOM would keep
-        crops = self.model.classify_masks(prepared, self._masks_to_classify(kept, positive, true_masks), image_index)
-        out = DecoderOutput(out.low_res_logits, out.iou_pred, out.class_logits, crops)
-        class_ids = torch.cat([p.class_ids for p in prompts]).to(device)
-        return out, prompts, crop_targets(kept, positive, true_masks, class_ids, image_index, len(frame_sizes))
-
-    def _masks_to_classify(self, kept: torch.Tensor, positive: torch.Tensor, true_masks: torch.Tensor) -> torch.Tensor:
-        """(P, s, s) mask of each prompt for the crop classifier: the predicted mask SAOM would keep
-        (what inference classifies) or, for half of the objects when `gt_pool`, the true mask (which
-        teaches the classes from the first step). True masks alone do not carry over to predicted
-        ones (docs/recipe.md, "The crop classifier")."""
-        masks = kept.float().sigmoid()
-        if self.gt_pool and positive.any():
-            use_true = torch.rand(len(true_masks), device=masks.device) < 0.5
-            masks[positive] = torch.where(use_true[:, None, None], true_masks, masks[positive])
-        return masks
-
-    def _classes_from_true_masks(
-        self, out: DecoderOutput, prompts: list[FramePrompts], embeddings: torch.Tensor, image_index: torch.Tensor
-    ) -> DecoderOutput:
-        """Class logits of the objects pooled under their ground-truth masks (background points keep
-        the predicted ones): the class loss then sees clean object features from the first step."""
-        positive = torch.cat([p.positive for p in prompts]).to(embeddings.device)
-        if not positive.any():
-            return out
-        targets = torch.cat([p.mask_targets for p in prompts]).to(embeddings.device)
-        pooled = self.model.classifier.pool(targets[:, None], embeddings, image_index[positive])
-        class_logits = out.class_logits.clone()
-        class_logits[positive] = pooled.expand(-1, class_logits.shape[1], -1).to(class_logits.dtype)
-        return DecoderOutput(out.low_res_logits, out.iou_pred, class_logits)
-
-
-def crop_targets(
-    kept: torch.Tensor, positive: torch.Tensor, true_masks: torch.Tensor, class_ids: torch.Tensor,
-    image_index: torch.Tensor, frames: int,
-) -> torch.Tensor:
-    """Class targets of the crop classifier: the prompts' classes, except that a background point
-    whose kept mask ((P, s, s) logits) lies mostly on objects is ignored (-100): its crop shows an
-    object, and calling that background taught the classifier to call objects background."""
-    side = kept.shape[-1]
-    objects = torch.zeros(frames, side, side, device=kept.device)
-    objects = objects.index_put_((image_index[positive],), (true_masks > 0.5).float(), accumulate=True) > 0
-    predicted = kept > 0
-    on_objects = (predicted & objects[image_index]).flatten(1).sum(1) / predicted.flatten(1).sum(1).clamp(min=1)
-    return torch.where(~positive & (on_objects > 0.5), torch.full_like(class_ids, -100), class_ids)
 
 
 def lr_lambda(warmup: int, total: int, min_ratio: float) -> Callable[[int], float]:
@@ -172,13 +89,16 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
+        self.run_log = RunLog(self.run_dir)
         self.progress = progress
         self.device = resolve_device(cfg.train.device, "train.device")  # cuda:$LOCAL_RANK under torchrun
         self.ctx = init_distributed(self.device)
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
         if not resume and (self.ckpt_dir / "last.pt").exists():
-            raise SaomError(f"{self.run_dir} already holds a training run; pass --resume to continue it or choose another --out")
+            raise SaomError(
+                f"{self.run_dir} already holds a training run; pass --resume to continue it or choose another --out"
+            )
         if resume and not (self.ckpt_dir / "last.pt").exists():
             raise CheckpointError(f"nothing to resume: {self.ckpt_dir / 'last.pt'} does not exist")
 
@@ -187,7 +107,9 @@ class Trainer:
         self.val_set = SaomDataset(cfg.data.root, split=cfg.data.val_split)
         if len(self.train_set) == 0:
             raise DatasetError(f"{cfg.data.root}: split '{cfg.data.train_split}' has no frames")
-        self.model = build_model(get_config(cfg.model.config), self.train_set.classes, cfg.model.head_input, cfg.model.crop_classifier)
+        self.model = build_model(
+            get_config(cfg.model.config), self.train_set.classes, cfg.model.head_input, cfg.model.crop_classifier
+        )
         if cfg.model.checkpoint:
             from saom_core.model.checkpoint import load_sam_weights
 
@@ -201,7 +123,8 @@ class Trainer:
         self.hflip = cfg.data.hflip and not self.use_cache
 
         self.frames = FrameStore(self.train_set, cfg.data.preload, progress=progress and self.ctx.is_main)
-        self.cache = EmbeddingCache(cfg.train.cache_dir or Path(cfg.data.root) / ".embedding_cache", self.model) if self.use_cache else None
+        cache_dir = cfg.train.cache_dir or Path(cfg.data.root) / ".embedding_cache"
+        self.cache = EmbeddingCache(cache_dir, self.model) if self.use_cache else None
         self.forward_module: nn.Module = TrainForward(self.model, cfg.train.class_pool_true_masks)
         if self.ctx.enabled:
             self.forward_module = DistributedDataParallel(
@@ -250,8 +173,7 @@ class Trainer:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
             save_checkpoint(self.ckpt_dir / "init.pt", self.model, tuned=self.cfg.inference)
-            with open(self.run_dir / "metrics.csv", "w", newline="") as handle:
-                csv.writer(handle).writerow(CSV_FIELDS)
+            self.run_log.start()
         self.ctx.barrier()
 
     def _train_state(self) -> dict[str, Any]:
@@ -268,7 +190,9 @@ class Trainer:
             "numpy_rng": rng_states,
             "torch_rng": torch.get_rng_state(),
             # each rank's CUDA generator (the crop classifier's true/predicted mask draw runs on it)
-            "cuda_rng": self.ctx.gather_objects(torch.cuda.get_rng_state(self.device)) if self.device.type == "cuda" else None,
+            "cuda_rng": (
+                self.ctx.gather_objects(torch.cuda.get_rng_state(self.device)) if self.device.type == "cuda" else None
+            ),
             "world_size": self.ctx.world_size,
             "config": to_dict(self.cfg),
         }
@@ -293,19 +217,7 @@ class Trainer:
         self.best_miou = state["best_miou"]
         self.elapsed_before = state.get("elapsed_s", 0.0)
         if self.ctx.is_main:
-            self._truncate_csv(self.step)
-
-    def _truncate_csv(self, step: int) -> None:
-        """Drop log rows written after the checkpoint we resume from (they will be written again)."""
-        path = self.run_dir / "metrics.csv"
-        if not path.exists():
-            return
-        rows = list(csv.DictReader(path.open()))
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(r for r in rows if int(r["step"]) <= step)
-        atomic_write_text(path, buffer.getvalue())
+            self.run_log.resume_at(self.step)
 
     # ---- one step ------------------------------------------------------------------------------
     def _grid(self, height: int, width: int) -> np.ndarray:
@@ -314,10 +226,10 @@ class Trainer:
             self._grids[key] = grid_points(self.cfg.prompts.points_per_side, height, width)
         return self._grids[key]
 
-    def _embedding(self, frame: TrainFrame) -> torch.Tensor:
-        cached = self.cache.get(frame.key)
+    def _embedding(self, cache: EmbeddingCache, frame: TrainFrame) -> torch.Tensor:
+        cached = cache.get(frame.key)
         if cached is None:
-            cached = self.cache.put(frame.key, frame.image, self.device)
+            cached = cache.put(frame.key, frame.image, self.device)
         return cached
 
     def train_step(self, frames: list[TrainFrame]) -> dict[str, float]:
@@ -326,9 +238,11 @@ class Trainer:
         sizes = [f.image.shape[:2] for f in frames]
         prepared = embeddings = None
         if self.cache is not None:
-            embeddings = torch.stack([self._embedding(f) for f in frames]).to(self.device).float()
+            embeddings = torch.stack([self._embedding(self.cache, f) for f in frames]).to(self.device).float()
         if self.cache is None or self.model.crop_classifier is not None:
-            prepared = torch.cat([self.model.prepare_images(torch.from_numpy(f.image)[None].to(self.device)) for f in frames])
+            prepared = torch.cat(
+                [self.model.prepare_images(torch.from_numpy(f.image)[None].to(self.device)) for f in frames]
+            )
 
         model = self.model
         low_res = model.config.low_res_size
@@ -344,7 +258,8 @@ class Trainer:
 
         start = time.perf_counter()
         self.forward_module.train()
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+        amp = self.amp_dtype
+        with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
             out, prompts, crop_targets = self.forward_module(prepared, embeddings, sizes, make_prompts)
             terms = saom_loss(
                 out,
@@ -364,7 +279,8 @@ class Trainer:
         self.scaler.scale(terms.total).backward()
         self.scaler.unscale_(self.optimizer)
         if self.cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.cfg.optim.grad_clip)
+            trained = [p for p in self.model.parameters() if p.requires_grad]
+            torch.nn.utils.clip_grad_norm_(trained, self.cfg.optim.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -395,40 +311,14 @@ class Trainer:
             save_checkpoint(self.ckpt_dir / "last.pt", self.model, state, tuned=self.cfg.inference)
         self.ctx.barrier()
 
-    def _end_epoch(self, writer: Any, final: bool = False) -> None:
+    def _end_epoch(self, final: bool = False) -> None:
         if self.ctx.is_main and (final or self.epoch % self.cfg.train.validate_every_epochs == 0):
             metrics = self.validate()
-            self._record_validation(metrics, writer)
-
-    def _record_validation(self, metrics: dict[str, float | None], writer: Any) -> None:
-        history_path = self.run_dir / "val_history.json"
-        history = []
-        if history_path.exists():
-            import json
-
-            history = [h for h in json.loads(history_path.read_text()) if h["step"] < self.step]
-        history.append({"step": self.step, "epoch": self.epoch, **metrics})
-        atomic_write_json(history_path, history, indent=1)
-        for key, value in metrics.items():
-            if value is not None:
-                writer.add_scalar(f"val/{key}", value, self.step)
-        miou = metrics["mIoU"]
-        if miou is not None and (self.best_miou is None or miou > self.best_miou):
-            self.best_miou = miou
-            save_checkpoint(self.ckpt_dir / "best.pt", self.model, tuned=self.cfg.inference)
-        tqdm.write(
-            f"step {self.step} epoch {self.epoch}: val mIoU {_fmt(miou)}, mAcc {_fmt(metrics['mAcc'])}, "
-            f"class accuracy {_fmt(metrics['class_accuracy'])}"
-        )
-
-    def _log(self, metrics: dict[str, float], writer: Any) -> None:
-        row = {"step": self.step, "epoch": self.epoch, "lr": self.scheduler.get_last_lr()[0]}
-        row.update({k: metrics[k] for k in CSV_FIELDS if k in metrics})
-        with open(self.run_dir / "metrics.csv", "a", newline="") as handle:
-            csv.DictWriter(handle, fieldnames=CSV_FIELDS).writerow(row)
-        for key, value in row.items():
-            if key not in ("step", "epoch"):
-                writer.add_scalar(f"train/{key}", value, self.step)
+            self.run_log.validation(self.step, self.epoch, metrics)
+            miou = metrics["mIoU"]
+            if miou is not None and (self.best_miou is None or miou > self.best_miou):
+                self.best_miou = miou
+                save_checkpoint(self.ckpt_dir / "best.pt", self.model, tuned=self.cfg.inference)
 
     def _out_of_time(self) -> bool:
         """`train.max_seconds` of training (over resumes) are used up; every rank agrees."""
@@ -440,46 +330,48 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         cfg = self.cfg.train
-        writer = _summary_writer(self.run_dir / "tb") if self.ctx.is_main else None
-        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="training", unit="step", disable=not (self.progress and self.ctx.is_main))
+        if self.ctx.is_main:
+            self.run_log.open()
+        bar = tqdm(
+            total=cfg.max_steps, initial=self.step, desc="training", unit="step",
+            disable=not (self.progress and self.ctx.is_main),
+        )
         self._fit_started = time.perf_counter()
         done = self.step >= cfg.max_steps or self._out_of_time()
         try:
             while not done:
-                batches = epoch_batches(len(self.frames), cfg.frames_per_step, self.epoch, cfg.seed, self.ctx.rank, self.ctx.world_size)
+                batches = epoch_batches(
+                    len(self.frames), cfg.frames_per_step, self.epoch, cfg.seed, self.ctx.rank, self.ctx.world_size
+                )
                 while self.batch_in_epoch < len(batches) and not done:
                     metrics = self.train_step([self.frames[i] for i in batches[self.batch_in_epoch]])
                     self.step += 1
                     self.batch_in_epoch += 1
                     bar.update(1)
-                    bar.set_postfix(loss=f"{metrics['loss']:.3f}", iou=f"{metrics['mask_iou']:.2f}", acc=f"{metrics['class_accuracy']:.2f}")
+                    bar.set_postfix(
+                        loss=f"{metrics['loss']:.3f}", iou=f"{metrics['mask_iou']:.2f}",
+                        acc=f"{metrics['class_accuracy']:.2f}",
+                    )
                     done = self.step >= cfg.max_steps or self._out_of_time()
                     if self.ctx.is_main and (self.step % cfg.log_every == 0 or done):
-                        self._log(metrics, writer)
+                        self.run_log.train_step(self.step, self.epoch, float(self.scheduler.get_last_lr()[0]), metrics)
                     if self.step % cfg.checkpoint_every == 0:
                         self._save_last()
                 if self.batch_in_epoch >= len(batches):
                     self.epoch += 1
                     self.batch_in_epoch = 0
-                    self._end_epoch(writer, final=done)
+                    self._end_epoch(final=done)
             if self.batch_in_epoch > 0 or self.best_miou is None:
-                self._end_epoch(writer, final=True)  # always validate the final weights
+                self._end_epoch(final=True)  # always validate the final weights
             self._save_last()
         finally:
             bar.close()
-            if writer is not None:
-                writer.close()
+            self.run_log.close()
             shutdown_distributed(self.ctx)
         masks, seconds = self._throughput
         best = self.ckpt_dir / "best.pt"
-        return TrainResult(self.run_dir, self.step, self.best_miou, self.ckpt_dir / "last.pt", best if best.exists() else None, masks / seconds if seconds else 0.0)
+        return TrainResult(
+            self.run_dir, self.step, self.best_miou, self.ckpt_dir / "last.pt", best if best.exists() else None,
+            masks / seconds if seconds else 0.0,
+        )
 
-
-def _summary_writer(path: Path) -> Any:
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(str(path))
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
