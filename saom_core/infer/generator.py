@@ -67,7 +67,7 @@ def generator_config(model: SaomModel, **overrides: object) -> GeneratorConfig:
 
 @dataclass
 class _Candidates:
-    logits: torch.Tensor  # (K, s, s) low-res logits, cropped to the frame's valid region
+    logits: torch.Tensor  # (K, h, w) low-res logits, cropped to the frame's region (+ the row/column upsampling reads)
     iou: torch.Tensor  # (K,)
     stability: torch.Tensor  # (K,)
     class_id: torch.Tensor  # (K,)
@@ -156,11 +156,16 @@ class EverythingGenerator:
         new_h, new_w = self.model.input_size(height, width)
         scale = self.model.config.low_res_size / self.model.config.image_size
         valid_h, valid_w = int(np.ceil(new_h * scale)), int(np.ceil(new_w * scale))
+        # Kept: the low-res rows/columns the frame covers and the one beyond them that bilinear
+        # upsampling of the last covered one reads (padding it with 0 instead changed the masks'
+        # bottom rows wherever the frame ends on a low-res row boundary, e.g. 640x480).
+        side = self.model.config.low_res_size
+        kept_h, kept_w = min(valid_h + 1, side), min(valid_w + 1, side)
         parts = []
         batch = self.config.points_per_batch or (64 if self.device.type == "cpu" else 256)
         for start in range(0, len(coords), batch):
             chunk = slice(start, start + batch)
-            parts.append(self._decode_chunk(embedding, coords[chunk], point_tensor[chunk], valid_h, valid_w))
+            parts.append(self._decode_chunk(embedding, coords[chunk], point_tensor[chunk], kept_h, kept_w))
         candidates = _Candidates.cat(parts)
         masks, boxes, candidates = self._to_frame(candidates, height, width)
         if len(masks) == 0:
@@ -168,27 +173,28 @@ class EverythingGenerator:
         keep = batched_nms(boxes, candidates.iou, torch.zeros_like(candidates.iou), self.config.box_nms_thresh)
         candidates, masks = candidates.select(keep), masks[keep]
         if self.model.crop_classifier is not None:
-            candidates = self._classify(candidates, self.prepare(image) if prepared is None else prepared)
+            candidates = self._classify(candidates, self.prepare(image) if prepared is None else prepared, valid_h, valid_w)
             allowed = self.allowed[candidates.class_id]
             candidates, masks = candidates.select(allowed), masks[allowed]
         return self._finish(candidates, masks, height, width)
 
-    def _classify(self, candidates: _Candidates, prepared: torch.Tensor) -> _Candidates:
-        """Labels from the crop classifier for the candidates' masks."""
+    def _classify(self, candidates: _Candidates, prepared: torch.Tensor, valid_h: int, valid_w: int) -> _Candidates:
+        """Labels from the crop classifier for the candidates' masks (their low-res logits over the frame's region)."""
         side = self.model.config.low_res_size
-        low = candidates.logits.float()
+        low = candidates.logits[..., :valid_h, :valid_w].float()
         padded = torch.nn.functional.pad(low, (0, side - low.shape[-1], 0, side - low.shape[-2]), value=-1e4)
         with self.autocast():
             logits = self.model.classify_masks(prepared, padded.sigmoid())
         candidates.class_score, candidates.class_id = logits.float().softmax(-1).max(-1)
         return candidates
 
-    def _decode_chunk(self, embedding: torch.Tensor, coords: torch.Tensor, points: torch.Tensor, valid_h: int, valid_w: int) -> _Candidates:
-        """Decode a batch of grid prompts; keep the masks that pass predicted IoU and class."""
+    def _decode_chunk(self, embedding: torch.Tensor, coords: torch.Tensor, points: torch.Tensor, kept_h: int, kept_w: int) -> _Candidates:
+        """Decode a batch of grid prompts; keep the masks that pass predicted IoU and class (their
+        low-res logits cropped to kept_h x kept_w)."""
         labels = torch.ones(len(coords), 1, dtype=torch.int, device=self.device)
         with self.autocast():
             out = self._decode(embedding, coords[:, None, :], labels)
-        logits = out.low_res_logits[..., :valid_h, :valid_w]
+        logits = out.low_res_logits[..., :kept_h, :kept_w]
         iou = out.iou_pred.float()
         if out.class_logits is not None:
             class_score, class_id = out.class_logits.float().softmax(-1).max(-1)
