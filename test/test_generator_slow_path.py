@@ -14,6 +14,7 @@ import torch
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from torch import nn
 
+from saom_core.errors import ImageError
 from saom_core.eval.matching import agreement, iou_matrix
 from saom_core.infer.generator import EverythingGenerator, GeneratorConfig
 from saom_core.model.configs import get_config
@@ -111,3 +112,29 @@ def test_masks_equal_the_stock_generators_with_the_real_decoder_at_camera_frame_
     ious = iou_matrix(reference, candidate)
     differing = [int((reference[i] != candidate[ious[i].argmax()]).sum()) for i in range(len(reference))]
     assert max(differing) == 0, f"pixels differing from the stock mask, per mask: {differing}"
+
+
+class LineDecoder(DiskDecoder):
+    """Every prompt's every mask is the same one-pixel-wide vertical line (low-res column 10)."""
+
+    def _masks(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = torch.full((coords.shape[0], 4, self.low_res, self.low_res), -20.0)
+        logits[..., 10] = 20.0
+        return logits, torch.full((coords.shape[0], 4), 0.9)
+
+
+def test_one_pixel_wide_masks_are_still_deduplicated(disk_model):
+    disk_model.mask_decoder = LineDecoder(disk_model.config.low_res_size, disk_model.config.image_size)
+    image = np.zeros((64, 64, 3), dtype=np.uint8)  # input 256 px: one low-res pixel per frame pixel
+    for area in (0, 150):
+        fast = EverythingGenerator(disk_model, GeneratorConfig(points_per_side=8, multimask="all", keep_background=True, min_mask_region_area=area))
+        instances = fast.generate(image).instances
+        assert len(instances) == 1, f"{len(instances)} copies of one mask kept (min_mask_region_area={area})"
+        assert instances[0].mask[:, 10].all() and instances[0].mask.sum() == 64
+
+
+@pytest.mark.parametrize("size", [(1, 1), (8, 300), (31, 31)])
+def test_a_frame_smaller_than_the_point_grid_is_a_clear_error(disk_model, size):
+    fast = EverythingGenerator(disk_model, GeneratorConfig(points_per_side=32))
+    with pytest.raises(ImageError, match=r"smaller than the 32x32 point grid"):
+        fast.generate(np.zeros((*size, 3), dtype=np.uint8))

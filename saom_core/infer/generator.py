@@ -28,7 +28,7 @@ import torch
 from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score, remove_small_regions
 from torchvision.ops import batched_nms
 
-from saom_core.errors import ConfigError
+from saom_core.errors import ConfigError, ImageError
 from saom_core.infer.types import Instance, Segmentation
 from saom_core.model.grid import grid_points
 from saom_core.model.saom import SaomModel
@@ -63,6 +63,16 @@ def generator_config(model: SaomModel, **overrides: object) -> GeneratorConfig:
     values = {k: v for k, v in model.generator_defaults.items() if k in TUNABLE}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return GeneratorConfig(**values)
+
+
+def nms_boxes(boxes: torch.Tensor) -> torch.Tensor:
+    """The stock generator's inclusive pixel boxes (x0, y0, x1, y1) for NMS, except that a zero
+    width or height (a mask one pixel wide or high) becomes one pixel: a box without area overlaps
+    nothing, so NMS would keep every copy of such a mask."""
+    widened = boxes.clone()
+    widened[:, 2] = torch.where(boxes[:, 2] > boxes[:, 0], boxes[:, 2], boxes[:, 0] + 1)
+    widened[:, 3] = torch.where(boxes[:, 3] > boxes[:, 1], boxes[:, 3], boxes[:, 1] + 1)
+    return widened
 
 
 @dataclass
@@ -148,6 +158,12 @@ class EverythingGenerator:
     def generate(self, image: np.ndarray, embedding: torch.Tensor | None = None) -> Segmentation:
         """(H, W, 3) uint8 RGB -> labelled instances at frame resolution, best first."""
         height, width = image.shape[:2]
+        side = self.config.points_per_side
+        if min(height, width) < side:
+            raise ImageError(
+                f"frame {width}x{height} is smaller than the {side}x{side} point grid: several grid points would "
+                "prompt the same pixels; use a larger frame or fewer points per side"
+            )
         prepared = None  # the model input, kept for the crop classifier
         if embedding is None:
             prepared, embedding = self.embed_prepared(image)
@@ -170,7 +186,7 @@ class EverythingGenerator:
         masks, boxes, candidates = self._to_frame(candidates, height, width)
         if len(masks) == 0:
             return Segmentation(height, width, [])
-        keep = batched_nms(boxes, candidates.iou, torch.zeros_like(candidates.iou), self.config.box_nms_thresh)
+        keep = batched_nms(nms_boxes(boxes), candidates.iou, torch.zeros_like(candidates.iou), self.config.box_nms_thresh)
         candidates, masks = candidates.select(keep), masks[keep]
         if self.model.crop_classifier is not None:
             candidates = self._classify(candidates, self.prepare(image) if prepared is None else prepared, valid_h, valid_w)
@@ -282,5 +298,5 @@ class EverythingGenerator:
         new_boxes = batched_mask_to_box(cleaned_t).float()
         score_t = torch.tensor(scores)
         threshold = max(self.config.box_nms_thresh, STOCK_CROP_NMS_THRESH)
-        keep = batched_nms(new_boxes, score_t, torch.zeros_like(score_t), threshold).sort().values
+        keep = batched_nms(nms_boxes(new_boxes), score_t, torch.zeros_like(score_t), threshold).sort().values
         return cleaned[keep.numpy()], new_boxes[keep], keep
