@@ -23,7 +23,7 @@ class DemoSettings:
     seed: int = 0
     workers: int = 2
     eval_split: str = "test"
-    everything_frames: int | None = 16
+    everything_frames: int | None = None  # everything mode on the first N frames of the split; None: all
     segment_frames: int = 4
     overrides: tuple[str, ...] = ()
 

@@ -41,6 +41,10 @@ def test_eval_writes_the_report(trained, rect_dataset, tmp_path, capsys):
     assert set(report["saom"]["points"]["per_class"]) == {"Mug", "Table", "Ball"}
     markdown = (out / "report.md").read_text()
     assert "| mIoU over objects, random point |" in markdown
+    # everything mode covers the whole split by default, with the ground truth of the same frames beside it
+    everything = report["saom"]["everything"]
+    assert everything["frames"] == report["frames"] and everything["ground_truth_objects"] == report["objects"]
+    assert "| ground-truth objects per frame (same frames) |" in markdown and " of " not in markdown.split("## Per-class")[0].split("everything mode")[1]
     for heading in ("## Summary", "## Per-class results (paper Tables 3 and 4)", "## Output masks in everything mode (paper Table 5)"):
         assert heading in markdown
     for png in ("per_class_iou.png", "per_class_acc.png", "overlay_000.png", "overlay_001.png"):
