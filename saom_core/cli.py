@@ -101,12 +101,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _segmenter_from(args: argparse.Namespace):
     from saom_core.infer.segmenter import load_segmenter
 
-    return load_segmenter(
+    segmenter = load_segmenter(
         str(args.checkpoint), device=args.device, points_per_side=args.points_per_side,
         pred_iou_thresh=args.pred_iou_thresh, box_nms_thresh=args.box_nms_thresh, stability_score_thresh=args.stability_thresh,
         min_mask_region_area=args.min_region_area, keep_classes=args.keep_classes,
         keep_background=args.keep_background, max_input_size=args.max_input_size, compile=args.compile, half=args.half,
     )
+    print(f"model: {segmenter.trained_on}")
+    return segmenter
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:

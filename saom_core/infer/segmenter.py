@@ -17,7 +17,7 @@ from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_
 from saom_core.errors import ConfigError, ImageError
 from saom_core.infer.generator import EverythingGenerator, GeneratorConfig, generator_config
 from saom_core.infer.types import Instance, Segmentation
-from saom_core.model.checkpoint import load_model
+from saom_core.model.checkpoint import describe_training, load_model
 from saom_core.model.saom import DecoderOutput, SaomModel
 from saom_core.precision import reduced_precision
 
@@ -54,6 +54,7 @@ class SaomSegmenter:
         self.max_input_size = max_input_size
         self.generator = EverythingGenerator(model, config, amp_dtype=reduced_precision(model.device) if half else None)
         self.class_names = model.class_names
+        self.trained_on = describe_training(model)  # one line for users to log at load
 
     # ---- frames ------------------------------------------------------------------------------
     def _shrink(self, image: np.ndarray) -> np.ndarray:

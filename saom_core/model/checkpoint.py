@@ -1,8 +1,9 @@
 """Loading official SAM weights and saving/loading SAOM checkpoints.
 
 A SAOM checkpoint is one torch file: {"format": "saom", "version", "model_config", "head_input",
-"crop_classifier" (bool), "class_list", "generator" (its tuned everything-mode thresholds), "state_dict"} plus, for training runs, "train_state" (optimizer, scheduler, step,
-RNG). An official SAM checkpoint (e.g. sam_vit_b_01ec64.pth) is a bare state_dict; `load_model`
+"crop_classifier" (bool), "class_list", "generator" (its tuned everything-mode thresholds),
+"trained_on" (simulator, dataset, frames), "state_dict"} plus, for training runs, "train_state"
+(optimizer, scheduler, step, RNG). An official SAM checkpoint (e.g. sam_vit_b_01ec64.pth) is a bare state_dict; `load_model`
 accepts both, so vanilla SAM is a valid baseline anywhere a SAOM checkpoint is.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from saom_core import __version__
 from saom_core.data.classes import ClassList
+from saom_core.data.reader import SaomDataset
 from saom_core.errors import CheckpointError
 from saom_core.io import atomic_torch_save
 from saom_core.model.configs import MODEL_CONFIGS, SamConfig, get_config
@@ -85,6 +87,7 @@ def checkpoint_dict(model: SaomModel, train_state: dict[str, Any] | None = None)
         "crop_classifier": model.crop_classifier is not None,
         "class_list": model.class_list.to_dict() if model.class_list is not None else None,
         "generator": dict(model.generator_defaults),
+        "trained_on": dict(model.trained_on),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     if train_state is not None:
@@ -110,6 +113,7 @@ def model_from_checkpoint(data: dict[str, Any], path: str | Path, config: str | 
             raise CheckpointError(f"{path}: SAOM checkpoint lacks {exc}") from exc
         _load_state(model, data["state_dict"], path)
         model.generator_defaults = dict(data.get("generator") or {})
+        model.trained_on = dict(data.get("trained_on") or {})
         return model
     name = config if config is not None else guess_sam_config(data)
     if name is None:
@@ -126,3 +130,31 @@ def load_model(path: str | Path, config: str | SamConfig | None = None, device: 
     """A SAOM checkpoint, or an official SAM checkpoint as vanilla SAM (no class head), in eval mode."""
     model = model_from_checkpoint(read_checkpoint(path), path, config)
     return model.to(device).eval()
+
+
+def training_record(dataset: SaomDataset) -> dict[str, Any]:
+    """What a model is trained on, for its checkpoint: simulator(s), dataset directory, frames."""
+    simulators = sorted({str(img.get("saom", {}).get("simulator", "")) for img in dataset.images} - {""})
+    if not simulators and dataset.coco.get("saom", {}).get("simulator"):
+        simulators = [str(dataset.coco["saom"]["simulator"])]
+    return {"simulator": simulators, "dataset": str(dataset.root), "split": dataset.split, "frames": len(dataset)}
+
+
+def describe_training(model: SaomModel) -> str:
+    """One line saying what a loaded model was trained on, so nobody mistakes a simulator-trained
+    demo model for a general one on real photos."""
+    parameters = sum(p.numel() for p in model.parameters()) / 1e6
+    size = f"model config {model.config.name} ({parameters:.1f}M parameters)"
+    if model.class_list is None:
+        return f"{size}, no class head: vanilla SAM everything mode, no labels"
+    record = model.trained_on
+    if record:
+        simulators = ", ".join(record.get("simulator") or []) or "an unnamed source"
+        data = f"trained on {simulators} frames ({record.get('frames', '?')} frames of {record.get('dataset', '?')})"
+    else:
+        data = "training data not recorded in this checkpoint"
+    names = model.class_names[1:]
+    return (
+        f"{size}, {data}; {len(names)} classes: {', '.join(names)}. "
+        "It labels only these classes, and only as well as its training images resemble the input."
+    )

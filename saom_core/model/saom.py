@@ -186,6 +186,9 @@ class SaomModel(Sam):
         # Everything-mode thresholds tuned for this model (saved in its checkpoint); see
         # saom_core.infer.generator.generator_config. Empty: the paper's values.
         self.generator_defaults: dict[str, float | int] = {}
+        # What it was trained on (simulator, dataset, frames; saved in its checkpoint), so users of
+        # a simulator-trained model are told at load: saom_core.model.checkpoint.describe_training.
+        self.trained_on: dict[str, object] = {}
         self.classifier = (
             ClassifierHead(config.prompt_embed_dim, class_list.num_classes_with_background, head_input)
             if class_list is not None

@@ -27,7 +27,7 @@ from saom_core.data.reader import SaomDataset
 from saom_core.errors import CheckpointError, ConfigError, DatasetError, SaomError
 from saom_core.eval.point_eval import evaluate_points
 from saom_core.io import atomic_write_json, atomic_write_text
-from saom_core.model.checkpoint import read_checkpoint, save_checkpoint
+from saom_core.model.checkpoint import read_checkpoint, save_checkpoint, training_record
 from saom_core.model.configs import get_config
 from saom_core.model.grid import grid_points
 from saom_core.model.saom import DecoderOutput, SaomModel, build_model
@@ -204,6 +204,7 @@ class Trainer:
         elif cfg.model.init_pos_embed:
             self.model.init_from_scratch()
         self.model.generator_defaults = asdict(cfg.inference)
+        self.model.trained_on = training_record(self.train_set)
         self.num_trainable = set_trainable(self.model, cfg.train.trainable)
         self.model.to(self.device)
         self.encoder_frozen = not any(p.requires_grad for p in self.model.image_encoder.parameters())
