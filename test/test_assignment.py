@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from segment_anything import SamAutomaticMaskGenerator
 from torch.nn import functional as F
 
 from saom_core.infer.generator import EverythingGenerator, GeneratorConfig
@@ -117,11 +118,14 @@ def test_prior_lands_inside_masks_of_synthetic_frames(size):
 
 @pytest.mark.parametrize("size", [(224, 224), (480, 640), (37, 100)])
 def test_assigned_points_are_exactly_the_generators_grid_points(size):
-    """Training prompts must be points the everything-mode generator actually prompts with."""
+    """Training prompts must be points the everything-mode generator actually prompts with: SAM's
+    own grid (SamAutomaticMaskGenerator.point_grids, normalised xy) scaled to the frame."""
     height, width = size
     model = build_model(get_config("test"))
-    generator = EverythingGenerator(model, GeneratorConfig(points_per_side=32))
-    generator_points, _ = generator._grid(height, width)
+    stock_points = SamAutomaticMaskGenerator(model, points_per_side=32).point_grids[0] * np.array([width, height])
+    generator_points, _ = EverythingGenerator(model, GeneratorConfig(points_per_side=32))._grid(height, width)
+    np.testing.assert_allclose(generator_points, stock_points, rtol=0, atol=1e-9)
+    generator_points = stock_points
     masks = torch.zeros(2, height, width, dtype=torch.bool)
     masks[0, : height // 2, : width // 2] = True
     masks[1, height // 2 :, width // 3 :] = True

@@ -126,12 +126,30 @@ def test_compiled_decoder_gives_the_same_instances():
         assert (a.mask != b.mask).mean() < 0.01
 
 
-def test_half_runs_bf16_on_cpu(stamped_model):
-    """`half` means bf16 autocast on a CPU (fast with AVX512-BF16/AMX), not an error or a silent no-op."""
-    config = GeneratorConfig(points_per_side=4, pred_iou_thresh=0.5, stability_score_thresh=0.0, min_mask_region_area=0)
-    segmenter = SaomSegmenter(stamped_model, config, half=True)
-    assert segmenter.generator.amp_dtype == torch.bfloat16
-    with segmenter.generator.autocast():
-        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
-    seg = segmenter.segment(np.zeros((H, W, 3), np.uint8))
+def test_half_runs_the_real_decoder_in_bf16_on_cpu():
+    """`half` means bf16 autocast on a CPU, not an error or a silent no-op: the real (random) model's
+    decoder computes in bf16 and its masks come back, at frame size, close to the fp32 ones."""
+    torch.manual_seed(0)
+    model = build_model(get_config("test"), CLASSES).eval()
+    keep_all = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, min_mask_region_area=0, keep_background=True)
+    half = SaomSegmenter(model, GeneratorConfig(**keep_all), half=True)
+    assert half.generator.amp_dtype == torch.bfloat16
+    seen = []
+    decode = model.decode
+
+    def recording_decode(*args, **kwargs):
+        out = decode(*args, **kwargs)
+        seen.append(out.low_res_logits.dtype)
+        return out
+
+    model.decode = recording_decode
+    half.generator._decode = recording_decode
+    image = np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8)
+    seg = half.segment(image)
+    assert seen and set(seen) == {torch.bfloat16}, seen
     assert seg.instances and all(i.mask.shape == (H, W) for i in seg.instances)
+    model.decode = decode
+    full = SaomSegmenter(model, GeneratorConfig(**keep_all)).segment(image)
+    assert len(full.instances) > 0
+    best_half = max(i.predicted_iou for i in seg.instances)
+    assert abs(best_half - max(i.predicted_iou for i in full.instances)) < 0.05
