@@ -52,7 +52,7 @@ class SaomSegmenter:
     def __init__(self, model: SaomModel, config: GeneratorConfig, half: bool = False, max_input_size: int | None = None) -> None:
         self.model = model.eval()
         self.max_input_size = max_input_size
-        self.generator = EverythingGenerator(model, config, amp_dtype=reduced_precision(model.device) if half else None)
+        self.generator = EverythingGenerator(model, config, amp_dtype=reduced_precision(model.device, "infer") if half else None)
         self.class_names = model.class_names
         self.trained_on = describe_training(model)  # one line for users to log at load
 

@@ -31,7 +31,7 @@ from saom_core.model.checkpoint import read_checkpoint, save_checkpoint, trainin
 from saom_core.model.configs import get_config
 from saom_core.model.grid import grid_points
 from saom_core.model.saom import DecoderOutput, SaomModel, build_model
-from saom_core.precision import cpu_has_native_bf16, reduced_precision
+from saom_core.precision import reduced_precision
 from saom_core.train.config import TrainConfig
 from saom_core.train.distributed import DistContext, init_distributed, shutdown_distributed
 from saom_core.train.embedding_cache import EmbeddingCache
@@ -252,9 +252,7 @@ class Trainer:
             return torch.float16
         if mode == "bf16":
             return torch.bfloat16
-        if self.device.type == "cpu" and not cpu_has_native_bf16():
-            return None  # auto on a CPU that would only emulate bf16
-        return reduced_precision(self.device)
+        return reduced_precision(self.device, "train")  # None where bf16 would not be faster
 
     def _start_run(self) -> None:
         if self.ctx.is_main:
