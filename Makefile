@@ -35,6 +35,7 @@ bench: setup ros
 	$(PY) bench/node_latency.py
 	test -f $(DEMO_OUT)/data/annotations.json || $(VENV)/bin/saom collect --scenes 400 --out $(DEMO_OUT)/data
 	$(PY) bench/tiny_recipe.py --data $(DEMO_OUT)/data
+	$(PY) bench/assignment_ablation.py --data $(DEMO_OUT)/data
 
 clean:
 	rm -rf $(VENV) build *.egg-info
