@@ -50,17 +50,21 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_per_frame(run: Callable, frames: list[np.ndarray], device: torch.device, repeats: int) -> tuple[float, list]:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def time_per_frame(run: Callable, frames: list[np.ndarray], device: torch.device, repeats: int, clock: str = "wall") -> tuple[float, list]:
     """Median ms per frame after a warm-up frame (which also pays any one-off compile)."""
+    now = CLOCKS[clock]
     run(frames[0])
     outputs, times = [], []
     for _ in range(repeats):
         for frame in frames:
             synchronize(device)
-            start = time.perf_counter()
+            start = now()
             outputs.append(run(frame))
             synchronize(device)
-            times.append(time.perf_counter() - start)
+            times.append(now() - start)
     return 1000 * statistics.median(times), outputs[: len(frames)]
 
 
@@ -87,6 +91,8 @@ def main() -> None:
     parser.add_argument("--points-per-side", type=int, default=32)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile pair (no C++ compiler)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall: elapsed time; cpu: this process's CPU time, summed over its threads (for a machine shared with other work)")
     args = parser.parse_args()
     device = torch.device(args.device)
 
@@ -114,7 +120,7 @@ def main() -> None:
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {cpu_model()} ({platform.machine()}), {torch.get_num_threads()} threads"
     print(f"model: {source} (config {model.config.name}); frames: {len(frames)} x {shape[1]}x{shape[0]}; grid {args.points_per_side}x{args.points_per_side}")
     print(f"thresholds (all generators): {thresholds}")
-    print(f"machine: {machine}; torch {torch.__version__}; repeats {args.repeats}; fp32")
+    print(f"machine: {machine}; torch {torch.__version__}; repeats {args.repeats}; fp32; {args.clock} clock")
 
     stock = SamAutomaticMaskGenerator(model, points_per_side=args.points_per_side, **thresholds)
     common = dict(points_per_side=args.points_per_side, **thresholds)
@@ -124,12 +130,12 @@ def main() -> None:
         reference = None
         for mode, compile_decoder in modes:
             with compiled_stock_decoder(model) if compile_decoder else contextlib.nullcontext():
-                ms[("stock", mode)], stock_out = time_per_frame(stock.generate, frames, device, args.repeats)
+                ms[("stock", mode)], stock_out = time_per_frame(stock.generate, frames, device, args.repeats, args.clock)
             print(f"{'SamAutomaticMaskGenerator (stock), ' + mode:<58} {ms[('stock', mode)]:>9.1f} {np.mean([len(o) for o in stock_out]):>12.1f}")
             if reference is None:
                 reference = [np.stack([m["segmentation"] for m in out]) if out else np.zeros((0, *shape), bool) for out in stock_out]
             vanilla = EverythingGenerator(model, GeneratorConfig(multimask="all", keep_background=True, compile=compile_decoder, **common))
-            ms[("vanilla", mode)], vanilla_out = time_per_frame(vanilla.generate, frames, device, args.repeats)
+            ms[("vanilla", mode)], vanilla_out = time_per_frame(vanilla.generate, frames, device, args.repeats, args.clock)
             candidate = [np.stack([i.mask for i in seg.instances]) if seg.instances else np.zeros((0, *shape), bool) for seg in vanilla_out]
             found = [agreement(r, c) for r, c in zip(reference, candidate)]
             matched, recall, precision = (float(np.mean([getattr(a, k) for a in found])) for k in ("mean_matched_iou", "recall_at_095", "precision_at_095"))
@@ -139,7 +145,7 @@ def main() -> None:
                 continue
             for name, fields in SAOM_SETTINGS.items():
                 generator = EverythingGenerator(model, GeneratorConfig(compile=compile_decoder, **common, **fields))
-                ms[(name, mode)], out = time_per_frame(generator.generate, frames, device, args.repeats)
+                ms[(name, mode)], out = time_per_frame(generator.generate, frames, device, args.repeats, args.clock)
                 print(f"{'SAOM, of-interest mode, ' + name + ', ' + mode:<58} {ms[(name, mode)]:>9.1f} {np.mean([len(s.instances) for s in out]):>12.1f}")
 
         if model.classifier is None or dataset is None or args.ap_frames == 0:

@@ -111,7 +111,9 @@ def test_masks_equal_the_stock_generators_with_the_real_decoder_at_camera_frame_
     assert len(reference) == len(candidate) == 4 * 4 * 3
     ious = iou_matrix(reference, candidate)
     differing = [int((reference[i] != candidate[ious[i].argmax()]).sum()) for i in range(len(reference))]
-    assert max(differing) == 0, f"pixels differing from the stock mask, per mask: {differing}"
+    # Identical in a quiet process; float reduction order (thread count) may flip a pixel whose
+    # logit is ~0. The bug this guards against changed hundreds to thousands of pixels per mask.
+    assert max(differing) <= 1e-4 * size[0] * size[1], f"pixels differing from the stock mask, per mask: {differing}"
 
 
 class LineDecoder(DiskDecoder):
