@@ -36,6 +36,7 @@ bench: setup ros
 	$(PY) bench/node_latency.py
 	test -f $(DEMO_OUT)/data/annotations.json || $(VENV)/bin/saom collect --scenes 400 --out $(DEMO_OUT)/data
 	$(PY) bench/tiny_recipe.py --data $(DEMO_OUT)/data
+	$(PY) bench/assignment_ablation.py --data $(DEMO_OUT)/data
 
 # For a GPU machine without network (bench/gpu_check.sh --bundle $(GPU_BUNDLE)): the wheels it lacks,
 # for CPython 3.12 manylinux x86_64 (segment-anything, pycocotools; pytest for the CUDA tests), and

@@ -121,7 +121,9 @@ def _segmenter_from(args: argparse.Namespace):
     from saom_core.settings import SegmenterSettings
 
     # Options not given are None: load_segmenter then applies the schema's defaults.
-    return load_segmenter(str(args.checkpoint), **{f.name: getattr(args, f.name) for f in fields(SegmenterSettings)})
+    segmenter = load_segmenter(str(args.checkpoint), **{f.name: getattr(args, f.name) for f in fields(SegmenterSettings)})
+    print(f"model: {segmenter.trained_on}")
+    return segmenter
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
@@ -231,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenes", type=int, default=400)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--everything-frames", type=int, default=16)
+    p.add_argument("--everything-frames", type=int, default=None, help="frames for everything mode (default: all)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="training config overrides")
     p.set_defaults(handler=_cmd_demo)
 

@@ -25,7 +25,7 @@ class DemoSettings:
     seed: int = 0
     workers: int = 2
     eval_split: str = "test"
-    everything_frames: int | None = 16
+    everything_frames: int | None = None  # everything mode on the first N frames of the split; None: all
     segment_frames: int = 4
     trajectory_scenes: int = 5  # scenes of a moving camera for the 3D and tracking figures ...
     trajectory_frames: int = 8  # ... frames each, from another seed than the training data (unseen rooms)

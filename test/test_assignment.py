@@ -4,12 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from segment_anything import SamAutomaticMaskGenerator
 from torch.nn import functional as F
 
 from saom_core.infer.generator import EverythingGenerator, GeneratorConfig
 from saom_core.model.configs import get_config
 from saom_core.model.grid import grid_points, pixel_of
 from saom_core.model.saom import build_model
+from saom_core.prompting import assignment
 from saom_core.prompting.assignment import (
     mask_centre_points,
     nearest_neighbour_assignment,
@@ -39,20 +41,56 @@ def test_picks_the_grid_point_nearest_to_the_constructed_prior():
     features = torch.zeros(4, SIDE, SIDE)
     features[3] = 1.0  # background direction everywhere
     mask = torch.zeros(1, height, width, dtype=torch.bool)
-    mask[0, 28:140, 28:140] = True  # feature cells 2..9 (14 px per cell at 224 px)
-    features[:, 2:10, 2:10] = torch.tensor([1.0, -0.3, 0.0, 0.0])[:, None, None]
-    # The pooled target (0.5 max + 0.5 mean) leans towards the one cell with +0.3: it is the prior.
+    mask[0, 84:168, 98:182] = True  # feature cells rows 6..11, cols 7..12 (14 px per cell at 224 px)
+    features[:, 6:12, 7:13] = torch.tensor([1.0, -0.3, 0.0, 0.0])[:, None, None]
+    # The pooled target (0.5 max + 0.5 mean) leans towards the one cell with +0.3, the mask's top
+    # left corner cell: it is the prior.
     features[:, 6, 7] = torch.tensor([1.0, 0.3, 0.0, 0.0])
     grid = grid_points(32, height, width)
     result = nearest_neighbour_assignment(features, mask, grid, (256, 256), IMAGE_SIZE)
-    # prior = centre of cell (row 6, col 7) in frame pixels
     cell_px = 224 / SIDE
     expected_prior = np.array([(7 + 0.5) * cell_px, (6 + 0.5) * cell_px])
     np.testing.assert_allclose(result.prior[0], expected_prior)
-    expected_index = int(np.linalg.norm(grid - expected_prior, axis=1).argmin())
-    assert result.grid_index[0] == expected_index
-    np.testing.assert_array_equal(result.points[0], grid[expected_index])
+    # The cell holds 4 grid points, equally near the prior; the lower right one is deepest inside
+    # the mask (11 px from its border, the upper left one 4 px).
+    expected_point = expected_prior + np.array([0.25, 0.25]) * cell_px
+    np.testing.assert_allclose(result.points[0], expected_point)
+    assert result.grid_index[0] == int(np.linalg.norm(grid - expected_point, axis=1).argmin())
     assert result.reachable[0] and result.prior_snapped_inside[0]
+
+
+@pytest.mark.parametrize("size", [(224, 224), (480, 640), (301, 451)])
+def test_every_grid_point_can_be_the_snapped_prior(size, monkeypatch):
+    """16x16 feature cells, a 32x32 grid (the tiny config): a cell holds several grid points (at
+    224 px every cell centre is equidistant from 4), so the object must decide, not the grid's
+    order. For each grid point: a map that peaks on its cell and a small object around it; the
+    prior must snap to it directly."""
+    height, width = size
+    hw = input_hw(height, width)
+    grid = grid_points(32, height, width)
+    scale = np.array([hw[1] / width, hw[0] / height])
+    cell = np.floor(grid * scale / (IMAGE_SIZE / SIDE)).astype(int)  # (K, 2) xy feature cell of each grid point
+    peak = {"k": 0}
+
+    def peaked_map(features, cells):
+        sim = torch.zeros(1, SIDE, SIDE)
+        sim[0, cell[peak["k"], 1], cell[peak["k"], 0]] = 1.0
+        return sim.flatten(1)
+
+    monkeypatch.setattr(assignment, "location_confidence", peaked_map)
+    spacing = np.array([width, height]) / 32
+    features = torch.zeros(4, SIDE, SIDE)
+    wrong = []
+    for k, (x, y) in enumerate(grid):
+        peak["k"] = k
+        mask = torch.zeros(1, height, width, dtype=torch.bool)
+        x0, x1 = int(x - 0.8 * spacing[0]), int(np.ceil(x + 0.8 * spacing[0]))
+        y0, y1 = int(y - 0.8 * spacing[1]), int(np.ceil(y + 0.8 * spacing[1]))
+        mask[0, max(y0, 0) : y1, max(x0, 0) : x1] = True
+        result = nearest_neighbour_assignment(features, mask, grid, hw, IMAGE_SIZE)
+        if not (result.prior_snapped_inside[0] and result.grid_index[0] == k):
+            wrong.append(k)
+    assert not wrong, f"{len(wrong)} of {len(grid)} grid points never the snapped prior"
 
 
 @pytest.mark.parametrize("size", [(224, 224), (240, 320), (37, 100)])
@@ -80,11 +118,14 @@ def test_prior_lands_inside_masks_of_synthetic_frames(size):
 
 @pytest.mark.parametrize("size", [(224, 224), (480, 640), (37, 100)])
 def test_assigned_points_are_exactly_the_generators_grid_points(size):
-    """Training prompts must be points the everything-mode generator actually prompts with."""
+    """Training prompts must be points the everything-mode generator actually prompts with: SAM's
+    own grid (SamAutomaticMaskGenerator.point_grids, normalised xy) scaled to the frame."""
     height, width = size
     model = build_model(get_config("test"))
-    generator = EverythingGenerator(model, GeneratorConfig(points_per_side=32))
-    generator_points, _ = generator._grid(height, width)
+    stock_points = SamAutomaticMaskGenerator(model, points_per_side=32).point_grids[0] * np.array([width, height])
+    generator_points, _ = EverythingGenerator(model, GeneratorConfig(points_per_side=32))._grid(height, width)
+    np.testing.assert_allclose(generator_points, stock_points, rtol=0, atol=1e-9)
+    generator_points = stock_points
     masks = torch.zeros(2, height, width, dtype=torch.bool)
     masks[0, : height // 2, : width // 2] = True
     masks[1, height // 2 :, width // 3 :] = True

@@ -7,7 +7,9 @@ import pytest
 from saom_core.data.classes import ClassList
 from saom_core.data.reader import SaomDataset
 from saom_core.data import rle as rle_utils
-from saom_core.eval.everything_eval import coco_mask_metrics
+from saom_core.eval.everything_eval import coco_mask_metrics, run_everything
+from saom_core.eval.report import _everything_rows
+from saom_core.infer.types import Instance, Segmentation
 from saom_core.eval.point_eval import ClassStats, PointEvalResult, evaluate_points
 from saom_core.model.configs import get_config
 from saom_core.model.saom import build_model
@@ -117,3 +119,35 @@ def test_coco_metrics_perfect_and_empty(rect_dataset):
     assert coco_mask_metrics(dataset, ids, wrong_class, use_categories=False)["AP"] == pytest.approx(1.0)
     empty_mask = rle_utils.encode(np.zeros((48, 48), bool))
     assert coco_mask_metrics(dataset, ids, [dict(d, segmentation=empty_mask) for d in perfect], use_categories=False)["AP"] == 0.0
+
+
+def test_everything_mode_counts_ground_truth_over_the_frames_it_scores(rect_dataset):
+    """Masks per frame are only comparable with ground-truth objects per frame over the same frames."""
+    dataset = SaomDataset(rect_dataset, split="val")
+    frame_ids = [img["id"] for img in dataset.images]
+
+    def ground_truth_as_output(image: np.ndarray) -> Segmentation:
+        index = next(i for i in range(len(dataset)) if np.array_equal(dataset.load_image(i), image))
+        sample = dataset[index]
+        instances = [
+            Instance(mask=m, box_xyxy=(0, 0, 1, 1), class_id=int(c), class_name=name, class_score=1.0, predicted_iou=1.0, stability=1.0)
+            for m, c, name in zip(sample.masks, sample.class_ids, sample.labels)
+        ]
+        return Segmentation(*image.shape[:2], instances)
+
+    per_frame = [sum(a["image_id"] == i for a in dataset.coco["annotations"]) for i in frame_ids]
+    for frames in (1, 2, None):
+        result = run_everything(ground_truth_as_output, dataset, has_classes=True, max_frames=frames, progress=False)
+        expected = sum(per_frame[: frames or len(per_frame)])
+        assert result.objects == result.masks == expected
+        assert result.masks_per_object == 1.0 and result.coco_agnostic["AP"] == pytest.approx(1.0)
+
+
+def test_everything_rows_name_the_frames_they_cover():
+    everything = {"frames": 16, "masks_per_frame": 6.5, "ground_truth_objects_per_frame": 5.0,
+                  "coco_mask_class_agnostic": {"AP": 0.3, "AP50": 0.6, "AR100": 0.4}, "coco_mask_per_class": {"AP": 0.2}}
+    partial = _everything_rows(everything, everything, split_frames=244)
+    assert all("first 16 of 244 frames" in row for row in partial if "ground-truth" not in row)
+    assert "| ground-truth objects per frame (same frames) | 5.0 | 5.0 |" in partial
+    whole = _everything_rows(dict(everything, frames=244), dict(everything, frames=244), split_frames=244)
+    assert not any(" of 244" in row for row in whole)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from saom_core import precision
 from saom_core.data.classes import ClassList
 from saom_core.errors import ConfigError, ImageError
 from saom_core.infer.generator import EverythingGenerator, GeneratorConfig
@@ -55,9 +56,9 @@ def stamped_model(monkeypatch):
 
 
 def test_every_mask_carries_its_own_prompts_class(stamped_model):
-    generator = EverythingGenerator(
+    generator = EverythingGenerator(  # every prompt decoded (no coarse-to-fine): each keeps its own disk
         stamped_model,
-        GeneratorConfig(points_per_side=4, pred_iou_thresh=0.5, stability_score_thresh=0.0, box_nms_thresh=0.99, min_mask_region_area=0),
+        GeneratorConfig(points_per_side=4, pred_iou_thresh=0.5, stability_score_thresh=0.0, box_nms_thresh=0.99, min_mask_region_area=0, coarse_to_fine=False),
     )
     seg = generator.generate(np.zeros((H, W, 3), np.uint8))
     assert len(seg.instances) == 16
@@ -71,7 +72,7 @@ def test_every_mask_carries_its_own_prompts_class(stamped_model):
 
 
 def test_keep_classes_and_background(stamped_model):
-    config = GeneratorConfig(points_per_side=4, pred_iou_thresh=0.5, stability_score_thresh=0.0, box_nms_thresh=0.99, min_mask_region_area=0, keep_classes=["B"])
+    config = GeneratorConfig(points_per_side=4, pred_iou_thresh=0.5, stability_score_thresh=0.0, box_nms_thresh=0.99, min_mask_region_area=0, keep_classes=["B"], coarse_to_fine=False)
     seg = EverythingGenerator(stamped_model, config).generate(np.zeros((H, W, 3), np.uint8))
     assert {i.class_name for i in seg.instances} == {"B"} and len(seg.instances) == 4
     with pytest.raises(ConfigError, match="unknown classes \\['Sofa'\\]"):
@@ -126,12 +127,74 @@ def test_compiled_decoder_gives_the_same_instances():
         assert (a.mask != b.mask).mean() < 0.01
 
 
-def test_half_runs_bf16_on_cpu(stamped_model):
-    """`half` means bf16 autocast on a CPU (fast with AVX512-BF16/AMX), not an error or a silent no-op."""
-    config = GeneratorConfig(points_per_side=4, pred_iou_thresh=0.5, stability_score_thresh=0.0, min_mask_region_area=0)
-    segmenter = SaomSegmenter(stamped_model, config, half=True)
-    assert segmenter.generator.amp_dtype == torch.bfloat16
-    with segmenter.generator.autocast():
-        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
-    seg = segmenter.segment(np.zeros((H, W, 3), np.uint8))
+def test_half_runs_the_real_decoder_in_bf16_on_cpu(monkeypatch):
+    """`half` on a CPU where bf16 measured faster means bf16 autocast, not an error or a silent
+    no-op: the real (random) model's decoder computes in bf16 and its masks come back at frame size."""
+    monkeypatch.setattr(precision, "cpu_bf16_pays", lambda workload: True)
+    torch.manual_seed(0)
+    model = build_model(get_config("test"), CLASSES).eval()
+    keep_all = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, min_mask_region_area=0, keep_background=True)
+    half = SaomSegmenter(model, GeneratorConfig(**keep_all), half=True)
+    assert half.generator.amp_dtype == torch.bfloat16
+    seen = []
+    decode = model.decode
+
+    def recording_decode(*args, **kwargs):
+        out = decode(*args, **kwargs)
+        seen.append(out.low_res_logits.dtype)
+        return out
+
+    model.decode = recording_decode
+    half.generator._decode = recording_decode
+    image = np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8)
+    seg = half.segment(image)
+    assert seen and set(seen) == {torch.bfloat16}, seen
     assert seg.instances and all(i.mask.shape == (H, W) for i in seg.instances)
+    model.decode = decode
+    full = SaomSegmenter(model, GeneratorConfig(**keep_all)).segment(image)
+    assert len(full.instances) > 0
+    best_half = max(i.predicted_iou for i in seg.instances)
+    assert abs(best_half - max(i.predicted_iou for i in full.instances)) < 0.05
+
+
+def test_coarse_to_fine_finds_the_same_whole_objects_with_fewer_prompts(monkeypatch):
+    """A SAOM-like decoder: a prompt inside an object answers with that whole object and its class,
+    elsewhere with background. Skipping points inside found objects and far from any must not
+    lose an object, including a small one that only fine grid points hit."""
+    model = build_model(get_config("test"), CLASSES).eval()
+    side = model.config.low_res_size
+    new_h, new_w = model.input_size(H, W)
+    boxes = [(2, 2, 30, 26, 1), (36, 8, 62, 44, 3), (20, 33, 26, 39, 2)]  # x0, y0, x1, y1 in frame pixels, class
+    prompted = []
+
+    def decode(embeddings, point_coords=None, point_labels=None, boxes_=None, image_index=None, multimask_output=True):
+        xy = point_coords[:, 0, :] * torch.tensor([W / new_w, H / new_h])  # frame pixels
+        prompted.append(len(xy))
+        ys, xs = torch.meshgrid(torch.arange(side) + 0.5, torch.arange(side) + 0.5, indexing="ij")
+        fx, fy = xs * new_w / side * W / new_w, ys * new_h / side * H / new_h  # low-res pixel centres in frame pixels
+        logits = torch.full((len(xy), 3, side, side), -10.0)
+        class_logits = torch.zeros(len(xy), 3, len(CLASSES.classes) + 1)
+        class_logits[:, :, 0] = 10.0
+        for k, (x, y) in enumerate(xy.tolist()):
+            for x0, y0, x1, y1, cls in boxes:
+                if x0 <= x < x1 and y0 <= y < y1:
+                    inside = (fx >= x0) & (fx < x1) & (fy >= y0) & (fy < y1)
+                    logits[k, :, inside] = 10.0
+                    class_logits[k, :, 0], class_logits[k, :, cls] = 0.0, 10.0
+        return DecoderOutput(logits, torch.full((len(xy), 3), 0.9), class_logits)
+
+    monkeypatch.setattr(model, "decode", decode)
+    settings = dict(points_per_side=16, pred_iou_thresh=0.5, stability_score_thresh=0.5, min_mask_region_area=0)
+    frame = np.zeros((H, W, 3), np.uint8)
+    full = EverythingGenerator(model, GeneratorConfig(**settings, coarse_to_fine=False)).generate(frame)
+    full_prompts, prompted[:] = sum(prompted), []
+    fast = EverythingGenerator(model, GeneratorConfig(**settings, coarse_to_fine=True)).generate(frame)
+    assert full_prompts == 256 and sum(prompted) < full_prompts * 0.75, sum(prompted)
+    assert sorted(i.class_id for i in fast.instances) == sorted(i.class_id for i in full.instances) == [1, 2, 3]
+    for a in full.instances:
+        b = next(i for i in fast.instances if i.class_id == a.class_id)
+        assert np.array_equal(a.mask, b.mask)
+    # skip_background: fewer prompts still, at the price of the object only fine points hit
+    prompted[:] = []
+    sparse = EverythingGenerator(model, GeneratorConfig(**settings, coarse_to_fine=True, skip_background=True)).generate(frame)
+    assert sorted(i.class_id for i in sparse.instances) == [1, 3] and sum(prompted) < full_prompts / 2

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from saom_core.model.grid import grid_points, pixel_of
-from saom_core.train.prompts import Geometry, build_frame_prompts
+from saom_core.train.prompts import Geometry, build_frame_prompts, low_res_targets
 
 
 def frame():
@@ -31,11 +31,15 @@ def test_extra_points_lie_inside_their_object_with_its_target_and_class():
     assert pos.sum() == 6 and (~pos).sum() == 4  # 2 objects x (1 assigned + 2 extra), 4 background points
     points = prompts.points.numpy()
     rows, cols = pixel_of(points[pos], 64, 64)
-    targets = prompts.mask_targets
+    _, frame_classes = frame()
+    own_targets = low_res_targets(masks, Geometry((64, 64), 64, 16))
+    assert not torch.equal(own_targets[0], own_targets[1]), "the check needs objects with different targets"
     for k, (r, c) in enumerate(zip(rows, cols)):
-        obj = 0 if prompts.class_ids[k] == 3 else 1
-        assert masks[obj, r, c], "an object's prompt lies inside that object"
-        assert torch.equal(targets[k], targets[[j for j in range(6) if prompts.class_ids[j] == prompts.class_ids[k]][0]])
+        containing = torch.nonzero(masks[:, r, c]).flatten().tolist()
+        assert len(containing) == 1, "an object's prompt lies inside exactly one object"
+        obj = containing[0]
+        assert prompts.class_ids[k] == frame_classes[obj], "the prompt's class is the class of the object it lies in"
+        assert torch.equal(prompts.mask_targets[k], own_targets[obj]), "the prompt's target is the mask of the object it lies in"
     assert len({tuple(p) for p in points[pos]}) == 6, "no grid point is used twice"
     assert all(any(np.all(grid == p, axis=1)) for p in points), "every prompt is a grid point"
     bg_rows, bg_cols = pixel_of(points[~pos], 64, 64)

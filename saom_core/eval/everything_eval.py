@@ -27,6 +27,7 @@ STAT_NAMES = ["AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "AR1", 
 class EverythingResult:
     frames: int = 0
     masks: int = 0
+    objects: int = 0  # ground-truth objects in the same frames
     coco_agnostic: dict[str, float | None] = field(default_factory=dict)
     coco_per_class: dict[str, float | None] | None = None
     detections: list[dict[str, Any]] = field(default_factory=list)
@@ -35,11 +36,23 @@ class EverythingResult:
     def masks_per_frame(self) -> float:
         return self.masks / self.frames if self.frames else 0.0
 
+    @property
+    def objects_per_frame(self) -> float:
+        return self.objects / self.frames if self.frames else 0.0
+
+    @property
+    def masks_per_object(self) -> float | None:
+        """The paper's Table 5 as a ratio: 1 = one mask per object; None without ground truth."""
+        return self.masks / self.objects if self.objects else None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "frames": self.frames,
             "output_masks": self.masks,
             "masks_per_frame": self.masks_per_frame,
+            "ground_truth_objects": self.objects,
+            "ground_truth_objects_per_frame": self.objects_per_frame,
+            "masks_per_object": self.masks_per_object,
             "coco_mask_class_agnostic": self.coco_agnostic,
             "coco_mask_per_class": self.coco_per_class,
         }
@@ -53,7 +66,8 @@ def run_everything(
     progress: bool = True,
     on_frame: Callable[[int, np.ndarray, Segmentation], None] | None = None,
 ) -> EverythingResult:
-    """Segment every frame; count masks; COCO-evaluate the detections against the split's GT."""
+    """Segment the split's frames (the first `max_frames`, default all); count masks and the ground
+    truth's objects in the same frames; COCO-evaluate the detections against that ground truth."""
     result = EverythingResult()
     n_frames = len(dataset) if max_frames is None else min(max_frames, len(dataset))
     name_to_id = {name: i + 1 for i, name in enumerate(dataset.classes.names)}
@@ -75,6 +89,8 @@ def run_everything(
         if on_frame is not None:
             on_frame(index, image, seg)
     image_ids = [dataset.images[i]["id"] for i in range(n_frames)]
+    wanted = set(image_ids)
+    result.objects = sum(1 for a in dataset.coco["annotations"] if a["image_id"] in wanted)
     result.coco_agnostic = coco_mask_metrics(dataset, image_ids, result.detections, use_categories=False)
     if has_classes:
         result.coco_per_class = coco_mask_metrics(dataset, image_ids, result.detections, use_categories=True)

@@ -33,6 +33,28 @@ def _num(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _frames(everything: dict[str, Any]) -> str:
+    return f"{everything['frames']} frames"
+
+
+def _everything_rows(base: dict[str, Any], saom: dict[str, Any], split_frames: int) -> list[str]:
+    """Summary rows of everything mode; each names the frames it covers where that is not the whole
+    evaluated split, and ground-truth objects per frame over the same frames stand beside them."""
+    covers = "" if saom["frames"] == split_frames else f", first {saom['frames']} of {split_frames} frames"
+    agnostic_b, agnostic_s = base["coco_mask_class_agnostic"], saom["coco_mask_class_agnostic"]
+    rows = [
+        f"| output masks per frame (everything mode{covers}) | {base['masks_per_frame']:.1f} | {saom['masks_per_frame']:.1f} |",
+        f"| ground-truth objects per frame (same frames) | {base['ground_truth_objects_per_frame']:.1f} | {saom['ground_truth_objects_per_frame']:.1f} |",
+        f"| mask AP, class-agnostic{covers} | {_num(agnostic_b['AP'])} | {_num(agnostic_s['AP'])} |",
+        f"| mask AP50, class-agnostic{covers} | {_num(agnostic_b['AP50'])} | {_num(agnostic_s['AP50'])} |",
+        f"| mask AR100, class-agnostic{covers} | {_num(agnostic_b['AR100'])} | {_num(agnostic_s['AR100'])} |",
+    ]
+    if saom["coco_mask_per_class"]:
+        base_ap = base["coco_mask_per_class"] or {}
+        rows.append(f"| mask AP, per class{covers} | {_num(base_ap.get('AP'))} | {_num(saom['coco_mask_per_class']['AP'])} |")
+    return rows
+
+
 def render_markdown(report: dict[str, Any], classes: ClassList, images: list[str]) -> str:
     base, saom = report["baseline"], report["saom"]
     lines = [
@@ -52,15 +74,8 @@ def render_markdown(report: dict[str, Any], classes: ClassList, images: list[str
         f"| mean classification accuracy | {_num(base['points']['mean_class_accuracy'])} | {_num(saom['points']['mean_class_accuracy'])} |",
         f"| mIoU over objects, random point | {_num(base['random_points']['instance_mIoU'])} | {_num(saom['random_points']['instance_mIoU'])} |",
         f"| classification accuracy over objects, random point | {_num(base['random_points']['instance_class_accuracy'])} | {_num(saom['random_points']['instance_class_accuracy'])} |",
-        f"| output masks per frame (everything mode) | {base['everything']['masks_per_frame']:.1f} | {saom['everything']['masks_per_frame']:.1f} |",
-        f"| mask AP, class-agnostic | {_num(base['everything']['coco_mask_class_agnostic']['AP'])} | {_num(saom['everything']['coco_mask_class_agnostic']['AP'])} |",
-        f"| mask AP50, class-agnostic | {_num(base['everything']['coco_mask_class_agnostic']['AP50'])} | {_num(saom['everything']['coco_mask_class_agnostic']['AP50'])} |",
-        f"| mask AR100, class-agnostic | {_num(base['everything']['coco_mask_class_agnostic']['AR100'])} | {_num(saom['everything']['coco_mask_class_agnostic']['AR100'])} |",
     ]
-    per_class_ap = saom["everything"]["coco_mask_per_class"]
-    if per_class_ap:
-        base_ap = base["everything"]["coco_mask_per_class"] or {}
-        lines.append(f"| mask AP, per class | {_num(base_ap.get('AP'))} | {_num(per_class_ap['AP'])} |")
+    lines += _everything_rows(base["everything"], saom["everything"], report["frames"])
     if "objects_3d" in report:
         lines += ["", *format_objects_3d(report["objects_3d"], saom["everything"]["frames"])]
     lines += [
@@ -83,7 +98,9 @@ def render_markdown(report: dict[str, Any], classes: ClassList, images: list[str
         "",
         "| | baseline | SAOM |",
         "|---|---:|---:|",
-        f"| number of output masks ({base['everything']['frames']} frames) | {base['everything']['output_masks']} | {saom['everything']['output_masks']} |",
+        f"| number of output masks ({_frames(saom['everything'])}) | {base['everything']['output_masks']} | {saom['everything']['output_masks']} |",
+        f"| ground-truth objects, same frames | {base['everything']['ground_truth_objects']} | {saom['everything']['ground_truth_objects']} |",
+        f"| output masks per ground-truth object | {_num(base['everything']['masks_per_object'], 2)} | {_num(saom['everything']['masks_per_object'], 2)} |",
         f"| generator settings | {base['generator']} | {saom['generator']} |",
         "",
         DEFINITIONS,

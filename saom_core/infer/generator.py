@@ -28,9 +28,9 @@ import torch
 from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score, remove_small_regions
 from torchvision.ops import batched_nms
 
-from saom_core.errors import ConfigError
+from saom_core.errors import ConfigError, ImageError
 from saom_core.infer.types import Segmentation, build_instances
-from saom_core.model.grid import grid_points
+from saom_core.model.grid import grid_points, pixel_of
 from saom_core.model.saom import SaomModel
 from saom_core.settings import SegmenterSettings, Thresholds
 
@@ -57,6 +57,8 @@ class GeneratorConfig:
     multimask: Literal["auto", "best", "all"] = "auto"  # auto: best for SAOM, all for vanilla SAM
     keep_background: bool = SegmenterSettings.keep_background
     keep_classes: list[str] | None = None  # None: every class of the model
+    coarse_to_fine: bool = False  # SAOM mode: a coarse grid first, then only the points not inside an object it found (bench/everything_mode.py)
+    skip_background: bool = False  # coarse_to_fine also skips points whose coarse neighbours all found nothing (misses objects smaller than 2 grid spacings)
 
 
 def generator_config(settings: SegmenterSettings, tuned: Thresholds | None = None) -> GeneratorConfig:
@@ -72,9 +74,19 @@ def generator_config(settings: SegmenterSettings, tuned: Thresholds | None = Non
     )
 
 
+def nms_boxes(boxes: torch.Tensor) -> torch.Tensor:
+    """The stock generator's inclusive pixel boxes (x0, y0, x1, y1) for NMS, except that a zero
+    width or height (a mask one pixel wide or high) becomes one pixel: a box without area overlaps
+    nothing, so NMS would keep every copy of such a mask."""
+    widened = boxes.clone()
+    widened[:, 2] = torch.where(boxes[:, 2] > boxes[:, 0], boxes[:, 2], boxes[:, 0] + 1)
+    widened[:, 3] = torch.where(boxes[:, 3] > boxes[:, 1], boxes[:, 3], boxes[:, 1] + 1)
+    return widened
+
+
 @dataclass
 class _Candidates:
-    logits: torch.Tensor  # (K, s, s) low-res logits, cropped to the frame's valid region
+    logits: torch.Tensor  # (K, h, w) low-res logits, cropped to the frame's region (+ the row/column upsampling reads)
     iou: torch.Tensor  # (K,)
     stability: torch.Tensor  # (K,)
     class_id: torch.Tensor  # (K,)
@@ -87,6 +99,12 @@ class _Candidates:
 
     def select(self, keep: torch.Tensor) -> "_Candidates":
         return _Candidates(*(getattr(self, f)[keep] for f in _Candidates.__dataclass_fields__))
+
+
+@dataclass
+class _Decoded:
+    candidates: _Candidates
+    point_hit: torch.Tensor  # (P,) bool: the prompt yielded a candidate (an object of interest, good predicted IoU)
 
 
 class EverythingGenerator:
@@ -118,6 +136,9 @@ class EverythingGenerator:
         self._decode = torch.compile(model.decode) if self.config.compile else model.decode
         multimask = self.config.multimask
         self.keep_all_masks = multimask == "all" or (multimask == "auto" and not self.has_classes)
+        # Only where each prompt yields one whole object (SAOM mode): vanilla SAM's parts and
+        # sub-parts are what the points inside an object find, so it prompts every point.
+        self.coarse_to_fine = self.config.coarse_to_fine and self.has_classes and not self.keep_all_masks
 
     @property
     def device(self) -> torch.device:
@@ -155,6 +176,12 @@ class EverythingGenerator:
     def generate(self, image: np.ndarray, embedding: torch.Tensor | None = None) -> Segmentation:
         """(H, W, 3) uint8 RGB -> labelled instances at frame resolution, best first."""
         height, width = image.shape[:2]
+        side = self.config.points_per_side
+        if min(height, width) < side:
+            raise ImageError(
+                f"frame {width}x{height} is smaller than the {side}x{side} point grid: several grid points would "
+                "prompt the same pixels; use a larger frame or fewer points per side"
+            )
         prepared = None  # the model input, kept for the crop classifier
         if embedding is None:
             prepared, embedding = self.embed_prepared(image)
@@ -163,39 +190,79 @@ class EverythingGenerator:
         new_h, new_w = self.model.input_size(height, width)
         scale = self.model.config.low_res_size / self.model.config.image_size
         valid_h, valid_w = int(np.ceil(new_h * scale)), int(np.ceil(new_w * scale))
-        parts = []
+        # Kept: the low-res rows/columns the frame covers and the one beyond them that bilinear
+        # upsampling of the last covered one reads (padding it with 0 instead changed the masks'
+        # bottom rows wherever the frame ends on a low-res row boundary, e.g. 640x480).
+        side = self.model.config.low_res_size
+        kept_h, kept_w = min(valid_h + 1, side), min(valid_w + 1, side)
         batch = self.config.points_per_batch or (64 if self.device.type == "cpu" else 256)
-        for start in range(0, len(coords), batch):
-            chunk = slice(start, start + batch)
-            parts.append(self._decode_chunk(embedding, coords[chunk], point_tensor[chunk], valid_h, valid_w))
-        candidates = _Candidates.cat(parts)
-        masks, boxes, candidates = self._to_frame(candidates, height, width)
-        if len(masks) == 0:
-            return Segmentation(height, width, [])
-        keep = batched_nms(boxes, candidates.iou, torch.zeros_like(candidates.iou), self.config.box_nms_thresh)
+
+        def decode(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, _Candidates, torch.Tensor]:
+            """Decode the grid points `index`; (masks, boxes, candidates, hit: did each point yield a candidate)."""
+            parts = [
+                self._decode_chunk(embedding, coords[chunk], point_tensor[chunk], kept_h, kept_w)
+                for chunk in index.split(batch)
+            ]
+            hit = torch.cat([part.point_hit for part in parts])
+            return *self._to_frame(_Candidates.cat([part.candidates for part in parts]), height, width), hit
+
+        every = torch.arange(len(coords), device=self.device)
+        if not self.coarse_to_fine:
+            masks, boxes, candidates, _ = decode(every)
+        else:
+            masks, boxes, candidates = self._coarse_to_fine(decode, every, points, height, width)
+        keep = batched_nms(nms_boxes(boxes), candidates.iou, torch.zeros_like(candidates.iou), self.config.box_nms_thresh)
         candidates, masks = candidates.select(keep), masks[keep]
         if self.model.crop_classifier is not None:
-            candidates = self._classify(candidates, self.prepare(image) if prepared is None else prepared)
+            candidates = self._classify(candidates, self.prepare(image) if prepared is None else prepared, valid_h, valid_w)
             allowed = self.allowed[candidates.class_id]
             candidates, masks = candidates.select(allowed), masks[allowed]
         return self._finish(candidates, masks, height, width)
 
-    def _classify(self, candidates: _Candidates, prepared: torch.Tensor) -> _Candidates:
-        """Labels from the crop classifier for the candidates' masks."""
+    def _coarse_to_fine(self, decode, every: torch.Tensor, points: np.ndarray, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor, _Candidates]:
+        """Decode every second grid point of every second row first; then of the other points only
+        those not inside an object already found (SAOM's masks are whole objects: such a point
+        finds that object again, and NMS drops it) and, with skip_background, next to a coarse
+        point that found something (the rest lie in what the coarse points classed as background)."""
+        n = self.config.points_per_side
+        row, col = every // n, every % n
+        coarse = (row % 2 == 0) & (col % 2 == 0)
+        masks, boxes, candidates, hit = decode(every[coarse])
+        hit_map = torch.zeros(n, n, dtype=torch.bool, device=self.device)
+        hit_map[row[coarse], col[coarse]] = hit
+        near_hit = torch.zeros_like(coarse)
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                r, c = row + dr, col + dc
+                inside = (r >= 0) & (r < n) & (c >= 0) & (c < n)
+                near_hit[inside] |= hit_map[r[inside], c[inside]]
+        fine = ~coarse & (near_hit if self.config.skip_background else torch.ones_like(coarse))
+        if len(masks):
+            found = masks[batched_nms(nms_boxes(boxes), candidates.iou, torch.zeros_like(candidates.iou), self.config.box_nms_thresh)].any(0)
+            rows, cols = pixel_of(points, height, width)
+            fine &= ~found[torch.as_tensor(rows, device=self.device), torch.as_tensor(cols, device=self.device)]
+        if not fine.any():
+            return masks, boxes, candidates
+        fine_masks, fine_boxes, fine_candidates, _ = decode(every[fine])
+        return torch.cat([masks, fine_masks]), torch.cat([boxes, fine_boxes]), _Candidates.cat([candidates, fine_candidates])
+
+    def _classify(self, candidates: _Candidates, prepared: torch.Tensor, valid_h: int, valid_w: int) -> _Candidates:
+        """Labels from the crop classifier for the candidates' masks (their low-res logits over the frame's region)."""
         side = self.model.config.low_res_size
-        low = candidates.logits.float()
+        low = candidates.logits[..., :valid_h, :valid_w].float()
         padded = torch.nn.functional.pad(low, (0, side - low.shape[-1], 0, side - low.shape[-2]), value=-1e4)
         with self.autocast():
             logits = self.model.classify_masks(prepared, padded.sigmoid())
         candidates.class_score, candidates.class_id = logits.float().softmax(-1).max(-1)
         return candidates
 
-    def _decode_chunk(self, embedding: torch.Tensor, coords: torch.Tensor, points: torch.Tensor, valid_h: int, valid_w: int) -> _Candidates:
-        """Decode a batch of grid prompts; keep the masks that pass predicted IoU and class."""
+    def _decode_chunk(self, embedding: torch.Tensor, coords: torch.Tensor, points: torch.Tensor, kept_h: int, kept_w: int) -> "_Decoded":
+        """Decode a batch of grid prompts; keep the masks that pass predicted IoU and class (their
+        low-res logits cropped to kept_h x kept_w)."""
         labels = torch.ones(len(coords), 1, dtype=torch.int, device=self.device)
         with self.autocast():
             out = self._decode(embedding, coords[:, None, :], labels)
-        logits = out.low_res_logits[..., :valid_h, :valid_w]
+        logits = out.low_res_logits[..., :kept_h, :kept_w]
         iou = out.iou_pred.float()
         if out.class_logits is not None:
             class_score, class_id = out.class_logits.float().softmax(-1).max(-1)
@@ -213,7 +280,8 @@ class EverythingGenerator:
         keep = iou > self.config.pred_iou_thresh
         if out.class_logits is not None:
             keep &= self.allowed_before_nms[class_id]
-        return _Candidates(logits[keep], iou[keep], torch.zeros_like(iou[keep]), class_id[keep], class_score[keep], point[keep])
+        candidates = _Candidates(logits[keep], iou[keep], torch.zeros_like(iou[keep]), class_id[keep], class_score[keep], point[keep])
+        return _Decoded(candidates, keep.view(len(coords), -1).any(1))
 
     def _to_frame(self, candidates: _Candidates, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor, _Candidates]:
         """Frame-resolution masks, boxes and stability of the candidates, in batches; unstable or
@@ -269,5 +337,5 @@ class EverythingGenerator:
         new_boxes = batched_mask_to_box(cleaned_t).float()
         score_t = torch.tensor(scores)
         threshold = max(self.config.box_nms_thresh, STOCK_CROP_NMS_THRESH)
-        keep = batched_nms(new_boxes, score_t, torch.zeros_like(score_t), threshold).sort().values
+        keep = batched_nms(nms_boxes(new_boxes), score_t, torch.zeros_like(score_t), threshold).sort().values
         return cleaned[keep.numpy()], new_boxes[keep], keep

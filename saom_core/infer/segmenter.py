@@ -20,7 +20,7 @@ from saom_core.device import resolve_device
 from saom_core.errors import ImageError
 from saom_core.infer.generator import EverythingGenerator, GeneratorConfig, generator_config
 from saom_core.infer.types import Instance, Segmentation, build_instances
-from saom_core.model.checkpoint import load_checkpoint
+from saom_core.model.checkpoint import describe_training, load_checkpoint
 from saom_core.model.saom import KeptMasks, SaomModel
 from saom_core.precision import reduced_precision
 from saom_core.settings import SegmenterSettings, Thresholds
@@ -43,12 +43,13 @@ class SaomSegmenter:
     """Implements `saom_core.infer.types.Segmenter`."""
 
     def __init__(self, model: SaomModel, config: GeneratorConfig, half: bool = False, max_input_size: int | None = None,
-                 tuned: Thresholds | None = None) -> None:
+                 tuned: Thresholds | None = None, trained_on: dict[str, Any] | None = None) -> None:
         self.model = model.eval()
         self.max_input_size = max_input_size
         self.tuned = tuned or Thresholds()  # the checkpoint's: what apply() gives unset thresholds
-        self.generator = EverythingGenerator(model, config, amp_dtype=reduced_precision(model.device) if half else None)
+        self.generator = EverythingGenerator(model, config, amp_dtype=reduced_precision(model.device, "infer") if half else None)
         self.class_names = model.class_names
+        self.trained_on = describe_training(model, trained_on)  # one line for users to log at load
 
     def apply(self, settings: SegmenterSettings) -> None:
         """Use new per-frame settings (grid, thresholds, classes) without reloading the model; the
@@ -158,4 +159,4 @@ def load_segmenter(
     checked = SegmenterSettings.from_values(values)
     model, info = load_checkpoint(checkpoint, checked.model_config or None, resolve_device(checked.device))
     return SaomSegmenter(model, generator_config(checked, info.tuned), half=checked.half,
-                         max_input_size=checked.max_input_size or None, tuned=info.tuned)
+                         max_input_size=checked.max_input_size or None, tuned=info.tuned, trained_on=info.trained_on)

@@ -1,8 +1,9 @@
 """Loading official SAM weights and saving/loading SAOM checkpoints.
 
 A SAOM checkpoint is one torch file: {"format": "saom", "version", "model_config", "head_input",
-"crop_classifier" (bool), "class_list", "generator" (its tuned everything-mode thresholds), "state_dict"} plus, for training runs, "train_state" (optimizer, scheduler, step,
-RNG). An official SAM checkpoint (e.g. sam_vit_b_01ec64.pth) is a bare state_dict; `load_model`
+"crop_classifier" (bool), "class_list", "generator" (its tuned everything-mode thresholds),
+"trained_on" (simulator, dataset, frames), "state_dict"} plus, for training runs, "train_state"
+(optimizer, scheduler, step, RNG). An official SAM checkpoint (e.g. sam_vit_b_01ec64.pth) is a bare state_dict; `load_model`
 accepts both, so vanilla SAM is a valid baseline anywhere a SAOM checkpoint is.
 
 Checkpoints are data, not code: they hold only tensors and plain Python values (dicts, lists,
@@ -63,6 +64,7 @@ class CheckpointInfo(NamedTuple):
 
     tuned: Thresholds  # its tuned everything-mode thresholds (the paper's where it stores none)
     is_saom: bool  # a SAOM checkpoint (False: official SAM weights)
+    trained_on: dict[str, Any] = {}  # simulator(s), dataset, split, frames (empty: not recorded)
 
 
 class LoadedCheckpoint(NamedTuple):
@@ -81,7 +83,10 @@ def checkpoint_info(data: dict[str, Any], path: str | Path) -> CheckpointInfo:
         tuned = Thresholds.from_values({k: v for k, v in stored.items() if k in THRESHOLD_NAMES}, "tuned ")
     except ConfigError as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
-    return CheckpointInfo(tuned, is_saom=True)
+    trained_on = data.get("trained_on") or {}
+    if not isinstance(trained_on, dict):
+        raise CheckpointError(f"{path}: its training record is not a mapping ({type(trained_on).__name__})")
+    return CheckpointInfo(tuned, is_saom=True, trained_on=trained_on)
 
 
 def guess_sam_config(state_dict: dict[str, torch.Tensor]) -> str | None:
@@ -120,8 +125,10 @@ def _load_state(model: SaomModel, state_dict: dict[str, Any], path: str | Path, 
     model.load_state_dict(state_dict, strict=not allow_missing_prefixes)
 
 
-def checkpoint_dict(model: SaomModel, train_state: dict[str, Any] | None = None, tuned: Thresholds | None = None) -> dict[str, Any]:
-    """The saved form of a model; `tuned` (default: the paper's) is what its segmenters use for unset thresholds."""
+def checkpoint_dict(model: SaomModel, train_state: dict[str, Any] | None = None, tuned: Thresholds | None = None,
+                    trained_on: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The saved form of a model; `tuned` (default: the paper's) is what its segmenters use for unset
+    thresholds, `trained_on` what it was trained on (told to users at load)."""
     data: dict[str, Any] = {
         "format": FORMAT,
         "version": __version__,
@@ -130,6 +137,7 @@ def checkpoint_dict(model: SaomModel, train_state: dict[str, Any] | None = None,
         "crop_classifier": model.crop_classifier is not None,
         "class_list": model.class_list.to_dict() if model.class_list is not None else None,
         "generator": (tuned or Thresholds()).values(),
+        "trained_on": dict(trained_on or {}),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     if train_state is not None:
@@ -138,10 +146,10 @@ def checkpoint_dict(model: SaomModel, train_state: dict[str, Any] | None = None,
 
 
 def save_checkpoint(path: str | Path, model: SaomModel, train_state: dict[str, Any] | None = None,
-                    tuned: Thresholds | None = None) -> Path:
+                    tuned: Thresholds | None = None, trained_on: dict[str, Any] | None = None) -> Path:
     """Atomic save: a crash mid-write leaves the previous file intact."""
     path = Path(path)
-    atomic_torch_save(path, checkpoint_dict(model, train_state, tuned))
+    atomic_torch_save(path, checkpoint_dict(model, train_state, tuned, trained_on))
     return path
 
 
@@ -180,3 +188,23 @@ def load_checkpoint(path: str | Path, config: str | SamConfig | None = None, dev
 def load_model(path: str | Path, config: str | SamConfig | None = None, device: str | torch.device = "cpu") -> SaomModel:
     """The network of `load_checkpoint` alone (for uses that need no tuned settings)."""
     return load_checkpoint(path, config, device).model
+
+
+def describe_training(model: SaomModel, trained_on: dict[str, Any] | None = None) -> str:
+    """One line saying what a loaded model was trained on (`CheckpointInfo.trained_on`), so nobody
+    mistakes a simulator-trained demo model for a general one on real photos."""
+    parameters = sum(p.numel() for p in model.parameters()) / 1e6
+    size = f"model config {model.config.name} ({parameters:.1f}M parameters)"
+    if model.class_list is None:
+        return f"{size}, no class head: vanilla SAM everything mode, no labels"
+    record = trained_on or {}
+    if record:
+        simulators = ", ".join(record.get("simulator") or []) or "an unnamed source"
+        data = f"trained on {simulators} frames ({record.get('frames', '?')} frames of {record.get('dataset', '?')})"
+    else:
+        data = "training data not recorded in this checkpoint"
+    names = model.class_names[1:]
+    return (
+        f"{size}, {data}; {len(names)} classes: {', '.join(names)}. "
+        "It labels only these classes, and only as well as its training images resemble the input."
+    )

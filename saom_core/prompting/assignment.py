@@ -5,8 +5,13 @@ Nearest neighbour assignment, per ground-truth mask of a frame:
     embedding: 0.5 * max + 0.5 * mean, L2-normalised (as the authors' code);
  2. cosine similarity of the target with every feature location of the frame (the padding is
     excluded) = location confidence map; its argmax is the location prior;
- 3. snap the prior to the nearest point of the everything-mode grid (`saom_core.model.grid`, in
-    the frame's own pixels: the very points the generator prompts with, for any frame size).
+ 3. snap the prior to a point of the everything-mode grid (`saom_core.model.grid`, in the
+    frame's own pixels: the very points the generator prompts with, for any frame size): of the
+    grid points in the prior's feature cell (or, where the grid is coarser than the cells, of the
+    nearest ones) the one deepest inside the mask. A cell usually holds several grid points (on
+    the tiny config every cell centre is equidistant from 4), and a rule that ignores the object
+    (argmin's first) leaves the others unreachable; bilinear upsampling of the map before the
+    argmax (PerSAM) still leaves the second grid point from each border unreachable.
 
 Decisions the paper leaves open, taken here:
  * prior snapped outside the mask (a look-alike object won the argmax, or the prior sits on the
@@ -26,6 +31,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from scipy.ndimage import distance_transform_edt
 from torch.nn import functional as F
 
 from saom_core.model.grid import pixel_of
@@ -104,15 +110,15 @@ def nearest_neighbour_assignment(
     grid_input = grid / to_frame
     grid_cell = (np.floor(grid_input[:, 1] / stride) * side + np.floor(grid_input[:, 0] / stride)).astype(np.int64)
     grid_conf = sim[:, np.clip(grid_cell, 0, side * side - 1)]  # (N, K)
-    nearest = np.linalg.norm(prior[:, None, :] - grid[None], axis=2).argmin(1)
-    snapped_inside = inside[np.arange(n), nearest]
+    snapped = snap_to_grid(prior, prior_cell, grid, grid_cell, masks_np)
+    snapped_inside = inside[np.arange(n), snapped]
 
     candidates: list[list[int]] = []
     for k in range(n):
-        ranked = [int(i) for i in np.argsort(-grid_conf[k], kind="stable") if inside[k, i] and i != nearest[k]]
-        candidates.append(([int(nearest[k])] if snapped_inside[k] else []) + ranked)
+        ranked = [int(i) for i in np.argsort(-grid_conf[k], kind="stable") if inside[k, i] and i != snapped[k]]
+        candidates.append(([int(snapped[k])] if snapped_inside[k] else []) + ranked)
     first_conf = np.array([grid_conf[k, c[0]] if c else -np.inf for k, c in enumerate(candidates)])
-    grid_index = nearest.astype(np.int64).copy()
+    grid_index = snapped.astype(np.int64).copy()
     reachable = np.zeros(n, dtype=bool)
     taken: set[int] = set()
     for k in np.argsort(-first_conf, kind="stable"):
@@ -121,6 +127,24 @@ def nearest_neighbour_assignment(
             grid_index[k], reachable[k] = free, True
             taken.add(free)
     return Assignment(grid[grid_index].copy(), reachable, grid_index, prior, snapped_inside)
+
+
+def snap_to_grid(prior: np.ndarray, prior_cell: np.ndarray, grid: np.ndarray, grid_cell: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Grid index of each prior (N, 2) frame pixels: of the grid points in its feature cell
+    (grid_cell (K,) vs prior_cell (N,)), or else of the nearest ones, the one deepest inside its
+    mask (N, H, W) by distance to the mask's border; grid order only where that ties too."""
+    rows, cols = pixel_of(grid, masks.shape[1], masks.shape[2])
+    distance = np.linalg.norm(prior[:, None, :] - grid[None], axis=2)  # (N, K)
+    snapped = np.empty(len(prior), dtype=np.int64)
+    for k in range(len(prior)):
+        options = np.flatnonzero(grid_cell == prior_cell[k])
+        if len(options) == 0:
+            options = np.flatnonzero(distance[k] <= distance[k].min() * (1 + 1e-9) + 1e-9)
+        if len(options) > 1:
+            depth = distance_transform_edt(np.pad(masks[k], 1))[1:-1, 1:-1][rows[options], cols[options]]
+            options = options[[int(np.argmax(depth))]]
+        snapped[k] = options[0]
+    return snapped
 
 
 def random_foreground_points(masks: np.ndarray, rng: np.random.Generator) -> Assignment:

@@ -32,7 +32,7 @@ from saom_core.model.checkpoint import read_checkpoint, save_checkpoint
 from saom_core.model.configs import get_config
 from saom_core.model.grid import grid_points
 from saom_core.model.saom import SaomModel, build_model
-from saom_core.precision import cpu_has_native_bf16, reduced_precision
+from saom_core.precision import reduced_precision
 from saom_core.train.config import TrainConfig
 from saom_core.train.distributed import init_distributed, shutdown_distributed
 from saom_core.train.embedding_cache import EmbeddingCache
@@ -84,6 +84,14 @@ def set_trainable(model: SaomModel, prefixes: list[str]) -> int:
     return count
 
 
+def training_record(dataset: SaomDataset) -> dict[str, Any]:
+    """What a model is trained on, for its checkpoint: simulator(s), dataset directory, split, frames."""
+    simulators = sorted({str(img.get("saom", {}).get("simulator", "")) for img in dataset.images} - {""})
+    if not simulators and dataset.coco.get("saom", {}).get("simulator"):
+        simulators = [str(dataset.coco["saom"]["simulator"])]
+    return {"simulator": simulators, "dataset": str(dataset.root), "split": dataset.split, "frames": len(dataset)}
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> None:
         self.cfg = cfg
@@ -116,6 +124,7 @@ class Trainer:
             load_sam_weights(self.model, cfg.model.checkpoint)
         elif cfg.model.init_pos_embed:
             self.model.init_from_scratch()
+        self.trained_on = training_record(self.train_set)
         self.num_trainable = set_trainable(self.model, cfg.train.trainable)
         self.model.to(self.device)
         self.encoder_frozen = not any(p.requires_grad for p in self.model.image_encoder.parameters())
@@ -164,15 +173,13 @@ class Trainer:
             return torch.float16
         if mode == "bf16":
             return torch.bfloat16
-        if self.device.type == "cpu" and not cpu_has_native_bf16():
-            return None  # auto on a CPU that would only emulate bf16
-        return reduced_precision(self.device)
+        return reduced_precision(self.device, "train")  # None where bf16 would not be faster
 
     def _start_run(self) -> None:
         if self.ctx.is_main:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
-            save_checkpoint(self.ckpt_dir / "init.pt", self.model, tuned=self.cfg.inference)
+            save_checkpoint(self.ckpt_dir / "init.pt", self.model, tuned=self.cfg.inference, trained_on=self.trained_on)
             self.run_log.start()
         self.ctx.barrier()
 
@@ -308,7 +315,7 @@ class Trainer:
     def _save_last(self) -> None:
         state = self._train_state()  # collective: every rank takes part
         if self.ctx.is_main:
-            save_checkpoint(self.ckpt_dir / "last.pt", self.model, state, tuned=self.cfg.inference)
+            save_checkpoint(self.ckpt_dir / "last.pt", self.model, state, tuned=self.cfg.inference, trained_on=self.trained_on)
         self.ctx.barrier()
 
     def _end_epoch(self, final: bool = False) -> None:
@@ -318,7 +325,7 @@ class Trainer:
             miou = metrics["mIoU"]
             if miou is not None and (self.best_miou is None or miou > self.best_miou):
                 self.best_miou = miou
-                save_checkpoint(self.ckpt_dir / "best.pt", self.model, tuned=self.cfg.inference)
+                save_checkpoint(self.ckpt_dir / "best.pt", self.model, tuned=self.cfg.inference, trained_on=self.trained_on)
 
     def _out_of_time(self) -> bool:
         """`train.max_seconds` of training (over resumes) are used up; every rank agrees."""
