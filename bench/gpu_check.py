@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import importlib.util
-import json
 import os
 import platform
 import re
@@ -26,9 +25,10 @@ import tempfile
 import time
 import traceback
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 SUBPROCESS_TIMEOUT_S = 420  # one stuck step must not eat the machine's whole time slot
@@ -63,7 +63,7 @@ class Plan:
     everything_args: list[str]
 
     @staticmethod
-    def make(device: str, quick: bool) -> "Plan":
+    def make(device: str, quick: bool) -> Plan:
         if quick:
             return Plan(
                 device, True, "test", train_steps=6, extra_steps=2, frames_per_step=2,
@@ -296,7 +296,6 @@ def step_bench(runner: Runner, script: str, args: list[str], device: str) -> dic
 
 def step_onnx(plan: Plan, work: Path) -> dict[str, Any]:
     """Export the trained checkpoint from a model on the device; onnxruntime must agree with PyTorch."""
-    import numpy as np
     import onnxruntime as ort
     import torch
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import re
 import typing
+from collections.abc import Mapping
 from dataclasses import Field, dataclass, field, fields, replace
-from typing import Any, Mapping, TypeVar
+from typing import Any, TypeVar
 
 from saom_core.errors import ConfigError
 

@@ -1,7 +1,7 @@
 """Drawing masks, boxes and labels over frames (dataset show, saom segment, eval overlays, ROS overlay)."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np

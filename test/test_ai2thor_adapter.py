@@ -131,7 +131,7 @@ def test_controller_that_cannot_start_is_a_clear_error(tmp_path, monkeypatch, ai
 class FakeController:
     """Records what the adapter asks for and answers with FakeEvents of the requested size."""
 
-    instances: list["FakeController"] = []
+    instances: list[FakeController] = []
 
     def __init__(self, **kwargs):
         self.init_kwargs = kwargs

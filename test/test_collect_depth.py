@@ -14,7 +14,10 @@ from saom_core.data.check import check_dataset
 from saom_core.data.classes import ClassList
 from saom_core.data.collect import collect_dataset
 from saom_core.data.collect.pybullet import (
-    PyBulletCollector, depth_from_zbuffer, intrinsics_from_projection, world_to_optical,
+    PyBulletCollector,
+    depth_from_zbuffer,
+    intrinsics_from_projection,
+    world_to_optical,
 )
 from saom_core.data.reader import SaomDataset
 from saom_core.errors import DatasetError
@@ -128,8 +131,9 @@ def test_old_datasets_without_depth_still_load(tmp_path):
 
 
 def test_depth_png_is_millimetres_and_missing_depth_is_zero(tmp_path):
-    from saom_core.data.format import encode_depth_png
     import cv2
+
+    from saom_core.data.format import encode_depth_png
 
     depth = np.array([[0.5, math.nan], [0.0, 70.0]], dtype=np.float32)
     path = tmp_path / "d.png"

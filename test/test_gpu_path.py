@@ -43,6 +43,7 @@ from saom_core.train import distributed
 from saom_core.train.config import load_train_config
 from saom_core.train.prompts import Geometry, build_frame_prompts
 from saom_core.train.trainer import Trainer
+
 from simulated_cuda import CUDA, SimulatedCuda, model_to_simulated_cuda, on_cuda
 
 CLASSES = ClassList.from_dict({"name": "tiny", "classes": ["Mug", "Table", "Ball"]})

@@ -1,9 +1,9 @@
 """`saom segment`: image files in, overlay PNG + JSON (COCO RLE, class, scores) out, per image."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError

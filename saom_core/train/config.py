@@ -1,9 +1,10 @@
 """The training config (config/train_*.yaml), one dataclass per section."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 from saom_core.config import apply_overrides, from_dict, load_yaml
 from saom_core.settings import Thresholds

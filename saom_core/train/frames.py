@@ -18,7 +18,7 @@ class TrainFrame:
     class_ids: torch.Tensor  # (N,) int64
     key: str  # content hash (embedding cache key)
 
-    def flipped(self) -> "TrainFrame":
+    def flipped(self) -> TrainFrame:
         return TrainFrame(np.ascontiguousarray(self.image[:, ::-1]), self.masks.flip(-1), self.class_ids, self.key + ":hflip")
 
 

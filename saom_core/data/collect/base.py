@@ -67,7 +67,7 @@ class Collector(ABC):
     def close(self) -> None:
         """Stop the simulator client, if one was started."""
 
-    def __enter__(self) -> "Collector":
+    def __enter__(self) -> Collector:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -300,7 +300,7 @@ def _body_aabb(bc: BulletClient, uid: int, tight: bool = False) -> tuple[np.ndar
     return lo, hi
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mesh_is_finite(obj_path: str) -> bool:
     """False for an OBJ file with a NaN/inf vertex. pybullet_data's random_urdfs/168 has only NaN
     vertices; Bullet's convex hull of it reads memory before the point array (valgrind: invalid read
