@@ -299,7 +299,7 @@ def step_onnx(plan: Plan, work: Path) -> dict[str, Any]:
     import onnxruntime as ort
     import torch
 
-    from saom_core.infer.export_onnx import export_onnx
+    from saom_core.infer.export_onnx import decoder_output_names, export_onnx
     from saom_core.model.checkpoint import load_model
 
     checkpoint = work / "run_single" / "checkpoints" / "last.pt"
@@ -323,7 +323,7 @@ def step_onnx(plan: Plan, work: Path) -> dict[str, Any]:
                                   "point_labels": labels.numpy()})
     torch_out = [out.low_res_logits, out.iou_pred] + ([out.class_logits] if out.class_logits is not None else [])
     errors = {"encoder": relative_error(onnx_embedding, embedding.cpu().numpy())}
-    for name, ours, theirs in zip(("low_res_logits", "iou_predictions", "class_logits"), torch_out, onnx_out):
+    for name, ours, theirs in zip(decoder_output_names(model), torch_out, onnx_out, strict=True):
         errors[name] = relative_error(theirs, ours.cpu().numpy())
     # A GPU runs convolutions in TF32 by default: agreement to ~1e-3 of the output's range, not 1e-6.
     limit = 1e-2 if plan.device == "cuda" else 1e-4

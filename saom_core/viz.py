@@ -17,7 +17,7 @@ def class_color(index: int) -> tuple[int, int, int]:
 
 def draw_instances(
     image: np.ndarray,
-    masks: np.ndarray,
+    masks: np.ndarray | Sequence[np.ndarray],
     texts: Sequence[str],
     color_ids: Sequence[int],
     alpha: float = 0.45,
@@ -29,14 +29,14 @@ def draw_instances(
     """
     out = image.astype(np.float32).copy()
     h, w = image.shape[:2]
-    for mask, cid in zip(masks, color_ids):
+    for mask, cid in zip(masks, color_ids, strict=True):
         out[mask] = (1 - alpha) * out[mask] + alpha * np.array(class_color(cid), dtype=np.float32)
     out = out.clip(0, 255).astype(np.uint8)
     factor = max(1.0, (scale_to or 0) / max(h, w))
     if factor > 1.0:
         size = (int(round(w * factor)), int(round(h * factor)))
         out = cv2.resize(out, size, interpolation=cv2.INTER_NEAREST)
-    for mask, cid in zip(masks, color_ids):
+    for mask, cid in zip(masks, color_ids, strict=True):
         m = mask.astype(np.uint8)
         if factor > 1.0:
             m = cv2.resize(m, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_NEAREST)
@@ -44,7 +44,7 @@ def draw_instances(
         cv2.drawContours(out, contours, -1, class_color(cid), 2)
     font_scale = 0.4 * max(1.0, max(out.shape[:2]) / 448)
     placed: list[tuple[int, int, int, int]] = []
-    for mask, text in zip(masks, texts):
+    for mask, text in zip(masks, texts, strict=True):
         ys, xs = np.nonzero(mask)
         if len(xs) == 0 or not text:
             continue

@@ -60,7 +60,7 @@ def test_saom_checkpoint_round_trip_is_exact(tmp_path):
     loaded = load_model(path)
     assert loaded.class_list == classes and loaded.classifier.head_input == "mask_token"
     assert loaded.config == model.config
-    for (k1, v1), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items()):
+    for (k1, v1), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert k1 == k2 and torch.equal(v1, v2)
 
 

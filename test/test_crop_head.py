@@ -97,7 +97,7 @@ def test_crop_classifier_travels_with_the_checkpoint(tmp_path):
     model = crop_model()
     loaded = load_model(save_checkpoint(tmp_path / "crop.pt", model))
     assert loaded.crop_classifier is not None and loaded.classifier.head_input == "mask_pool"
-    for (k1, v1), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items()):
+    for (k1, v1), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert k1 == k2 and torch.equal(v1, v2)
     assert load_model(save_checkpoint(tmp_path / "plain.pt", build_model(get_config("test"), CLASSES))).crop_classifier is None
     with pytest.raises(ValueError, match="crop_classifier"):

@@ -114,7 +114,7 @@ def test_decoder_matches_pytorch(exported, num_prompts, num_points):
     want = {
         "low_res_logits": expected.low_res_logits, "iou_predictions": expected.iou_pred, "class_logits": expected.class_logits
     }
-    for (name, e), g in zip(want.items(), got):
+    for (name, e), g in zip(want.items(), got, strict=True):
         np.testing.assert_allclose(g, e.numpy(), atol=1e-4, rtol=0, err_msg=name)
     # Prompts differ, so the outputs do: a decoder ignoring the points would not pass.
     if num_prompts > 1:

@@ -202,7 +202,7 @@ def test_train_step_and_validation_on_simulated_cuda(rect_dataset, tmp_path, sim
     before = [p.detach().cpu().clone() for p in trainer.model.parameters()]
     metrics = trainer.train_step([trainer.frames[0], trainer.frames[1]])
     assert np.isfinite(metrics["loss"])
-    assert any(not torch.equal(a, p.detach().cpu()) for a, p in zip(before, trainer.model.parameters()))
+    assert any(not torch.equal(a, p.detach().cpu()) for a, p in zip(before, trainer.model.parameters(), strict=True))
     assert all(on_cuda(p) for p in trainer.model.parameters())
     assert trainer.validate()["mIoU"] is not None
 
@@ -218,9 +218,9 @@ def test_generator_and_prompted_segmenter_on_simulated_cuda(fake_gpus):
         on_gpu = SaomSegmenter(model_to_simulated_cuda(tiny_model()), config)
         assert on_gpu.model.device == CUDA and on_gpu.generator.device == CUDA
         got = [on_gpu.segment(frame), on_gpu.segment_prompts(frame, boxes=boxes, points=points)]
-    for a, b in zip(expected, got):
+    for a, b in zip(expected, got, strict=True):
         assert len(a.instances) == len(b.instances) > 0
-        assert all(np.array_equal(x.mask, y.mask) and x.class_id == y.class_id for x, y in zip(a.instances, b.instances))
+        assert all(np.array_equal(x.mask, y.mask) and x.class_id == y.class_id for x, y in zip(a.instances, b.instances, strict=True))
 
 
 def test_point_evaluation_refuses_a_model_on_another_device(rect_dataset, fake_gpus):

@@ -20,7 +20,7 @@ def trajectory(tmp_path_factory):
 def _perfect(sample) -> Segmentation:
     h, w = sample.image.shape[:2]
     return Segmentation(h, w, [Instance(m, (0, 0, 1, 1), int(c), n, 1.0, 1.0, 1.0)
-                               for m, c, n in zip(sample.masks, sample.class_ids, sample.labels)])
+                               for m, c, n in zip(sample.masks, sample.class_ids, sample.labels, strict=True)])
 
 
 def test_perfect_masks_score_as_ground_truth_masks_and_track_well(trajectory):

@@ -32,7 +32,7 @@ def test_extra_points_lie_inside_their_object_with_its_target_and_class():
     points = prompts.points.numpy()
     rows, cols = pixel_of(points[pos], 64, 64)
     targets = prompts.mask_targets
-    for k, (r, c) in enumerate(zip(rows, cols)):
+    for k, (r, c) in enumerate(zip(rows, cols, strict=True)):
         obj = 0 if prompts.class_ids[k] == 3 else 1
         assert masks[obj, r, c], "an object's prompt lies inside that object"
         assert torch.equal(targets[k], targets[[j for j in range(6) if prompts.class_ids[j] == prompts.class_ids[k]][0]])

@@ -114,7 +114,7 @@ def _check_object3d(ann: dict) -> None:
     lo, hi = obj.get("aabb_min"), obj.get("aabb_max")
     if (lo is None) != (hi is None) or (lo is not None and (
             len(lo) != 3 or len(hi) != 3 or not all(isinstance(a, (int, float)) and isinstance(b, (int, float)) and a < b
-                                                    for a, b in zip(lo, hi)))):
+                                                    for a, b in zip(lo, hi, strict=True)))):
         raise DatasetError(f"{where}: aabb_min/aabb_max must both be 3 numbers with min < max, got {lo}, {hi}")
     if abs(math.sqrt(sum(v * v for v in obj["orientation"])) - 1.0) > 1e-3:
         raise DatasetError(f"{where}: orientation is not a unit quaternion: {obj['orientation']}")

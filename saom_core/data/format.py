@@ -136,7 +136,7 @@ class DatasetWriter:
                     handle.write(encode_depth_png(frame.depth))
                 record_extra["depth_file_name"] = depth_name
             annotations = []
-            for k, (mask, label) in enumerate(zip(frame.masks, frame.labels)):
+            for k, (mask, label) in enumerate(zip(frame.masks, frame.labels, strict=True)):
                 self.class_list.index(label)  # unknown class -> clear error now, not at training time
                 rle = rle_utils.encode(mask)
                 annotations.append(

@@ -50,7 +50,7 @@ def match_masks(predicted: np.ndarray, truth: np.ndarray, threshold: float = MAT
         return []
     iou = iou_matrix(predicted, truth)
     rows, cols = linear_sum_assignment(-iou)
-    return [(int(r), int(c)) for r, c in zip(rows, cols) if iou[r, c] >= threshold]
+    return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if iou[r, c] >= threshold]
 
 
 @dataclass
@@ -152,13 +152,13 @@ class Objects3DEvaluation:
             self.predicted.add(objects[p], sample.objects3d[truth[t]], sample.masks[truth[t]])
         if "trajectory_step" in sample.meta and "instance_ids" in sample.meta:
             scene = str(sample.meta.get("scene"))
-            for inst, obj in zip(seg.instances, objects):
+            for inst, obj in zip(seg.instances, objects, strict=True):
                 inst.object3d = obj
             self.tracking.add(scene, seg, sample.masks, sample.meta["instance_ids"])
             gt_seg = Segmentation(sample.masks.shape[1], sample.masks.shape[2], [
                 Instance(mask, (0, 0, 0, 0), int(cls), name, 1.0, 1.0, 1.0,
                          object3d=object_from_mask(mask, sample.depth, camera, self.depth))
-                for mask, cls, name in zip(sample.masks, sample.class_ids, sample.labels)])
+                for mask, cls, name in zip(sample.masks, sample.class_ids, sample.labels, strict=True)])
             self.tracking_gt.add(scene, gt_seg, sample.masks, sample.meta["instance_ids"])
 
     def result(self) -> dict[str, Any]:

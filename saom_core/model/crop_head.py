@@ -13,6 +13,8 @@ NMS, not all 1024 grid prompts), so its cost does not grow with the grid.
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 from torchvision.ops import roi_align
@@ -60,7 +62,7 @@ class MaskCropClassifier(nn.Module):
     def __init__(self, num_classes_with_background: int) -> None:
         super().__init__()
         channels = (4, *WIDTHS)
-        self.features = nn.Sequential(*[_block(a, b) for a, b in zip(channels, channels[1:])])
+        self.features = nn.Sequential(*[_block(a, b) for a, b in itertools.pairwise(channels)])
         self.linear = nn.Linear(WIDTHS[-1], num_classes_with_background)
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor, image_index: torch.Tensor | None = None) -> torch.Tensor:
