@@ -117,8 +117,12 @@ class Object3D:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (without the points)."""
-        return {"centre": [round(float(v), 5) for v in self.centre], "size": [round(float(v), 5) for v in self.size],
-                "surface_centroid": [round(float(v), 5) for v in self.surface_centroid], "points": int(len(self.points))}
+        return {
+            "centre": [round(float(v), 5) for v in self.centre],
+            "size": [round(float(v), 5) for v in self.size],
+            "surface_centroid": [round(float(v), 5) for v in self.surface_centroid],
+            "points": int(len(self.points)),
+        }
 
 
 def depth_in_metres(depth: np.ndarray, depth_scale: float | None = None) -> np.ndarray:

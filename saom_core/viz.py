@@ -49,20 +49,26 @@ def draw_instances(
         if len(xs) == 0 or not text:
             continue
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
-        x0, y0, x1, y1 = place_label(int(xs.min() * factor), int(ys.min() * factor), tw, th + base, placed, out.shape[1], out.shape[0])
+        x0, y0, x1, y1 = place_label(
+            int(xs.min() * factor), int(ys.min() * factor), tw, th + base, placed, out.shape[1], out.shape[0]
+        )
         placed.append((x0, y0, x1, y1))
         cv2.rectangle(out, (x0, y0), (x1, y1), (0, 0, 0), -1)
         cv2.putText(out, text, (x0, y1 - base), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), 1, cv2.LINE_AA)
     return out
 
 
-def place_label(x: int, y: int, w: int, h: int, placed: Sequence[tuple[int, int, int, int]], width: int, height: int) -> tuple[int, int, int, int]:
+def place_label(
+    x: int, y: int, w: int, h: int, placed: Sequence[tuple[int, int, int, int]], width: int, height: int
+) -> tuple[int, int, int, int]:
     """Box (x0, y0, x1, y1) of a w x h label anchored at a mask's top-left corner (x, y): kept inside the
     image and moved down, one label height at a time, past labels already drawn, so neighbouring
     objects' labels never cover each other (while there is room below)."""
     x0 = max(0, min(x, width - w - 1))
     y0 = max(0, min(y - h, height - h - 1))
-    while y0 + 2 * h < height and any(x0 < bx1 and bx0 < x0 + w and y0 < by1 and by0 < y0 + h for bx0, by0, bx1, by1 in placed):
+    while y0 + 2 * h < height and any(
+        x0 < bx1 and bx0 < x0 + w and y0 < by1 and by0 < y0 + h for bx0, by0, bx1, by1 in placed
+    ):
         y0 += h
     return x0, y0, x0 + w, y0 + h
 

@@ -95,7 +95,8 @@ def test_trajectory_moves_the_camera_in_small_steps_and_keeps_the_objects():
 
 def test_dataset_round_trip_check_and_cli(tmp_path, capsys):
     out = tmp_path / "traj"
-    assert main(["collect", "--scenes", "2", "--size", "64", "--min-area", "10", "--trajectory", "3", "--out", str(out)]) == 0
+    args = ["collect", "--scenes", "2", "--size", "64", "--min-area", "10", "--trajectory", "3", "--out", str(out)]
+    assert main(args) == 0
     dataset = SaomDataset(out)
     assert len(dataset) == 6 and dataset.has_depth
     sample = dataset[0]

@@ -119,7 +119,9 @@ def test_min_area_drops_small_masks(pybullet_classes):
 
 def test_class_subset_labels_only_those(tmp_path):
     yaml_path = tmp_path / "classes_two.yaml"
-    yaml_path.write_text("name: two\nclasses:\n  - {name: Table, type: receptacle}\n  - {name: Mug, type: pickupable}\n")
+    yaml_path.write_text(
+        "name: two\nclasses:\n  - {name: Table, type: receptacle}\n  - {name: Mug, type: pickupable}\n"
+    )
     collect_dataset("pybullet", scenes=2, out=tmp_path / "ds", classes=str(yaml_path), progress=False)
     ds = SaomDataset(tmp_path / "ds")
     assert ds.classes.names == ["Table", "Mug"]

@@ -35,7 +35,9 @@ def test_extra_points_lie_inside_their_object_with_its_target_and_class():
     for k, (r, c) in enumerate(zip(rows, cols, strict=True)):
         obj = 0 if prompts.class_ids[k] == 3 else 1
         assert masks[obj, r, c], "an object's prompt lies inside that object"
-        assert torch.equal(targets[k], targets[[j for j in range(6) if prompts.class_ids[j] == prompts.class_ids[k]][0]])
+        assert torch.equal(
+            targets[k], targets[[j for j in range(6) if prompts.class_ids[j] == prompts.class_ids[k]][0]]
+        )
     assert len({tuple(p) for p in points[pos]}) == 6, "no grid point is used twice"
     assert all(any(np.all(grid == p, axis=1)) for p in points), "every prompt is a grid point"
     bg_rows, bg_cols = pixel_of(points[~pos], 64, 64)

@@ -114,7 +114,9 @@ class ClassList:
         return cls(
             name=name,
             classes=tuple(
-                ObjectClass(c["name"], c.get("saom_type", c.get("supercategory", "other")), c.get("saom_size", "medium"))
+                ObjectClass(
+                    c["name"], c.get("saom_type", c.get("supercategory", "other")), c.get("saom_size", "medium")
+                )
                 for c in cats
             ),
         )

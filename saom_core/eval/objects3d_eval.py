@@ -146,7 +146,9 @@ class Objects3DEvaluation:
         for k in truth:
             mask_obj = object_from_mask(sample.masks[k], sample.depth, camera, self.depth)
             self.ground_truth_masks.add(mask_obj, sample.objects3d[k], sample.masks[k])
-        predicted_masks = np.stack([i.mask for i in seg.instances]) if seg.instances else np.zeros((0, *sample.masks.shape[1:]), bool)
+        predicted_masks = (
+            np.stack([i.mask for i in seg.instances]) if seg.instances else np.zeros((0, *sample.masks.shape[1:]), bool)
+        )
         objects = [object_from_mask(m, sample.depth, camera, self.depth) for m in predicted_masks]
         for p, t in match_masks(predicted_masks, sample.masks[truth] if truth else sample.masks[:0]):
             self.predicted.add(objects[p], sample.objects3d[truth[t]], sample.masks[truth[t]])
@@ -181,9 +183,12 @@ def format_markdown(result: dict[str, Any], frames: int) -> list[str]:
         "| metric | SAOM masks | ground-truth masks |",
         "|---|---:|---:|",
         f"| objects matched at mask IoU >= 0.5 (of {pred['objects']}) | {pred['matched']} | {gt['matched']} |",
-        f"| fraction of matched objects with a 3D result | {num(pred['fraction_with_3d'], 3)} | {num(gt['fraction_with_3d'], 3)} |",
-        f"| median 3D centroid error (cm) | {num(pred['median_centroid_error_cm'])} | {num(gt['median_centroid_error_cm'])} |",
-        f"| 90th percentile 3D centroid error (cm) | {num(pred['p90_centroid_error_cm'])} | {num(gt['p90_centroid_error_cm'])} |",
+        f"| fraction of matched objects with a 3D result | {num(pred['fraction_with_3d'], 3)} | "
+        f"{num(gt['fraction_with_3d'], 3)} |",
+        f"| median 3D centroid error (cm) | {num(pred['median_centroid_error_cm'])} | "
+        f"{num(gt['median_centroid_error_cm'])} |",
+        f"| 90th percentile 3D centroid error (cm) | {num(pred['p90_centroid_error_cm'])} | "
+        f"{num(gt['p90_centroid_error_cm'])} |",
         f"| mean 3D box IoU | {num(pred['mean_box_iou'], 3)} | {num(gt['mean_box_iou'], 3)} |",
         f"| objects wholly in view (not cut by the image border) | {pred['not_truncated']} | {gt['not_truncated']} |",
         f"| median 3D centroid error, wholly in view (cm) | {num(pred['median_centroid_error_cm_not_truncated'])} | "
@@ -195,7 +200,8 @@ def format_markdown(result: dict[str, Any], frames: int) -> list[str]:
     if track is not None:
         lines += [
             "",
-            f"Tracking on {track['scenes']} trajectory scenes, {track['frames']} frames (motmetrics; match at mask IoU >= 0.5):",
+            f"Tracking on {track['scenes']} trajectory scenes, {track['frames']} frames "
+            "(motmetrics; match at mask IoU >= 0.5):",
             "",
             "| metric | SAOM masks | ground-truth masks |",
             "|---|---:|---:|",

@@ -139,15 +139,15 @@ def export_onnx(
         dynamic_axes = {"point_coords": prompt_axes, "point_labels": prompt_axes}
         dynamic_axes |= {name: {0: "num_prompts"} for name in output_names}
         decoder_args = (embeddings, coords, labels)
-        _export(OnnxDecoder(model), decoder_args, tmp / "decoder" / DECODER_FILE, opset, list(DECODER_INPUTS), output_names,
-                dynamic_axes)
+        _export(OnnxDecoder(model), decoder_args, tmp / "decoder" / DECODER_FILE, opset, list(DECODER_INPUTS),
+                output_names, dynamic_axes)
         files = _single_data_file(tmp / "encoder", ENCODER_FILE) + _single_data_file(tmp / "decoder", DECODER_FILE)
         if model.crop_classifier is not None:
             low = model.config.low_res_size
             masks = torch.zeros(2, low, low, device=device)
             masks[:, low // 4 : low // 2, low // 4 : low // 2] = 1.0
-            _export(model.crop_classifier, (image, masks), tmp / "classifier" / CLASSIFIER_FILE, opset, ["image", "masks"],
-                    ["class_logits"], {"masks": {0: "num_masks"}, "class_logits": {0: "num_masks"}})
+            _export(model.crop_classifier, (image, masks), tmp / "classifier" / CLASSIFIER_FILE, opset,
+                    ["image", "masks"], ["class_logits"], {"masks": {0: "num_masks"}, "class_logits": {0: "num_masks"}})
             files += [tmp / "classifier" / CLASSIFIER_FILE]
         metadata = export_metadata(model, opset, checkpoint)
         metadata["files"]["external_data"] = sorted(p.name for p in files if p.suffix == ".data")
@@ -296,7 +296,10 @@ def export_metadata(model: SaomModel, opset: int, checkpoint: str | Path) -> dic
         metadata["files"]["classifier"] = CLASSIFIER_FILE
         metadata["classifier"] = {
             "inputs": {
-                "image": {"shape": [1, 3, size, size], "dtype": "float32", "meaning": "the encoder's input, as prepared for it"},
+                "image": {
+                    "shape": [1, 3, size, size], "dtype": "float32",
+                    "meaning": "the encoder's input, as prepared for it",
+                },
                 "masks": {
                     "shape": ["num_masks", low, low], "dtype": "float32",
                     "meaning": "sigmoid of the low_res_logits of each mask to label (e.g. the ones kept after NMS)",

@@ -1,9 +1,10 @@
 """Loading official SAM weights and saving/loading SAOM checkpoints.
 
 A SAOM checkpoint is one torch file: {"format": "saom", "version", "model_config", "head_input",
-"crop_classifier" (bool), "class_list", "generator" (its tuned everything-mode thresholds), "state_dict"} plus, for training runs, "train_state" (optimizer, scheduler, step,
-RNG). An official SAM checkpoint (e.g. sam_vit_b_01ec64.pth) is a bare state_dict; `load_model`
-accepts both, so vanilla SAM is a valid baseline anywhere a SAOM checkpoint is.
+"crop_classifier" (bool), "class_list", "generator" (its tuned everything-mode thresholds),
+"state_dict"} plus, for training runs, "train_state" (optimizer, scheduler, step, RNG). An official
+SAM checkpoint (e.g. sam_vit_b_01ec64.pth) is a bare state_dict; `load_model` accepts both, so
+vanilla SAM is a valid baseline anywhere a SAOM checkpoint is.
 
 Checkpoints are data, not code: they hold only tensors and plain Python values (dicts, lists,
 strings, numbers), and are read with `torch.load(weights_only=True)`, so a file from anywhere
@@ -102,7 +103,9 @@ def load_sam_weights(model: SaomModel, path: str | Path) -> None:
     _load_state(model, state_dict, path, allow_missing_prefixes=("classifier.", "crop_classifier."))
 
 
-def _load_state(model: SaomModel, state_dict: dict[str, Any], path: str | Path, allow_missing_prefixes: tuple[str, ...] = ()) -> None:
+def _load_state(
+    model: SaomModel, state_dict: dict[str, Any], path: str | Path, allow_missing_prefixes: tuple[str, ...] = ()
+) -> None:
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict and not k.startswith(allow_missing_prefixes)]
     unexpected = [k for k in state_dict if k not in own]
@@ -120,7 +123,9 @@ def _load_state(model: SaomModel, state_dict: dict[str, Any], path: str | Path, 
     model.load_state_dict(state_dict, strict=not allow_missing_prefixes)
 
 
-def checkpoint_dict(model: SaomModel, train_state: dict[str, Any] | None = None, tuned: Thresholds | None = None) -> dict[str, Any]:
+def checkpoint_dict(
+    model: SaomModel, train_state: dict[str, Any] | None = None, tuned: Thresholds | None = None
+) -> dict[str, Any]:
     """The saved form of a model; `tuned` (default: the paper's) is what its segmenters use for unset thresholds."""
     data: dict[str, Any] = {
         "format": FORMAT,
@@ -167,7 +172,9 @@ def model_from_checkpoint(data: dict[str, Any], path: str | Path, config: str | 
     return model
 
 
-def load_checkpoint(path: str | Path, config: str | SamConfig | None = None, device: str | torch.device = "cpu") -> LoadedCheckpoint:
+def load_checkpoint(
+    path: str | Path, config: str | SamConfig | None = None, device: str | torch.device = "cpu"
+) -> LoadedCheckpoint:
     """A SAOM checkpoint, or an official SAM checkpoint as vanilla SAM (no class head), in eval mode
     on `device` (any name `saom_core.device.resolve_device` takes), with its metadata (the thresholds
     tuned for it). The file is read to the CPU first, so a checkpoint written on a GPU loads anywhere."""
@@ -177,6 +184,8 @@ def load_checkpoint(path: str | Path, config: str | SamConfig | None = None, dev
     return LoadedCheckpoint(model_from_checkpoint(data, path, config).to(target).eval(), info)
 
 
-def load_model(path: str | Path, config: str | SamConfig | None = None, device: str | torch.device = "cpu") -> SaomModel:
+def load_model(
+    path: str | Path, config: str | SamConfig | None = None, device: str | torch.device = "cpu"
+) -> SaomModel:
     """The network of `load_checkpoint` alone (for uses that need no tuned settings)."""
     return load_checkpoint(path, config, device).model
