@@ -10,7 +10,7 @@ import numpy as np
 def class_color(index: int) -> tuple[int, int, int]:
     """A stable, well-separated RGB colour per class id (golden-angle hue walk)."""
     hue = int((index * 137.508) % 180)
-    hsv = np.uint8([[[hue, 200, 255]]])
+    hsv = np.array([[[hue, 200, 255]]], dtype=np.uint8)
     r, g, b = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0]
     return int(r), int(g), int(b)
 

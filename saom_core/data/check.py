@@ -124,6 +124,7 @@ def _check_object3d(ann: dict) -> None:
     lo, hi = obj.get("aabb_min"), obj.get("aabb_max")
     if (lo is None) != (hi is None) or (
         lo is not None
+        and hi is not None
         and (
             len(lo) != 3
             or len(hi) != 3

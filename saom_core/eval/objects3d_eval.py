@@ -140,18 +140,19 @@ class Objects3DEvaluation:
         camera = CameraIntrinsics(*sample.intrinsics) if sample.intrinsics else None
         if sample.depth is None or camera is None:
             return
-        truth = [k for k, obj in enumerate(sample.objects3d) if obj is not None]
+        known = {k: obj for k, obj in enumerate(sample.objects3d) if obj is not None}
+        truth = list(known)
         self.predicted.objects += len(truth)
         self.ground_truth_masks.objects += len(truth)
         for k in truth:
             mask_obj = object_from_mask(sample.masks[k], sample.depth, camera, self.depth)
-            self.ground_truth_masks.add(mask_obj, sample.objects3d[k], sample.masks[k])
+            self.ground_truth_masks.add(mask_obj, known[k], sample.masks[k])
         predicted_masks = (
             np.stack([i.mask for i in seg.instances]) if seg.instances else np.zeros((0, *sample.masks.shape[1:]), bool)
         )
         objects = [object_from_mask(m, sample.depth, camera, self.depth) for m in predicted_masks]
         for p, t in match_masks(predicted_masks, sample.masks[truth] if truth else sample.masks[:0]):
-            self.predicted.add(objects[p], sample.objects3d[truth[t]], sample.masks[truth[t]])
+            self.predicted.add(objects[p], known[truth[t]], sample.masks[truth[t]])
         if "trajectory_step" in sample.meta and "instance_ids" in sample.meta:
             scene = str(sample.meta.get("scene"))
             for inst, obj in zip(seg.instances, objects, strict=True):

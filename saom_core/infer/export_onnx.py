@@ -86,7 +86,7 @@ class OnnxDecoder(nn.Module):
             dense_prompt_embeddings=pe.no_mask_embed.weight.reshape(1, -1, 1, 1),  # broadcasts over P
         )
         multimask = slice(1, None)  # decode(multimask_output=True): SAM's 3 multimask outputs
-        outputs = (masks[:, multimask], iou_pred[:, multimask])
+        outputs: tuple[torch.Tensor, ...] = (masks[:, multimask], iou_pred[:, multimask])
         if self.model.classifier is not None:
             outputs += (self.model.classifier(iou_token_out, mask_tokens_out, masks, image_embeddings)[:, multimask],)
         return outputs
@@ -238,7 +238,7 @@ def export_metadata(model: SaomModel, opset: int, checkpoint: str | Path) -> dic
                 "0 = background (not an object of interest)"
             ),
         }
-    metadata = {
+    metadata: dict[str, Any] = {
         "format": "saom_onnx",
         "format_version": 1,
         "saom_version": __version__,
@@ -255,7 +255,7 @@ def export_metadata(model: SaomModel, opset: int, checkpoint: str | Path) -> dic
         "pixel_std": [float(v) for v in model.pixel_std.flatten()],
         "mask_threshold": float(model.mask_threshold),
         "has_class_head": has_head,
-        "head_input": model.classifier.head_input if has_head else None,
+        "head_input": model.classifier.head_input if model.classifier is not None else None,
         "class_names": class_names,
         "preprocess": [
             "frame: H x W x 3 uint8 RGB, as float32 0..255",

@@ -100,7 +100,7 @@ def segment_files(segmenter: SaomSegmenter, paths: Iterable[str | Path], out_dir
         try:
             image = read_image(path)
             seg = segmenter.segment(image)
-            if depths is not None:
+            if depths is not None and camera is not None:  # checked above: depths come with a camera
                 add_objects3d(seg, read_depth(depths[index], depth_scale), camera)
         except SaomError as exc:
             outcomes.append(SegmentOutcome(path, error=str(exc)))
