@@ -16,7 +16,7 @@ import re
 import typing
 from collections.abc import Mapping
 from dataclasses import Field, dataclass, field, fields, replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from saom_core.errors import ConfigError
 
@@ -79,24 +79,27 @@ def value_type(cls: type, name: str) -> tuple[type, bool]:
 class Settings:
     """Base of the schema's dataclasses: checking and building them from raw values."""
 
+    if TYPE_CHECKING:  # every subclass is a dataclass: fields() and replace() accept it
+        __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
+
     def validate(self: S, prefix: str = "") -> S:
         """A copy with every value checked and normalised (strings stripped, choices lower case,
         lists as tuples, whole floats as ints); ConfigError names the first bad one, after `prefix`
         (e.g. "parameter ")."""
-        return replace(self, **{f.name: check(type(self), f, getattr(self, f.name), prefix) for f in fields(self)})  # type: ignore[type-var, arg-type]
+        return replace(self, **{f.name: check(type(self), f, getattr(self, f.name), prefix) for f in fields(self)})
 
     @classmethod
     def from_values(cls: type[S], values: Mapping[str, Any], prefix: str = "") -> S:
         """Checked settings from raw values (a CLI namespace, ROS parameters, YAML); missing or None
         values take their defaults. Unknown names are an error."""
-        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        names = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
             raise ConfigError(f"{prefix}unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
         return cls(**{k: v for k, v in values.items() if v is not None}).validate(prefix)
 
     def values(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def check(cls: type, f: Field, value: Any, prefix: str = "") -> Any:
