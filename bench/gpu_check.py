@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import importlib.util
-import json
 import os
 import platform
 import re
@@ -26,9 +25,10 @@ import tempfile
 import time
 import traceback
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 SUBPROCESS_TIMEOUT_S = 420  # one stuck step must not eat the machine's whole time slot
@@ -63,7 +63,7 @@ class Plan:
     everything_args: list[str]
 
     @staticmethod
-    def make(device: str, quick: bool) -> "Plan":
+    def make(device: str, quick: bool) -> Plan:
         if quick:
             return Plan(
                 device, True, "test", train_steps=6, extra_steps=2, frames_per_step=2,
@@ -112,7 +112,8 @@ class Runner:
                               text=True, timeout=timeout)
         print(proc.stdout, end="", flush=True)
         if proc.returncode != 0:
-            raise CommandFailed(f"{Path(args[1] if args[0] == sys.executable else args[0]).name} exited {proc.returncode}", proc.stdout)
+            program = Path(args[1] if args[0] == sys.executable else args[0]).name
+            raise CommandFailed(f"{program} exited {proc.returncode}", proc.stdout)
         return proc.stdout
 
     def write(self) -> None:
@@ -136,7 +137,8 @@ def markdown(data: dict[str, Any]) -> str:
     lines += ["", "| step | result | s | figures |", "|---|---|---:|---|"]
     for s in data["steps"]:
         figures = "; ".join(f"{k} {v}" for k, v in s["figures"].items() if k != "log")
-        lines.append(f"| {s['name']} | {'ok' if s['ok'] else 'FAILED: ' + str(s['error'])} | {s['seconds']:.1f} | {figures} |")
+        result = "ok" if s["ok"] else "FAILED: " + str(s["error"])
+        lines.append(f"| {s['name']} | {result} | {s['seconds']:.1f} | {figures} |")
     for s in data["steps"]:
         text = s["figures"].get("log") or s["log"]
         if text:
@@ -181,7 +183,8 @@ def step_environment(plan: Plan) -> dict[str, Any]:
         props = torch.cuda.get_device_properties(0)
         figures |= {"gpu": props.name, "gpu_memory_gib": round(props.total_memory / 2**30, 1),
                     "cuda": torch.version.cuda, "bf16": torch.cuda.is_bf16_supported()}
-    figures["tensorrt"] = "importable" if importlib.util.find_spec("tensorrt") else "not importable (TensorRT step skipped)"
+    tensorrt = importlib.util.find_spec("tensorrt")
+    figures["tensorrt"] = "importable" if tensorrt else "not importable (TensorRT step skipped)"
     return figures
 
 
@@ -229,11 +232,14 @@ def step_train_single(plan: Plan, data: Path, work: Path, checkpoint: Path) -> d
     from saom_core.train.config import load_train_config
     from saom_core.train.trainer import Trainer
 
-    cfg = load_train_config(REPO / "config" / "train_vit_b.yaml", train_overrides(plan, data, work, checkpoint, plan.train_steps))
+    overrides = train_overrides(plan, data, work, checkpoint, plan.train_steps)
+    cfg = load_train_config(REPO / "config" / "train_vit_b.yaml", overrides)
     trainer = Trainer(cfg, work / "run_single", progress=False)
     places = {str(p.device) for p in trainer.model.parameters()}
     if places != {str(trainer.device)} or trainer.device.type != plan.device:
-        raise StepFailed(f"asked for {plan.device}, the trainer runs on {trainer.device} with weights on {sorted(places)}")
+        raise StepFailed(
+            f"asked for {plan.device}, the trainer runs on {trainer.device} with weights on {sorted(places)}"
+        )
     if trainer.cache is None:
         raise StepFailed("the vit_b recipe should train from the embedding cache (frozen encoder)")
     if plan.device == "cuda":
@@ -278,8 +284,10 @@ def step_train_torchrun(runner: Runner, plan: Plan, data: Path, work: Path, chec
 
 def step_train_resume(runner: Runner, plan: Plan, work: Path) -> dict[str, Any]:
     total = plan.train_steps + plan.extra_steps
-    output = runner.command([sys.executable, "-m", "saom_core.cli", "train", "--quiet", "--out", str(work / "run_single"),
-                             "--resume", f"train.max_steps={total}"])
+    output = runner.command([
+        sys.executable, "-m", "saom_core.cli", "train", "--quiet", "--out", str(work / "run_single"),
+        "--resume", f"train.max_steps={total}",
+    ])
     steps = trained_steps(output)
     if steps != total:
         raise StepFailed(f"resumed run ended at step {steps}, expected {total}")
@@ -296,11 +304,10 @@ def step_bench(runner: Runner, script: str, args: list[str], device: str) -> dic
 
 def step_onnx(plan: Plan, work: Path) -> dict[str, Any]:
     """Export the trained checkpoint from a model on the device; onnxruntime must agree with PyTorch."""
-    import numpy as np
     import onnxruntime as ort
     import torch
 
-    from saom_core.infer.export_onnx import export_onnx
+    from saom_core.infer.export_onnx import decoder_output_names, export_onnx
     from saom_core.model.checkpoint import load_model
 
     checkpoint = work / "run_single" / "checkpoints" / "last.pt"
@@ -324,7 +331,7 @@ def step_onnx(plan: Plan, work: Path) -> dict[str, Any]:
                                   "point_labels": labels.numpy()})
     torch_out = [out.low_res_logits, out.iou_pred] + ([out.class_logits] if out.class_logits is not None else [])
     errors = {"encoder": relative_error(onnx_embedding, embedding.cpu().numpy())}
-    for name, ours, theirs in zip(("low_res_logits", "iou_predictions", "class_logits"), torch_out, onnx_out):
+    for name, ours, theirs in zip(decoder_output_names(model), torch_out, onnx_out, strict=True):
         errors[name] = relative_error(theirs, ours.cpu().numpy())
     # A GPU runs convolutions in TF32 by default: agreement to ~1e-3 of the output's range, not 1e-6.
     limit = 1e-2 if plan.device == "cuda" else 1e-4
@@ -332,7 +339,8 @@ def step_onnx(plan: Plan, work: Path) -> dict[str, Any]:
     if bad:
         raise StepFailed(f"onnxruntime disagrees with PyTorch beyond {limit} (max abs error / output range): {bad}")
     return {"export_s": round(export_s, 1), "relative_error": {k: float(f"{v:.2e}") for k, v in errors.items()},
-            "onnxruntime_providers": providers, "tensorrt": "importable" if importlib.util.find_spec("tensorrt") else "not importable"}
+            "onnxruntime_providers": providers,
+            "tensorrt": "importable" if importlib.util.find_spec("tensorrt") else "not importable"}
 
 
 def relative_error(a: Any, b: Any) -> float:
@@ -355,7 +363,9 @@ def source_revision() -> str:
 
     try:
         commit = git("rev-parse", "--short", "HEAD")
-        return (commit + (" + uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else "")) if commit else "unknown"
+        if not commit:
+            return "unknown"
+        return commit + (" + uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -366,8 +376,10 @@ def main() -> int:
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--quick", action="store_true", help="tiny configs and few steps (the CPU form make test runs)")
     parser.add_argument("--bundle", type=Path, default=None, help="folder from `make gpu-bundle`: wheels/ and data/")
-    parser.add_argument("--data", type=Path, default=None, help="dataset (default: the bundle's, else collect 4 PyBullet scenes)")
-    parser.add_argument("--sam-checkpoint", type=Path, default=None, help="official SAM checkpoint (default: random weights in its layout)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="dataset (default: the bundle's, else collect 4 PyBullet scenes)")
+    parser.add_argument("--sam-checkpoint", type=Path, default=None,
+                        help="official SAM checkpoint (default: random weights in its layout)")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or REPO / "runs" / "gpu_check"))
     args = parser.parse_args()
 
@@ -406,12 +418,17 @@ def check(args: argparse.Namespace, work: Path) -> int:
 
         data = work / "data"
         collect_dataset("pybullet", scenes=4, out=data, seed=0, progress=False)
-    checkpoint = args.sam_checkpoint or random_sam_checkpoint(plan.model_config, work / f"sam_{plan.model_config}_random.pth")
+    checkpoint = args.sam_checkpoint or random_sam_checkpoint(
+        plan.model_config, work / f"sam_{plan.model_config}_random.pth"
+    )
     runner.run("train: single process", lambda: step_train_single(plan, data, work, checkpoint))
     runner.run("train: torchrun --nproc_per_node 1", lambda: step_train_torchrun(runner, plan, data, work, checkpoint))
     runner.run("train: --resume", lambda: step_train_resume(runner, plan, work), needs=("train: single process",))
-    runner.run("bench: train_throughput", lambda: step_bench(runner, "train_throughput.py", [*plan.throughput_args, "--data", str(data)], args.device))
-    runner.run("bench: everything_mode", lambda: step_bench(runner, "everything_mode.py", plan.everything_args, args.device))
+    throughput_args = [*plan.throughput_args, "--data", str(data)]
+    runner.run("bench: train_throughput",
+               lambda: step_bench(runner, "train_throughput.py", throughput_args, args.device))
+    runner.run("bench: everything_mode",
+               lambda: step_bench(runner, "everything_mode.py", plan.everything_args, args.device))
     runner.run("onnx export", lambda: step_onnx(plan, work), needs=("train: single process",))
 
     failed = [s.name for s in runner.steps if not s.ok]

@@ -52,16 +52,20 @@ def train(config: Path, data: Path, out: Path, overrides: list[str]) -> tuple[Pa
 
 def row(name: str, random_point: PointEvalResult, grid_point: PointEvalResult, steps: int, seconds: float) -> str:
     return (
-        f"| {name} | {steps} | {seconds:.0f} | {random_point.instance_miou:.3f} | {random_point.instance_class_accuracy:.3f} "
-        f"| {grid_point.miou:.3f} | {grid_point.mean_class_accuracy:.3f} |"
+        f"| {name} | {steps} | {seconds:.0f} | {random_point.instance_miou:.3f} "
+        f"| {random_point.instance_class_accuracy:.3f} | {grid_point.miou:.3f} | {grid_point.mean_class_accuracy:.3f} |"
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=Path("runs/demo/data"), help="a SAOM dataset with train/val/test splits")
+    parser.add_argument(
+        "--data", type=Path, default=Path("runs/demo/data"), help="a SAOM dataset with train/val/test splits"
+    )
     parser.add_argument("--config", type=Path, default=Path("config/train_tiny.yaml"))
-    parser.add_argument("--out", type=Path, default=None, help="a new folder to keep both runs in (default: a temporary one)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="a new folder to keep both runs in (default: a temporary one)"
+    )
     parser.add_argument("--split", default="test", help="held-out split to score on")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -69,7 +73,9 @@ def main() -> None:
     if args.out is not None and args.out.exists():
         parser.error(f"{args.out} exists; pass a new --out")
     if not (args.data / "annotations.json").exists():
-        parser.error(f"{args.data} is not a SAOM dataset (run make demo, or saom collect --scenes 400 --out {args.data})")
+        parser.error(
+            f"{args.data} is not a SAOM dataset (run make demo, or saom collect --scenes 400 --out {args.data})"
+        )
     if args.out is None:
         with tempfile.TemporaryDirectory(prefix="saom-tiny-recipe-") as tmp:
             run(args, Path(tmp))
@@ -90,9 +96,12 @@ def run(args: argparse.Namespace, out: Path) -> None:
     by_prompt = evaluate_point_prompts(models, dataset, POINT_PROMPTS)
     random_point, grid_point = by_prompt["random_foreground"], by_prompt["nearest_neighbour"]
     print(f"\n{len(dataset)} frames, {random_point['recipe'].objects} objects\n")
-    print("| recipe | steps | train s | random point: mIoU (objects) | class acc (objects) | grid point: mIoU (classes) | class acc (classes) |")
+    print("| recipe | steps | train s | random point: mIoU (objects) | class acc (objects) "
+          "| grid point: mIoU (classes) | class acc (classes) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    print(row("SAOM tiny (config/train_tiny.yaml)", random_point["recipe"], grid_point["recipe"], recipe_steps, recipe_s))
+    print(
+        row("SAOM tiny (config/train_tiny.yaml)", random_point["recipe"], grid_point["recipe"], recipe_steps, recipe_s)
+    )
     print(row("plain (issue 4's floor)", random_point["plain"], grid_point["plain"], plain_steps, plain_s))
     r, p = random_point["recipe"], random_point["plain"]
     print(

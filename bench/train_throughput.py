@@ -58,12 +58,15 @@ def per_mask_masks_per_second(trainer: Trainer, masks: int, encode_once: bool, w
                     embedding = model.encode(model.prepare_images(image))
             ys, xs = np.nonzero(frame.masks[k].numpy())
             i = rng.integers(len(xs))
-            point = model.points_to_input(torch.tensor([[[xs[i] + 0.5, ys[i] + 0.5]]], dtype=torch.float32, device=device), h, w)
-            with torch.autocast(device.type, dtype=trainer.amp_dtype or torch.float32, enabled=trainer.amp_dtype is not None):
+            pixel = torch.tensor([[[xs[i] + 0.5, ys[i] + 0.5]]], dtype=torch.float32, device=device)
+            point = model.points_to_input(pixel, h, w)
+            amp = trainer.amp_dtype
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 out = model.decode(embedding, point, torch.ones(1, 1, dtype=torch.int, device=device))
                 geo = Geometry(model.input_size(h, w), model.config.image_size, model.config.low_res_size)
                 target = low_res_targets(frame.masks[k : k + 1].to(device), geo)
-                terms = saom_loss(out, target, frame.class_ids[k : k + 1].to(device), torch.ones(1, dtype=torch.bool, device=device), cfg.loss)
+                positive = torch.ones(1, dtype=torch.bool, device=device)
+                terms = saom_loss(out, target, frame.class_ids[k : k + 1].to(device), positive, cfg.loss)
             trainer.optimizer.zero_grad(set_to_none=True)
             terms.total.backward()
             trainer.optimizer.step()
@@ -103,7 +106,8 @@ def main() -> None:
     parser.add_argument("--config", default="vit_b", help="model config: vit_b (default), vit_l, vit_h, tiny, test")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--data", type=Path, default=None, help="dataset (default: collect 4 PyBullet scenes)")
-    parser.add_argument("--naive-masks", type=int, default=8, help="masks timed in each per-mask loop (after 1 untimed warm-up mask)")
+    parser.add_argument("--naive-masks", type=int, default=8,
+                        help="masks timed in each per-mask loop (after 1 untimed warm-up mask)")
     parser.add_argument("--steps", type=int, default=4, help="batches timed in SAOM's trainer")
     parser.add_argument("--frames-per-step", type=int, default=8)
     args = parser.parse_args()
@@ -119,8 +123,9 @@ def main() -> None:
             None,
             [
                 f"model.config={args.config}", f"data.root={data}", f"train.device={device}",
-                f"train.frames_per_step={args.frames_per_step}", f"train.cache_dir={tmp}/cache", "train.max_steps=1000",
-                f"train.cache_embeddings={'true' if frozen else 'false'}", "data.negatives_per_frame=0", "data.hflip=false",
+                f"train.frames_per_step={args.frames_per_step}", f"train.cache_dir={tmp}/cache",
+                "train.max_steps=1000", f"train.cache_embeddings={'true' if frozen else 'false'}",
+                "data.negatives_per_frame=0", "data.hflip=false",
                 *([] if frozen else ["train.trainable=[all]"]),
             ],
         )
@@ -131,21 +136,28 @@ def main() -> None:
         frames = len(trainer.frames)
         epoch_masks = sum(len(f.masks) for f in trainer.frames)
 
-    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {platform.machine()}, {torch.get_num_threads()} threads"
-    print(f"model: {args.config} (random weights; encoder {'frozen' if frozen else 'trained'}), {args.frames_per_step} frames/step")
+    if device.type == "cuda":
+        machine = torch.cuda.get_device_name(device)
+    else:
+        machine = f"CPU {platform.machine()}, {torch.get_num_threads()} threads"
+    encoder = "frozen" if frozen else "trained"
+    print(f"model: {args.config} (random weights; encoder {encoder}), {args.frames_per_step} frames/step")
     print(f"machine: {machine}; torch {torch.__version__}; amp {trainer.amp_dtype}")
     print(f"{'trainer':<52} {'masks/s':>9}")
     print(f"{'naive: encoder per mask, one mask per step':<52} {naive_rate:>9.2f}")
     print(f"{'encode-once: encoder per frame, one mask per step':<52} {once_rate:>9.2f}")
     print(f"{'SAOM: cached embeddings, batched decoder':<52} {saom_rate:>9.2f}")
-    print(f"not re-encoding per mask: {once_rate / naive_rate:.1f}x; batching + cache on top: {saom_rate / once_rate:.1f}x")
+    print(f"not re-encoding per mask: {once_rate / naive_rate:.1f}x; "
+          f"batching + cache on top: {saom_rate / once_rate:.1f}x")
     if trainer.cache is not None:
-        print(f"one-off cache fill: {fill:.1f} s for {frames} frames ({frames / fill:.2f} frames/s; reused by every later epoch and run)")
+        print(f"one-off cache fill: {fill:.1f} s for {frames} frames "
+              f"({frames / fill:.2f} frames/s; reused by every later epoch and run)")
     # One epoch of these frames (every mask once): the per-mask loops step once per mask, SAOM
     # steps once per batch of frames and pays its cache fill in the first epoch.
     saom_epoch = fill + step_s * frames / args.frames_per_step
-    print(f"first epoch ({frames} frames, {epoch_masks} masks), cache fill included: naive {epoch_masks / naive_rate:.1f} s, "
-          f"encode-once {epoch_masks / once_rate:.1f} s, SAOM {saom_epoch:.1f} s: epoch speedup {epoch_masks / naive_rate / saom_epoch:.1f}")
+    print(f"first epoch ({frames} frames, {epoch_masks} masks), cache fill included: "
+          f"naive {epoch_masks / naive_rate:.1f} s, encode-once {epoch_masks / once_rate:.1f} s, "
+          f"SAOM {saom_epoch:.1f} s: epoch speedup {epoch_masks / naive_rate / saom_epoch:.1f}")
     print(f"speedup: {saom_rate / naive_rate:.1f}")
 
 

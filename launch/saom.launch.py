@@ -8,11 +8,10 @@ import os
 import tempfile
 
 from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
-
-from launch import LaunchDescription
 
 PACKAGE = "saom_ros"
 NODE_NAME = "saom_node"

@@ -181,7 +181,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     run_demo(
         DemoSettings(
             out=args.out, config=args.config, checkpoint=args.checkpoint, data=args.data, scenes=args.scenes,
-            seed=args.seed, workers=args.workers, everything_frames=args.everything_frames, overrides=tuple(args.overrides),
+            seed=args.seed, workers=args.workers, everything_frames=args.everything_frames,
+            overrides=tuple(args.overrides),
         )
     )
     return 0
@@ -217,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_collect)
 
     p = sub.add_parser("train", help="fine-tune SAOM (single process, or DDP under torchrun)")
-    p.add_argument("--config", type=Path, default=None, help="config/train_*.yaml (default on --resume: RUN/config.yaml)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="config/train_*.yaml (default on --resume: RUN/config.yaml)")
     p.add_argument("--data", type=Path, default=None, help="dataset directory (overrides data.root)")
     p.add_argument("--out", type=Path, default=None, help="run directory (default runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
@@ -269,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-config", default=None, help="config of a bare SAM state_dict if it cannot be guessed")
     p.set_defaults(handler=_cmd_export)
 
-    dataset = sub.add_parser("dataset", help="check, show or import datasets").add_subparsers(dest="action", required=True)
+    dataset_parser = sub.add_parser("dataset", help="check, show or import datasets")
+    dataset = dataset_parser.add_subparsers(dest="action", required=True)
     p = dataset.add_parser("check", help="validate a dataset and print counts per split and class")
     p.add_argument("dir", type=Path)
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -7,6 +7,7 @@ name means the same everywhere and a bad one fails before any model is built. Un
 from __future__ import annotations
 
 import os
+from typing import cast
 
 import torch
 
@@ -46,7 +47,8 @@ def resolve_device(name: str | torch.device, what: str = "device") -> torch.devi
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise ConfigError(f"{what} is '{name}' but CUDA is not available on this machine (use cpu)")
-    if device.index is None:
+    index = cast("int | None", device.index)  # torch's stub says int; a bare "cuda" has None
+    if index is None:
         device = torch.device("cuda", local_rank() or 0)
     count = torch.cuda.device_count()
     if device.index >= count:

@@ -47,7 +47,7 @@ class CameraIntrinsics:
             raise ConfigError(f"camera focal lengths must be positive, got fx={self.fx}, fy={self.fy}")
 
     @classmethod
-    def parse(cls, text: str) -> "CameraIntrinsics":
+    def parse(cls, text: str) -> CameraIntrinsics:
         """'fx,fy,cx,cy' or a camera calibration YAML (ROS camera_info format: camera_matrix.data)."""
         if Path(text).suffix.lower() in (".yaml", ".yml"):
             return cls.from_yaml(text)
@@ -60,7 +60,7 @@ class CameraIntrinsics:
         return cls(*values)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "CameraIntrinsics":
+    def from_yaml(cls, path: str | Path) -> CameraIntrinsics:
         import yaml
 
         path = Path(path)
@@ -74,7 +74,7 @@ class CameraIntrinsics:
         return cls(float(matrix[0]), float(matrix[4]), float(matrix[2]), float(matrix[5]))
 
     @classmethod
-    def from_k(cls, k: Any) -> "CameraIntrinsics":
+    def from_k(cls, k: Any) -> CameraIntrinsics:
         """From a row-major 3x3 camera matrix (CameraInfo.k)."""
         k = [float(v) for v in k]
         return cls(k[0], k[4], k[2], k[5])
@@ -117,8 +117,12 @@ class Object3D:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (without the points)."""
-        return {"centre": [round(float(v), 5) for v in self.centre], "size": [round(float(v), 5) for v in self.size],
-                "surface_centroid": [round(float(v), 5) for v in self.surface_centroid], "points": int(len(self.points))}
+        return {
+            "centre": [round(float(v), 5) for v in self.centre],
+            "size": [round(float(v), 5) for v in self.size],
+            "surface_centroid": [round(float(v), 5) for v in self.surface_centroid],
+            "points": int(len(self.points)),
+        }
 
 
 def depth_in_metres(depth: np.ndarray, depth_scale: float | None = None) -> np.ndarray:

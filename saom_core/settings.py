@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import re
 import typing
+from collections.abc import Mapping
 from dataclasses import Field, dataclass, field, fields, replace
-from typing import Any, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from saom_core.errors import ConfigError
 
@@ -78,24 +79,27 @@ def value_type(cls: type, name: str) -> tuple[type, bool]:
 class Settings:
     """Base of the schema's dataclasses: checking and building them from raw values."""
 
+    if TYPE_CHECKING:  # every subclass is a dataclass: fields() and replace() accept it
+        __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
+
     def validate(self: S, prefix: str = "") -> S:
         """A copy with every value checked and normalised (strings stripped, choices lower case,
         lists as tuples, whole floats as ints); ConfigError names the first bad one, after `prefix`
         (e.g. "parameter ")."""
-        return replace(self, **{f.name: check(type(self), f, getattr(self, f.name), prefix) for f in fields(self)})  # type: ignore[type-var, arg-type]
+        return replace(self, **{f.name: check(type(self), f, getattr(self, f.name), prefix) for f in fields(self)})
 
     @classmethod
     def from_values(cls: type[S], values: Mapping[str, Any], prefix: str = "") -> S:
         """Checked settings from raw values (a CLI namespace, ROS parameters, YAML); missing or None
         values take their defaults. Unknown names are an error."""
-        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        names = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
             raise ConfigError(f"{prefix}unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
         return cls(**{k: v for k, v in values.items() if v is not None}).validate(prefix)
 
     def values(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def check(cls: type, f: Field, value: Any, prefix: str = "") -> Any:
@@ -171,11 +175,14 @@ class Thresholds(Settings):
     writes them into the checkpoint, and a segmenter setting left unset takes them. The defaults
     are the paper's (SAOM's tuned values; stock SAM uses 0.88, 0.95, 0.7, 0)."""
 
-    pred_iou_thresh: float = setting(0.3, "drop masks whose predicted IoU is below this", lo=0.0, hi=1.0, runtime=True, tuned=True)
-    stability_score_thresh: float = setting(0.95, "drop masks whose stability score is below this", lo=0.0, hi=1.0, runtime=True, tuned=True)
+    pred_iou_thresh: float = setting(0.3, "drop masks whose predicted IoU is below this",
+                                     lo=0.0, hi=1.0, runtime=True, tuned=True)
+    stability_score_thresh: float = setting(0.95, "drop masks whose stability score is below this",
+                                            lo=0.0, hi=1.0, runtime=True, tuned=True)
     box_nms_thresh: float = setting(0.3, "box IoU above which non-maximum suppression drops the weaker instance",
                                     lo=0.0, hi=1.0, lo_open=True, runtime=True, tuned=True)
-    min_mask_region_area: int = setting(150, "remove mask islands and holes smaller than this (pixels, 0 = off)", lo=0, runtime=True, tuned=True)
+    min_mask_region_area: int = setting(150, "remove mask islands and holes smaller than this (pixels, 0 = off)",
+                                        lo=0, runtime=True, tuned=True)
 
 
 def _tuned(name: str) -> Any:
@@ -196,13 +203,16 @@ class SegmenterSettings(Settings):
 
     device: str = setting("auto", "where the model runs (auto: cuda when available)",
                           pattern=DEVICE_PATTERN, allowed_text="cpu, cuda, cuda:N or auto")
-    model_config: str = setting("", "SAM architecture of a bare SAM state_dict (vit_b, vit_l, vit_h, ...); empty = from the checkpoint")
+    model_config: str = setting(
+        "", "SAM architecture of a bare SAM state_dict (vit_b, vit_l, vit_h, ...); empty = from the checkpoint"
+    )
     half: bool = setting(False, "reduced precision: bf16 (fp16 on GPUs without bf16); faster, masks differ slightly")
     compile: bool = setting(False, "torch.compile the mask decoder: a one-off cost at load, then faster frames")
     # 1280: a 4K camera frame costs what a 1280x720 one does (README, ROS 2 section)
-    max_input_size: int = setting(1280, "segment frames whose long side exceeds this many pixels downscaled; masks come back at the input resolution",
-                                  lo=16, hi=16384, zero_means="never")
-    points_per_side: int = setting(32, "everything-mode prompt grid: points per side (points_per_side^2 prompts a frame)", lo=1, hi=256, runtime=True)
+    max_input_size: int = setting(1280, "segment frames whose long side exceeds this many pixels downscaled; "
+                                  "masks come back at the input resolution", lo=16, hi=16384, zero_means="never")
+    points_per_side: int = setting(32, "everything-mode prompt grid: points per side "
+                                   "(points_per_side^2 prompts a frame)", lo=1, hi=256, runtime=True)
     pred_iou_thresh: float | None = _tuned("pred_iou_thresh")
     stability_score_thresh: float | None = _tuned("stability_score_thresh")
     box_nms_thresh: float | None = _tuned("box_nms_thresh")
@@ -213,5 +223,7 @@ class SegmenterSettings(Settings):
     def thresholds(self, tuned: Thresholds | None = None) -> Thresholds:
         """The thresholds in force: those set here, the rest from `tuned` (the paper's when None)."""
         tuned = tuned or Thresholds()
-        return Thresholds(**{n: getattr(tuned, n) if getattr(self, n) is None else getattr(self, n) for n in THRESHOLD_NAMES})
+        return Thresholds(**{
+            n: getattr(tuned, n) if getattr(self, n) is None else getattr(self, n) for n in THRESHOLD_NAMES
+        })
 

@@ -69,7 +69,7 @@ class Tracker:
         instances = segmentation.instances
         rows, cols = self._assign(instances)
         matched_tracks, matched_instances = set(rows.tolist()), set(cols.tolist())
-        for t, i in zip(rows, cols):
+        for t, i in zip(rows, cols, strict=True):
             track, instance = self.tracks[t], instances[i]
             track.hits, track.misses = track.hits + 1, 0
             self._observe(track, instance)
@@ -80,7 +80,7 @@ class Tracker:
                 if not track.confirmed or track.misses > self.settings.max_misses:
                     continue
             survivors.append(track)
-        for t, i in zip(rows, cols):
+        for t, i in zip(rows, cols, strict=True):
             track = self.tracks[t]
             instances[i].track_id = track.track_id if track.confirmed else None
         self.tracks = survivors
@@ -140,8 +140,8 @@ def _mask_ious(a: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
     boxes_a, boxes_b = [mask_bounds(m) for m in a], [mask_bounds(m) for m in b]
     areas_a, areas_b = [int(np.count_nonzero(m)) for m in a], [int(np.count_nonzero(m)) for m in b]
     iou = np.zeros((len(a), len(b)))
-    for r, (ma, ba) in enumerate(zip(a, boxes_a)):
-        for c, (mb, bb) in enumerate(zip(b, boxes_b)):
+    for r, (ma, ba) in enumerate(zip(a, boxes_a, strict=True)):
+        for c, (mb, bb) in enumerate(zip(b, boxes_b, strict=True)):
             if ba is None or bb is None or ba[1] <= bb[0] or bb[1] <= ba[0] or ba[3] <= bb[2] or bb[3] <= ba[2]:
                 continue
             y0, y1, x0, x1 = min(ba[0], bb[0]), max(ba[1], bb[1]), min(ba[2], bb[2]), max(ba[3], bb[3])

@@ -255,7 +255,7 @@ def make_image(T: MessageTypes, header: Any, array: np.ndarray, encoding: str) -
         raise ValueError(f"cannot encode {encoding}")
     height, width = array.shape[:2]
     return T.Image(header=header, height=int(height), width=int(width), encoding=encoding,
-                   is_bigendian=0, step=int(width * bpp), data=T.u8(memoryview(data).cast("B")))
+                   is_bigendian=0, step=int(width * bpp), data=T.u8(data.data.cast("B")))
 
 
 def _hypothesis(T: MessageTypes, inst: Instance) -> Any:

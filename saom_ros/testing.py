@@ -30,6 +30,11 @@ def _box_mask(h: int, w: int, box: tuple[int, int, int, int]) -> np.ndarray:
     return mask
 
 
+def _float_box(box: tuple[int, int, int, int]) -> tuple[float, float, float, float]:
+    x0, y0, x1, y1 = box
+    return float(x0), float(y0), float(x1), float(y1)
+
+
 class FakeSegmenter:
     """Deterministic stand-in for the SAOM Segmenter protocol."""
 
@@ -79,7 +84,7 @@ class FakeSegmenter:
                 box = (w * (k - 1) // 8, h * (k - 1) // 8, w * (k + 3) // 8, h * (k + 3) // 8)
                 cid = (k - 1) % (len(self.class_names) - 1) + 1
                 instances.append(Instance(
-                    mask=_box_mask(h, w, box), box_xyxy=tuple(float(v) for v in box), class_id=cid,
+                    mask=_box_mask(h, w, box), box_xyxy=_float_box(box), class_id=cid,
                     class_name=self.class_names[cid], class_score=0.9, predicted_iou=0.95 - 0.1 * (k - 1),
                     stability=0.9))
             return Segmentation(height=h, width=w, instances=instances)
@@ -96,13 +101,13 @@ class FakeSegmenter:
             for box in (np.zeros((0, 4)) if boxes is None else np.asarray(boxes)):
                 x0, y0, x1, y1 = (int(round(v)) for v in box)
                 instances.append(Instance(
-                    mask=_box_mask(h, w, (x0, y0, x1, y1)), box_xyxy=(float(x0), float(y0), float(x1), float(y1)),
+                    mask=_box_mask(h, w, (x0, y0, x1, y1)), box_xyxy=_float_box((x0, y0, x1, y1)),
                     class_id=1, class_name=self.class_names[1], class_score=0.8, predicted_iou=0.9, stability=0.9))
             for point in (np.zeros((0, 2)) if points is None else np.asarray(points)):
                 x, y = int(round(point[0])), int(round(point[1]))
                 box = (max(x - 4, 0), max(y - 4, 0), min(x + 5, w), min(y + 5, h))
                 instances.append(Instance(
-                    mask=_box_mask(h, w, box), box_xyxy=tuple(float(v) for v in box), class_id=2,
+                    mask=_box_mask(h, w, box), box_xyxy=_float_box(box), class_id=2,
                     class_name=self.class_names[2], class_score=0.7, predicted_iou=0.85, stability=0.9,
                     point=(float(point[0]), float(point[1]))))
             return Segmentation(height=h, width=w, instances=instances)

@@ -74,7 +74,7 @@ def write_synthetic_dataset(root: Path, scenes: int = 12, size: tuple[int, int] 
                 masks[k, y : y + h // 3, x : x + w // 3] = True
                 masks[k] &= ~masks[:k].any(0)
                 image[masks[k]] = colours[label]
-            frames.append(Frame(image=image, masks=masks, labels=[str(l) for l in labels], meta={}))
+            frames.append(Frame(image=image, masks=masks, labels=[str(name) for name in labels], meta={}))
         writer.write_scene(f"scene_{s:05d}", frames, split="val" if s % 4 == 3 else "train")
     writer.finalize()
     return root

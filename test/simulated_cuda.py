@@ -84,7 +84,11 @@ class SimulatedCuda(TorchFunctionMode):
             if func is torch.Tensor.to:
                 rest: list = []
                 for a in args[1:]:
-                    rest += ["cpu", a.dtype] if isinstance(a, torch.Tensor) else ["cpu" if isinstance(a, (torch.device, str)) else a]
+                    rest += (
+                        ["cpu", a.dtype]
+                        if isinstance(a, torch.Tensor)
+                        else ["cpu" if isinstance(a, (torch.device, str)) else a]
+                    )
                 kw = {k: ("cpu" if k == "device" else v) for k, v in kwargs.items()}
                 out = torch.Tensor.to(out, *rest, **kw)
             if target is None or _is_cuda(target) == on_cuda(src):
@@ -98,7 +102,9 @@ class SimulatedCuda(TorchFunctionMode):
         if func in INDEXING:
             indices = [t for t in tree_flatten(args[1])[0] if isinstance(t, torch.Tensor)]
             if not on_cuda(args[0]) and any(on_cuda(t) for t in indices):
-                raise RuntimeError("indices should be either on cpu or on the same device as the indexed tensor (cpu) (simulated CUDA)")
+                raise RuntimeError(
+                    "indices should be either on cpu or on the same device as the indexed tensor (cpu) (simulated CUDA)"
+                )
         elif getattr(func, "__name__", "") not in CROSS_DEVICE and any(on_cuda(t) for t in tensors):
             cpu = [tuple(t.shape) for t in tensors if not on_cuda(t) and t.dim() > 0]
             if cpu:

@@ -119,7 +119,9 @@ def test_controller_that_cannot_start_is_a_clear_error(tmp_path, monkeypatch, ai
             raise RuntimeError("Unable to open display :0\nmore detail")
 
     _install_fake_ai2thor(monkeypatch, BrokenController)
-    with pytest.raises(SimulatorError, match="AI2-THOR could not start: Unable to open display :0; .*X display") as info:
+    with pytest.raises(
+        SimulatorError, match="AI2-THOR could not start: Unable to open display :0; .*X display"
+    ) as info:
         with Ai2ThorCollector(ai2thor_classes, size=16) as collector:
             collector.collect_scene(0, seed=0)
     assert "\n" not in str(info.value)
@@ -131,7 +133,7 @@ def test_controller_that_cannot_start_is_a_clear_error(tmp_path, monkeypatch, ai
 class FakeController:
     """Records what the adapter asks for and answers with FakeEvents of the requested size."""
 
-    instances: list["FakeController"] = []
+    instances: list[FakeController] = []
 
     def __init__(self, **kwargs):
         self.init_kwargs = kwargs

@@ -60,7 +60,7 @@ def test_saom_checkpoint_round_trip_is_exact(tmp_path):
     loaded = load_model(path)
     assert loaded.class_list == classes and loaded.classifier.head_input == "mask_token"
     assert loaded.config == model.config
-    for (k1, v1), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items()):
+    for (k1, v1), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert k1 == k2 and torch.equal(v1, v2)
 
 
@@ -102,13 +102,15 @@ def test_tuned_generator_thresholds_travel_with_the_checkpoint(tmp_path):
     loaded, info = load_checkpoint(path)
     assert info == CheckpointInfo(tuned, is_saom=True) and not hasattr(loaded, "generator_defaults")
     config = load_segmenter(str(path), points_per_side=8).generator.config
-    assert (config.pred_iou_thresh, config.stability_score_thresh, config.box_nms_thresh, config.min_mask_region_area) == (0.4, 0.8, 0.25, 60)
+    got = (config.pred_iou_thresh, config.stability_score_thresh, config.box_nms_thresh, config.min_mask_region_area)
+    assert got == (0.4, 0.8, 0.25, 60)
     override = load_segmenter(str(path), stability_score_thresh=0.9).generator.config
     assert override.stability_score_thresh == 0.9 and override.pred_iou_thresh == 0.4
     torch.save(official_state_dict(), tmp_path / "sam.pth")
     assert load_checkpoint(tmp_path / "sam.pth").info == CheckpointInfo(Thresholds(), is_saom=False)
     vanilla = load_segmenter(str(tmp_path / "sam.pth")).generator.config  # no tuned values: the paper's
-    assert (vanilla.pred_iou_thresh, vanilla.stability_score_thresh, vanilla.box_nms_thresh, vanilla.min_mask_region_area) == (0.3, 0.95, 0.3, 150)
+    got = vanilla.pred_iou_thresh, vanilla.stability_score_thresh, vanilla.box_nms_thresh, vanilla.min_mask_region_area
+    assert got == (0.3, 0.95, 0.3, 150)
 
 
 def test_a_bad_tuned_value_in_a_checkpoint_is_named(tmp_path):
@@ -137,8 +139,10 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, layout):
     if layout == "torch_zip":
         torch.save(payload, path)
     else:
-        path.write_bytes(pickle.dumps({"format": "saom", "extra": RunsCode(marker)}, protocol=2))  # no tensors: plain pickle
-    with pytest.raises(CheckpointError, match=r"hostile.pt: it holds Python objects.*\((getattr|pathlib\S*)\); refused"):
+        # no tensors: plain pickle
+        path.write_bytes(pickle.dumps({"format": "saom", "extra": RunsCode(marker)}, protocol=2))
+    refused = r"hostile.pt: it holds Python objects.*\((getattr|pathlib\S*)\); refused"
+    with pytest.raises(CheckpointError, match=refused):
         load_model(path)
     with pytest.raises(CheckpointError, match="refused"):
         read_checkpoint(path)

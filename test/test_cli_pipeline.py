@@ -12,14 +12,17 @@ from saom_core.cli import main
 
 pytestmark = pytest.mark.filterwarnings("ignore:module 'sre_:DeprecationWarning")
 
-TRAIN = ["model.config=test", "train.max_steps=8", "train.frames_per_step=2", "train.trainable=[all]", "train.device=cpu",
-         "train.cache_embeddings=false", "train.threads=1", "train.checkpoint_every=4", "prompts.points_per_side=8"]
+TRAIN = [
+    "model.config=test", "train.max_steps=8", "train.frames_per_step=2", "train.trainable=[all]", "train.device=cpu",
+    "train.cache_embeddings=false", "train.threads=1", "train.checkpoint_every=4", "prompts.points_per_side=8",
+]
 
 
 @pytest.fixture(scope="module")
 def trained(rect_dataset, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("cli") / "run"
-    assert main(["train", "--config", "config/train_tiny.yaml", "--data", str(rect_dataset), "--out", str(run), "--quiet", *TRAIN]) == 0
+    args = ["train", "--config", "config/train_tiny.yaml", "--data", str(rect_dataset), "--out", str(run), "--quiet"]
+    assert main([*args, *TRAIN]) == 0
     return run
 
 
@@ -30,9 +33,11 @@ def test_train_then_resume_longer(trained, rect_dataset, capsys):
 
 def test_eval_writes_the_report(trained, rect_dataset, tmp_path, capsys):
     out = tmp_path / "report"
-    code = main(["eval", "--checkpoint", str(trained / "checkpoints/last.pt"), "--baseline", str(trained / "checkpoints/init.pt"),
-                 "--data", str(rect_dataset), "--split", "val", "--out", str(out), "--points-per-side", "8", "--overlays", "2",
-                 "--device", "cpu", "--quiet"])
+    code = main([
+        "eval", "--checkpoint", str(trained / "checkpoints/last.pt"), "--baseline",
+        str(trained / "checkpoints/init.pt"), "--data", str(rect_dataset), "--split", "val", "--out", str(out),
+        "--points-per-side", "8", "--overlays", "2", "--device", "cpu", "--quiet",
+    ])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert report["saom"]["points"]["objects"] == report["objects"] > 0
@@ -58,8 +63,10 @@ def test_segment_continues_past_bad_images(trained, tmp_path, capsys):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (120, 90, 3), dtype=np.uint8)).save(good)
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG not really")
-    code = main(["segment", "--checkpoint", str(trained / "checkpoints/last.pt"), "--device", "cpu", "--points-per-side", "8",
-                 str(corrupt), str(good), str(tmp_path / "missing.png"), "--out", str(tmp_path / "seg")])
+    code = main([
+        "segment", "--checkpoint", str(trained / "checkpoints/last.pt"), "--device", "cpu", "--points-per-side", "8",
+        str(corrupt), str(good), str(tmp_path / "missing.png"), "--out", str(tmp_path / "seg"),
+    ])
     captured = capsys.readouterr()
     assert code == 1
     assert "corrupt.png: not a readable image" in captured.err and "missing.png: no such file" in captured.err
@@ -73,14 +80,16 @@ def test_segment_continues_past_bad_images(trained, tmp_path, capsys):
 
 
 def test_segment_missing_checkpoint_is_one_line(tmp_path, capsys):
-    assert main(["segment", "--checkpoint", str(tmp_path / "none.pt"), str(tmp_path / "x.png"), "--out", str(tmp_path)]) == 2
+    missing = str(tmp_path / "none.pt")
+    assert main(["segment", "--checkpoint", missing, str(tmp_path / "x.png"), "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == f"saom: error: checkpoint not found: {tmp_path / 'none.pt'}"
 
 
 def test_export_cli(trained, tmp_path, capsys):
-    assert main(["export", "--checkpoint", str(trained / "checkpoints/last.pt"), "--format", "onnx", "--out", str(tmp_path / "onnx")]) == 0
+    checkpoint = str(trained / "checkpoints/last.pt")
+    assert main(["export", "--checkpoint", checkpoint, "--format", "onnx", "--out", str(tmp_path / "onnx")]) == 0
     assert (tmp_path / "onnx/encoder.onnx").exists() and (tmp_path / "onnx/decoder.onnx").exists()
-    assert main(["export", "--checkpoint", str(trained / "checkpoints/last.pt"), "--format", "tflite", "--out", str(tmp_path)]) == 2
+    assert main(["export", "--checkpoint", checkpoint, "--format", "tflite", "--out", str(tmp_path)]) == 2
 
 
 def test_bag_cli_round_trip(trained, tmp_path):
@@ -96,9 +105,12 @@ def test_bag_cli_round_trip(trained, tmp_path):
         for i in range(2):
             header = types.Header(stamp=types.Time(sec=10 + i, nanosec=0), frame_id="cam")
             frame = np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8)
-            writer.write(conn, 1000 + i, store.serialize_cdr(make_image(types, header, frame, "rgb8"), "sensor_msgs/msg/Image"))
-    assert main(["bag", "--checkpoint", str(trained / "checkpoints/last.pt"), "--device", "cpu", "--points-per-side", "8",
-                 str(tmp_path / "in"), str(tmp_path / "out"), "--topic", "/cam", "--quiet"]) == 0
+            message = make_image(types, header, frame, "rgb8")
+            writer.write(conn, 1000 + i, store.serialize_cdr(message, "sensor_msgs/msg/Image"))
+    assert main([
+        "bag", "--checkpoint", str(trained / "checkpoints/last.pt"), "--device", "cpu", "--points-per-side", "8",
+        str(tmp_path / "in"), str(tmp_path / "out"), "--topic", "/cam", "--quiet",
+    ]) == 0
     with Reader(tmp_path / "out") as reader:
         topics = {c.topic: c.msgtype for c in reader.connections}
         stamps = [store.deserialize_cdr(raw, c.msgtype).header.stamp.sec
@@ -109,9 +121,16 @@ def test_bag_cli_round_trip(trained, tmp_path):
 
 def test_demo_end_to_end(tmp_path, capsys):
     config = tmp_path / "demo.yaml"
-    config.write_text("model: {config: test}\ntrain: {max_steps: 4, frames_per_step: 2, trainable: [all], device: cpu, cache_embeddings: false, threads: 1}\n"
-                      "prompts: {points_per_side: 8}\ndata: {hflip: true}\n")
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--config", str(config), "--scenes", "4", "--workers", "1", "--everything-frames", "2"]) == 0
+    config.write_text(
+        "model: {config: test}\n"
+        "train: {max_steps: 4, frames_per_step: 2, trainable: [all], device: cpu, cache_embeddings: false, "
+        "threads: 1}\n"
+        "prompts: {points_per_side: 8}\ndata: {hflip: true}\n"
+    )
+    assert main([
+        "demo", "--out", str(tmp_path / "demo"), "--config", str(config), "--scenes", "4", "--workers", "1",
+        "--everything-frames", "2",
+    ]) == 0
     out = capsys.readouterr().out
     assert "total" in out and "report:" in out
     assert "| IDF1 |" in out and "median 3D centroid error (cm)" in out  # the trajectory stage's figures

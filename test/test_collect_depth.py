@@ -1,6 +1,7 @@
 """Depth, intrinsics and 3D ground truth of the PyBullet collector; trajectory mode; old datasets."""
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -14,7 +15,10 @@ from saom_core.data.check import check_dataset
 from saom_core.data.classes import ClassList
 from saom_core.data.collect import collect_dataset
 from saom_core.data.collect.pybullet import (
-    PyBulletCollector, depth_from_zbuffer, intrinsics_from_projection, world_to_optical,
+    PyBulletCollector,
+    depth_from_zbuffer,
+    intrinsics_from_projection,
+    world_to_optical,
 )
 from saom_core.data.reader import SaomDataset
 from saom_core.errors import DatasetError
@@ -62,7 +66,7 @@ def test_depth_and_ground_truth_agree_with_the_masks(frames):
         assert frame.depth.shape == (128, 128) and frame.depth.dtype == np.float32
         assert 0.05 <= frame.depth.min() and frame.depth.max() < 15.0
         assert len(frame.objects3d) == len(frame.masks)
-        for mask, obj in zip(frame.masks, frame.objects3d):
+        for mask, obj in zip(frame.masks, frame.objects3d, strict=True):
             x, y, z = obj["position"]
             assert z > 0 and min(obj["extents"]) > 0
             assert abs(np.linalg.norm(obj["orientation"]) - 1) < 1e-4
@@ -81,7 +85,7 @@ def test_trajectory_moves_the_camera_in_small_steps_and_keeps_the_objects():
         traj = collector.collect_scene(0, seed=0)
     assert [f.meta["trajectory_step"] for f in traj] == list(range(5))
     yaws = [f.meta["agent_pose"]["yaw"] for f in traj]
-    assert all(0 < abs((b - a + 180) % 360 - 180) <= 3 for a, b in zip(yaws, yaws[1:]))
+    assert all(0 < abs((b - a + 180) % 360 - 180) <= 3 for a, b in itertools.pairwise(yaws))
     ids = [set(f.meta["instance_ids"]) for f in traj]
     assert len(set.intersection(*ids)) >= 2  # the same bodies stay in view: tracks exist
     with PyBulletCollector(ClassList.from_yaml("pybullet"), size=96, min_area=20) as collector:
@@ -91,7 +95,8 @@ def test_trajectory_moves_the_camera_in_small_steps_and_keeps_the_objects():
 
 def test_dataset_round_trip_check_and_cli(tmp_path, capsys):
     out = tmp_path / "traj"
-    assert main(["collect", "--scenes", "2", "--size", "64", "--min-area", "10", "--trajectory", "3", "--out", str(out)]) == 0
+    args = ["collect", "--scenes", "2", "--size", "64", "--min-area", "10", "--trajectory", "3", "--out", str(out)]
+    assert main(args) == 0
     dataset = SaomDataset(out)
     assert len(dataset) == 6 and dataset.has_depth
     sample = dataset[0]
@@ -128,8 +133,9 @@ def test_old_datasets_without_depth_still_load(tmp_path):
 
 
 def test_depth_png_is_millimetres_and_missing_depth_is_zero(tmp_path):
-    from saom_core.data.format import encode_depth_png
     import cv2
+
+    from saom_core.data.format import encode_depth_png
 
     depth = np.array([[0.5, math.nan], [0.0, 70.0]], dtype=np.float32)
     path = tmp_path / "d.png"

@@ -47,7 +47,9 @@ def _assert_same_dataset(a, b):
     (coco_a, images_a), (coco_b, images_b) = _dataset_bytes(a), _dataset_bytes(b)
     assert images_a.keys() == images_b.keys()
     assert [name for name in images_a if images_a[name] != images_b[name]] == []
-    differing = [(x["image_id"], x["category_id"]) for x, y in zip(coco_a["annotations"], coco_b["annotations"]) if x != y]
+    # The common prefix first (which annotations differ), then the lengths.
+    pairs = zip(coco_a["annotations"], coco_b["annotations"], strict=False)
+    differing = [(x["image_id"], x["category_id"]) for x, y in pairs if x != y]
     assert differing == [] and len(coco_a["annotations"]) == len(coco_b["annotations"])
     assert coco_a == coco_b
 
@@ -92,11 +94,11 @@ def test_same_seed_same_scene_in_any_order(pybullet_classes, scene0):
     with PyBulletCollector(pybullet_classes, size=224, min_area=30) as collector:
         again = collector.collect_scene(1, seed=0)  # scene 1 alone, without scene 0 before it
         other = collector.collect_scene(1, seed=1)
-    for a, b in zip(frames[4:], again):
+    for a, b in zip(frames[4:], again, strict=True):
         assert a.image.tobytes() == b.image.tobytes()
         np.testing.assert_array_equal(a.masks, b.masks)
         assert a.labels == b.labels and a.meta == b.meta
-    assert any(a.image.tobytes() != b.image.tobytes() for a, b in zip(again, other))
+    assert any(a.image.tobytes() != b.image.tobytes() for a, b in zip(again, other, strict=True))
 
 
 def test_min_area_drops_small_masks(pybullet_classes):
@@ -117,7 +119,9 @@ def test_min_area_drops_small_masks(pybullet_classes):
 
 def test_class_subset_labels_only_those(tmp_path):
     yaml_path = tmp_path / "classes_two.yaml"
-    yaml_path.write_text("name: two\nclasses:\n  - {name: Table, type: receptacle}\n  - {name: Mug, type: pickupable}\n")
+    yaml_path.write_text(
+        "name: two\nclasses:\n  - {name: Table, type: receptacle}\n  - {name: Mug, type: pickupable}\n"
+    )
     collect_dataset("pybullet", scenes=2, out=tmp_path / "ds", classes=str(yaml_path), progress=False)
     ds = SaomDataset(tmp_path / "ds")
     assert ds.classes.names == ["Table", "Mug"]

@@ -26,7 +26,10 @@ def test_square_box_is_centred_on_the_mask_with_context():
     half = 8 / 2 * CONTEXT + 0.5
     expected = torch.tensor([8 - half, 4 - half, 8 + half, 4 + half]) * 4
     assert torch.allclose(boxes[0], expected)
-    assert torch.allclose(boxes[1], torch.tensor([8 - 8 * CONTEXT - 0.5, 8 - 8 * CONTEXT - 0.5, 8 + 8 * CONTEXT + 0.5, 8 + 8 * CONTEXT + 0.5]) * 4), "an empty mask gets the whole area"
+    assert torch.allclose(
+        boxes[1],
+        torch.tensor([8 - 8 * CONTEXT - 0.5, 8 - 8 * CONTEXT - 0.5, 8 + 8 * CONTEXT + 0.5, 8 + 8 * CONTEXT + 0.5]) * 4,
+    ), "an empty mask gets the whole area"
 
 
 def test_each_mask_is_cropped_from_its_own_frame():
@@ -97,9 +100,10 @@ def test_crop_classifier_travels_with_the_checkpoint(tmp_path):
     model = crop_model()
     loaded = load_model(save_checkpoint(tmp_path / "crop.pt", model))
     assert loaded.crop_classifier is not None and loaded.classifier.head_input == "mask_pool"
-    for (k1, v1), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items()):
+    for (k1, v1), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert k1 == k2 and torch.equal(v1, v2)
-    assert load_model(save_checkpoint(tmp_path / "plain.pt", build_model(get_config("test"), CLASSES))).crop_classifier is None
+    plain = build_model(get_config("test"), CLASSES)
+    assert load_model(save_checkpoint(tmp_path / "plain.pt", plain)).crop_classifier is None
     with pytest.raises(ValueError, match="crop_classifier"):
         build_model(get_config("test"), CLASSES).classify_masks(torch.zeros(1, 3, 64, 64), torch.zeros(1, 16, 16))
 
@@ -109,23 +113,30 @@ def test_generator_labels_the_kept_masks_with_the_crop_head():
     loose = dict(points_per_side=4, pred_iou_thresh=-1.0, stability_score_thresh=0.0, min_mask_region_area=0)
     model = crop_model(decoder_class=1, crop_class=2)
     seg = EverythingGenerator(model, GeneratorConfig(**loose)).generate(frame)
-    assert seg.instances and {i.class_name for i in seg.instances} == {"Disc"}, "the crop classifier's label is reported"
+    assert seg.instances and {i.class_name for i in seg.instances} == {"Disc"}, (
+        "the crop classifier's label is reported"
+    )
     assert all(i.class_score > 0.9 for i in seg.instances)
     assert EverythingGenerator(model, GeneratorConfig(**loose, keep_classes=["Disc"])).generate(frame).instances
     assert EverythingGenerator(model, GeneratorConfig(**loose, keep_classes=["Square"])).generate(frame).instances == []
     dropped_by_crop = crop_model(decoder_class=1, crop_class=0)
-    assert EverythingGenerator(dropped_by_crop, GeneratorConfig(**loose)).generate(frame).instances == [], "background is dropped"
+    assert EverythingGenerator(dropped_by_crop, GeneratorConfig(**loose)).generate(frame).instances == [], (
+        "background is dropped"
+    )
 
 
 def test_prompted_segmentation_and_point_eval_use_the_crop_head(pybullet_dataset):
     model = crop_model(decoder_class=2, crop_class=1)
-    seg = SaomSegmenter(model, GeneratorConfig()).segment_prompts(np.zeros((48, 64, 3), np.uint8), points=np.array([[20.0, 20.0]]))
+    seg = SaomSegmenter(model, GeneratorConfig()).segment_prompts(
+        np.zeros((48, 64, 3), np.uint8), points=np.array([[20.0, 20.0]])
+    )
     assert [i.class_name for i in seg.instances] == ["Square"]
 
     from saom_core.data.reader import SaomDataset
 
     dataset = SaomDataset(pybullet_dataset, split="train")
-    result = evaluate_points({"m": build_model(get_config("test"), dataset.classes, crop_classifier=True)}, dataset, max_frames=2, progress=False)["m"]
+    untrained = build_model(get_config("test"), dataset.classes, crop_classifier=True)
+    result = evaluate_points({"m": untrained}, dataset, max_frames=2, progress=False)["m"]
     assert result.objects > 0 and result.instance_class_accuracy is not None
 
 
@@ -137,5 +148,7 @@ def test_background_points_whose_masks_lie_on_objects_do_not_teach_the_crop_clas
     logits[:2, :4, :4] = 5.0  # object prompt and first background point: a mask on the object
     logits[2, 4:, 4:] = 5.0  # second background point: a mask on the floor
     positive = torch.tensor([True, False, False])
-    targets = crop_targets(logits, positive, true_mask, torch.tensor([2, 0, 0]), torch.zeros(3, dtype=torch.long), frames=1)
+    targets = crop_targets(
+        logits, positive, true_mask, torch.tensor([2, 0, 0]), torch.zeros(3, dtype=torch.long), frames=1
+    )
     assert targets.tolist() == [2, -100, 0]

@@ -112,9 +112,11 @@ def test_decoder_matches_pytorch(exported, num_prompts, num_points):
     classes = model.class_list.num_classes_with_background
     assert [g.shape for g in got] == [(num_prompts, 3, low, low), (num_prompts, 3), (num_prompts, 3, classes)]
     want = {
-        "low_res_logits": expected.low_res_logits, "iou_predictions": expected.iou_pred, "class_logits": expected.class_logits
+        "low_res_logits": expected.low_res_logits,
+        "iou_predictions": expected.iou_pred,
+        "class_logits": expected.class_logits,
     }
-    for (name, e), g in zip(want.items(), got):
+    for (name, e), g in zip(want.items(), got, strict=True):
         np.testing.assert_allclose(g, e.numpy(), atol=1e-4, rtol=0, err_msg=name)
     # Prompts differ, so the outputs do: a decoder ignoring the points would not pass.
     if num_prompts > 1:
@@ -230,7 +232,8 @@ def test_large_model_weights_are_gathered_into_one_data_file(tmp_path):
 
     weights = [numpy_helper.from_array(np.full((4, 4), i + 1.0, np.float32), name=f"w{i}") for i in range(3)]
     nodes = [
-        helper.make_node("MatMul", ["x" if i == 0 else f"h{i}", f"w{i}"], [f"h{i + 1}" if i < 2 else "y"]) for i in range(3)
+        helper.make_node("MatMul", ["x" if i == 0 else f"h{i}", f"w{i}"], [f"h{i + 1}" if i < 2 else "y"])
+        for i in range(3)
     ]
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],

@@ -6,7 +6,13 @@ import pytest
 
 from saom_core.errors import ConfigError
 from saom_core.geometry3d import (
-    CameraIntrinsics, DepthSettings, add_objects3d, box_iou_3d, depth_in_metres, object_from_mask, objects_from_masks,
+    CameraIntrinsics,
+    DepthSettings,
+    add_objects3d,
+    box_iou_3d,
+    depth_in_metres,
+    object_from_mask,
+    objects_from_masks,
 )
 from saom_core.infer.types import Instance, Segmentation
 

@@ -43,6 +43,7 @@ from saom_core.train import distributed
 from saom_core.train.config import load_train_config
 from saom_core.train.prompts import Geometry, build_frame_prompts
 from saom_core.train.trainer import Trainer
+
 from simulated_cuda import CUDA, SimulatedCuda, model_to_simulated_cuda, on_cuda
 
 CLASSES = ClassList.from_dict({"name": "tiny", "classes": ["Mug", "Table", "Ball"]})
@@ -147,7 +148,8 @@ def test_each_rank_binds_its_own_gpu_before_joining(fake_gpus, monkeypatch):
     monkeypatch.setattr(dist, "get_rank", lambda: 2)
     ctx = distributed.init_distributed(resolve_device("auto"))
     assert calls == [("set_device", torch.device("cuda", 2)), ("init", "cpu:gloo,cuda:nccl")]
-    assert (ctx.rank, ctx.local_rank, ctx.world_size, ctx.device, ctx.enabled) == (2, 2, 4, torch.device("cuda", 2), True)
+    got = (ctx.rank, ctx.local_rank, ctx.world_size, ctx.device, ctx.enabled)
+    assert got == (2, 2, 4, torch.device("cuda", 2), True)
 
 
 def test_a_one_process_torchrun_is_a_real_process_group(monkeypatch):
@@ -192,8 +194,8 @@ def test_train_step_and_validation_on_simulated_cuda(rect_dataset, tmp_path, sim
     cfg = load_train_config(None, [
         "model.config=test", f"data.root={rect_dataset}", "data.negatives_per_frame=2", "train.frames_per_step=2",
         "train.device=cuda", "train.amp=off", "train.val_max_frames=2", "train.threads=1", "model.head_input=mask_pool",
-        "model.crop_classifier=true", f"train.cache_embeddings={str(cache).lower()}", f"train.cache_dir={tmp_path}/cache",
-        f"train.trainable={trainable}",
+        "model.crop_classifier=true", f"train.cache_embeddings={str(cache).lower()}",
+        f"train.cache_dir={tmp_path}/cache", f"train.trainable={trainable}",
     ])
     trainer = Trainer(cfg, tmp_path / "run", progress=False)
     assert trainer.device == CUDA and (trainer.cache is not None) == cache
@@ -201,7 +203,7 @@ def test_train_step_and_validation_on_simulated_cuda(rect_dataset, tmp_path, sim
     before = [p.detach().cpu().clone() for p in trainer.model.parameters()]
     metrics = trainer.train_step([trainer.frames[0], trainer.frames[1]])
     assert np.isfinite(metrics["loss"])
-    assert any(not torch.equal(a, p.detach().cpu()) for a, p in zip(before, trainer.model.parameters()))
+    assert any(not torch.equal(a, p.detach().cpu()) for a, p in zip(before, trainer.model.parameters(), strict=True))
     assert all(on_cuda(p) for p in trainer.model.parameters())
     assert trainer.validate()["mIoU"] is not None
 
@@ -209,7 +211,9 @@ def test_train_step_and_validation_on_simulated_cuda(rect_dataset, tmp_path, sim
 def test_generator_and_prompted_segmenter_on_simulated_cuda(fake_gpus):
     fake_gpus(1)
     frame = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
-    config = GeneratorConfig(points_per_side=4, pred_iou_thresh=-1.0, stability_score_thresh=0.0, min_mask_region_area=0)
+    config = GeneratorConfig(
+        points_per_side=4, pred_iou_thresh=-1.0, stability_score_thresh=0.0, min_mask_region_area=0
+    )
     boxes, points = np.array([[2, 2, 30, 30]]), np.array([[10, 12]])
     on_cpu = SaomSegmenter(tiny_model(), config)
     expected = [on_cpu.segment(frame), on_cpu.segment_prompts(frame, boxes=boxes, points=points)]
@@ -217,9 +221,10 @@ def test_generator_and_prompted_segmenter_on_simulated_cuda(fake_gpus):
         on_gpu = SaomSegmenter(model_to_simulated_cuda(tiny_model()), config)
         assert on_gpu.model.device == CUDA and on_gpu.generator.device == CUDA
         got = [on_gpu.segment(frame), on_gpu.segment_prompts(frame, boxes=boxes, points=points)]
-    for a, b in zip(expected, got):
+    for a, b in zip(expected, got, strict=True):
         assert len(a.instances) == len(b.instances) > 0
-        assert all(np.array_equal(x.mask, y.mask) and x.class_id == y.class_id for x, y in zip(a.instances, b.instances))
+        pairs = zip(a.instances, b.instances, strict=True)
+        assert all(np.array_equal(x.mask, y.mask) and x.class_id == y.class_id for x, y in pairs)
 
 
 def test_point_evaluation_refuses_a_model_on_another_device(rect_dataset, fake_gpus):
@@ -227,7 +232,9 @@ def test_point_evaluation_refuses_a_model_on_another_device(rect_dataset, fake_g
 
     fake_gpus(1)
     with pytest.raises(ValueError, match="models .*'model': 'cpu'"):
-        evaluate_points({"model": tiny_model()}, SaomDataset(rect_dataset, split="val"), 4, device="cuda", progress=False)
+        evaluate_points(
+            {"model": tiny_model()}, SaomDataset(rect_dataset, split="val"), 4, device="cuda", progress=False
+        )
 
 
 def test_load_model_resolves_its_device(tmp_path, monkeypatch):
@@ -249,8 +256,10 @@ def gpu_check(monkeypatch):
 
 
 def test_gpu_check_records_failed_and_skipped_steps(gpu_check, tmp_path):
-    header = {"device": "cpu", "quick": True, "machine": "m", "torch": "t", "python": "p", "started": "s", "commit": "c",
-              "unpacked_wheels": []}
+    header = {
+        "device": "cpu", "quick": True, "machine": "m", "torch": "t", "python": "p", "started": "s", "commit": "c",
+        "unpacked_wheels": [],
+    }
     runner = gpu_check.Runner(tmp_path, dict(os.environ), header)
 
     def broken() -> dict:
@@ -287,8 +296,8 @@ def test_gpu_check_unpacks_only_the_wheels_the_machine_lacks(gpu_check, tmp_path
 def test_cuda_frame_prompts_with_masks_on_the_gpu():
     masks, class_ids = two_objects()
     prompts = build_frame_prompts(
-        torch.randn(4, 8, 8, device="cuda"), masks.cuda(), class_ids, grid_points(8, 64, 64), Geometry((64, 64), 64, 16),
-        "nearest_neighbour", 2, 32, np.random.default_rng(0),
+        torch.randn(4, 8, 8, device="cuda"), masks.cuda(), class_ids, grid_points(8, 64, 64),
+        Geometry((64, 64), 64, 16), "nearest_neighbour", 2, 32, np.random.default_rng(0),
     )
     assert prompts.mask_targets.is_cuda and sorted(prompts.class_ids[prompts.positive].tolist()) == [1, 3]
 
@@ -297,12 +306,13 @@ def test_cuda_frame_prompts_with_masks_on_the_gpu():
 def test_cuda_training_resumes_and_checkpoints_load_on_the_cpu(rect_dataset, tmp_path):
     overrides = [
         "model.config=test", f"data.root={rect_dataset}", "train.frames_per_step=2", "train.device=cuda",
-        "train.checkpoint_every=2", "train.val_max_frames=2", "model.head_input=mask_pool", "model.crop_classifier=true",
-        "train.trainable=[all]", "train.cache_embeddings=false",
+        "train.checkpoint_every=2", "train.val_max_frames=2", "model.head_input=mask_pool",
+        "model.crop_classifier=true", "train.trainable=[all]", "train.cache_embeddings=false",
     ]
     straight = Trainer(load_train_config(None, [*overrides, "train.max_steps=4"]), tmp_path / "a", progress=False).fit()
     Trainer(load_train_config(None, [*overrides, "train.max_steps=2"]), tmp_path / "b", progress=False).fit()
-    resumed = Trainer(load_train_config(None, [*overrides, "train.max_steps=4"]), tmp_path / "b", resume=True, progress=False).fit()
+    longer = load_train_config(None, [*overrides, "train.max_steps=4"])
+    resumed = Trainer(longer, tmp_path / "b", resume=True, progress=False).fit()
     assert straight.steps == resumed.steps == 4
     cpu_model = load_model(resumed.last_checkpoint, device="cpu")
     assert cpu_model.device == torch.device("cpu")
@@ -315,7 +325,9 @@ def test_cuda_training_resumes_and_checkpoints_load_on_the_cpu(rect_dataset, tmp
 def test_cuda_generator_agrees_with_the_cpu(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # the same fp32 arithmetic as the CPU
     frame = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
-    config = GeneratorConfig(points_per_side=8, pred_iou_thresh=-1.0, stability_score_thresh=0.0, min_mask_region_area=0)
+    config = GeneratorConfig(
+        points_per_side=8, pred_iou_thresh=-1.0, stability_score_thresh=0.0, min_mask_region_area=0
+    )
     cpu = EverythingGenerator(tiny_model(crop_classifier=False), config).generate(frame)
     gpu = EverythingGenerator(tiny_model(crop_classifier=False).cuda(), config).generate(frame)
     stack = lambda seg: np.stack([i.mask for i in seg.instances]) if seg.instances else np.zeros((0, 48, 64), bool)  # noqa: E731
@@ -334,7 +346,8 @@ def test_cuda_onnx_export_from_a_gpu_model(tmp_path):
     image = torch.randn(1, 3, model.config.image_size, model.config.image_size)
     with torch.no_grad():
         expected = model.encode(image.cuda()).cpu().numpy()
-    got = ort.InferenceSession(str(paths["encoder"]), providers=["CPUExecutionProvider"]).run(None, {"image": image.numpy()})[0]
+    session = ort.InferenceSession(str(paths["encoder"]), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"image": image.numpy()})[0]
     assert np.abs(got - expected).max() <= 1e-2 * np.abs(expected).max()
 
 

@@ -16,7 +16,7 @@ def _write_raw_frame(folder, frame, scene: str, index: int, extra_meta=None) -> 
     (folder / "masks").mkdir(parents=True)
     Image.fromarray(frame.image).save(folder / "image.png")
     objects = []
-    for k, (mask, label) in enumerate(zip(frame.masks, frame.labels)):
+    for k, (mask, label) in enumerate(zip(frame.masks, frame.labels, strict=True)):
         Image.fromarray(mask.astype(np.uint8) * 255).save(folder / "masks" / f"{k}.png")
         objects.append({"mask": f"masks/{k}.png", "label": label})
     meta = {"scene": scene, "frame_index": index, "objects": objects, **(extra_meta or {})}

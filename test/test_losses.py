@@ -71,6 +71,8 @@ def test_loss_does_not_grow_with_the_number_of_objects():
         targets = torch.zeros(n, 4, 4)
         targets[:, :2, :2] = 1
         out = DecoderOutput(low_res, torch.zeros(n, 3), torch.zeros(n, 3, 4))
-        return saom_loss(out, targets, torch.ones(n, dtype=torch.long), torch.ones(n, dtype=torch.bool), LossWeights()).total.item()
+        return saom_loss(
+            out, targets, torch.ones(n, dtype=torch.long), torch.ones(n, dtype=torch.bool), LossWeights()
+        ).total.item()
 
     assert loss_for(1) == pytest.approx(loss_for(9))

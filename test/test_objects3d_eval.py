@@ -20,7 +20,7 @@ def trajectory(tmp_path_factory):
 def _perfect(sample) -> Segmentation:
     h, w = sample.image.shape[:2]
     return Segmentation(h, w, [Instance(m, (0, 0, 1, 1), int(c), n, 1.0, 1.0, 1.0)
-                               for m, c, n in zip(sample.masks, sample.class_ids, sample.labels)])
+                               for m, c, n in zip(sample.masks, sample.class_ids, sample.labels, strict=True)])
 
 
 def test_perfect_masks_score_as_ground_truth_masks_and_track_well(trajectory):
@@ -58,5 +58,7 @@ def test_match_masks_is_one_to_one_at_iou_half():
 
 def test_ground_truth_box_of_a_turned_box_without_recorded_aabb():
     quarter_turn_about_z = [0.0, 0.0, np.sin(np.pi / 4), np.cos(np.pi / 4)]
-    centre, lo, hi = ground_truth_box({"position": [0, 0, 2], "orientation": quarter_turn_about_z, "extents": [0.4, 0.2, 0.1]})
+    centre, lo, hi = ground_truth_box(
+        {"position": [0, 0, 2], "orientation": quarter_turn_about_z, "extents": [0.4, 0.2, 0.1]}
+    )
     assert np.allclose(hi - lo, [0.2, 0.4, 0.1]) and np.allclose(centre, [0, 0, 2])

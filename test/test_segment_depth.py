@@ -32,5 +32,7 @@ def test_segment_writes_3d_results(tmp_path):
     assert all("object3d" not in i for i in json.loads(without[0].json.read_text())["instances"])
     with pytest.raises(ConfigError, match="one depth image per image"):
         segment_files(FakeSegmenter(), [tmp_path / "rgb.png"], tmp_path / "x", depths=[], camera=camera)
-    bad = segment_files(FakeSegmenter(), [tmp_path / "rgb.png"], tmp_path / "y", depths=[tmp_path / "none.png"], camera=camera)
+    bad = segment_files(
+        FakeSegmenter(), [tmp_path / "rgb.png"], tmp_path / "y", depths=[tmp_path / "none.png"], camera=camera
+    )
     assert "not a readable depth image" in bad[0].error

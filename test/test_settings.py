@@ -43,8 +43,10 @@ def test_validate_names_the_bad_value(values, message):
 
 
 def test_validate_normalises():
-    settings = SegmenterSettings.from_values({"device": " CUDA:1 ", "keep_classes": ["mug", " bottle"], "points_per_side": 16.0,
-                                              "pred_iou_thresh": 1, "max_input_size": 0, "half": "true"})
+    settings = SegmenterSettings.from_values({
+        "device": " CUDA:1 ", "keep_classes": ["mug", " bottle"], "points_per_side": 16.0, "pred_iou_thresh": 1,
+        "max_input_size": 0, "half": "true",
+    })
     assert settings.device == "cuda:1" and settings.keep_classes == ("mug", "bottle") and settings.half is True
     assert settings.points_per_side == 16 and isinstance(settings.points_per_side, int)
     assert settings.pred_iou_thresh == 1.0 and isinstance(settings.pred_iou_thresh, float)
@@ -56,7 +58,8 @@ def test_unset_thresholds_take_the_tuned_then_the_papers():
     assert settings.thresholds(tuned) == Thresholds(0.4, 0.9, 0.25, 60)
     assert settings.thresholds() == Thresholds(stability_score_thresh=0.9)
     config = generator_config(settings, tuned)
-    assert (config.points_per_side, config.keep_classes, config.pred_iou_thresh, config.stability_score_thresh) == (8, ["mug"], 0.4, 0.9)
+    got = (config.points_per_side, config.keep_classes, config.pred_iou_thresh, config.stability_score_thresh)
+    assert got == (8, ["mug"], 0.4, 0.9)
     assert generator_config(SegmenterSettings()).keep_classes is None  # empty: every class
     paper = GeneratorConfig()
     assert {n: getattr(paper, n) for n in THRESHOLD_NAMES} == Thresholds().values() == {
@@ -83,14 +86,20 @@ def test_cli_options_are_the_schema():
     generated = set(options) - own
     assert generated == {f.name for f in fields(SegmenterSettings)}
     args = build_parser().parse_args(["segment", "--checkpoint", "m.pt", "--out", "o", "a.png"])
-    assert SegmenterSettings.from_values({f.name: getattr(args, f.name) for f in fields(SegmenterSettings)}) == SegmenterSettings()
-    args = build_parser().parse_args(["bag", "--checkpoint", "m.pt", "--topic", "t", "in", "out", "--stability-thresh", "0.5",
-                                      "--min-region-area", "0", "--keep-classes", "mug", "bottle", "--half"])
-    assert (args.stability_score_thresh, args.min_mask_region_area, args.keep_classes, args.half) == (0.5, 0, ["mug", "bottle"], True)
+    values = {f.name: getattr(args, f.name) for f in fields(SegmenterSettings)}
+    assert SegmenterSettings.from_values(values) == SegmenterSettings()
+    args = build_parser().parse_args([
+        "bag", "--checkpoint", "m.pt", "--topic", "t", "in", "out", "--stability-thresh", "0.5",
+        "--min-region-area", "0", "--keep-classes", "mug", "bottle", "--half",
+    ])
+    got = (args.stability_score_thresh, args.min_mask_region_area, args.keep_classes, args.half)
+    assert got == (0.5, 0, ["mug", "bottle"], True)
 
 
 def test_cli_refuses_a_bad_value_before_loading(tmp_path, capsys):
-    rc = main(["segment", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path), "a.png", "--points-per-side", "0"])
+    rc = main([
+        "segment", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path), "a.png", "--points-per-side", "0",
+    ])
     assert rc == 2 and "points_per_side: 0 is out of range [1, 256]" in capsys.readouterr().err
 
 
@@ -108,7 +117,9 @@ def test_node_parameters_are_the_schema():
 
 def test_config_yaml_is_generated_from_the_schema():
     text = (REPO / "config" / "saom.yaml").read_text(encoding="utf-8")
-    assert text == node_params.params_yaml(), "config/saom.yaml is stale: run python -m saom_ros.params --write-yaml config/saom.yaml"
+    assert text == node_params.params_yaml(), (
+        "config/saom.yaml is stale: run python -m saom_ros.params --write-yaml config/saom.yaml"
+    )
     raw = node_params.load_params_file(REPO / "config" / "saom.yaml")
     for f in fields(SegmenterSettings):
         if f.default is None:
@@ -144,7 +155,9 @@ def test_segmenter_apply_changes_per_frame_settings_only():
     tuned = Thresholds(pred_iou_thresh=0.4)
     model = build_model(get_config("test"), ClassList.from_yaml("pybullet"))
     segmenter = SaomSegmenter(model, generator_config(SegmenterSettings(), tuned), max_input_size=64, tuned=tuned)
-    segmenter.apply(SegmenterSettings(points_per_side=4, box_nms_thresh=0.5, keep_classes=(model.class_names[1],), compile=True))
+    segmenter.apply(
+        SegmenterSettings(points_per_side=4, box_nms_thresh=0.5, keep_classes=(model.class_names[1],), compile=True)
+    )
     config = segmenter.generator.config
     assert (config.points_per_side, config.pred_iou_thresh, config.box_nms_thresh) == (4, 0.4, 0.5)
     assert config.keep_classes == [model.class_names[1]] and config.compile is False and segmenter.max_input_size == 64

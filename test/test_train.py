@@ -66,7 +66,11 @@ def test_resume_after_a_crash_continues_exactly(rect_dataset, tmp_path, monkeypa
 def test_outputs_of_a_run(rect_dataset, tmp_path):
     result = Trainer(config(rect_dataset), tmp_path / "run", progress=False).fit()
     run = tmp_path / "run"
-    for name in ("config.yaml", "metrics.csv", "val_history.json", "checkpoints/init.pt", "checkpoints/last.pt", "checkpoints/best.pt"):
+    files = (
+        "config.yaml", "metrics.csv", "val_history.json",
+        "checkpoints/init.pt", "checkpoints/last.pt", "checkpoints/best.pt",
+    )
+    for name in files:
         assert (run / name).exists(), name
     assert list((run / "tb").iterdir()), "TensorBoard events written"
     model = load_model(result.best_checkpoint)
@@ -104,7 +108,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(rect_dataset, 
 
 def test_frozen_encoder_uses_the_embedding_cache(rect_dataset, tmp_path):
     cache = tmp_path / "cache"
-    overrides = ("train.trainable=[mask_decoder, classifier]", "train.cache_embeddings=true", f"train.cache_dir={cache}")
+    overrides = (
+        "train.trainable=[mask_decoder, classifier]", "train.cache_embeddings=true", f"train.cache_dir={cache}",
+    )
     Trainer(config(rect_dataset, *overrides), tmp_path / "a", progress=False).fit()
     files = sorted(cache.rglob("*.pt"))
     assert files, "embeddings were cached"
@@ -130,10 +136,14 @@ def test_time_budget_stops_training_validates_and_counts_over_resumes(rect_datas
 def test_crop_head_trains_with_and_without_the_embedding_cache(rect_dataset, tmp_path, cached):
     overrides = ["model.head_input=mask_pool", "model.crop_classifier=true"]
     if cached:
-        overrides += ["train.trainable=[mask_decoder, classifier]", "train.cache_embeddings=true", f"train.cache_dir={tmp_path / 'cache'}"]
+        overrides += [
+            "train.trainable=[mask_decoder, classifier]", "train.cache_embeddings=true",
+            f"train.cache_dir={tmp_path / 'cache'}",
+        ]
     result = Trainer(config(rect_dataset, *overrides), tmp_path / "run", progress=False).fit()
     init, last = weights(tmp_path / "run/checkpoints/init.pt"), weights(result.last_checkpoint)
-    assert any(not torch.equal(init[k], last[k]) for k in init if k.startswith("crop_classifier.")), "the crop CNN trained"
+    crop_keys = [k for k in init if k.startswith("crop_classifier.")]
+    assert any(not torch.equal(init[k], last[k]) for k in crop_keys), "the crop CNN trained"
     assert load_model(result.last_checkpoint).crop_classifier is not None
     rows = (tmp_path / "run/metrics.csv").read_text().splitlines()
     ce_crop = [float(r.split(",")[7]) for r in rows[1:]]
@@ -141,7 +151,10 @@ def test_crop_head_trains_with_and_without_the_embedding_cache(rect_dataset, tmp
 
 
 def test_cli_config_errors_are_one_line(rect_dataset, tmp_path, capsys):
-    code = cli_main(["train", "--config", "config/train_tiny.yaml", "--data", str(rect_dataset), "--out", str(tmp_path / "r"), "train.max_step=3"])
+    code = cli_main([
+        "train", "--config", "config/train_tiny.yaml", "--data", str(rect_dataset), "--out", str(tmp_path / "r"),
+        "train.max_step=3",
+    ])
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and "unknown key 'max_step' (did you mean 'max_steps'?)" in err
@@ -173,7 +186,9 @@ def _free_port() -> int:
 
 
 def _ddp_worker(rank: int, port: int, data: str, out: str, mode: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     cfg = config(Path(data), "train.max_steps=3", "train.checkpoint_every=100")
     trainer = Trainer(cfg, Path(out) / mode, progress=False)

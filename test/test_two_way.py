@@ -17,7 +17,9 @@ def test_same_outputs_as_the_library_forward():
     pe = torch.randn(1, dim, side, side)
     tokens = torch.randn(prompts, 7, dim)
     with torch.no_grad():
-        expected_tokens, expected_image = transformer(frame.expand(prompts, -1, -1, -1), pe.expand(prompts, -1, -1, -1), tokens)
+        expected_tokens, expected_image = transformer(
+            frame.expand(prompts, -1, -1, -1), pe.expand(prompts, -1, -1, -1), tokens
+        )
         got_tokens, got_image = one_frame_two_way(transformer, frame, pe, tokens)
     assert got_tokens.shape == expected_tokens.shape and got_image.shape == expected_image.shape
     torch.testing.assert_close(got_tokens, expected_tokens, rtol=1e-5, atol=1e-5)

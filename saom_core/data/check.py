@@ -45,16 +45,24 @@ class DatasetReport:
             cells = " | ".join(f"{counter[s]:>7}" for s in SPLITS)
             lines.append(f"| {title:<16} | {cells} | {sum(counter.values()):>7} |")
         lines += ["", "Masks per class (paper Table 2)", ""]
-        lines.append(f"| {'type':<11} | {'size':<12} | {'class':<20} | " + " | ".join(f"{s:>6}" for s in SPLITS) + " |  Total |")
-        lines.append("|" + "-" * 13 + "|" + "-" * 14 + "|" + "-" * 22 + "|" + "|".join("-" * 8 for _ in SPLITS) + "|--------|")
+        lines.append(
+            f"| {'type':<11} | {'size':<12} | {'class':<20} | " + " | ".join(f"{s:>6}" for s in SPLITS) + " |  Total |"
+        )
+        lines.append(
+            "|" + "-" * 13 + "|" + "-" * 14 + "|" + "-" * 22 + "|" + "|".join("-" * 8 for _ in SPLITS) + "|--------|"
+        )
         for cls in sorted(dataset.classes.classes, key=lambda c: (c.type, c.size, c.name)):
             counts = self.per_class[cls.name]
             cells = " | ".join(f"{counts[s]:>6}" for s in SPLITS)
             lines.append(f"| {cls.type:<11} | {cls.size:<12} | {cls.name:<20} | {cells} | {sum(counts.values()):>6} |")
         sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sorted(self.frame_sizes.items()))
-        lines += ["", f"frame sizes: {sizes}", f"classes present: {len(self.classes_present)} of {len(dataset.classes.classes)}",
-                  f"depth: {self.depth_frames} of {self.total_images} frames; 3D ground truth: {self.objects3d} of "
-                  f"{sum(self.masks.values())} masks"]
+        lines += [
+            "",
+            f"frame sizes: {sizes}",
+            f"classes present: {len(self.classes_present)} of {len(dataset.classes.classes)}",
+            f"depth: {self.depth_frames} of {self.total_images} frames; 3D ground truth: {self.objects3d} of "
+            f"{sum(self.masks.values())} masks",
+        ]
         return "\n".join(lines)
 
 
@@ -105,16 +113,27 @@ def _check_object3d(ann: dict) -> None:
     where = f"annotation {ann['id']} (image {ann['image_id']}): object3d"
     lengths = {"position": 3, "orientation": 4, "extents": 3}
     if not isinstance(obj, dict) or any(
-        not isinstance(obj.get(key), list) or len(obj[key]) != n or not all(isinstance(v, (int, float)) for v in obj[key])
+        not isinstance(obj.get(key), list)
+        or len(obj[key]) != n
+        or not all(isinstance(v, (int, float)) for v in obj[key])
         for key, n in lengths.items()
     ):
         raise DatasetError(f"{where} needs position [3], orientation [4] (x, y, z, w) and extents [3] numbers")
     if not all(math.isfinite(v) for key in lengths for v in obj[key]) or min(obj["extents"]) <= 0:
         raise DatasetError(f"{where} has a non-finite value or a non-positive extent: {obj}")
     lo, hi = obj.get("aabb_min"), obj.get("aabb_max")
-    if (lo is None) != (hi is None) or (lo is not None and (
-            len(lo) != 3 or len(hi) != 3 or not all(isinstance(a, (int, float)) and isinstance(b, (int, float)) and a < b
-                                                    for a, b in zip(lo, hi)))):
+    if (lo is None) != (hi is None) or (
+        lo is not None
+        and hi is not None
+        and (
+            len(lo) != 3
+            or len(hi) != 3
+            or not all(
+                isinstance(a, (int, float)) and isinstance(b, (int, float)) and a < b
+                for a, b in zip(lo, hi, strict=True)
+            )
+        )
+    ):
         raise DatasetError(f"{where}: aabb_min/aabb_max must both be 3 numbers with min < max, got {lo}, {hi}")
     if abs(math.sqrt(sum(v * v for v in obj["orientation"])) - 1.0) > 1e-3:
         raise DatasetError(f"{where}: orientation is not a unit quaternion: {obj['orientation']}")

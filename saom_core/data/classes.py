@@ -5,9 +5,10 @@ the COCO `category_id` in a dataset, so class ids never need remapping between d
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
@@ -72,7 +73,7 @@ class ClassList:
         return {"name": self.name, "classes": [vars(c).copy() for c in self.classes]}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> "ClassList":
+    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> ClassList:
         if not isinstance(data, dict) or "classes" not in data:
             raise ConfigError(f"{source}: a class list needs a 'classes' list")
         entries = []
@@ -93,7 +94,7 @@ class ClassList:
         return cls(name=str(data.get("name", Path(source).stem)), classes=tuple(entries))
 
     @classmethod
-    def from_yaml(cls, name_or_path: str | Path) -> "ClassList":
+    def from_yaml(cls, name_or_path: str | Path) -> ClassList:
         """Load `config/classes_<name>.yaml` or an explicit YAML path."""
         path = resolve_config(name_or_path, prefix="classes_")
         if not path.is_file():
@@ -105,7 +106,7 @@ class ClassList:
         return cls.from_dict(data, source=str(path))
 
     @classmethod
-    def from_categories(cls, name: str, categories: Iterable[dict[str, Any]]) -> "ClassList":
+    def from_categories(cls, name: str, categories: Iterable[dict[str, Any]]) -> ClassList:
         """Rebuild the list from a dataset's COCO categories (ids must be 1..C in order)."""
         cats = sorted(categories, key=lambda c: c["id"])
         if [c["id"] for c in cats] != list(range(1, len(cats) + 1)):
@@ -113,7 +114,9 @@ class ClassList:
         return cls(
             name=name,
             classes=tuple(
-                ObjectClass(c["name"], c.get("saom_type", c.get("supercategory", "other")), c.get("saom_size", "medium"))
+                ObjectClass(
+                    c["name"], c.get("saom_type", c.get("supercategory", "other")), c.get("saom_size", "medium")
+                )
                 for c in cats
             ),
         )

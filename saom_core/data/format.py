@@ -20,9 +20,10 @@ import json
 import math
 import re
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -135,7 +136,7 @@ class DatasetWriter:
                     handle.write(encode_depth_png(frame.depth))
                 record_extra["depth_file_name"] = depth_name
             annotations = []
-            for k, (mask, label) in enumerate(zip(frame.masks, frame.labels)):
+            for k, (mask, label) in enumerate(zip(frame.masks, frame.labels, strict=True)):
                 self.class_list.index(label)  # unknown class -> clear error now, not at training time
                 rle = rle_utils.encode(mask)
                 annotations.append(

@@ -82,7 +82,8 @@ def import_raw(raw_root: str | Path, out: str | Path, class_list: ClassList, sim
         scene, index, frame = read_raw_frame(folder, class_list)
         if (scene, index) in seen:
             raise DatasetError(
-                f"{folder / 'meta.json'}: scene '{scene}' frame_index {index} is also in {seen[scene, index] / 'meta.json'}"
+                f"{folder / 'meta.json'}: scene '{scene}' frame_index {index} is also in "
+                f"{seen[scene, index] / 'meta.json'}"
             )
         seen[scene, index] = folder
         scenes[scene].append((index, frame))

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -183,7 +184,10 @@ def _validate_structure(path: Path, coco: dict[str, Any]) -> None:
     scenes_per_split: dict[str, set[str]] = defaultdict(set)
     for img in coco["images"]:
         scenes_per_split[img["saom"]["split"]].add(str(img["saom"].get("scene")))
-    shared = [(a, b, scenes_per_split[a] & scenes_per_split[b]) for a, b in (("train", "val"), ("train", "test"), ("val", "test"))]
+    shared = [
+        (a, b, scenes_per_split[a] & scenes_per_split[b])
+        for a, b in (("train", "val"), ("train", "test"), ("val", "test"))
+    ]
     for a, b, both in shared:
         if both:
             raise DatasetError(f"corrupt {path}: scenes {sorted(both)[:5]} appear in both {a} and {b}")

@@ -50,7 +50,7 @@ def match_masks(predicted: np.ndarray, truth: np.ndarray, threshold: float = MAT
         return []
     iou = iou_matrix(predicted, truth)
     rows, cols = linear_sum_assignment(-iou)
-    return [(int(r), int(c)) for r, c in zip(rows, cols) if iou[r, c] >= threshold]
+    return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if iou[r, c] >= threshold]
 
 
 @dataclass
@@ -140,25 +140,28 @@ class Objects3DEvaluation:
         camera = CameraIntrinsics(*sample.intrinsics) if sample.intrinsics else None
         if sample.depth is None or camera is None:
             return
-        truth = [k for k, obj in enumerate(sample.objects3d) if obj is not None]
+        known = {k: obj for k, obj in enumerate(sample.objects3d) if obj is not None}
+        truth = list(known)
         self.predicted.objects += len(truth)
         self.ground_truth_masks.objects += len(truth)
         for k in truth:
             mask_obj = object_from_mask(sample.masks[k], sample.depth, camera, self.depth)
-            self.ground_truth_masks.add(mask_obj, sample.objects3d[k], sample.masks[k])
-        predicted_masks = np.stack([i.mask for i in seg.instances]) if seg.instances else np.zeros((0, *sample.masks.shape[1:]), bool)
+            self.ground_truth_masks.add(mask_obj, known[k], sample.masks[k])
+        predicted_masks = (
+            np.stack([i.mask for i in seg.instances]) if seg.instances else np.zeros((0, *sample.masks.shape[1:]), bool)
+        )
         objects = [object_from_mask(m, sample.depth, camera, self.depth) for m in predicted_masks]
         for p, t in match_masks(predicted_masks, sample.masks[truth] if truth else sample.masks[:0]):
-            self.predicted.add(objects[p], sample.objects3d[truth[t]], sample.masks[truth[t]])
+            self.predicted.add(objects[p], known[truth[t]], sample.masks[truth[t]])
         if "trajectory_step" in sample.meta and "instance_ids" in sample.meta:
             scene = str(sample.meta.get("scene"))
-            for inst, obj in zip(seg.instances, objects):
+            for inst, obj in zip(seg.instances, objects, strict=True):
                 inst.object3d = obj
             self.tracking.add(scene, seg, sample.masks, sample.meta["instance_ids"])
             gt_seg = Segmentation(sample.masks.shape[1], sample.masks.shape[2], [
                 Instance(mask, (0, 0, 0, 0), int(cls), name, 1.0, 1.0, 1.0,
                          object3d=object_from_mask(mask, sample.depth, camera, self.depth))
-                for mask, cls, name in zip(sample.masks, sample.class_ids, sample.labels)])
+                for mask, cls, name in zip(sample.masks, sample.class_ids, sample.labels, strict=True)])
             self.tracking_gt.add(scene, gt_seg, sample.masks, sample.meta["instance_ids"])
 
     def result(self) -> dict[str, Any]:
@@ -181,9 +184,12 @@ def format_markdown(result: dict[str, Any], frames: int) -> list[str]:
         "| metric | SAOM masks | ground-truth masks |",
         "|---|---:|---:|",
         f"| objects matched at mask IoU >= 0.5 (of {pred['objects']}) | {pred['matched']} | {gt['matched']} |",
-        f"| fraction of matched objects with a 3D result | {num(pred['fraction_with_3d'], 3)} | {num(gt['fraction_with_3d'], 3)} |",
-        f"| median 3D centroid error (cm) | {num(pred['median_centroid_error_cm'])} | {num(gt['median_centroid_error_cm'])} |",
-        f"| 90th percentile 3D centroid error (cm) | {num(pred['p90_centroid_error_cm'])} | {num(gt['p90_centroid_error_cm'])} |",
+        f"| fraction of matched objects with a 3D result | {num(pred['fraction_with_3d'], 3)} | "
+        f"{num(gt['fraction_with_3d'], 3)} |",
+        f"| median 3D centroid error (cm) | {num(pred['median_centroid_error_cm'])} | "
+        f"{num(gt['median_centroid_error_cm'])} |",
+        f"| 90th percentile 3D centroid error (cm) | {num(pred['p90_centroid_error_cm'])} | "
+        f"{num(gt['p90_centroid_error_cm'])} |",
         f"| mean 3D box IoU | {num(pred['mean_box_iou'], 3)} | {num(gt['mean_box_iou'], 3)} |",
         f"| objects wholly in view (not cut by the image border) | {pred['not_truncated']} | {gt['not_truncated']} |",
         f"| median 3D centroid error, wholly in view (cm) | {num(pred['median_centroid_error_cm_not_truncated'])} | "
@@ -195,7 +201,8 @@ def format_markdown(result: dict[str, Any], frames: int) -> list[str]:
     if track is not None:
         lines += [
             "",
-            f"Tracking on {track['scenes']} trajectory scenes, {track['frames']} frames (motmetrics; match at mask IoU >= 0.5):",
+            f"Tracking on {track['scenes']} trajectory scenes, {track['frames']} frames "
+            "(motmetrics; match at mask IoU >= 0.5):",
             "",
             "| metric | SAOM masks | ground-truth masks |",
             "|---|---:|---:|",

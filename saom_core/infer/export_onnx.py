@@ -86,7 +86,7 @@ class OnnxDecoder(nn.Module):
             dense_prompt_embeddings=pe.no_mask_embed.weight.reshape(1, -1, 1, 1),  # broadcasts over P
         )
         multimask = slice(1, None)  # decode(multimask_output=True): SAM's 3 multimask outputs
-        outputs = (masks[:, multimask], iou_pred[:, multimask])
+        outputs: tuple[torch.Tensor, ...] = (masks[:, multimask], iou_pred[:, multimask])
         if self.model.classifier is not None:
             outputs += (self.model.classifier(iou_token_out, mask_tokens_out, masks, image_embeddings)[:, multimask],)
         return outputs
@@ -139,15 +139,15 @@ def export_onnx(
         dynamic_axes = {"point_coords": prompt_axes, "point_labels": prompt_axes}
         dynamic_axes |= {name: {0: "num_prompts"} for name in output_names}
         decoder_args = (embeddings, coords, labels)
-        _export(OnnxDecoder(model), decoder_args, tmp / "decoder" / DECODER_FILE, opset, list(DECODER_INPUTS), output_names,
-                dynamic_axes)
+        _export(OnnxDecoder(model), decoder_args, tmp / "decoder" / DECODER_FILE, opset, list(DECODER_INPUTS),
+                output_names, dynamic_axes)
         files = _single_data_file(tmp / "encoder", ENCODER_FILE) + _single_data_file(tmp / "decoder", DECODER_FILE)
         if model.crop_classifier is not None:
             low = model.config.low_res_size
             masks = torch.zeros(2, low, low, device=device)
             masks[:, low // 4 : low // 2, low // 4 : low // 2] = 1.0
-            _export(model.crop_classifier, (image, masks), tmp / "classifier" / CLASSIFIER_FILE, opset, ["image", "masks"],
-                    ["class_logits"], {"masks": {0: "num_masks"}, "class_logits": {0: "num_masks"}})
+            _export(model.crop_classifier, (image, masks), tmp / "classifier" / CLASSIFIER_FILE, opset,
+                    ["image", "masks"], ["class_logits"], {"masks": {0: "num_masks"}, "class_logits": {0: "num_masks"}})
             files += [tmp / "classifier" / CLASSIFIER_FILE]
         metadata = export_metadata(model, opset, checkpoint)
         metadata["files"]["external_data"] = sorted(p.name for p in files if p.suffix == ".data")
@@ -238,7 +238,7 @@ def export_metadata(model: SaomModel, opset: int, checkpoint: str | Path) -> dic
                 "0 = background (not an object of interest)"
             ),
         }
-    metadata = {
+    metadata: dict[str, Any] = {
         "format": "saom_onnx",
         "format_version": 1,
         "saom_version": __version__,
@@ -255,7 +255,7 @@ def export_metadata(model: SaomModel, opset: int, checkpoint: str | Path) -> dic
         "pixel_std": [float(v) for v in model.pixel_std.flatten()],
         "mask_threshold": float(model.mask_threshold),
         "has_class_head": has_head,
-        "head_input": model.classifier.head_input if has_head else None,
+        "head_input": model.classifier.head_input if model.classifier is not None else None,
         "class_names": class_names,
         "preprocess": [
             "frame: H x W x 3 uint8 RGB, as float32 0..255",
@@ -296,7 +296,10 @@ def export_metadata(model: SaomModel, opset: int, checkpoint: str | Path) -> dic
         metadata["files"]["classifier"] = CLASSIFIER_FILE
         metadata["classifier"] = {
             "inputs": {
-                "image": {"shape": [1, 3, size, size], "dtype": "float32", "meaning": "the encoder's input, as prepared for it"},
+                "image": {
+                    "shape": [1, 3, size, size], "dtype": "float32",
+                    "meaning": "the encoder's input, as prepared for it",
+                },
                 "masks": {
                     "shape": ["num_masks", low, low], "dtype": "float32",
                     "meaning": "sigmoid of the low_res_logits of each mask to label (e.g. the ones kept after NMS)",

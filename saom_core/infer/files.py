@@ -1,9 +1,9 @@
 """`saom segment`: image files in, overlay PNG + JSON (COCO RLE, class, scores) out, per image."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -100,7 +100,7 @@ def segment_files(segmenter: SaomSegmenter, paths: Iterable[str | Path], out_dir
         try:
             image = read_image(path)
             seg = segmenter.segment(image)
-            if depths is not None:
+            if depths is not None and camera is not None:  # checked above: depths come with a camera
                 add_objects3d(seg, read_depth(depths[index], depth_scale), camera)
         except SaomError as exc:
             outcomes.append(SegmentOutcome(path, error=str(exc)))

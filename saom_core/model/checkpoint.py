@@ -107,7 +107,9 @@ def load_sam_weights(model: SaomModel, path: str | Path) -> None:
     _load_state(model, state_dict, path, allow_missing_prefixes=("classifier.", "crop_classifier."))
 
 
-def _load_state(model: SaomModel, state_dict: dict[str, Any], path: str | Path, allow_missing_prefixes: tuple[str, ...] = ()) -> None:
+def _load_state(
+    model: SaomModel, state_dict: dict[str, Any], path: str | Path, allow_missing_prefixes: tuple[str, ...] = ()
+) -> None:
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict and not k.startswith(allow_missing_prefixes)]
     unexpected = [k for k in state_dict if k not in own]
@@ -175,7 +177,9 @@ def model_from_checkpoint(data: dict[str, Any], path: str | Path, config: str | 
     return model
 
 
-def load_checkpoint(path: str | Path, config: str | SamConfig | None = None, device: str | torch.device = "cpu") -> LoadedCheckpoint:
+def load_checkpoint(
+    path: str | Path, config: str | SamConfig | None = None, device: str | torch.device = "cpu"
+) -> LoadedCheckpoint:
     """A SAOM checkpoint, or an official SAM checkpoint as vanilla SAM (no class head), in eval mode
     on `device` (any name `saom_core.device.resolve_device` takes), with its metadata (the thresholds
     tuned for it). The file is read to the CPU first, so a checkpoint written on a GPU loads anywhere."""
@@ -185,7 +189,9 @@ def load_checkpoint(path: str | Path, config: str | SamConfig | None = None, dev
     return LoadedCheckpoint(model_from_checkpoint(data, path, config).to(target).eval(), info)
 
 
-def load_model(path: str | Path, config: str | SamConfig | None = None, device: str | torch.device = "cpu") -> SaomModel:
+def load_model(
+    path: str | Path, config: str | SamConfig | None = None, device: str | torch.device = "cpu"
+) -> SaomModel:
     """The network of `load_checkpoint` alone (for uses that need no tuned settings)."""
     return load_checkpoint(path, config, device).model
 

@@ -44,7 +44,7 @@ class SamConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SamConfig":
+    def from_dict(cls, data: dict[str, Any]) -> SamConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:

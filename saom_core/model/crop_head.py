@@ -13,6 +13,8 @@ NMS, not all 1024 grid prompts), so its cost does not grow with the grid.
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 from torchvision.ops import roi_align
@@ -60,10 +62,12 @@ class MaskCropClassifier(nn.Module):
     def __init__(self, num_classes_with_background: int) -> None:
         super().__init__()
         channels = (4, *WIDTHS)
-        self.features = nn.Sequential(*[_block(a, b) for a, b in zip(channels, channels[1:])])
+        self.features = nn.Sequential(*[_block(a, b) for a, b in itertools.pairwise(channels)])
         self.linear = nn.Linear(WIDTHS[-1], num_classes_with_background)
 
-    def forward(self, images: torch.Tensor, masks: torch.Tensor, image_index: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, images: torch.Tensor, masks: torch.Tensor, image_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """images (B, 3, S, S) model input; masks (P, s, s) in [0, 1] at the decoder's resolution
         (s = S / 4); image_index (P,) frame of each mask (None: all on frame 0) -> (P, C + 1)."""
         if masks.shape[0] == 0:
@@ -76,6 +80,8 @@ class MaskCropClassifier(nn.Module):
         rois = torch.cat([index[:, None], boxes], 1).to(images.dtype)
         pixels = roi_align(images, rois, CROP_SIDE, spatial_scale=1.0, sampling_ratio=2, aligned=True)
         own = torch.cat([(torch.ones_like(first).cumsum(0) - 1)[:, None].to(rois.dtype), rois[:, 1:]], 1)
-        mask_crops = roi_align(masks[:, None].to(images.dtype), own, CROP_SIDE, spatial_scale=1.0 / scale, sampling_ratio=2, aligned=True)
+        mask_crops = roi_align(
+            masks[:, None].to(images.dtype), own, CROP_SIDE, spatial_scale=1.0 / scale, sampling_ratio=2, aligned=True
+        )
         features = self.features(torch.cat([pixels, mask_crops * 2 - 1], 1))
         return self.linear(features.mean((2, 3)))

@@ -1,9 +1,10 @@
 """The training config (config/train_*.yaml), one dataclass per section."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 from saom_core.config import apply_overrides, from_dict, load_yaml
 from saom_core.settings import Thresholds
@@ -37,7 +38,8 @@ class PromptSection:
     points_per_side: int = 32
     # More grid points inside each object, same target (0 = the paper: the assigned point only)
     extra_points_per_mask: int = 0
-    extra_points_source: Literal["grid", "pixel"] = "grid"  # grid: other grid points of the object; pixel: any pixel of it
+    # grid: other grid points of the object; pixel: any pixel of it
+    extra_points_source: Literal["grid", "pixel"] = "grid"
 
 
 @dataclass
@@ -59,7 +61,9 @@ class TrainSection:
     # Parameter-name prefixes that train; ["all"] trains everything. Default: the paper's spirit,
     # image encoder frozen; point prompts, mask decoder and class head trained.
     trainable: list[str] = field(
-        default_factory=lambda: ["prompt_encoder.point_embeddings", "prompt_encoder.not_a_point_embed", "mask_decoder", "classifier"]
+        default_factory=lambda: [
+            "prompt_encoder.point_embeddings", "prompt_encoder.not_a_point_embed", "mask_decoder", "classifier",
+        ]
     )
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N

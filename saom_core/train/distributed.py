@@ -76,7 +76,9 @@ def init_distributed(device: torch.device) -> DistContext:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend=process_group_backend(device.type))
-    return DistContext(rank=dist.get_rank(), local_rank=env_local_rank() or 0, world_size=world_size, device=device, enabled=True)
+    return DistContext(
+        rank=dist.get_rank(), local_rank=env_local_rank() or 0, world_size=world_size, device=device, enabled=True
+    )
 
 
 def shutdown_distributed(ctx: DistContext) -> None:

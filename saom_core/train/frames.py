@@ -18,8 +18,10 @@ class TrainFrame:
     class_ids: torch.Tensor  # (N,) int64
     key: str  # content hash (embedding cache key)
 
-    def flipped(self) -> "TrainFrame":
-        return TrainFrame(np.ascontiguousarray(self.image[:, ::-1]), self.masks.flip(-1), self.class_ids, self.key + ":hflip")
+    def flipped(self) -> TrainFrame:
+        return TrainFrame(
+            np.ascontiguousarray(self.image[:, ::-1]), self.masks.flip(-1), self.class_ids, self.key + ":hflip"
+        )
 
 
 class FrameStore:
@@ -29,7 +31,10 @@ class FrameStore:
         self.dataset = dataset
         self._frames: list[TrainFrame] | None = None
         if preload:
-            self._frames = [self._read(i) for i in tqdm(range(len(dataset)), desc="loading frames", disable=not progress, leave=False)]
+            self._frames = [
+                self._read(i)
+                for i in tqdm(range(len(dataset)), desc="loading frames", disable=not progress, leave=False)
+            ]
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -39,7 +44,9 @@ class FrameStore:
 
     def _read(self, index: int) -> TrainFrame:
         sample = self.dataset[index]
-        return TrainFrame(sample.image, torch.from_numpy(sample.masks), torch.from_numpy(sample.class_ids), frame_key(sample.image))
+        return TrainFrame(
+            sample.image, torch.from_numpy(sample.masks), torch.from_numpy(sample.class_ids), frame_key(sample.image)
+        )
 
 
 def epoch_batches(num_frames: int, batch: int, epoch: int, seed: int, rank: int, world_size: int) -> list[list[int]]:

@@ -36,7 +36,9 @@ class Geometry:
     low_res_side: int
 
 
-def assign(mode: str, features: torch.Tensor, masks: torch.Tensor, grid: np.ndarray, geo: Geometry, rng: np.random.Generator) -> Assignment:
+def assign(
+    mode: str, features: torch.Tensor, masks: torch.Tensor, grid: np.ndarray, geo: Geometry, rng: np.random.Generator
+) -> Assignment:
     if mode == "nearest_neighbour":
         return nearest_neighbour_assignment(features, masks, grid, geo.input_hw, geo.image_size)
     masks_np = masks.cpu().numpy()

@@ -19,7 +19,7 @@ import unittest
 
 import pytest
 
-launch_testing = pytest.importorskip(
+pytest.importorskip(
     "launch_testing", reason="launch_testing is not installed (not on PyPI): run this on a ROS 2 machine "
                              "with `colcon test` or `launch_test`")
 pytest.importorskip("launch_ros", reason="launch_ros is not installed (not on PyPI)")

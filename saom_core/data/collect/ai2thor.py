@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -162,7 +163,7 @@ class Ai2ThorCollector(Collector):
         yaw = float(90 * int(rng.integers(0, 4)))
         horizon = float(rng.choice(HORIZONS))
         event = self._controller.last_event
-        for attempt in range(5 if positions else 0):
+        for _ in range(5 if positions else 0):
             position = positions[int(rng.integers(0, len(positions)))]
             event = self._step("Teleport", required=False, position=position, rotation={"x": 0.0, "y": yaw, "z": 0.0},
                                horizon=horizon, standing=True)

@@ -56,7 +56,8 @@ class Collector(ABC):
         self.size = int(size)
         self.min_area = int(min_area)
 
-    @classmethod
+    # Optional hooks, not abstract: by default a simulator is always available and has no client to stop.
+    @classmethod  # noqa: B027
     def check_available(cls) -> None:
         """Raise SimulatorError if the simulator cannot be used here (cheap: no simulator start)."""
 
@@ -64,10 +65,10 @@ class Collector(ABC):
     def collect_scene(self, scene_index: int, seed: int) -> list[Frame]:
         """The frames of scene `scene_index`, deterministic for (seed, scene_index)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027
         """Stop the simulator client, if one was started."""
 
-    def __enter__(self) -> "Collector":
+    def __enter__(self) -> Collector:
         return self
 
     def __exit__(self, *exc: Any) -> None:

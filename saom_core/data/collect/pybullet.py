@@ -206,7 +206,9 @@ class PyBulletCollector(Collector):
         }
         if self.trajectory:
             meta["trajectory_step"] = k
-        depth = depth_from_zbuffer(np.reshape(np.asarray(zbuffer, dtype=np.float64), (self.size, self.size)), _NEAR, _FAR)
+        depth = depth_from_zbuffer(
+            np.reshape(np.asarray(zbuffer, dtype=np.float64), (self.size, self.size)), _NEAR, _FAR
+        )
         return Frame(image=image, masks=stacked, labels=labels, meta=meta, depth=depth), world_to_optical(view)
 
 
@@ -300,7 +302,7 @@ def _body_aabb(bc: BulletClient, uid: int, tight: bool = False) -> tuple[np.ndar
     return lo, hi
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mesh_is_finite(obj_path: str) -> bool:
     """False for an OBJ file with a NaN/inf vertex. pybullet_data's random_urdfs/168 has only NaN
     vertices; Bullet's convex hull of it reads memory before the point array (valgrind: invalid read
@@ -493,7 +495,9 @@ class _SceneBuilder:
             uid = self.bc.loadURDF(f"{stem}.urdf", [float(xy[0]), float(xy[1]), z], orn, globalScaling=scale)
         except Exception:  # all shipped ones load today; a missing distractor is harmless anyway
             return
-        self.bc.changeDynamics(uid, -1, rollingFriction=0.01, spinningFriction=0.01, linearDamping=0.2, angularDamping=0.3)
+        self.bc.changeDynamics(
+            uid, -1, rollingFriction=0.01, spinningFriction=0.01, linearDamping=0.2, angularDamping=0.3
+        )
         self.dynamic.append(uid)
 
     # -- helpers -------------------------------------------------------------------------------------
@@ -532,7 +536,9 @@ class _SceneBuilder:
         i = int(hue * 6) % 6
         f = hue * 6 - int(hue * 6)
         p_, q, t = value * (1 - sat), value * (1 - f * sat), value * (1 - (1 - f) * sat)
-        return np.array([(value, t, p_), (q, value, p_), (p_, value, t), (p_, q, value), (t, p_, value), (value, p_, q)][i])
+        return np.array(
+            [(value, t, p_), (q, value, p_), (p_, value, t), (p_, q, value), (t, p_, value), (value, p_, q)][i]
+        )
 
     def _light_tint(self, amount: float) -> np.ndarray:
         return np.clip(1.0 - self.rng.uniform(0, amount, 3), 0, 1)

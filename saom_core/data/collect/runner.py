@@ -49,7 +49,8 @@ def collect_dataset(
     if not 16 <= size <= 4096:
         raise ConfigError(f"--size must be between 16 and 4096 pixels, got {size}")
     if trajectory < 0 or (trajectory and not getattr(cls, "supports_trajectory", False)):
-        raise ConfigError(f"--trajectory must be a positive number of frames, supported by pybullet only (got {trajectory} for {cls.name})")
+        raise ConfigError(f"--trajectory must be a positive number of frames, supported by pybullet only "
+                          f"(got {trajectory} for {cls.name})")
     class_list, extras = load_class_list(classes if classes is not None else cls.default_classes)
     area = resolve_min_area(min_area, extras, size)
     # fail before touching the output directory: simulator not installed, class list it cannot label ...
