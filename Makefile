@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 CONSTRAINTS := requirements/constraints.txt
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup ros demo test bench gpu-bundle clean
+.PHONY: setup ros lint demo test bench gpu-bundle clean
 
 setup: $(VENV)/.installed
 
@@ -26,9 +26,14 @@ $(VENV)/.ros-installed: $(VENV)/.installed ros/setup_ros_venv.sh $(wildcard ros/
 demo: setup
 	$(VENV)/bin/saom demo --out $(DEMO_OUT)
 
-test: setup ros
+test: setup ros lint
 	$(PY) -m pytest -q test
 	PYTHON=$(PY) bash bench/gpu_check.sh --device cpu --quick --out runs/gpu_check
+
+# Lint and types (ruff.toml, setup.cfg [mypy]); part of `make test`.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 bench: setup ros
 	$(PY) bench/train_throughput.py
