@@ -44,27 +44,36 @@ def train(config: Path, data: Path, out: Path, mode: str, seconds: float, thread
 def row(mode: str, steps: int, everything: EverythingResult, points: PointEvalResult) -> str:
     agnostic, per_class = everything.coco_agnostic, everything.coco_per_class or {}
     return (
-        f"| {mode} | {steps} | {agnostic['AP'] or 0:.3f} | {agnostic['AR100'] or 0:.3f} | {per_class.get('AP') or 0:.3f} "
-        f"| {everything.masks_per_frame:.2f} | {everything.objects_per_frame:.2f} | {everything.masks_per_object or 0:.2f} "
+        f"| {mode} | {steps} | {agnostic['AP'] or 0:.3f} | {agnostic['AR100'] or 0:.3f} "
+        f"| {per_class.get('AP') or 0:.3f} | {everything.masks_per_frame:.2f} | {everything.objects_per_frame:.2f} "
+        f"| {everything.masks_per_object or 0:.2f} "
         f"| {points.miou:.3f} | {points.mean_class_accuracy:.3f} |"
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=Path("runs/demo/data"), help="a SAOM dataset with train/val/test splits")
+    parser.add_argument(
+        "--data", type=Path, default=Path("runs/demo/data"), help="a SAOM dataset with train/val/test splits"
+    )
     parser.add_argument("--config", type=Path, default=Path("config/train_tiny.yaml"))
     parser.add_argument("--seconds", type=float, default=570.0, help="CPU training seconds per prompt mode")
-    parser.add_argument("--out", type=Path, default=None, help="a new folder to keep both runs in (default: a temporary one)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="a new folder to keep both runs in (default: a temporary one)"
+    )
     parser.add_argument("--split", default="test")
-    parser.add_argument("--everything-frames", type=int, default=None, help="frames for everything mode (default: the whole split)")
+    parser.add_argument(
+        "--everything-frames", type=int, default=None, help="frames for everything mode (default: the whole split)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.out is not None and args.out.exists():
         parser.error(f"{args.out} exists; pass a new --out")
     if not (args.data / "annotations.json").exists():
-        parser.error(f"{args.data} is not a SAOM dataset (run make demo, or saom collect --scenes 400 --out {args.data})")
+        parser.error(
+            f"{args.data} is not a SAOM dataset (run make demo, or saom collect --scenes 400 --out {args.data})"
+        )
     if args.out is None:
         with tempfile.TemporaryDirectory(prefix="saom-assignment-") as tmp:
             run(args, Path(tmp))
@@ -74,7 +83,10 @@ def main() -> None:
 
 def run(args: argparse.Namespace, out: Path) -> None:
     print(f"machine: {machine_description(torch.device('cpu'))}")
-    print(f"data: {args.data}; recipe {args.config}; {args.seconds:.0f} training seconds per mode; scored on '{args.split}'")
+    print(
+        f"data: {args.data}; recipe {args.config}; {args.seconds:.0f} training seconds per mode; "
+        f"scored on '{args.split}'"
+    )
     runs = {}
     for mode in MODES:
         start = time.perf_counter()
@@ -84,15 +96,23 @@ def run(args: argparse.Namespace, out: Path) -> None:
     dataset = SaomDataset(args.data, split=args.split)
     models = {mode: load_model(checkpoint) for mode, (checkpoint, _) in runs.items()}
     # the same prompts for both: assigned with the nearest-neighbour model's encoder, as `saom eval` does
-    points = evaluate_point_prompts(models, dataset, ("nearest_neighbour",), assign_with="nearest_neighbour", progress=False)["nearest_neighbour"]
+    points = evaluate_point_prompts(
+        models, dataset, ("nearest_neighbour",), assign_with="nearest_neighbour", progress=False
+    )["nearest_neighbour"]
     everything = {
         mode: run_everything(EverythingGenerator(model, generator_config(model)).generate, dataset, has_classes=True,
                              max_frames=args.everything_frames, progress=False)
         for mode, model in models.items()
     }
     frames = everything[MODES[0]].frames
-    print(f"\n{frames} of {len(dataset)} frames in everything mode; point prompts on all {len(dataset)} frames, {points[MODES[0]].objects} objects\n")
-    print("| prompts.mode | steps | AP (agnostic) | AR100 | AP (per class) | masks/frame | GT objects/frame | masks/object | grid-point mIoU | class acc |")
+    print(
+        f"\n{frames} of {len(dataset)} frames in everything mode; "
+        f"point prompts on all {len(dataset)} frames, {points[MODES[0]].objects} objects\n"
+    )
+    print(
+        "| prompts.mode | steps | AP (agnostic) | AR100 | AP (per class) | masks/frame | GT objects/frame "
+        "| masks/object | grid-point mIoU | class acc |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for mode in MODES:
         print(row(mode, runs[mode][1], everything[mode], points[mode]))

@@ -20,8 +20,8 @@ import contextlib
 import platform
 import statistics
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -54,7 +54,9 @@ def synchronize(device: torch.device) -> None:
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def time_per_frame(run: Callable, frames: list[np.ndarray], device: torch.device, repeats: int, clock: str = "wall") -> tuple[float, list]:
+def time_per_frame(
+    run: Callable, frames: list[np.ndarray], device: torch.device, repeats: int, clock: str = "wall"
+) -> tuple[float, list]:
     """Median ms per frame after a warm-up frame (which also pays any one-off compile)."""
     now = CLOCKS[clock]
     run(frames[0])
@@ -86,14 +88,26 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("runs/demo/data"))
     parser.add_argument("--random-model", default=None, help="time a randomly initialised config instead (e.g. vit_b)")
     parser.add_argument("--frames", type=int, default=4, help="test frames timed")
-    parser.add_argument("--ap-frames", type=int, default=None, help="test frames for the AP check (default: the whole split; 0: skip)")
-    parser.add_argument("--ap-tolerance", type=float, default=0.01, help="largest AP drop (class-agnostic and per class) a kept setting may show")
+    parser.add_argument(
+        "--ap-frames", type=int, default=None, help="test frames for the AP check (default: the whole split; 0: skip)"
+    )
+    parser.add_argument(
+        "--ap-tolerance",
+        type=float,
+        default=0.01,
+        help="largest AP drop (class-agnostic and per class) a kept setting may show",
+    )
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--points-per-side", type=int, default=32)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile pair (no C++ compiler)")
-    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
-                        help="wall: elapsed time; cpu: this process's CPU time, summed over its threads (for a machine shared with other work)")
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall: elapsed time; cpu: this process's CPU time, summed over its threads "
+        "(for a machine shared with other work)",
+    )
     args = parser.parse_args()
     device = resolve_device(args.device, "--device")
 
@@ -104,7 +118,9 @@ def main() -> None:
         rng = np.random.default_rng(0)
         frames = [rng.integers(0, 255, (224, 224, 3), dtype=np.uint8) for _ in range(args.frames)]
         # A random model's masks are noise: accept all of them so both paths do the full work.
-        thresholds = dict(pred_iou_thresh=-1.0, stability_score_thresh=0.0, box_nms_thresh=0.3, min_mask_region_area=150)
+        thresholds = dict(
+            pred_iou_thresh=-1.0, stability_score_thresh=0.0, box_nms_thresh=0.3, min_mask_region_area=150
+        )
         source = f"random {args.random_model}"
     else:
         if not args.checkpoint.exists():
@@ -117,36 +133,69 @@ def main() -> None:
 
     modes = [("eager", False)] + ([] if args.no_compile else [("compiled", True)])
     shape = frames[0].shape[:2]
-    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {cpu_model()} ({platform.machine()}), {torch.get_num_threads()} threads"
-    print(f"model: {source} (config {model.config.name}); frames: {len(frames)} x {shape[1]}x{shape[0]}; grid {args.points_per_side}x{args.points_per_side}")
+    machine = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU {cpu_model()} ({platform.machine()}), {torch.get_num_threads()} threads"
+    )
+    print(
+        f"model: {source} (config {model.config.name}); frames: {len(frames)} x {shape[1]}x{shape[0]}; "
+        f"grid {args.points_per_side}x{args.points_per_side}"
+    )
     print(f"thresholds (all generators): {thresholds}")
     print(f"machine: {machine}; torch {torch.__version__}; repeats {args.repeats}; fp32; {args.clock} clock")
 
     stock = SamAutomaticMaskGenerator(model, points_per_side=args.points_per_side, **thresholds)
     common = dict(points_per_side=args.points_per_side, **thresholds)
     ms: dict[tuple[str, str], float] = {}
-    print(f"{'generator':<58} {'ms/frame':>9} {'masks/frame':>12} {'matched IoU':>12} {'stock@.95':>10} {'ours@.95':>9}")
+    print(
+        f"{'generator':<58} {'ms/frame':>9} {'masks/frame':>12} {'matched IoU':>12} {'stock@.95':>10} {'ours@.95':>9}"
+    )
     with torch.inference_mode():
         reference = None
         for mode, compile_decoder in modes:
             with compiled_stock_decoder(model) if compile_decoder else contextlib.nullcontext():
-                ms[("stock", mode)], stock_out = time_per_frame(stock.generate, frames, device, args.repeats, args.clock)
-            print(f"{'SamAutomaticMaskGenerator (stock), ' + mode:<58} {ms[('stock', mode)]:>9.1f} {np.mean([len(o) for o in stock_out]):>12.1f}")
+                ms[("stock", mode)], stock_out = time_per_frame(
+                    stock.generate, frames, device, args.repeats, args.clock
+                )
+            print(
+                f"{'SamAutomaticMaskGenerator (stock), ' + mode:<58} {ms[('stock', mode)]:>9.1f} "
+                f"{np.mean([len(o) for o in stock_out]):>12.1f}"
+            )
             if reference is None:
-                reference = [np.stack([m["segmentation"] for m in out]) if out else np.zeros((0, *shape), bool) for out in stock_out]
-            vanilla = EverythingGenerator(model, GeneratorConfig(multimask="all", keep_background=True, compile=compile_decoder, **common))
-            ms[("vanilla", mode)], vanilla_out = time_per_frame(vanilla.generate, frames, device, args.repeats, args.clock)
-            candidate = [np.stack([i.mask for i in seg.instances]) if seg.instances else np.zeros((0, *shape), bool) for seg in vanilla_out]
-            found = [agreement(r, c) for r, c in zip(reference, candidate)]
-            matched, recall, precision = (float(np.mean([getattr(a, k) for a in found])) for k in ("mean_matched_iou", "recall_at_095", "precision_at_095"))
-            print(f"{'SAOM, vanilla mode (all 3 masks, no class filter), ' + mode:<58} {ms[('vanilla', mode)]:>9.1f} "
-                  f"{np.mean([len(s.instances) for s in vanilla_out]):>12.1f} {matched:>12.3f} {recall:>10.3f} {precision:>9.3f}")
+                reference = [
+                    np.stack([m["segmentation"] for m in out]) if out else np.zeros((0, *shape), bool)
+                    for out in stock_out
+                ]
+            vanilla = EverythingGenerator(
+                model, GeneratorConfig(multimask="all", keep_background=True, compile=compile_decoder, **common)
+            )
+            ms[("vanilla", mode)], vanilla_out = time_per_frame(
+                vanilla.generate, frames, device, args.repeats, args.clock
+            )
+            candidate = [
+                np.stack([i.mask for i in seg.instances]) if seg.instances else np.zeros((0, *shape), bool)
+                for seg in vanilla_out
+            ]
+            found = [agreement(r, c) for r, c in zip(reference, candidate, strict=True)]
+            matched, recall, precision = (
+                float(np.mean([getattr(a, k) for a in found]))
+                for k in ("mean_matched_iou", "recall_at_095", "precision_at_095")
+            )
+            print(
+                f"{'SAOM, vanilla mode (all 3 masks, no class filter), ' + mode:<58} {ms[('vanilla', mode)]:>9.1f} "
+                f"{np.mean([len(s.instances) for s in vanilla_out]):>12.1f} "
+                f"{matched:>12.3f} {recall:>10.3f} {precision:>9.3f}"
+            )
             if model.classifier is None:
                 continue
             for name, fields in SAOM_SETTINGS.items():
                 generator = EverythingGenerator(model, GeneratorConfig(compile=compile_decoder, **common, **fields))
                 ms[(name, mode)], out = time_per_frame(generator.generate, frames, device, args.repeats, args.clock)
-                print(f"{'SAOM, of-interest mode, ' + name + ', ' + mode:<58} {ms[(name, mode)]:>9.1f} {np.mean([len(s.instances) for s in out]):>12.1f}")
+                print(
+                    f"{'SAOM, of-interest mode, ' + name + ', ' + mode:<58} {ms[(name, mode)]:>9.1f} "
+                    f"{np.mean([len(s.instances) for s in out]):>12.1f}"
+                )
 
         if model.classifier is None or dataset is None or args.ap_frames == 0:
             candidates = ["vanilla"]
@@ -157,7 +206,9 @@ def main() -> None:
             ap: dict[str, tuple[float, float]] = {}
             for name, fields in SAOM_SETTINGS.items():
                 generator = EverythingGenerator(model, GeneratorConfig(**common, **fields))
-                result = run_everything(generator.generate, dataset, has_classes=True, max_frames=n_frames, progress=False)
+                result = run_everything(
+                    generator.generate, dataset, has_classes=True, max_frames=n_frames, progress=False
+                )
                 ap[name] = (result.coco_agnostic["AP"] or 0.0, (result.coco_per_class or {}).get("AP") or 0.0)
                 print(f"  {name:<40} AP class-agnostic {ap[name][0]:.3f}  per class {ap[name][1]:.3f}  "
                       f"masks/frame {result.masks_per_frame:.2f} (ground truth {result.objects_per_frame:.2f})")
@@ -170,7 +221,10 @@ def main() -> None:
     for mode, ratio in ratios.items():
         print(f"{best} vs stock, {mode} vs {mode}: {ratio:.2f}x")
     if len(modes) == 2:
-        print(f"(unfair pair, for reference: {best} compiled vs stock eager {ms[('stock', 'eager')] / ms[(best, 'compiled')]:.2f}x)")
+        print(
+            f"(unfair pair, for reference: {best} compiled vs stock eager "
+            f"{ms[('stock', 'eager')] / ms[(best, 'compiled')]:.2f}x)"
+        )
     print(f"speedup: {min(ratios.values()):.2f}")
 
 

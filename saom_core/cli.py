@@ -121,7 +121,9 @@ def _segmenter_from(args: argparse.Namespace):
     from saom_core.settings import SegmenterSettings
 
     # Options not given are None: load_segmenter then applies the schema's defaults.
-    segmenter = load_segmenter(str(args.checkpoint), **{f.name: getattr(args, f.name) for f in fields(SegmenterSettings)})
+    segmenter = load_segmenter(
+        str(args.checkpoint), **{f.name: getattr(args, f.name) for f in fields(SegmenterSettings)}
+    )
     print(f"model: {segmenter.trained_on}")
     return segmenter
 

@@ -57,7 +57,14 @@ def run_demo(settings: DemoSettings) -> Path:
     if settings.data is None:
         t = _stage(f"1/6 collect {settings.scenes} PyBullet scenes -> {data}")
         if not (data / ANNOTATIONS).exists():
-            collect_dataset(sim="pybullet", scenes=settings.scenes, out=data, seed=settings.seed, workers=settings.workers, resume=data.exists())
+            collect_dataset(
+                sim="pybullet",
+                scenes=settings.scenes,
+                out=data,
+                seed=settings.seed,
+                workers=settings.workers,
+                resume=data.exists(),
+            )
         report, dataset = check_dataset(data, progress=False)
         print(report.format(dataset).split("\n\nMasks per class")[0])
         print(f"({time.perf_counter() - t:.0f} s)")
@@ -70,11 +77,17 @@ def run_demo(settings: DemoSettings) -> Path:
     t = _stage(f"2/6 fine-tune ({cfg.model.config}, {cfg.train.max_steps} steps) -> {run_dir}")
     resume = (run_dir / "checkpoints" / "last.pt").exists()
     result = Trainer(cfg, run_dir, resume=resume).fit()
-    print(f"{result.steps} steps, {result.masks_per_second:.0f} masks/s, best val mIoU {result.best_miou} ({time.perf_counter() - t:.0f} s)")
+    print(
+        f"{result.steps} steps, {result.masks_per_second:.0f} masks/s, best val mIoU {result.best_miou} "
+        f"({time.perf_counter() - t:.0f} s)"
+    )
     saom_ckpt = result.best_checkpoint or result.last_checkpoint
     baseline = settings.checkpoint or run_dir / "checkpoints" / "init.pt"
 
-    t = _stage(f"3/6 evaluate {saom_ckpt.name} against {'vanilla SAM' if settings.checkpoint else 'the untrained model'} on '{settings.eval_split}'")
+    t = _stage(
+        f"3/6 evaluate {saom_ckpt.name} against {'vanilla SAM' if settings.checkpoint else 'the untrained model'} "
+        f"on '{settings.eval_split}'"
+    )
     report_dir = out / "report"
     report_md = evaluate(
         saom_ckpt, baseline, data, report_dir,
@@ -94,7 +107,10 @@ def run_demo(settings: DemoSettings) -> Path:
         print(f"{outcome.source.name}: {outcome.instances} objects -> {outcome.overlay}")
     print(f"({time.perf_counter() - t:.0f} s)")
 
-    t = _stage(f"5/6 3D objects and tracking: {settings.trajectory_scenes} trajectory scenes x {settings.trajectory_frames} frames")
+    t = _stage(
+        f"5/6 3D objects and tracking: "
+        f"{settings.trajectory_scenes} trajectory scenes x {settings.trajectory_frames} frames"
+    )
     trajectory = out / "trajectory"
     if not (trajectory / ANNOTATIONS).exists():
         collect_dataset(sim="pybullet", scenes=settings.trajectory_scenes, out=trajectory, seed=settings.seed + 1,

@@ -112,5 +112,5 @@ def probe_seconds(workload: Workload, repeats: int = 5) -> tuple[float, float]:
         timed(dtype)
     best = [timed(dtype) for dtype in formats]
     for _ in range(repeats - 1):
-        best = [min(b, timed(dtype)) for b, dtype in zip(best, formats)]
+        best = [min(b, timed(dtype)) for b, dtype in zip(best, formats, strict=True)]
     return best[0], best[1]

@@ -130,7 +130,9 @@ def test_assigned_points_are_exactly_the_generators_grid_points(size):
     masks[0, : height // 2, : width // 2] = True
     masks[1, height // 2 :, width // 3 :] = True
     features = torch.randn(8, SIDE, SIDE, generator=torch.Generator().manual_seed(0))
-    result = nearest_neighbour_assignment(features, masks, grid_points(32, height, width), input_hw(height, width), IMAGE_SIZE)
+    result = nearest_neighbour_assignment(
+        features, masks, grid_points(32, height, width), input_hw(height, width), IMAGE_SIZE
+    )
     for point in result.points:
         assert np.any(np.all(generator_points == point, axis=1)), f"{point} is not a generator grid point"
 
@@ -146,7 +148,9 @@ def test_prior_on_a_look_alike_falls_back_to_the_best_grid_point_inside_the_mask
     hw = (256, 256)
     features = colour_features(image, hw)
     features[:, 11, 11] *= 1.5  # the brightest "mug" cell sits in the second object
-    result = nearest_neighbour_assignment(features, torch.from_numpy(masks), grid_points(32, height, width), hw, IMAGE_SIZE)
+    result = nearest_neighbour_assignment(
+        features, torch.from_numpy(masks), grid_points(32, height, width), hw, IMAGE_SIZE
+    )
     rows, cols = pixel_of(result.points, height, width)
     assert masks[[0, 1], rows, cols].all()
     assert len(set(result.grid_index.tolist())) == 2
@@ -159,7 +163,9 @@ def test_object_thinner_than_the_grid_is_unreachable():
     masks[1, 10:12, 100:200] = True  # 2 px tall; grid rows are at 3.5, 10.5, 17.5, ... -> row 10.5 hits it
     masks[1, 10:12] = False
     masks[1, 12:14, 100:200] = True  # now between grid rows 10.5 and 17.5: no grid point inside
-    result = nearest_neighbour_assignment(torch.randn(8, SIDE, SIDE), masks, grid_points(32, height, width), (256, 256), IMAGE_SIZE)
+    result = nearest_neighbour_assignment(
+        torch.randn(8, SIDE, SIDE), masks, grid_points(32, height, width), (256, 256), IMAGE_SIZE
+    )
     assert result.reachable.tolist() == [True, False]
 
 
@@ -168,7 +174,9 @@ def test_overlapping_masks_never_share_a_grid_point():
     masks = torch.zeros(2, height, width, dtype=torch.bool)
     masks[0, 10:40, 10:40] = True
     masks[1, 10:40, 10:40] = True  # identical masks claim the same best point
-    result = nearest_neighbour_assignment(torch.randn(4, SIDE, SIDE), masks, grid_points(8, height, width), (256, 256), IMAGE_SIZE)
+    result = nearest_neighbour_assignment(
+        torch.randn(4, SIDE, SIDE), masks, grid_points(8, height, width), (256, 256), IMAGE_SIZE
+    )
     assert result.reachable.all()
     assert result.grid_index[0] != result.grid_index[1]
 

@@ -101,6 +101,9 @@ def test_tuned_generator_thresholds_travel_with_the_checkpoint(tmp_path):
     path = save_checkpoint(tmp_path / "tuned.pt", model, tuned=tuned)
     loaded, info = load_checkpoint(path)
     assert info == CheckpointInfo(tuned, is_saom=True) and not hasattr(loaded, "generator_defaults")
+    with pytest.raises(TypeError):  # the training record is read-only: no checkpoint can change another's
+        info.trained_on["frames"] = 1  # type: ignore[index]
+    assert CheckpointInfo(Thresholds(), is_saom=False).trained_on == {}
     config = load_segmenter(str(path), points_per_side=8).generator.config
     got = (config.pred_iou_thresh, config.stability_score_thresh, config.box_nms_thresh, config.min_mask_region_area)
     assert got == (0.4, 0.8, 0.25, 60)

@@ -49,8 +49,15 @@ def test_eval_writes_the_report(trained, rect_dataset, tmp_path, capsys):
     # everything mode covers the whole split by default, with the ground truth of the same frames beside it
     everything = report["saom"]["everything"]
     assert everything["frames"] == report["frames"] and everything["ground_truth_objects"] == report["objects"]
-    assert "| ground-truth objects per frame (same frames) |" in markdown and " of " not in markdown.split("## Per-class")[0].split("everything mode")[1]
-    for heading in ("## Summary", "## Per-class results (paper Tables 3 and 4)", "## Output masks in everything mode (paper Table 5)"):
+    assert (
+        "| ground-truth objects per frame (same frames) |" in markdown
+        and " of " not in markdown.split("## Per-class")[0].split("everything mode")[1]
+    )
+    for heading in (
+        "## Summary",
+        "## Per-class results (paper Tables 3 and 4)",
+        "## Output masks in everything mode (paper Table 5)",
+    ):
         assert heading in markdown
     for png in ("per_class_iou.png", "per_class_acc.png", "overlay_000.png", "overlay_001.png"):
         with Image.open(out / png) as im:
@@ -72,7 +79,9 @@ def test_segment_continues_past_bad_images(trained, tmp_path, capsys):
     assert "corrupt.png: not a readable image" in captured.err and "missing.png: no such file" in captured.err
     # said once, at load: what the model was trained on, so a simulator-trained model is not mistaken for a general one
     said = [line for line in captured.out.splitlines() if line.startswith("model: ")]
-    assert len(said) == 1 and "trained on synthetic frames" in said[0] and "3 classes: Mug, Table, Ball" in said[0], said
+    assert len(said) == 1 and "trained on synthetic frames" in said[0] and "3 classes: Mug, Table, Ball" in said[0], (
+        said
+    )
     result = json.loads((tmp_path / "seg/good.json").read_text())
     assert (result["height"], result["width"]) == (120, 90)
     with Image.open(tmp_path / "seg/good_overlay.png") as im:

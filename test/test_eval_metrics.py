@@ -4,13 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from saom_core.data import rle as rle_utils
 from saom_core.data.classes import ClassList
 from saom_core.data.reader import SaomDataset
-from saom_core.data import rle as rle_utils
 from saom_core.eval.everything_eval import coco_mask_metrics, run_everything
+from saom_core.eval.point_eval import ClassStats, PointEvalResult, evaluate_points
 from saom_core.eval.report import _everything_rows
 from saom_core.infer.types import Instance, Segmentation
-from saom_core.eval.point_eval import ClassStats, PointEvalResult, evaluate_points
 from saom_core.model.configs import get_config
 from saom_core.model.saom import build_model
 
@@ -62,7 +62,10 @@ def test_random_point_prompts_reach_the_thin_object_the_grid_misses(tmp_path):
     writer.finalize()
     dataset = SaomDataset(tmp_path / "ds", split="val")
     model = build_model(get_config("test"), classes)
-    runs = [evaluate_points({"m": model}, dataset, points_per_side=4, progress=False, prompt="random_foreground")["m"] for _ in range(2)]
+    runs = [
+        evaluate_points({"m": model}, dataset, points_per_side=4, progress=False, prompt="random_foreground")["m"]
+        for _ in range(2)
+    ]
     assert runs[0].unreachable == 0 and runs[0].objects == 1
     assert runs[0].to_dict() == runs[1].to_dict()
     with pytest.raises(ValueError, match="unknown point prompt"):
@@ -79,7 +82,9 @@ def test_vanilla_sam_has_no_class_accuracy():
 def test_point_eval_scores_every_object_and_lists_every_class(rect_dataset):
     dataset = SaomDataset(rect_dataset, split="val")
     model = build_model(get_config("test"), dataset.classes)
-    results = evaluate_points({"a": model, "b": build_model(get_config("test"))}, dataset, points_per_side=8, progress=False)
+    results = evaluate_points(
+        {"a": model, "b": build_model(get_config("test"))}, dataset, points_per_side=8, progress=False
+    )
     expected_objects = sum(len(dataset.annotations_of(i)) for i in range(len(dataset)))
     for result in results.values():
         assert result.objects == expected_objects
@@ -100,7 +105,9 @@ def test_unreachable_object_counts_as_an_empty_mask(tmp_path):
     writer.write_scene("scene_00000", [Frame(np.zeros((64, 64, 3), np.uint8), masks, ["Thin"], {})], split="val")
     writer.finalize()
     dataset = SaomDataset(tmp_path / "ds", split="val")
-    result = evaluate_points({"m": build_model(get_config("test"), classes)}, dataset, points_per_side=4, progress=False)["m"]
+    result = evaluate_points(
+        {"m": build_model(get_config("test"), classes)}, dataset, points_per_side=4, progress=False
+    )["m"]
     stats = result.per_class["Thin"]
     assert result.unreachable == 1
     assert stats.intersection == 0 and stats.union == masks.sum() and stats.iou == 0.0
@@ -118,7 +125,10 @@ def test_coco_metrics_perfect_and_empty(rect_dataset):
     assert coco_mask_metrics(dataset, ids, wrong_class, use_categories=True)["AP"] == pytest.approx(0.0)
     assert coco_mask_metrics(dataset, ids, wrong_class, use_categories=False)["AP"] == pytest.approx(1.0)
     empty_mask = rle_utils.encode(np.zeros((48, 48), bool))
-    assert coco_mask_metrics(dataset, ids, [dict(d, segmentation=empty_mask) for d in perfect], use_categories=False)["AP"] == 0.0
+    assert (
+        coco_mask_metrics(dataset, ids, [dict(d, segmentation=empty_mask) for d in perfect], use_categories=False)["AP"]
+        == 0.0
+    )
 
 
 def test_everything_mode_counts_ground_truth_over_the_frames_it_scores(rect_dataset):
@@ -130,8 +140,16 @@ def test_everything_mode_counts_ground_truth_over_the_frames_it_scores(rect_data
         index = next(i for i in range(len(dataset)) if np.array_equal(dataset.load_image(i), image))
         sample = dataset[index]
         instances = [
-            Instance(mask=m, box_xyxy=(0, 0, 1, 1), class_id=int(c), class_name=name, class_score=1.0, predicted_iou=1.0, stability=1.0)
-            for m, c, name in zip(sample.masks, sample.class_ids, sample.labels)
+            Instance(
+                mask=m,
+                box_xyxy=(0, 0, 1, 1),
+                class_id=int(c),
+                class_name=name,
+                class_score=1.0,
+                predicted_iou=1.0,
+                stability=1.0,
+            )
+            for m, c, name in zip(sample.masks, sample.class_ids, sample.labels, strict=True)
         ]
         return Segmentation(*image.shape[:2], instances)
 
@@ -144,8 +162,13 @@ def test_everything_mode_counts_ground_truth_over_the_frames_it_scores(rect_data
 
 
 def test_everything_rows_name_the_frames_they_cover():
-    everything = {"frames": 16, "masks_per_frame": 6.5, "ground_truth_objects_per_frame": 5.0,
-                  "coco_mask_class_agnostic": {"AP": 0.3, "AP50": 0.6, "AR100": 0.4}, "coco_mask_per_class": {"AP": 0.2}}
+    everything = {
+        "frames": 16,
+        "masks_per_frame": 6.5,
+        "ground_truth_objects_per_frame": 5.0,
+        "coco_mask_class_agnostic": {"AP": 0.3, "AP50": 0.6, "AR100": 0.4},
+        "coco_mask_per_class": {"AP": 0.2},
+    }
     partial = _everything_rows(everything, everything, split_frames=244)
     assert all("first 16 of 244 frames" in row for row in partial if "ground-truth" not in row)
     assert "| ground-truth objects per frame (same frames) | 5.0 | 5.0 |" in partial

@@ -58,7 +58,14 @@ def stamped_model(monkeypatch):
 def test_every_mask_carries_its_own_prompts_class(stamped_model):
     generator = EverythingGenerator(  # every prompt decoded (no coarse-to-fine): each keeps its own disk
         stamped_model,
-        GeneratorConfig(points_per_side=4, pred_iou_thresh=0.5, stability_score_thresh=0.0, box_nms_thresh=0.99, min_mask_region_area=0, coarse_to_fine=False),
+        GeneratorConfig(
+            points_per_side=4,
+            pred_iou_thresh=0.5,
+            stability_score_thresh=0.0,
+            box_nms_thresh=0.99,
+            min_mask_region_area=0,
+            coarse_to_fine=False,
+        ),
     )
     seg = generator.generate(np.zeros((H, W, 3), np.uint8))
     assert len(seg.instances) == 16
@@ -72,7 +79,15 @@ def test_every_mask_carries_its_own_prompts_class(stamped_model):
 
 
 def test_keep_classes_and_background(stamped_model):
-    config = GeneratorConfig(points_per_side=4, pred_iou_thresh=0.5, stability_score_thresh=0.0, box_nms_thresh=0.99, min_mask_region_area=0, keep_classes=["B"], coarse_to_fine=False)
+    config = GeneratorConfig(
+        points_per_side=4,
+        pred_iou_thresh=0.5,
+        stability_score_thresh=0.0,
+        box_nms_thresh=0.99,
+        min_mask_region_area=0,
+        keep_classes=["B"],
+        coarse_to_fine=False,
+    )
     seg = EverythingGenerator(stamped_model, config).generate(np.zeros((H, W, 3), np.uint8))
     assert {i.class_name for i in seg.instances} == {"B"} and len(seg.instances) == 4
     with pytest.raises(ConfigError, match="unknown classes \\['Sofa'\\]"):
@@ -92,7 +107,16 @@ def test_background_class_is_dropped_unless_kept():
 
 
 def test_label_image_numbers_instances_best_first(stamped_model):
-    generator = EverythingGenerator(stamped_model, GeneratorConfig(points_per_side=4, pred_iou_thresh=0.5, stability_score_thresh=0.0, box_nms_thresh=0.99, min_mask_region_area=0))
+    generator = EverythingGenerator(
+        stamped_model,
+        GeneratorConfig(
+            points_per_side=4,
+            pred_iou_thresh=0.5,
+            stability_score_thresh=0.0,
+            box_nms_thresh=0.99,
+            min_mask_region_area=0,
+        ),
+    )
     seg = generator.generate(np.zeros((H, W, 3), np.uint8))
     labels = seg.label_image()
     assert labels.dtype == np.uint16 and labels.shape == (H, W)
@@ -102,14 +126,24 @@ def test_label_image_numbers_instances_best_first(stamped_model):
 
 
 def test_segmenter_rejects_bad_frames_and_scales_large_ones(stamped_model):
-    segmenter = SaomSegmenter(stamped_model, GeneratorConfig(points_per_side=4, pred_iou_thresh=0.5, stability_score_thresh=0.0, min_mask_region_area=0), max_input_size=32)
-    for bad, message in ((np.zeros((10, 10), np.uint8), "RGB"), (np.zeros((10, 10, 3), np.float32), "uint8"), (np.zeros((0, 5, 3), np.uint8), "empty")):
+    segmenter = SaomSegmenter(
+        stamped_model,
+        GeneratorConfig(points_per_side=4, pred_iou_thresh=0.5, stability_score_thresh=0.0, min_mask_region_area=0),
+        max_input_size=32,
+    )
+    for bad, message in (
+        (np.zeros((10, 10), np.uint8), "RGB"),
+        (np.zeros((10, 10, 3), np.float32), "uint8"),
+        (np.zeros((0, 5, 3), np.uint8), "empty"),
+    ):
         with pytest.raises(ImageError, match=message):
             segmenter.segment(bad)
     seg = segmenter.segment(np.zeros((H * 2, W * 2, 3), np.uint8))
     assert (seg.height, seg.width) == (H * 2, W * 2)
     assert all(i.mask.shape == (H * 2, W * 2) for i in seg.instances)
-    prompted = segmenter.segment_prompts(np.zeros((H * 2, W * 2, 3), np.uint8), points=np.array([[10.0, 10.0], [100.0, 60.0]]))
+    prompted = segmenter.segment_prompts(
+        np.zeros((H * 2, W * 2, 3), np.uint8), points=np.array([[10.0, 10.0], [100.0, 60.0]])
+    )
     assert [i.class_id for i in prompted.instances] == [expected_class(5.0), expected_class(50.0)]
 
 
@@ -117,12 +151,18 @@ def test_compiled_decoder_gives_the_same_instances():
     """compile=True swaps in torch.compile(model.decode): a speed option, never a different answer."""
     torch.manual_seed(0)
     model = build_model(get_config("test"), CLASSES).eval()
-    loose = dict(points_per_side=4, pred_iou_thresh=-1.0, stability_score_thresh=0.0, min_mask_region_area=0, keep_background=True)
+    loose = dict(
+        points_per_side=4,
+        pred_iou_thresh=-1.0,
+        stability_score_thresh=0.0,
+        min_mask_region_area=0,
+        keep_background=True,
+    )
     frame = np.random.default_rng(1).integers(0, 255, (H, W, 3), dtype=np.uint8)
     eager = EverythingGenerator(model, GeneratorConfig(**loose)).generate(frame)
     compiled = EverythingGenerator(model, GeneratorConfig(**loose, compile=True)).generate(frame)
     assert eager.instances and len(compiled.instances) == len(eager.instances)
-    for a, b in zip(eager.instances, compiled.instances):
+    for a, b in zip(eager.instances, compiled.instances, strict=True):
         assert a.class_id == b.class_id and abs(a.score - b.score) < 1e-4
         assert (a.mask != b.mask).mean() < 0.01
 
@@ -133,7 +173,9 @@ def test_half_runs_the_real_decoder_in_bf16_on_cpu(monkeypatch):
     monkeypatch.setattr(precision, "cpu_bf16_pays", lambda workload: True)
     torch.manual_seed(0)
     model = build_model(get_config("test"), CLASSES).eval()
-    keep_all = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, min_mask_region_area=0, keep_background=True)
+    keep_all = dict(
+        points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, min_mask_region_area=0, keep_background=True
+    )
     half = SaomSegmenter(model, GeneratorConfig(**keep_all), half=True)
     assert half.generator.amp_dtype == torch.bfloat16
     seen = []
@@ -196,5 +238,7 @@ def test_coarse_to_fine_finds_the_same_whole_objects_with_fewer_prompts(monkeypa
         assert np.array_equal(a.mask, b.mask)
     # skip_background: fewer prompts still, at the price of the object only fine points hit
     prompted[:] = []
-    sparse = EverythingGenerator(model, GeneratorConfig(**settings, coarse_to_fine=True, skip_background=True)).generate(frame)
+    sparse = EverythingGenerator(
+        model, GeneratorConfig(**settings, coarse_to_fine=True, skip_background=True)
+    ).generate(frame)
     assert sorted(i.class_id for i in sparse.instances) == [1, 3] and sum(prompted) < full_prompts / 2

@@ -46,12 +46,16 @@ class DiskDecoder(nn.Module):
     def _masks(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         xy = coords[:, 0, :] * self.scale  # (P, 2) in low-res pixels
         grid = torch.arange(self.low_res, dtype=torch.float32) + 0.5
-        dist = ((grid[None, None, :] - xy[:, 0, None, None]) ** 2 + (grid[None, :, None] - xy[:, 1, None, None]) ** 2).sqrt()
+        dist = (
+            (grid[None, None, :] - xy[:, 0, None, None]) ** 2 + (grid[None, :, None] - xy[:, 1, None, None]) ** 2
+        ).sqrt()
         phase = (xy[:, 0] * 0.37 + xy[:, 1] * 0.61) % 1.0  # a position-dependent "object size"
         radii = torch.stack([3 + 2 * phase, 6 + 4 * phase, 10 + 6 * phase, 5 + 3 * phase], 1)  # (P, 4)
         softness = torch.tensor([0.04, 0.1, 0.6, 0.06])  # logits per low-res pixel: sharp to blurry edges
         logits = (radii[:, :, None, None] - dist[:, None]) / softness[None, :, None, None]
-        iou = torch.stack([0.6 + 0.3 * phase, 0.97 - 0.2 * phase, 0.5 + 0.2 * (1 - phase), 0.7 * torch.ones_like(phase)], 1)
+        iou = torch.stack(
+            [0.6 + 0.3 * phase, 0.97 - 0.2 * phase, 0.5 + 0.2 * (1 - phase), 0.7 * torch.ones_like(phase)], 1
+        )
         return logits, iou
 
     def forward(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, multimask_output):
@@ -59,7 +63,9 @@ class DiskDecoder(nn.Module):
         pick = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, pick], iou[:, pick]
 
-    def predict_masks_with_tokens(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, image_index=None):
+    def predict_masks_with_tokens(
+        self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, image_index=None
+    ):
         masks, iou = self._masks(sparse_prompt_embeddings)
         tokens = torch.zeros(masks.shape[0], 4, 8)
         return masks, iou, tokens[:, 0], tokens
@@ -82,7 +88,9 @@ def disk_model():
 def test_masks_agree_with_the_slow_path(disk_model, size, thresholds):
     image = np.random.default_rng(0).integers(0, 255, (*size, 3), dtype=np.uint8)
     stock = SamAutomaticMaskGenerator(disk_model, points_per_side=16, **thresholds)
-    fast = EverythingGenerator(disk_model, GeneratorConfig(points_per_side=16, multimask="all", keep_background=True, **thresholds))
+    fast = EverythingGenerator(
+        disk_model, GeneratorConfig(points_per_side=16, multimask="all", keep_background=True, **thresholds)
+    )
     reference = np.stack([m["segmentation"] for m in stock.generate(image)])
     candidate = np.stack([inst.mask for inst in fast.generate(image).instances])
     result = agreement(reference, candidate)
@@ -103,10 +111,14 @@ def test_masks_equal_the_stock_generators_with_the_real_decoder_at_camera_frame_
     model = build_model(get_config("tiny")).eval()
     image = np.random.default_rng(0).integers(0, 255, (*size, 3), dtype=np.uint8)
     keep_all = dict(pred_iou_thresh=-100.0, stability_score_thresh=-1.0, box_nms_thresh=1.0, min_mask_region_area=0)
-    reference = np.stack([m["segmentation"] for m in SamAutomaticMaskGenerator(model, points_per_side=4, **keep_all).generate(image)])
+    reference = np.stack(
+        [m["segmentation"] for m in SamAutomaticMaskGenerator(model, points_per_side=4, **keep_all).generate(image)]
+    )
     predictor = SamPredictor(model)
     predictor.set_image(image)
-    fast = EverythingGenerator(model, GeneratorConfig(points_per_side=4, multimask="all", keep_background=True, **keep_all))
+    fast = EverythingGenerator(
+        model, GeneratorConfig(points_per_side=4, multimask="all", keep_background=True, **keep_all)
+    )
     candidate = np.stack([inst.mask for inst in fast.generate(image, embedding=predictor.features).instances])
     assert len(reference) == len(candidate) == 4 * 4 * 3
     ious = iou_matrix(reference, candidate)
@@ -129,7 +141,10 @@ def test_one_pixel_wide_masks_are_still_deduplicated(disk_model):
     disk_model.mask_decoder = LineDecoder(disk_model.config.low_res_size, disk_model.config.image_size)
     image = np.zeros((64, 64, 3), dtype=np.uint8)  # input 256 px: one low-res pixel per frame pixel
     for area in (0, 150):
-        fast = EverythingGenerator(disk_model, GeneratorConfig(points_per_side=8, multimask="all", keep_background=True, min_mask_region_area=area))
+        fast = EverythingGenerator(
+            disk_model,
+            GeneratorConfig(points_per_side=8, multimask="all", keep_background=True, min_mask_region_area=area),
+        )
         instances = fast.generate(image).instances
         assert len(instances) == 1, f"{len(instances)} copies of one mask kept (min_mask_region_area={area})"
         assert instances[0].mask[:, 10].all() and instances[0].mask.sum() == 64

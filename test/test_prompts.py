@@ -34,12 +34,14 @@ def test_extra_points_lie_inside_their_object_with_its_target_and_class():
     _, frame_classes = frame()
     own_targets = low_res_targets(masks, Geometry((64, 64), 64, 16))
     assert not torch.equal(own_targets[0], own_targets[1]), "the check needs objects with different targets"
-    for k, (r, c) in enumerate(zip(rows, cols)):
+    for k, (r, c) in enumerate(zip(rows, cols, strict=True)):
         containing = torch.nonzero(masks[:, r, c]).flatten().tolist()
         assert len(containing) == 1, "an object's prompt lies inside exactly one object"
         obj = containing[0]
         assert prompts.class_ids[k] == frame_classes[obj], "the prompt's class is the class of the object it lies in"
-        assert torch.equal(prompts.mask_targets[k], own_targets[obj]), "the prompt's target is the mask of the object it lies in"
+        assert torch.equal(prompts.mask_targets[k], own_targets[obj]), (
+            "the prompt's target is the mask of the object it lies in"
+        )
     assert len({tuple(p) for p in points[pos]}) == 6, "no grid point is used twice"
     assert all(any(np.all(grid == p, axis=1)) for p in points), "every prompt is a grid point"
     bg_rows, bg_cols = pixel_of(points[~pos], 64, 64)

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from saom_core import precision
 from saom_core.cli import main as cli_main
 from saom_core.errors import ConfigError, SaomError
 from saom_core.model.checkpoint import load_model, read_checkpoint
-from saom_core import precision
 from saom_core.train import trainer as trainer_module
 from saom_core.train.config import load_train_config
 from saom_core.train.forward import TrainForward
@@ -165,7 +165,9 @@ def test_cpu_mixed_precision_follows_the_cpu(rect_dataset, tmp_path, monkeypatch
     for pays, expected in ((True, torch.bfloat16), (False, None)):
         monkeypatch.setattr(precision, "cpu_bf16_pays", lambda workload, pays=pays: pays and workload == "train")
         assert Trainer(config(rect_dataset), tmp_path / f"auto_{pays}", progress=False).amp_dtype == expected
-    assert Trainer(config(rect_dataset, "train.amp=bf16"), tmp_path / "bf16", progress=False).amp_dtype == torch.bfloat16
+    assert (
+        Trainer(config(rect_dataset, "train.amp=bf16"), tmp_path / "bf16", progress=False).amp_dtype == torch.bfloat16
+    )
     assert Trainer(config(rect_dataset, "train.amp=off"), tmp_path / "off", progress=False).amp_dtype is None
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
         Trainer(config(rect_dataset, "train.amp=fp16"), tmp_path / "fp16", progress=False)

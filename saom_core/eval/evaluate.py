@@ -25,7 +25,9 @@ from saom_core.settings import SegmenterSettings, Thresholds
 from saom_core.viz import draw_instances, save_rgb_png
 
 # Vanilla SAM is run as released (SamAutomaticMaskGenerator defaults); SAOM with the paper's tuned values.
-STOCK_SAM_SETTINGS = GeneratorConfig(pred_iou_thresh=0.88, stability_score_thresh=0.95, box_nms_thresh=0.7, min_mask_region_area=0)
+STOCK_SAM_SETTINGS = GeneratorConfig(
+    pred_iou_thresh=0.88, stability_score_thresh=0.95, box_nms_thresh=0.7, min_mask_region_area=0
+)
 
 
 @dataclass
@@ -43,7 +45,10 @@ def machine_description(device: torch.device) -> str:
         return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
     import os
 
-    return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
+    return (
+        f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{torch.get_num_threads()} torch threads (torch {torch.__version__})"
+    )
 
 
 def generator_for(model: SaomModel, points_per_side: int, tuned: Thresholds) -> GeneratorConfig:
@@ -57,7 +62,10 @@ def _describe(model: SaomModel) -> str:
     if model.classifier is None:
         return f"config {model.config.name}, vanilla SAM, no class head"
     crop = " + crop classifier (its labels reported)" if model.crop_classifier is not None else ""
-    return f"config {model.config.name}, class head on {model.classifier.head_input}{crop}, {len(model.class_names) - 1} classes"
+    return (
+        f"config {model.config.name}, class head on {model.classifier.head_input}{crop}, "
+        f"{len(model.class_names) - 1} classes"
+    )
 
 
 def evaluate(
@@ -136,11 +144,15 @@ def _write_overlays(out_dir: Path, dataset: SaomDataset, frames: dict[int, dict[
         panels = [draw_instances(sample.image, sample.masks, sample.labels, sample.class_ids.tolist())]
         for name in ("baseline", "saom"):
             seg: Segmentation = entry[name]
-            masks = np.stack([i.mask for i in seg.instances]) if seg.instances else np.zeros((0, *sample.image.shape[:2]), bool)
+            masks = (
+                np.stack([i.mask for i in seg.instances])
+                if seg.instances
+                else np.zeros((0, *sample.image.shape[:2]), bool)
+            )
             texts = [i.class_name if name == "saom" else "" for i in seg.instances]
             colors = [i.class_id if name == "saom" else k + 1 for k, i in enumerate(seg.instances)]
             panels.append(draw_instances(sample.image, masks, texts, colors))
-        titled = [_title(p, t) for p, t in zip(panels, ("ground truth", "baseline", "SAOM"))]
+        titled = [_title(p, t) for p, t in zip(panels, ("ground truth", "baseline", "SAOM"), strict=True)]
         name = f"overlay_{index:03d}.png"
         save_rgb_png(out_dir / name, np.concatenate(titled, axis=1))
         files.append(name)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -20,7 +21,20 @@ from saom_core.data import rle as rle_utils
 from saom_core.data.reader import SaomDataset
 from saom_core.infer.types import Segmentation
 
-STAT_NAMES = ["AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large"]
+STAT_NAMES = [
+    "AP",
+    "AP50",
+    "AP75",
+    "AP_small",
+    "AP_medium",
+    "AP_large",
+    "AR1",
+    "AR10",
+    "AR100",
+    "AR_small",
+    "AR_medium",
+    "AR_large",
+]
 
 
 @dataclass
@@ -126,4 +140,4 @@ def coco_mask_metrics(
         evaluator.accumulate()
         evaluator.summarize()
     # pycocotools reports -1 where an area range has no ground truth: that is "n/a", not 0.
-    return {name: (float(v) if v >= 0 else None) for name, v in zip(STAT_NAMES, evaluator.stats)}
+    return {name: (float(v) if v >= 0 else None) for name, v in zip(STAT_NAMES, evaluator.stats, strict=True)}

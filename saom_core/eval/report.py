@@ -43,15 +43,19 @@ def _everything_rows(base: dict[str, Any], saom: dict[str, Any], split_frames: i
     covers = "" if saom["frames"] == split_frames else f", first {saom['frames']} of {split_frames} frames"
     agnostic_b, agnostic_s = base["coco_mask_class_agnostic"], saom["coco_mask_class_agnostic"]
     rows = [
-        f"| output masks per frame (everything mode{covers}) | {base['masks_per_frame']:.1f} | {saom['masks_per_frame']:.1f} |",
-        f"| ground-truth objects per frame (same frames) | {base['ground_truth_objects_per_frame']:.1f} | {saom['ground_truth_objects_per_frame']:.1f} |",
+        f"| output masks per frame (everything mode{covers}) "
+        f"| {base['masks_per_frame']:.1f} | {saom['masks_per_frame']:.1f} |",
+        f"| ground-truth objects per frame (same frames) "
+        f"| {base['ground_truth_objects_per_frame']:.1f} | {saom['ground_truth_objects_per_frame']:.1f} |",
         f"| mask AP, class-agnostic{covers} | {_num(agnostic_b['AP'])} | {_num(agnostic_s['AP'])} |",
         f"| mask AP50, class-agnostic{covers} | {_num(agnostic_b['AP50'])} | {_num(agnostic_s['AP50'])} |",
         f"| mask AR100, class-agnostic{covers} | {_num(agnostic_b['AR100'])} | {_num(agnostic_s['AR100'])} |",
     ]
     if saom["coco_mask_per_class"]:
         base_ap = base["coco_mask_per_class"] or {}
-        rows.append(f"| mask AP, per class{covers} | {_num(base_ap.get('AP'))} | {_num(saom['coco_mask_per_class']['AP'])} |")
+        rows.append(
+            f"| mask AP, per class{covers} | {_num(base_ap.get('AP'))} | {_num(saom['coco_mask_per_class']['AP'])} |"
+        )
     return rows
 
 
@@ -60,7 +64,8 @@ def render_markdown(report: dict[str, Any], classes: ClassList, images: list[str
     lines = [
         "# SAOM evaluation report",
         "",
-        f"- dataset: `{report['dataset']}` split `{report['split']}`: {report['frames']} frames, {report['objects']} objects",
+        f"- dataset: `{report['dataset']}` split `{report['split']}`: "
+        f"{report['frames']} frames, {report['objects']} objects",
         f"- SAOM: `{report['saom_checkpoint']}` ({report['saom_model']})",
         f"- baseline: `{report['baseline_checkpoint']}` ({report['baseline_model']})",
         f"- machine: {report['machine']}; evaluated {report['date']} in {report['seconds']:.0f} s",
@@ -71,9 +76,13 @@ def render_markdown(report: dict[str, Any], classes: ClassList, images: list[str
         "|---|---:|---:|",
         f"| mIoU (%) | {_pct(base['points']['mIoU'])} | {_pct(saom['points']['mIoU'])} |",
         f"| mAcc (%) | {_pct(base['points']['mAcc'])} | {_pct(saom['points']['mAcc'])} |",
-        f"| mean classification accuracy | {_num(base['points']['mean_class_accuracy'])} | {_num(saom['points']['mean_class_accuracy'])} |",
-        f"| mIoU over objects, random point | {_num(base['random_points']['instance_mIoU'])} | {_num(saom['random_points']['instance_mIoU'])} |",
-        f"| classification accuracy over objects, random point | {_num(base['random_points']['instance_class_accuracy'])} | {_num(saom['random_points']['instance_class_accuracy'])} |",
+        f"| mean classification accuracy "
+        f"| {_num(base['points']['mean_class_accuracy'])} | {_num(saom['points']['mean_class_accuracy'])} |",
+        f"| mIoU over objects, random point "
+        f"| {_num(base['random_points']['instance_mIoU'])} | {_num(saom['random_points']['instance_mIoU'])} |",
+        f"| classification accuracy over objects, random point "
+        f"| {_num(base['random_points']['instance_class_accuracy'])} "
+        f"| {_num(saom['random_points']['instance_class_accuracy'])} |",
     ]
     lines += _everything_rows(base["everything"], saom["everything"], report["frames"])
     if "objects_3d" in report:
@@ -82,7 +91,8 @@ def render_markdown(report: dict[str, Any], classes: ClassList, images: list[str
         "",
         "## Per-class results (paper Tables 3 and 4)",
         "",
-        "| type | size | class | occurrences | baseline IoU | baseline Acc | SAOM IoU | SAOM Acc | SAOM class accuracy |",
+        "| type | size | class | occurrences | baseline IoU | baseline Acc "
+        "| SAOM IoU | SAOM Acc | SAOM class accuracy |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for cls in sorted(classes.classes, key=lambda c: (c.type, c.size, c.name)):
@@ -98,9 +108,12 @@ def render_markdown(report: dict[str, Any], classes: ClassList, images: list[str
         "",
         "| | baseline | SAOM |",
         "|---|---:|---:|",
-        f"| number of output masks ({_frames(saom['everything'])}) | {base['everything']['output_masks']} | {saom['everything']['output_masks']} |",
-        f"| ground-truth objects, same frames | {base['everything']['ground_truth_objects']} | {saom['everything']['ground_truth_objects']} |",
-        f"| output masks per ground-truth object | {_num(base['everything']['masks_per_object'], 2)} | {_num(saom['everything']['masks_per_object'], 2)} |",
+        f"| number of output masks ({_frames(saom['everything'])}) "
+        f"| {base['everything']['output_masks']} | {saom['everything']['output_masks']} |",
+        f"| ground-truth objects, same frames "
+        f"| {base['everything']['ground_truth_objects']} | {saom['everything']['ground_truth_objects']} |",
+        f"| output masks per ground-truth object "
+        f"| {_num(base['everything']['masks_per_object'], 2)} | {_num(saom['everything']['masks_per_object'], 2)} |",
         f"| generator settings | {base['generator']} | {saom['generator']} |",
         "",
         DEFINITIONS,

@@ -57,8 +57,11 @@ class GeneratorConfig:
     multimask: Literal["auto", "best", "all"] = "auto"  # auto: best for SAOM, all for vanilla SAM
     keep_background: bool = SegmenterSettings.keep_background
     keep_classes: list[str] | None = None  # None: every class of the model
-    coarse_to_fine: bool = False  # SAOM mode: a coarse grid first, then only the points not inside an object it found (bench/everything_mode.py)
-    skip_background: bool = False  # coarse_to_fine also skips points whose coarse neighbours all found nothing (misses objects smaller than 2 grid spacings)
+    # SAOM mode: a coarse grid first, then only the points not inside an object it found (bench/everything_mode.py)
+    coarse_to_fine: bool = False
+    # coarse_to_fine also skips points whose coarse neighbours all found nothing (misses objects smaller than 2 grid
+    # spacings)
+    skip_background: bool = False
 
 
 def generator_config(settings: SegmenterSettings, tuned: Thresholds | None = None) -> GeneratorConfig:
@@ -94,10 +97,10 @@ class _Candidates:
     point: torch.Tensor  # (K, 2) frame pixels
 
     @staticmethod
-    def cat(parts: list["_Candidates"]) -> "_Candidates":
+    def cat(parts: list[_Candidates]) -> _Candidates:
         return _Candidates(*(torch.cat([getattr(p, f) for p in parts]) for f in _Candidates.__dataclass_fields__))
 
-    def select(self, keep: torch.Tensor) -> "_Candidates":
+    def select(self, keep: torch.Tensor) -> _Candidates:
         return _Candidates(*(getattr(self, f)[keep] for f in _Candidates.__dataclass_fields__))
 
 
@@ -110,7 +113,9 @@ class _Decoded:
 class EverythingGenerator:
     """Fast everything-of-interest mode on one preallocated model. Not thread-safe."""
 
-    def __init__(self, model: SaomModel, config: GeneratorConfig | None = None, amp_dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self, model: SaomModel, config: GeneratorConfig | None = None, amp_dtype: torch.dtype | None = None
+    ) -> None:
         self.model = model.eval()
         self.config = config or GeneratorConfig()
         self.amp_dtype = amp_dtype
@@ -149,12 +154,16 @@ class EverythingGenerator:
         key = (height, width)
         if key not in self._grids:
             points = grid_points(self.config.points_per_side, height, width)
-            coords = self.model.points_to_input(torch.as_tensor(points, dtype=torch.float32, device=self.device), height, width)
+            coords = self.model.points_to_input(
+                torch.as_tensor(points, dtype=torch.float32, device=self.device), height, width
+            )
             self._grids[key] = (points, coords)
         return self._grids[key]
 
     def autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
+        return torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+        )
 
     @torch.inference_mode()
     def prepare(self, image: np.ndarray) -> torch.Tensor:
@@ -211,15 +220,21 @@ class EverythingGenerator:
             masks, boxes, candidates, _ = decode(every)
         else:
             masks, boxes, candidates = self._coarse_to_fine(decode, every, points, height, width)
-        keep = batched_nms(nms_boxes(boxes), candidates.iou, torch.zeros_like(candidates.iou), self.config.box_nms_thresh)
+        keep = batched_nms(
+            nms_boxes(boxes), candidates.iou, torch.zeros_like(candidates.iou), self.config.box_nms_thresh
+        )
         candidates, masks = candidates.select(keep), masks[keep]
         if self.model.crop_classifier is not None:
-            candidates = self._classify(candidates, self.prepare(image) if prepared is None else prepared, valid_h, valid_w)
+            candidates = self._classify(
+                candidates, self.prepare(image) if prepared is None else prepared, valid_h, valid_w
+            )
             allowed = self.allowed[candidates.class_id]
             candidates, masks = candidates.select(allowed), masks[allowed]
         return self._finish(candidates, masks, height, width)
 
-    def _coarse_to_fine(self, decode, every: torch.Tensor, points: np.ndarray, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor, _Candidates]:
+    def _coarse_to_fine(
+        self, decode, every: torch.Tensor, points: np.ndarray, height: int, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor, _Candidates]:
         """Decode every second grid point of every second row first; then of the other points only
         those not inside an object already found (SAOM's masks are whole objects: such a point
         finds that object again, and NMS drops it) and, with skip_background, next to a coarse
@@ -238,13 +253,20 @@ class EverythingGenerator:
                 near_hit[inside] |= hit_map[r[inside], c[inside]]
         fine = ~coarse & (near_hit if self.config.skip_background else torch.ones_like(coarse))
         if len(masks):
-            found = masks[batched_nms(nms_boxes(boxes), candidates.iou, torch.zeros_like(candidates.iou), self.config.box_nms_thresh)].any(0)
+            kept = batched_nms(
+                nms_boxes(boxes), candidates.iou, torch.zeros_like(candidates.iou), self.config.box_nms_thresh
+            )
+            found = masks[kept].any(0)
             rows, cols = pixel_of(points, height, width)
             fine &= ~found[torch.as_tensor(rows, device=self.device), torch.as_tensor(cols, device=self.device)]
         if not fine.any():
             return masks, boxes, candidates
         fine_masks, fine_boxes, fine_candidates, _ = decode(every[fine])
-        return torch.cat([masks, fine_masks]), torch.cat([boxes, fine_boxes]), _Candidates.cat([candidates, fine_candidates])
+        return (
+            torch.cat([masks, fine_masks]),
+            torch.cat([boxes, fine_boxes]),
+            _Candidates.cat([candidates, fine_candidates]),
+        )
 
     def _classify(self, candidates: _Candidates, prepared: torch.Tensor, valid_h: int, valid_w: int) -> _Candidates:
         """Labels from the crop classifier for the candidates' masks (their low-res logits over the frame's region)."""
@@ -256,7 +278,9 @@ class EverythingGenerator:
         candidates.class_score, candidates.class_id = logits.float().softmax(-1).max(-1)
         return candidates
 
-    def _decode_chunk(self, embedding: torch.Tensor, coords: torch.Tensor, points: torch.Tensor, kept_h: int, kept_w: int) -> "_Decoded":
+    def _decode_chunk(
+        self, embedding: torch.Tensor, coords: torch.Tensor, points: torch.Tensor, kept_h: int, kept_w: int
+    ) -> _Decoded:
         """Decode a batch of grid prompts; keep the masks that pass predicted IoU and class (their
         low-res logits cropped to kept_h x kept_w)."""
         labels = torch.ones(len(coords), 1, dtype=torch.int, device=self.device)
@@ -275,15 +299,25 @@ class EverythingGenerator:
         else:
             best = iou.argmax(1)
             rows = torch.arange(len(best), device=self.device)
-            flat = (logits[rows, best], iou[rows, best], class_id[rows, best], class_score[rows, best], point[rows, best])
+            flat = (
+                logits[rows, best],
+                iou[rows, best],
+                class_id[rows, best],
+                class_score[rows, best],
+                point[rows, best],
+            )
         logits, iou, class_id, class_score, point = flat
         keep = iou > self.config.pred_iou_thresh
         if out.class_logits is not None:
             keep &= self.allowed_before_nms[class_id]
-        candidates = _Candidates(logits[keep], iou[keep], torch.zeros_like(iou[keep]), class_id[keep], class_score[keep], point[keep])
+        candidates = _Candidates(
+            logits[keep], iou[keep], torch.zeros_like(iou[keep]), class_id[keep], class_score[keep], point[keep]
+        )
         return _Decoded(candidates, keep.view(len(coords), -1).any(1))
 
-    def _to_frame(self, candidates: _Candidates, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor, _Candidates]:
+    def _to_frame(
+        self, candidates: _Candidates, height: int, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor, _Candidates]:
         """Frame-resolution masks, boxes and stability of the candidates, in batches; unstable or
         empty masks are dropped. Returns (masks (K, H, W) bool, boxes (K, 4) float xyxy, candidates)."""
         threshold, offset = self.model.mask_threshold, self.config.stability_score_offset
@@ -323,7 +357,9 @@ class EverythingGenerator:
         instances.sort(key=lambda inst: inst.score, reverse=True)
         return Segmentation(height, width, instances)
 
-    def _remove_small_regions(self, masks: np.ndarray, boxes: torch.Tensor) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    def _remove_small_regions(
+        self, masks: np.ndarray, boxes: torch.Tensor
+    ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
         """Fill small holes, drop small islands, re-run NMS preferring unchanged masks (as the stock generator)."""
         area = self.config.min_mask_region_area
         scores = []

@@ -7,6 +7,7 @@ masks scaled back to the input resolution).
 from __future__ import annotations
 
 import gc
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -43,11 +44,13 @@ class SaomSegmenter:
     """Implements `saom_core.infer.types.Segmenter`."""
 
     def __init__(self, model: SaomModel, config: GeneratorConfig, half: bool = False, max_input_size: int | None = None,
-                 tuned: Thresholds | None = None, trained_on: dict[str, Any] | None = None) -> None:
+                 tuned: Thresholds | None = None, trained_on: Mapping[str, Any] | None = None) -> None:
         self.model = model.eval()
         self.max_input_size = max_input_size
         self.tuned = tuned or Thresholds()  # the checkpoint's: what apply() gives unset thresholds
-        self.generator = EverythingGenerator(model, config, amp_dtype=reduced_precision(model.device, "infer") if half else None)
+        self.generator = EverythingGenerator(
+            model, config, amp_dtype=reduced_precision(model.device, "infer") if half else None
+        )
         self.class_names = model.class_names
         self.trained_on = describe_training(model, trained_on)  # one line for users to log at load
 

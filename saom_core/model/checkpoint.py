@@ -3,8 +3,8 @@
 A SAOM checkpoint is one torch file: {"format": "saom", "version", "model_config", "head_input",
 "crop_classifier" (bool), "class_list", "generator" (its tuned everything-mode thresholds),
 "trained_on" (simulator, dataset, frames), "state_dict"} plus, for training runs, "train_state"
-(optimizer, scheduler, step, RNG). An official SAM checkpoint (e.g. sam_vit_b_01ec64.pth) is a bare state_dict; `load_model`
-accepts both, so vanilla SAM is a valid baseline anywhere a SAOM checkpoint is.
+(optimizer, scheduler, step, RNG). An official SAM checkpoint (e.g. sam_vit_b_01ec64.pth) is a bare
+state_dict; `load_model` accepts both, so vanilla SAM is a valid baseline anywhere a SAOM checkpoint is.
 
 Checkpoints are data, not code: they hold only tensors and plain Python values (dicts, lists,
 strings, numbers), and are read with `torch.load(weights_only=True)`, so a file from anywhere
@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import pickle
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import torch
@@ -64,7 +66,8 @@ class CheckpointInfo(NamedTuple):
 
     tuned: Thresholds  # its tuned everything-mode thresholds (the paper's where it stores none)
     is_saom: bool  # a SAOM checkpoint (False: official SAM weights)
-    trained_on: dict[str, Any] = {}  # simulator(s), dataset, split, frames (empty: not recorded)
+    # simulator(s), dataset, split, frames (empty: not recorded); read-only, as the default is shared
+    trained_on: Mapping[str, Any] = MappingProxyType({})
 
 
 class LoadedCheckpoint(NamedTuple):
@@ -86,7 +89,7 @@ def checkpoint_info(data: dict[str, Any], path: str | Path) -> CheckpointInfo:
     trained_on = data.get("trained_on") or {}
     if not isinstance(trained_on, dict):
         raise CheckpointError(f"{path}: its training record is not a mapping ({type(trained_on).__name__})")
-    return CheckpointInfo(tuned, is_saom=True, trained_on=trained_on)
+    return CheckpointInfo(tuned, is_saom=True, trained_on=MappingProxyType(dict(trained_on)))
 
 
 def guess_sam_config(state_dict: dict[str, torch.Tensor]) -> str | None:
@@ -196,7 +199,7 @@ def load_model(
     return load_checkpoint(path, config, device).model
 
 
-def describe_training(model: SaomModel, trained_on: dict[str, Any] | None = None) -> str:
+def describe_training(model: SaomModel, trained_on: Mapping[str, Any] | None = None) -> str:
     """One line saying what a loaded model was trained on (`CheckpointInfo.trained_on`), so nobody
     mistakes a simulator-trained demo model for a general one on real photos."""
     parameters = sum(p.numel() for p in model.parameters()) / 1e6

@@ -94,11 +94,11 @@ def nearest_neighbour_assignment(
         if tiny.any():
             best = coverage[tiny].flatten(1).amax(1).clamp(min=1e-6)
             cells[tiny] = coverage[tiny] >= best[:, None, None]
-        sim = location_confidence(features.float(), cells)  # (N, g*g)
+        similarity = location_confidence(features.float(), cells)  # (N, g*g)
         valid_rows, valid_cols = int(np.ceil(input_hw[0] / stride)), int(np.ceil(input_hw[1] / stride))
-        valid = torch.zeros(side, side, dtype=torch.bool, device=sim.device)
+        valid = torch.zeros(side, side, dtype=torch.bool, device=similarity.device)
         valid[:valid_rows, :valid_cols] = True
-        sim = sim.masked_fill(~valid.flatten(), float("-inf")).cpu().numpy()
+        sim = similarity.masked_fill(~valid.flatten(), float("-inf")).cpu().numpy()  # padding cells never win
         masks_np = masks.cpu().numpy()
 
     prior_cell = sim.argmax(1)
@@ -129,7 +129,9 @@ def nearest_neighbour_assignment(
     return Assignment(grid[grid_index].copy(), reachable, grid_index, prior, snapped_inside)
 
 
-def snap_to_grid(prior: np.ndarray, prior_cell: np.ndarray, grid: np.ndarray, grid_cell: np.ndarray, masks: np.ndarray) -> np.ndarray:
+def snap_to_grid(
+    prior: np.ndarray, prior_cell: np.ndarray, grid: np.ndarray, grid_cell: np.ndarray, masks: np.ndarray
+) -> np.ndarray:
     """Grid index of each prior (N, 2) frame pixels: of the grid points in its feature cell
     (grid_cell (K,) vs prior_cell (N,)), or else of the nearest ones, the one deepest inside its
     mask (N, H, W) by distance to the mask's border; grid order only where that ties too."""

@@ -315,7 +315,9 @@ class Trainer:
     def _save_last(self) -> None:
         state = self._train_state()  # collective: every rank takes part
         if self.ctx.is_main:
-            save_checkpoint(self.ckpt_dir / "last.pt", self.model, state, tuned=self.cfg.inference, trained_on=self.trained_on)
+            save_checkpoint(
+                self.ckpt_dir / "last.pt", self.model, state, tuned=self.cfg.inference, trained_on=self.trained_on
+            )
         self.ctx.barrier()
 
     def _end_epoch(self, final: bool = False) -> None:
@@ -325,7 +327,9 @@ class Trainer:
             miou = metrics["mIoU"]
             if miou is not None and (self.best_miou is None or miou > self.best_miou):
                 self.best_miou = miou
-                save_checkpoint(self.ckpt_dir / "best.pt", self.model, tuned=self.cfg.inference, trained_on=self.trained_on)
+                save_checkpoint(
+                    self.ckpt_dir / "best.pt", self.model, tuned=self.cfg.inference, trained_on=self.trained_on
+                )
 
     def _out_of_time(self) -> bool:
         """`train.max_seconds` of training (over resumes) are used up; every rank agrees."""
