@@ -25,7 +25,7 @@ from saom_core.errors import ImageError
 from saom_core.geometry3d import CameraIntrinsics, depth_in_metres
 from saom_core.infer.types import Instance, Segmentation
 
-from .conversions import _u8_buffer
+from .conversions import _u8_buffer, instance_id
 from .msgtypes import _u8_array, typestore
 
 DEPTH_ENCODINGS = {"16uc1": ("<u2", ">u2", 0.001), "mono16": ("<u2", ">u2", 0.001), "32fc1": ("<f4", ">f4", 1.0)}
@@ -94,11 +94,6 @@ def rosbags_types_3d(store=None) -> Messages3D:
     store = store or typestore()
     return Messages3D(**{attr: store.types[name] for attr, name in _NAMES.items()},
                       u8=lambda data: np.frombuffer(data, dtype=np.uint8))
-
-
-def instance_id(instance: Instance, index: int) -> int:
-    """The id an instance is published under: its track id when tracked, else its number (1-based)."""
-    return int(instance.track_id) if instance.track_id is not None else int(index)
 
 
 def _with_3d(seg: Segmentation) -> list[tuple[int, Instance]]:
