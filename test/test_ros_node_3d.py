@@ -234,3 +234,18 @@ def test_colour_without_depth_is_segmented_in_2d_and_counted(ros, ckpt):
         assert rig.node.objects.counts.frames_without_depth >= 3
     finally:
         rig.close()
+
+
+def test_tracker_and_depth_range_change_at_runtime_the_sync_does_not(ros, ckpt):
+    rig = Rig(ros, "rgbd_params", ckpt)
+    try:
+        results = rig.node.set_parameters([Parameter("track_min_hits", value=1), Parameter("depth_max", value=3.0)])
+        assert all(r.successful for r in results)
+        assert rig.node.objects.tracker.settings.min_hits == 1 and rig.node.objects.depth.max_depth == 3.0
+        rig.until([rig.dets3d], 1, 0)  # a plane at 1.2 m is within the new range
+        refused = rig.node.set_parameters([Parameter("sync_slop", value=0.01)])[0]
+        assert not refused.successful and "reload" in refused.reason
+        refused = rig.node.set_parameters([Parameter("depth_min", value=5.0)])[0]
+        assert not refused.successful and "depth_min must be smaller" in refused.reason
+    finally:
+        rig.close()
