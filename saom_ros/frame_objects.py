@@ -58,14 +58,15 @@ class ObjectCounts:
 class FrameObjectStep:
     """Score filter, 3D from depth and tracking for the frames of one camera (see the module docstring)."""
 
-    def __init__(self, tracker: TrackerSettings, depth: DepthSettings) -> None:
+    def __init__(self, tracker: TrackerSettings, depth: DepthSettings, depth_stride: int = 1) -> None:
         self.tracker = Tracker(tracker)
         self.depth = depth
+        self.depth_stride = depth_stride  # 3D from every n-th pixel in each direction (objects3d.frame_to_3d)
         self.counts = ObjectCounts()
 
-    def update_settings(self, tracker: TrackerSettings, depth: DepthSettings) -> None:
+    def update_settings(self, tracker: TrackerSettings, depth: DepthSettings, depth_stride: int) -> None:
         """New settings from the next frame on; the live tracks and their ids are kept."""
-        self.tracker.settings, self.depth = tracker, depth
+        self.tracker.settings, self.depth, self.depth_stride = tracker, depth, depth_stride
 
     def __call__(self, seg: Segmentation, score_threshold: float, depth_msg: Any = None, info_msg: Any = None,
                  depth_expected: bool = False) -> FrameObjects:
@@ -75,7 +76,7 @@ class FrameObjectStep:
         result = FrameObjects(seg)
         if depth_msg is not None and info_msg is not None:
             try:
-                frame_to_3d(seg, depth_msg, info_msg, self.depth)
+                frame_to_3d(seg, depth_msg, info_msg, self.depth, self.depth_stride)
                 result.with_3d = True
             except SaomError as exc:  # DepthInputError, or intrinsics that are not finite
                 result.problem = str(exc)

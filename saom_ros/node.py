@@ -364,9 +364,9 @@ class SaomNode(LifecycleNode):
             header = self.T.Header(stamp=self.get_clock().now().to_msg(), frame_id="")
             self._pubs["label_info"].publish(make_label_info(self.T, header, self.class_names, new.score_threshold))
         objects = self.objects
-        if objects is not None and (new.tracker_settings() != old.tracker_settings()
-                                    or new.depth_settings() != old.depth_settings()):
-            objects.update_settings(new.tracker_settings(), new.depth_settings())
+        if objects is not None and (new.tracker_settings(), new.depth_settings(), new.depth_stride) != (
+                old.tracker_settings(), old.depth_settings(), old.depth_stride):
+            objects.update_settings(new.tracker_settings(), new.depth_settings(), new.depth_stride)
         if new.enable != old.enable:
             self.get_logger().info("segmentation " + ("resumed" if new.enable else "paused (enable is false; "
                                                                               "the model stays loaded)"))
@@ -480,7 +480,7 @@ class SaomNode(LifecycleNode):
         ret = super().on_activate(state)
         header = self.T.Header(stamp=self.get_clock().now().to_msg(), frame_id="")
         self._pubs["label_info"].publish(make_label_info(self.T, header, class_names, params.score_threshold))
-        self.objects = FrameObjectStep(params.tracker_settings(), params.depth_settings())
+        self.objects = FrameObjectStep(params.tracker_settings(), params.depth_settings(), params.depth_stride)
         self.worker = FrameWorker(self._process, self._on_error, prompt_capacity=PROMPT_QUEUE)
         self.worker.start()
         if params.depth_enabled and params.everything_mode:

@@ -62,10 +62,13 @@ class NodeSettings(Settings):
     depth_enabled: bool = setting(False, "subscribe to depth/image_raw (16UC1 millimetres or 32FC1 metres, registered "
                                          "to the colour image) and camera_info, and publish ~/detections_3d, ~/objects "
                                          "and ~/markers")
-    sync_slop: float = setting(0.05, "seconds by which the stamps of a colour frame and its depth and camera_info may "
-                                     "differ", lo=0.0, hi=1.0)
+    sync_slop: float = setting(0.02, "seconds by which the stamps of a colour frame and its depth and camera_info may "
+                                     "differ; keep it below half the frame period, or a frame whose depth comes late "
+                                     "is paired with its neighbour's", lo=0.0, hi=1.0)
     depth_wait: float = setting(0.3, "seconds a colour frame waits for its depth before it is segmented in 2D only "
                                      "(and counted)", lo=0.0, hi=10.0, lo_open=True)
+    depth_stride: int = setting(2, "3D from every n-th depth pixel in each direction (n^2 fewer points in the 3D "
+                                   "step and ~/objects; 1 = every pixel)", lo=1, hi=16, runtime=True)
     depth_min: float = setting(0.1, "nearest valid depth (metres); nearer pixels are ignored", lo=0.0, hi=100.0,
                                lo_open=True, runtime=True)
     depth_max: float = setting(10.0, "farthest valid depth (metres); farther pixels are ignored", lo=0.0, hi=1000.0,

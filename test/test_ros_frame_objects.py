@@ -171,3 +171,20 @@ def test_pairing_expires_frames_when_depth_stops(pairing_cls):
     assert pairing.expire(100 * 10**9 + 200_000_000) == []  # 0.2 s: still waiting
     expired = pairing.expire(100 * 10**9 + 400_000_000)
     assert len(expired) == 1 and not expired[0].complete
+
+
+@pytest.mark.parametrize("stride", [2, 3])
+def test_depth_stride_samples_the_same_geometry(stride):
+    """A tilted plane: the 3D from every stride-th pixel matches the full one to about a sample's footprint."""
+    depth = np.repeat(np.linspace(0.8, 1.6, H, dtype=np.float32)[:, None], W, axis=1)
+    msg = depth_to_message(T, _header(0), depth, "32FC1")
+    full = FrameObjectStep(TrackerSettings(), DepthSettings())(_seg(), 0.0, msg, _info())
+    sampled = FrameObjectStep(TrackerSettings(), DepthSettings(), depth_stride=stride)(_seg(), 0.0, msg, _info())
+    assert sampled.with_3d
+    for a, b in zip(full.segmentation.instances, sampled.segmentation.instances, strict=True):
+        n_full, n_sampled = len(a.object3d.points), len(b.object3d.points)
+        assert n_sampled == pytest.approx(n_full / stride**2, rel=0.25)
+        footprint = stride * float(b.object3d.box_max[2]) / 50.0
+        np.testing.assert_allclose(b.object3d.box_min, a.object3d.box_min, atol=footprint)
+        np.testing.assert_allclose(b.object3d.box_max, a.object3d.box_max, atol=footprint)
+        np.testing.assert_allclose(b.object3d.surface_centroid, a.object3d.surface_centroid, atol=footprint / 2)
