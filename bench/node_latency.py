@@ -163,6 +163,7 @@ class Client:
         self.cond = threading.Condition()
         self.node.create_subscription(Detection2DArray, f"/{node_name}/detections", self._on_det, 100)
         self.diag: dict[str, str] = {}
+        self.diag_rgbd: dict[str, str] = {}  # the RGB-D node's
         self.node_name = node_name
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
         if rgbd_ns:  # the RGB-D node: colour, depth and camera_info in, Detection3DArray out
@@ -215,6 +216,8 @@ class Client:
         for st in msg.status:
             if st.name.startswith(f"{self.node_name}:"):
                 self.diag = {kv.key: kv.value for kv in st.values}
+            elif st.name.startswith(f"{self.node_name}_rgbd:"):
+                self.diag_rgbd = {kv.key: kv.value for kv in st.values}
 
     def image(self, rgb: np.ndarray, i: int):
         msg = self.Image()
@@ -298,6 +301,10 @@ def rgbd_phase(client: Client, rgbd_proc: subprocess.Popen, frames: list[np.ndar
     out = {"frames": n, "rgb": summary(rgb), "rgbd": summary(rgbd),
            "rgb_lost": n - len(rgb), "rgbd_lost": n - len(rgbd)}
     out["overhead_p50"] = out["rgbd"]["p50_ms"] / out["rgb"]["p50_ms"] - 1
+    time.sleep(1.2)  # one /diagnostics period
+    out["rgbd_node_counts"] = {k: client.diag_rgbd.get(k, "?") for k in (
+        "frames processed", "frames with 3D", "frames without depth (2D only)", "frames with unusable depth (2D only)",
+        "frames dropped", "latency p50 ms", "latency p95 ms", "inference p95 ms")}
     return out
 
 
@@ -428,7 +435,8 @@ def main(argv=None) -> int:
         print(f"RGB vs RGB-D node (one in flight, interleaved, {results['rgbd']['frames']} frames): p50 "
               f"{rgb_p50:.1f} vs {rgbd_p50:.1f} ms ({100 * results['rgbd']['overhead_p50']:+.1f}%), p95 "
               f"{results['rgbd']['rgb']['p95_ms']:.1f} vs {results['rgbd']['rgbd']['p95_ms']:.1f} ms; "
-              f"lost {results['rgbd']['rgb_lost']} / {results['rgbd']['rgbd_lost']}")
+              f"lost {results['rgbd']['rgb_lost']} / {results['rgbd']['rgbd_lost']}; the RGB-D node's counts: "
+              + ", ".join(f"{k} {v}" for k, v in results["rgbd"]["rgbd_node_counts"].items()))
     finally:
         client.close()
         for p in (proc, rgbd_proc):

@@ -138,6 +138,16 @@ def image_qos(reliability: str, depth: int = 1) -> QoSProfile:
 
 
 @dataclass
+class RgbdSubscription:
+    subscription: Any
+    reliability: str  # best_effort or reliable
+    settled: bool  # False: chosen by auto before any publisher appeared (re-checked)
+
+
+RGBD_INPUTS = {DEPTH: (Image, DEPTH_TOPIC), CAMERA_INFO: (CameraInfo, CAMERA_INFO_TOPIC)}
+
+
+@dataclass
 class FrameJob(Job):
     """An everything-mode frame with its paired depth and camera_info (None: none matched)."""
 
@@ -281,7 +291,7 @@ class SaomNode(LifecycleNode):
         self.M3 = None  # the 3D message classes (depth_enabled)
         self.objects: FrameObjectStep | None = None  # score filter, 3D and tracker (while active)
         self.pairing: Pairing | None = None  # colour + depth + camera_info by stamp (depth_enabled, active)
-        self._rgbd_subs: list[Any] = []
+        self.rgbd_subs: dict[str, RgbdSubscription] = {}  # depth and camera_info, by pairing stream
         self._expire_timer = None
         self._color_arrivals: OrderedDict[int, float] = OrderedDict()  # stamp ns -> monotonic arrival
         self._last_3d = 0.0
@@ -527,22 +537,40 @@ class SaomNode(LifecycleNode):
         self.image_reliability = "reliable" if qos.reliability == ReliabilityPolicy.RELIABLE else "best_effort"
 
     def _subscribe_rgbd(self, params: NodeParams) -> None:
-        """depth/image_raw and camera_info, paired with the colour frames by stamp; reliability as
-        image_reliability (auto: their publishers' at activate, best effort when there are none yet)."""
+        """depth/image_raw and camera_info, paired with the colour frames by stamp, and the timer that
+        gives out frames whose depth does not come."""
         self.pairing = make_pairing(params.sync_slop, params.depth_wait)
         self._color_arrivals.clear()
-        for msg_type, topic, stream in ((Image, DEPTH_TOPIC, DEPTH), (CameraInfo, CAMERA_INFO_TOPIC, CAMERA_INFO)):
-            reliability = params.image_reliability
-            if reliability == "auto":
-                reliability = publishers_reliability(
-                    self.get_publishers_info_by_topic(self.resolve_topic_name(topic))) or "best_effort"
-            self._rgbd_subs.append(self.create_subscription(
-                msg_type, topic, functools.partial(self._on_rgbd, stream), image_qos(reliability, DEPTH_QUEUE)))
+        for stream in RGBD_INPUTS:
+            self._subscribe_rgbd_stream(params, stream)
         period = min(0.05, params.depth_wait / 2)
         self._expire_timer = self.create_timer(period, self._expire_pairs, callback_group=self.timer_group)
         self.get_logger().info(f"depth: {self.resolve_topic_name(DEPTH_TOPIC)} and "
                                f"{self.resolve_topic_name(CAMERA_INFO_TOPIC)} paired with colour by stamp "
                                f"(slop {params.sync_slop} s, {self.pairing.name})")
+
+    def _subscribe_rgbd_stream(self, params: NodeParams, stream: str) -> None:
+        """(Re)subscribe one of them with image_reliability; auto takes its publishers' reliability
+        (best effort while there is none: re-checked by the diagnostics timer, as for the image)."""
+        msg_type, topic = RGBD_INPUTS[stream]
+        reliability, settled = params.image_reliability, True
+        if reliability == "auto":
+            found = publishers_reliability(self.get_publishers_info_by_topic(self.resolve_topic_name(topic)))
+            reliability, settled = found or "best_effort", found is not None
+        current = self.rgbd_subs.get(stream)
+        if current is not None and current.reliability == reliability:
+            current.settled = settled
+            return
+        if current is not None:
+            self.destroy_subscription(current.subscription)
+            self.get_logger().info(f"image_reliability auto: {topic} is published {reliability}; "
+                                   f"subscribing {reliability}")
+        # no QoS event handlers: re-subscribing while the executor waits on a handler being destroyed
+        # raises InvalidHandle inside rclpy's executor (Kilted)
+        sub = self.create_subscription(msg_type, topic, functools.partial(self._on_rgbd, stream),
+                                       image_qos(reliability, DEPTH_QUEUE),
+                                       event_callbacks=SubscriptionEventCallbacks(use_default_callbacks=False))
+        self.rgbd_subs[stream] = RgbdSubscription(sub, reliability, settled)
 
     def _recheck_reliability(self) -> None:
         if self._active and self.params is not None:
@@ -561,9 +589,9 @@ class SaomNode(LifecycleNode):
             if sub is not None:
                 self.destroy_subscription(sub)
         self._image_sub = self._prompt_sub = None
-        for sub in self._rgbd_subs:
-            self.destroy_subscription(sub)
-        self._rgbd_subs = []
+        for rgbd in self.rgbd_subs.values():
+            self.destroy_subscription(rgbd.subscription)
+        self.rgbd_subs = {}
         if self._expire_timer is not None:
             self.destroy_timer(self._expire_timer)
             self._expire_timer = None
@@ -866,6 +894,11 @@ class SaomNode(LifecycleNode):
         return DiagnosticStatus.WARN, f"frames arrive but none was segmented for {window:.0f} s (model still busy)"
 
     def _on_timer(self) -> None:
+        params = self.params
+        if self._active and params is not None:
+            for stream, rgbd in list(self.rgbd_subs.items()):
+                if not rgbd.settled:
+                    self._subscribe_rgbd_stream(params, stream)
         snap = self.stats.snapshot()
         if self._active and self._log_limit.ready():
             self.get_logger().info(snap.line())

@@ -51,7 +51,8 @@ class ShufflingSegmenter(FakeSegmenter):
 class Rig:
     """A SaomNode with depth in namespace /<name>, and the tester's camera publishers and collectors."""
 
-    def __init__(self, ros: Harness, name: str, ckpt, segmenter_cls=FakeSegmenter, **params) -> None:
+    def __init__(self, ros: Harness, name: str, ckpt, segmenter_cls=FakeSegmenter, start_first: bool = False,
+                 **params) -> None:
         self.ros, self.ns = ros, f"/{name}"
         values = {"checkpoint": str(ckpt), "autostart": False, "image_topic": "image", "depth_enabled": True,
                   "diagnostics_period": 0.2, **params}
@@ -64,6 +65,8 @@ class Rig:
         self.node = SaomNode("saom", namespace=self.ns, context=ros.ctx, segmenter_factory=factory,
                              parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
         ros.executor.add_node(self.node)
+        if start_first:  # before the camera's publishers exist
+            assert self.node.startup()
         tester = ros.tester
         self.color = tester.create_publisher(Image, f"{self.ns}/image", RELIABLE)
         self.depth = tester.create_publisher(Image, f"{self.ns}/depth/image_raw", RELIABLE)
@@ -87,7 +90,8 @@ class Rig:
 
         spy = LoggerSpy()
         self.node.get_logger = lambda: spy
-        assert self.node.startup()
+        if not start_first:
+            assert self.node.startup()
 
     def frame(self, i: int, encoding: str = "16UC1", depth_m=None, info_fx: float = 50.0, depth: bool = True):
         """Publish frame i (colour, then depth and camera_info with the same stamp); its colour message."""
@@ -247,5 +251,20 @@ def test_tracker_and_depth_range_change_at_runtime_the_sync_does_not(ros, ckpt):
         assert not refused.successful and "reload" in refused.reason
         refused = rig.node.set_parameters([Parameter("depth_min", value=5.0)])[0]
         assert not refused.successful and "depth_min must be smaller" in refused.reason
+    finally:
+        rig.close()
+
+
+def test_depth_reliability_follows_a_camera_that_starts_after_the_node(ros, ckpt):
+    from saom_ros.sync import CAMERA_INFO, DEPTH
+
+    rig = Rig(ros, "rgbd_late_camera", ckpt, start_first=True)
+    try:
+        assert all(rig.node.rgbd_subs[s].reliability == "reliable" or not rig.node.rgbd_subs[s].settled
+                   for s in (DEPTH, CAMERA_INFO))
+        # the tester's reliable publishers now exist: re-checked with the diagnostics, subscribed reliably
+        assert wait_until(lambda: all(rig.node.rgbd_subs[s].reliability == "reliable" and rig.node.rgbd_subs[s].settled
+                                      for s in (DEPTH, CAMERA_INFO)), 10)
+        rig.until([rig.dets3d], 1, 0)
     finally:
         rig.close()
