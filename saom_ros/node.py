@@ -294,6 +294,7 @@ class SaomNode(LifecycleNode):
         self.rgbd_subs: dict[str, RgbdSubscription] = {}  # depth and camera_info, by pairing stream
         self._expire_timer = None
         self._color_arrivals: OrderedDict[int, float] = OrderedDict()  # stamp ns -> monotonic arrival
+        self._arrivals_lock = threading.Lock()  # subscriptions and the expiry timer run in different threads
         self._last_3d = 0.0
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
@@ -719,9 +720,10 @@ class SaomNode(LifecycleNode):
         if pairing is None:
             self._submit_frame(worker, FrameJob("frame", msg, received))
             return
-        self._color_arrivals[stamp_ns(msg.header)] = received
-        while len(self._color_arrivals) > 100:  # frames the pairing gave out long ago
-            self._color_arrivals.popitem(last=False)
+        with self._arrivals_lock:
+            self._color_arrivals[stamp_ns(msg.header)] = received
+            while len(self._color_arrivals) > 100:  # frames the pairing gave out long ago
+                self._color_arrivals.popitem(last=False)
         self._submit_pairs(pairing.add(COLOR, msg))
 
     def _submit_frame(self, worker: FrameWorker, job: FrameJob) -> None:
@@ -734,7 +736,8 @@ class SaomNode(LifecycleNode):
         if worker is None:
             return
         for match in matches:
-            received = self._color_arrivals.pop(match.stamp_ns, time.monotonic())
+            with self._arrivals_lock:
+                received = self._color_arrivals.pop(match.stamp_ns, time.monotonic())
             self._submit_frame(worker, FrameJob("frame", match.color, received, depth=match.depth,
                                                 camera_info=match.camera_info))
 
@@ -748,13 +751,11 @@ class SaomNode(LifecycleNode):
         """Give out colour frames that waited depth_wait for their depth. Timed on the stamps' clock
         as seen from here (the newest colour stamp plus the time since it arrived), so camera clocks
         and sim time both work."""
-        pairing, arrivals = self.pairing, self._color_arrivals
-        if pairing is None or not arrivals:
-            return
-        try:
-            stamp, arrived = next(reversed(arrivals.items()))
-        except (StopIteration, RuntimeError):  # emptied or changed by a subscription meanwhile
-            return
+        pairing = self.pairing
+        with self._arrivals_lock:
+            if pairing is None or not self._color_arrivals:
+                return
+            stamp, arrived = next(reversed(self._color_arrivals.items()))
         self._submit_pairs(pairing.expire(stamp + int((time.monotonic() - arrived) * 1e9)))
 
     def _on_prompts(self, msg: Detection2DArray) -> None:
