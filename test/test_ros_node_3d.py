@@ -12,16 +12,16 @@ from saom_ros.testing import FakeSegmenter, isolate_ros_env
 
 isolate_ros_env()
 
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
+from test_ros_node import RELIABLE, Collector, Harness, image_msg, key, mask_array, wait_until  # noqa: E402
 from vision_msgs.msg import Detection2DArray, Detection3DArray  # noqa: E402
 from visualization_msgs.msg import MarkerArray  # noqa: E402
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 
 from saom_ros.msgtypes import rclpy_types  # noqa: E402
 from saom_ros.node import SaomNode  # noqa: E402
 from saom_ros.objects3d import POINT_DTYPE, depth_to_message  # noqa: E402
-from test_ros_node import RELIABLE, Collector, Harness, image_msg, key, mask_array, wait_until  # noqa: E402
 
 pytestmark = [pytest.mark.filterwarnings("ignore:module 'sre_:DeprecationWarning"),
               pytest.mark.filterwarnings("ignore:Deprecated in favor of:DeprecationWarning")]
@@ -99,8 +99,9 @@ class Rig:
         self.color.publish(color)
         if depth:
             plane = np.full((H, W), PLANE_M, np.float32) if depth_m is None else depth_m
-            depth_msg = depth_to_message(T, color.header, plane, encoding if encoding in ("16UC1", "32FC1") else "16UC1")
-            depth_msg.encoding = encoding
+            valid = encoding in ("16UC1", "32FC1")
+            depth_msg = depth_to_message(T, color.header, plane, encoding if valid else "16UC1")
+            depth_msg.encoding = encoding  # an unsupported one: the 16UC1 data under another name
             self.depth.publish(depth_msg)
             info = CameraInfo(header=color.header, width=W, height=H,
                               k=[info_fx, 0.0, 31.5, 0.0, 50.0, 23.5, 0.0, 0.0, 1.0])
