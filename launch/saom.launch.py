@@ -26,6 +26,8 @@ ARGUMENTS = (
     ("image_transport", "",
      "raw or compressed (subscribes <image_topic>/compressed); overrides the params file when set"),
     ("image_reliability", "", "auto, best_effort or reliable; overrides the params file when set"),
+    ("depth_enabled", "", "true: also subscribe to depth and camera_info and publish the 3D outputs; "
+                          "empty: the params file's value"),
     ("depth_topic", "/camera/depth/image_raw", "aligned depth image (remapped onto the node's depth/image_raw)"),
     ("camera_info_topic", "/camera/camera_info",
      "camera info of the colour camera (remapped onto the node's camera_info)"),
@@ -72,8 +74,9 @@ def _actions(context):
     for name in STRING_OVERRIDES:
         if get(name):
             overrides[name] = get(name)
-    if get("autostart"):
-        overrides["autostart"] = _flag(get("autostart"))
+    for name in ("autostart", "depth_enabled"):
+        if get(name):
+            overrides[name] = _flag(get(name))
     image_topic = get("image_topic") or "image_raw"
     namespace = get("namespace")
     node = LifecycleNode(

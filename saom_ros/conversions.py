@@ -6,7 +6,7 @@ codecs: raw images are numpy views, compressed ones go through OpenCV's decoder.
 
 class_id convention: `ObjectHypothesis.class_id` (string) is `str(class index)`, the same number
 as `VisionClass.class_id` (uint16) in LabelInfo; `Detection2D.id` is the instance's value in the
-mono16 instance mask.
+mono16 instance mask: its track id when tracked (the node), else its number in the frame.
 """
 from __future__ import annotations
 
@@ -230,9 +230,18 @@ def filter_instances(seg: Segmentation, score_threshold: float) -> Segmentation:
     return Segmentation(height=seg.height, width=seg.width, instances=kept)
 
 
+def instance_id(instance: Instance, index: int) -> int:
+    """The id an instance is published under: its track id when tracked, else its number (1-based)."""
+    return int(instance.track_id) if instance.track_id is not None else int(index)
+
+
 def label_image(seg: Segmentation) -> np.ndarray:
-    """(H, W) uint16, 0 = none, k = instance k (Segmentation.label_image)."""
-    labels = seg.label_image()
+    """(H, W) uint16, 0 = none, k = the instance published with id k (`instance_id`): keyed by track
+    id when the instances are tracked (track.track_label_image), else Segmentation.label_image."""
+    from saom_core.track import track_label_image
+
+    tracked = any(inst.track_id is not None for inst in seg.instances)
+    labels = track_label_image(seg) if tracked else seg.label_image()
     if labels.shape != (seg.height, seg.width):
         raise ValueError(f"label image {labels.shape} does not match the frame {seg.height}x{seg.width}")
     return labels
@@ -282,7 +291,7 @@ def make_detection(T: MessageTypes, header: Any, inst: Instance, det_id: str) ->
 def make_detection_array(T: MessageTypes, header: Any, seg: Segmentation) -> Any:
     """One Detection2D per instance, in instance order; `id` = the instance's value in the label image."""
     return T.Detection2DArray(header=header,
-                              detections=[make_detection(T, header, inst, str(k))
+                              detections=[make_detection(T, header, inst, str(instance_id(inst, k)))
                                           for k, inst in enumerate(seg.instances, 1)])
 
 
@@ -303,7 +312,7 @@ def overlay_image(rgb: np.ndarray, seg: Segmentation) -> np.ndarray:
     if not seg.instances:
         return rgb
     masks = [inst.mask for inst in seg.instances]
-    texts = [f"{k} {inst.class_name} {inst.score:.2f}" for k, inst in enumerate(seg.instances, 1)]
+    texts = [f"{instance_id(inst, k)} {inst.class_name} {inst.score:.2f}" for k, inst in enumerate(seg.instances, 1)]
     return draw_instances(rgb, masks, texts, [int(inst.class_id) for inst in seg.instances], scale_to=None)
 
 

@@ -18,11 +18,22 @@ Topics (relative names, remappable; ~ is the node's name):
        publisher's, re-checked until one appears);
        ~/prompts (vision_msgs/Detection2DArray: boxes, or centre points where the size is 0),
        reliable, keep last PROMPTS_DEPTH
+       with depth_enabled: depth/image_raw (sensor_msgs/Image 16UC1 mm or 32FC1 m, registered to
+       colour) and camera_info (sensor_msgs/CameraInfo), paired with each colour frame by stamp
+       within sync_slop (saom_ros.pairing: message_filters where installed)
   out  ~/detections (vision_msgs/Detection2DArray), ~/instance_mask (sensor_msgs/Image mono16),
        ~/overlay (rgb8, only while subscribed), ~/prompted/detections (detection k answers prompt k
        and carries its id), ~/prompted/masks (mono8, one H-row plane per answer: see
        conversions.make_prompted_outputs), ~/label_info (vision_msgs/LabelInfo, transient local),
-       /diagnostics (diagnostic_msgs/DiagnosticArray).
+       /diagnostics (diagnostic_msgs/DiagnosticArray); with depth_enabled ~/detections_3d
+       (vision_msgs/Detection3DArray), ~/objects (sensor_msgs/PointCloud2, only while subscribed)
+       and ~/markers (visualization_msgs/MarkerArray), with the colour frame's header.
+
+Ids (everything mode): instances are tracked across frames (saom_ros.frame_objects), and
+Detection2D.id, Detection3D.id, the cloud's id field and the marker ids are the track id, which is
+also the instance's pixel value in ~/instance_mask (0 = no published instance). A new object is
+published once its track is confirmed (track_min_hits frames in a row). A colour frame without
+matching depth, or with depth that cannot be used, is published in 2D and counted in /diagnostics.
 """
 from __future__ import annotations
 
@@ -31,8 +42,9 @@ import sys
 import threading
 import time
 import traceback
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import rclpy
@@ -56,8 +68,9 @@ try:  # Jazzy and newer
     from rclpy.event_handler import SubscriptionEventCallbacks
 except ImportError:  # Humble
     from rclpy.qos_event import SubscriptionEventCallbacks
-from sensor_msgs.msg import CompressedImage, Image
-from vision_msgs.msg import Detection2DArray, LabelInfo
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from vision_msgs.msg import Detection2DArray, Detection3DArray, LabelInfo
+from visualization_msgs.msg import MarkerArray
 
 from saom_core.errors import ConfigError, ImageError, SaomError
 
@@ -75,7 +88,10 @@ from .conversions import (
     select_image_converter,
     stamp_key,
 )
+from .frame_objects import FrameObjectStep
 from .msgtypes import rclpy_types
+from .objects3d import make_detection3d_array, make_markers, make_point_cloud, rclpy_types_3d
+from .pairing import Pairing, make_pairing
 from .params import (
     NODE_NAME,
     PARAMETER_NAMES,
@@ -90,6 +106,7 @@ from .params import (
     validate,
 )
 from .pipeline import FrameWorker, Job, PromptMatcher, RateLimiter, Stats
+from .sync import CAMERA_INFO, COLOR, DEPTH, Match, stamp_ns
 
 # Outputs are lossless: reliable, a few messages deep so a slow reader does not lose any.
 OUTPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
@@ -105,16 +122,37 @@ PROMPT_QUEUE = 4
 # an override of the image reliability wins over image_reliability (auto included).
 OVERRIDABLE_POLICIES = (QoSPolicyKind.HISTORY, QoSPolicyKind.DEPTH, QoSPolicyKind.RELIABILITY)
 PROMPTS_TOPIC = "~/prompts"
+DEPTH_TOPIC, CAMERA_INFO_TOPIC = "depth/image_raw", "camera_info"  # the launch file remaps them
+DEPTH_QUEUE = 5  # depth and camera_info wait this deep for their colour frame
 RELIABILITY_RECHECK_S = 1.0  # image_reliability auto: how often to look for the camera publisher
 FAILURES_FOR_ERROR = 3  # consecutive model failures that make the diagnostics ERROR
 
 OK, FAILURE, ERROR = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE, TransitionCallbackReturn.ERROR
 
 
-def image_qos(reliability: str) -> QoSProfile:
-    """Sensor-data QoS (keep last 1) with the given reliability (best_effort or reliable)."""
+def image_qos(reliability: str, depth: int = 1) -> QoSProfile:
+    """Sensor-data QoS (keep last `depth`, 1 for images) with the given reliability (best_effort or reliable)."""
     rel = ReliabilityPolicy.RELIABLE if reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=rel, durability=DurabilityPolicy.VOLATILE)
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=rel,
+                      durability=DurabilityPolicy.VOLATILE)
+
+
+@dataclass
+class RgbdSubscription:
+    subscription: Any
+    reliability: str  # best_effort or reliable
+    settled: bool  # False: chosen by auto before any publisher appeared (re-checked)
+
+
+RGBD_INPUTS = {DEPTH: (Image, DEPTH_TOPIC), CAMERA_INFO: (CameraInfo, CAMERA_INFO_TOPIC)}
+
+
+@dataclass
+class FrameJob(Job):
+    """An everything-mode frame with its paired depth and camera_info (None: none matched)."""
+
+    depth: Any = None
+    camera_info: Any = None
 
 
 def prompts_qos() -> QoSProfile:
@@ -250,6 +288,14 @@ class SaomNode(LifecycleNode):
         self._last_skip = ""  # why the latest frame was skipped
         self._last_skip_time = 0.0
         self._to_rgb: Callable[[Any], Any] = select_image_converter(None)[0]  # set at configure
+        self.M3 = None  # the 3D message classes (depth_enabled)
+        self.objects: FrameObjectStep | None = None  # score filter, 3D and tracker (while active)
+        self.pairing: Pairing | None = None  # colour + depth + camera_info by stamp (depth_enabled, active)
+        self.rgbd_subs: dict[str, RgbdSubscription] = {}  # depth and camera_info, by pairing stream
+        self._expire_timer = None
+        self._color_arrivals: OrderedDict[int, float] = OrderedDict()  # stamp ns -> monotonic arrival
+        self._arrivals_lock = threading.Lock()  # subscriptions and the expiry timer run in different threads
+        self._last_3d = 0.0
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # -- helpers -----------------------------------------------------------------------------
@@ -328,6 +374,10 @@ class SaomNode(LifecycleNode):
         if new.score_threshold != old.score_threshold and self._active and "label_info" in self._pubs:
             header = self.T.Header(stamp=self.get_clock().now().to_msg(), frame_id="")
             self._pubs["label_info"].publish(make_label_info(self.T, header, self.class_names, new.score_threshold))
+        objects = self.objects
+        if objects is not None and (new.tracker_settings(), new.depth_settings(), new.depth_stride) != (
+                old.tracker_settings(), old.depth_settings(), old.depth_stride):
+            objects.update_settings(new.tracker_settings(), new.depth_settings(), new.depth_stride)
         if new.enable != old.enable:
             self.get_logger().info("segmentation " + ("resumed" if new.enable else "paused (enable is false; "
                                                                               "the model stays loaded)"))
@@ -402,6 +452,11 @@ class SaomNode(LifecycleNode):
         if params.prompts_enabled:
             self._pubs["prompted_detections"] = pub(Detection2DArray, "~/prompted/detections", OUTPUT_QOS)
             self._pubs["prompted_masks"] = pub(Image, "~/prompted/masks", OUTPUT_QOS)
+        if params.depth_enabled:
+            self.M3 = rclpy_types_3d()
+            self._pubs["detections_3d"] = pub(Detection3DArray, "~/detections_3d", OUTPUT_QOS)
+            self._pubs["objects"] = pub(PointCloud2, "~/objects", OUTPUT_QOS)
+            self._pubs["markers"] = pub(MarkerArray, "~/markers", OUTPUT_QOS)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.stats = Stats()
         self._log_limit = RateLimiter(params.log_period)
@@ -436,8 +491,11 @@ class SaomNode(LifecycleNode):
         ret = super().on_activate(state)
         header = self.T.Header(stamp=self.get_clock().now().to_msg(), frame_id="")
         self._pubs["label_info"].publish(make_label_info(self.T, header, class_names, params.score_threshold))
+        self.objects = FrameObjectStep(params.tracker_settings(), params.depth_settings(), params.depth_stride)
         self.worker = FrameWorker(self._process, self._on_error, prompt_capacity=PROMPT_QUEUE)
         self.worker.start()
+        if params.depth_enabled and params.everything_mode:
+            self._subscribe_rgbd(params)
         self._subscribe_image()
         self._last_frame = time.monotonic()
         if params.prompts_enabled:
@@ -479,6 +537,42 @@ class SaomNode(LifecycleNode):
                                                    qos_overriding_options=QoSOverridingOptions(kinds))
         self.image_reliability = "reliable" if qos.reliability == ReliabilityPolicy.RELIABLE else "best_effort"
 
+    def _subscribe_rgbd(self, params: NodeParams) -> None:
+        """depth/image_raw and camera_info, paired with the colour frames by stamp, and the timer that
+        gives out frames whose depth does not come."""
+        self.pairing = make_pairing(params.sync_slop, params.depth_wait)
+        self._color_arrivals.clear()
+        for stream in RGBD_INPUTS:
+            self._subscribe_rgbd_stream(params, stream)
+        period = min(0.05, params.depth_wait / 2)
+        self._expire_timer = self.create_timer(period, self._expire_pairs, callback_group=self.timer_group)
+        self.get_logger().info(f"depth: {self.resolve_topic_name(DEPTH_TOPIC)} and "
+                               f"{self.resolve_topic_name(CAMERA_INFO_TOPIC)} paired with colour by stamp "
+                               f"(slop {params.sync_slop} s, {self.pairing.name})")
+
+    def _subscribe_rgbd_stream(self, params: NodeParams, stream: str) -> None:
+        """(Re)subscribe one of them with image_reliability; auto takes its publishers' reliability
+        (best effort while there is none: re-checked by the diagnostics timer, as for the image)."""
+        msg_type, topic = RGBD_INPUTS[stream]
+        reliability, settled = params.image_reliability, True
+        if reliability == "auto":
+            found = publishers_reliability(self.get_publishers_info_by_topic(self.resolve_topic_name(topic)))
+            reliability, settled = found or "best_effort", found is not None
+        current = self.rgbd_subs.get(stream)
+        if current is not None and current.reliability == reliability:
+            current.settled = settled
+            return
+        if current is not None:
+            self.destroy_subscription(current.subscription)
+            self.get_logger().info(f"image_reliability auto: {topic} is published {reliability}; "
+                                   f"subscribing {reliability}")
+        # no QoS event handlers: re-subscribing while the executor waits on a handler being destroyed
+        # raises InvalidHandle inside rclpy's executor (Kilted)
+        sub = self.create_subscription(msg_type, topic, functools.partial(self._on_rgbd, stream),
+                                       image_qos(reliability, DEPTH_QUEUE),
+                                       event_callbacks=SubscriptionEventCallbacks(use_default_callbacks=False))
+        self.rgbd_subs[stream] = RgbdSubscription(sub, reliability, settled)
+
     def _recheck_reliability(self) -> None:
         if self._active and self.params is not None:
             self._subscribe_image()
@@ -496,6 +590,13 @@ class SaomNode(LifecycleNode):
             if sub is not None:
                 self.destroy_subscription(sub)
         self._image_sub = self._prompt_sub = None
+        for rgbd in self.rgbd_subs.values():
+            self.destroy_subscription(rgbd.subscription)
+        self.rgbd_subs = {}
+        if self._expire_timer is not None:
+            self.destroy_timer(self._expire_timer)
+            self._expire_timer = None
+        self.pairing = None
         self.image_reliability = ""
         if self.matcher is not None:
             before = self.matcher.unmatched
@@ -613,8 +714,49 @@ class SaomNode(LifecycleNode):
             if match is not None:
                 frame, prompts, prompts_received = match
                 self._submit_prompts(worker, Job("prompts", frame, prompts_received, prompts))
-        if params.everything_mode and worker.submit_frame(Job("frame", msg, received)):
+        if not params.everything_mode:
+            return
+        pairing = self.pairing
+        if pairing is None:
+            self._submit_frame(worker, FrameJob("frame", msg, received))
+            return
+        with self._arrivals_lock:
+            self._color_arrivals[stamp_ns(msg.header)] = received
+            while len(self._color_arrivals) > 100:  # frames the pairing gave out long ago
+                self._color_arrivals.popitem(last=False)
+        self._submit_pairs(pairing.add(COLOR, msg))
+
+    def _submit_frame(self, worker: FrameWorker, job: FrameJob) -> None:
+        if worker.submit_frame(job):
             self.stats.count("dropped")
+
+    def _submit_pairs(self, matches: list[Match]) -> None:
+        """Colour frames the pairing has decided (with depth, or without it) go to the worker."""
+        worker = self.worker
+        if worker is None:
+            return
+        for match in matches:
+            with self._arrivals_lock:
+                received = self._color_arrivals.pop(match.stamp_ns, time.monotonic())
+            self._submit_frame(worker, FrameJob("frame", match.color, received, depth=match.depth,
+                                                camera_info=match.camera_info))
+
+    def _on_rgbd(self, stream: str, msg: Any) -> None:
+        pairing = self.pairing
+        if pairing is None or self.worker is None or not self.enabled:
+            return
+        self._submit_pairs(pairing.add(stream, msg))
+
+    def _expire_pairs(self) -> None:
+        """Give out colour frames that waited depth_wait for their depth. Timed on the stamps' clock
+        as seen from here (the newest colour stamp plus the time since it arrived), so camera clocks
+        and sim time both work."""
+        pairing = self.pairing
+        with self._arrivals_lock:
+            if pairing is None or not self._color_arrivals:
+                return
+            stamp, arrived = next(reversed(self._color_arrivals.items()))
+        self._submit_pairs(pairing.expire(stamp + int((time.monotonic() - arrived) * 1e9)))
 
     def _on_prompts(self, msg: Detection2DArray) -> None:
         received = time.monotonic()
@@ -632,7 +774,8 @@ class SaomNode(LifecycleNode):
             self._submit_prompts(worker, Job("prompts", frame, received, msg))
 
     def _process(self, job: Job) -> None:
-        params, segmenter, T = self.params, self.segmenter, self.T
+        """The worker's job: a prompt set (prompted mode) or a frame (everything mode)."""
+        params, segmenter = self.params, self.segmenter
         if params is None or segmenter is None:
             return
         try:
@@ -640,28 +783,46 @@ class SaomNode(LifecycleNode):
         except UnsupportedEncoding as exc:
             self._skip(str(exc))
             return
-        h, w = rgb.shape[:2]
         if job.kind == "prompts":
             self._answer_prompts(job, rgb, segmenter)
-            return
+        else:
+            self._process_frame(job, rgb, segmenter, params)
+
+    def _process_frame(self, job: FrameJob, rgb: Any, segmenter: Any, params: NodeParams) -> None:
+        """Everything mode: segment, then score filter, 3D and tracking (frame_objects), then publish."""
+        T, objects = self.T, self.objects
+        h, w = rgb.shape[:2]
         t0 = time.monotonic()
         seg = segmenter.segment(rgb)
         inference = time.monotonic() - t0
         _check_size(seg, w, h)
+        assert objects is not None  # made at activate, before the worker starts
+        found = objects(seg, params.score_threshold, job.depth, job.camera_info, depth_expected=params.depth_enabled)
+        if found.problem:
+            self.warn_throttled("depth", f"no 3D output: {found.problem}")
         # the mask (and overlay) are only made while someone subscribes: a volatile topic without
         # subscribers delivers nothing, and a 16-bit full-frame image is the costly part
         mask_pub = self._pubs["instance_mask"]
-        out = make_outputs(T, job.image.header, seg, params.score_threshold,
-                           mask=mask_pub.get_subscription_count() > 0)
+        out = make_outputs(T, job.image.header, found.segmentation, mask=mask_pub.get_subscription_count() > 0)
         self._pubs["detections"].publish(out.detections)
         if out.instance_mask is not None:
             mask_pub.publish(out.instance_mask)
+        if found.with_3d and self.M3 is not None:
+            self._publish_3d(out.detections.header, found.segmentation)
         overlay_pub = self._pubs.get("overlay")
         if params.publish_overlay and overlay_pub is not None and overlay_pub.get_subscription_count() > 0:
             overlay_pub.publish(make_image(T, out.detections.header, overlay_image(rgb, out.segmentation), "rgb8"))
             self.overlays_published += 1
         self._last_processed = time.monotonic()
         self.stats.done(self._last_processed - job.received, inference)
+
+    def _publish_3d(self, header: Any, seg: Any) -> None:
+        M3, pubs = self.M3, self._pubs
+        pubs["detections_3d"].publish(make_detection3d_array(M3, header, seg))
+        if pubs["objects"].get_subscription_count() > 0:  # the cloud is the large one
+            pubs["objects"].publish(make_point_cloud(M3, header, seg))
+        pubs["markers"].publish(make_markers(M3, header, seg))
+        self._last_3d = time.monotonic()
 
     def _answer_prompts(self, job: Job, rgb: Any, segmenter: Any) -> None:
         """Answer k for prompt k, with its id; invalid prompts get an empty answer (and a warning)."""
@@ -720,6 +881,10 @@ class SaomNode(LifecycleNode):
         if now - self._last_processed <= window:
             if snap_failures:
                 return DiagnosticStatus.WARN, f"{snap_failures} frame(s) failed: {self.stats.last_error}"
+            objects = self.objects
+            if self.pairing is not None and objects is not None and now - self._last_3d > window:
+                return DiagnosticStatus.WARN, (f"segmenting in 2D only, {fps:.1f} frames/s: no 3D for "
+                                               f"{window:.0f} s ({objects.counts.last_problem or 'no depth yet'})")
             return DiagnosticStatus.OK, f"segmenting, {fps:.1f} frames/s"
         if now - self._last_skip_time <= window:
             return DiagnosticStatus.WARN, f"every recent frame was skipped: {self._last_skip}"
@@ -730,6 +895,11 @@ class SaomNode(LifecycleNode):
         return DiagnosticStatus.WARN, f"frames arrive but none was segmented for {window:.0f} s (model still busy)"
 
     def _on_timer(self) -> None:
+        params = self.params
+        if self._active and params is not None:
+            for stream, rgbd in list(self.rgbd_subs.items()):
+                if not rgbd.settled:
+                    self._subscribe_rgbd_stream(params, stream)
         snap = self.stats.snapshot()
         if self._active and self._log_limit.ready():
             self.get_logger().info(snap.line())
@@ -753,6 +923,9 @@ class SaomNode(LifecycleNode):
         status.level, status.message = self.diagnosis(snap.fps)
         status.values = [KeyValue(key=k, value=v) for k, v in snap.key_values()]
         status.values.append(KeyValue(key="image reliability", value=self.image_reliability))
+        objects = self.objects
+        if objects is not None and self.params is not None and self.params.depth_enabled:
+            status.values += [KeyValue(key=k, value=v) for k, v in objects.counts.key_values()]
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.status = [status]

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from saom_core.errors import ConfigError
+from saom_core.geometry3d import DepthSettings
 from saom_core.settings import SegmenterSettings, Settings, Thresholds, check, setting, spec, value_type
+from saom_core.track import TrackerSettings
 
 NODE_NAME = "saom_node"
 
@@ -53,6 +55,24 @@ class NodeSettings(Settings):
     autostart: bool = setting(True, "configure and activate at start-up (false: wait for a lifecycle manager)")
     enable: bool = setting(True, "segment frames and answer prompts (false: paused, the model stays loaded)",
                            runtime=True)
+    track_min_hits: int = setting(2, "everything mode: consecutive frames a new object must be seen in before it is "
+                                     "published under its track id (1 = at once)", lo=1, hi=100, runtime=True)
+    track_max_misses: int = setting(3, "everything mode: frames a tracked object may go unseen and keep its id",
+                                    lo=0, hi=1000, runtime=True)
+    depth_enabled: bool = setting(False, "subscribe to depth/image_raw (16UC1 millimetres or 32FC1 metres, registered "
+                                         "to the colour image) and camera_info, and publish ~/detections_3d, ~/objects "
+                                         "and ~/markers")
+    sync_slop: float = setting(0.02, "seconds by which the stamps of a colour frame and its depth and camera_info may "
+                                     "differ; keep it below half the frame period, or a frame whose depth comes late "
+                                     "is paired with its neighbour's", lo=0.0, hi=1.0)
+    depth_wait: float = setting(0.3, "seconds a colour frame waits for its depth before it is segmented in 2D only "
+                                     "(and counted)", lo=0.0, hi=10.0, lo_open=True)
+    depth_stride: int = setting(2, "3D from every n-th depth pixel in each direction (n^2 fewer points in the 3D "
+                                   "step and ~/objects; 1 = every pixel)", lo=1, hi=16, runtime=True)
+    depth_min: float = setting(0.1, "nearest valid depth (metres); nearer pixels are ignored", lo=0.0, hi=100.0,
+                               lo_open=True, runtime=True)
+    depth_max: float = setting(10.0, "farthest valid depth (metres); farther pixels are ignored", lo=0.0, hi=1000.0,
+                               lo_open=True, runtime=True)
 
 
 @dataclass(frozen=True)
@@ -65,6 +85,12 @@ class NodeParams(NodeSettings, SegmenterSettings):
         if self.image_transport == "compressed":
             return self.image_topic.rstrip("/") + "/compressed"
         return self.image_topic
+
+    def tracker_settings(self) -> TrackerSettings:
+        return TrackerSettings(min_hits=self.track_min_hits, max_misses=self.track_max_misses)
+
+    def depth_settings(self) -> DepthSettings:
+        return DepthSettings(min_depth=self.depth_min, max_depth=self.depth_max)
 
     def segmenter_settings(self) -> SegmenterSettings:
         """The settings for `saom_core.infer.segmenter.load_segmenter(params.checkpoint, ...)`."""
@@ -150,6 +176,9 @@ def validate(raw: Mapping[str, Any], check_files: bool = True) -> NodeParams:
             raise ConfigError(f"parameter checkpoint: {checkpoint} is not readable")
     if not params.image_topic:
         raise ConfigError("parameter image_topic: empty topic name")
+    if params.depth_min >= params.depth_max:
+        raise ConfigError(f"parameters depth_min ({params.depth_min}) and depth_max ({params.depth_max}): "
+                          "depth_min must be smaller")
     if not params.everything_mode and not params.prompts_enabled:
         raise ConfigError("parameters everything_mode and prompts_enabled are both false: the node would do nothing")
     return replace(params, checkpoint=checkpoint)

@@ -71,7 +71,7 @@ def test_launch_arguments_node_and_rviz(launch_module, tmp_path):
     declared = {a.kwargs.get("name", a.args[0] if a.args else None): a.kwargs for a in actions
                 if type(a).__name__ == "DeclareLaunchArgument"}
     for name in ("params_file", "image_topic", "use_sim_time", "rviz", "rviz_config", "checkpoint", "autostart",
-                 "image_reliability", "namespace", "depth_topic", "camera_info_topic"):
+                 "image_reliability", "namespace", "depth_enabled", "depth_topic", "camera_info_topic"):
         assert name in declared, f"launch argument {name} missing"
         assert declared[name]["description"]
     assert declared["params_file"]["default_value"] == f"{share}/config/saom.yaml"
@@ -101,6 +101,9 @@ def test_launch_arguments_node_and_rviz(launch_module, tmp_path):
     (node,) = opaque[0].kwargs["function"](context)
     assert node.kwargs["parameters"][1] == {"use_sim_time": False, "device": "cuda", "autostart": False,
                                             "image_reliability": "reliable"}
+    context.update(device="", autostart="", image_reliability="", depth_enabled="true")
+    (node,) = opaque[0].kwargs["function"](context)
+    assert node.kwargs["parameters"][1] == {"use_sim_time": False, "depth_enabled": True}
     context.update(autostart="maybe")
     with pytest.raises(ValueError, match="maybe"):
         opaque[0].kwargs["function"](context)
@@ -135,6 +138,17 @@ def test_rviz_config_shows_the_overlay():
     assert topics["/saom_node/overlay"]["Enabled"] is True
     assert topics["/saom_node/overlay"]["Topic"]["Reliability Policy"] == "Reliable"  # the node's outputs are reliable
     assert "/saom_node/instance_mask" in topics
+
+
+def test_rviz_config_shows_the_3d_objects():
+    config = yaml.safe_load((REPO / "config" / "saom.rviz").read_text())
+    displays = {d["Class"]: d for d in config["Visualization Manager"]["Displays"]}
+    markers, cloud = displays["rviz_default_plugins/MarkerArray"], displays["rviz_default_plugins/PointCloud2"]
+    assert markers["Topic"]["Value"] == "/saom_node/markers" and markers["Enabled"] is True
+    assert cloud["Topic"]["Value"] == "/saom_node/objects" and cloud["Channel Name"] == "id"  # coloured by track id
+    assert {markers["Topic"]["Reliability Policy"], cloud["Topic"]["Reliability Policy"]} == {"Reliable"}
+    # the outputs carry the colour camera's optical frame: the default fixed frame of realsense2_camera
+    assert config["Visualization Manager"]["Global Options"]["Fixed Frame"] == "camera_color_optical_frame"
 
 
 def test_install_layout_for_colcon():

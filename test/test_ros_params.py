@@ -274,3 +274,21 @@ def test_node_switches_and_single_parameter_checks():
         check_parameter("box_nms_thresh", 0.0)
     with pytest.raises(ConfigError, match="parameter max_input_size: 8 is too small"):
         check_parameter("max_input_size", 8)
+
+
+def test_depth_and_tracker_parameters(ckpt):
+    from saom_core.geometry3d import DepthSettings
+    from saom_core.track import TrackerSettings
+
+    p = validate({"checkpoint": ckpt, "track_min_hits": 1, "track_max_misses": 5, "depth_min": 0.3, "depth_max": 4})
+    assert p.tracker_settings() == TrackerSettings(min_hits=1, max_misses=5)
+    assert p.depth_settings() == DepthSettings(min_depth=0.3, max_depth=4.0)
+    assert not p.depth_enabled  # RGB users see no change: no depth subscription, no wait
+    assert {"track_min_hits", "track_max_misses", "depth_min", "depth_max"} <= RUNTIME_PARAMETERS
+    assert not {"depth_enabled", "sync_slop", "depth_wait"} & RUNTIME_PARAMETERS  # they make subscriptions
+    with pytest.raises(ConfigError, match="depth_min must be smaller"):
+        validate({"checkpoint": ckpt, "depth_min": 5.0, "depth_max": 1.0})
+    with pytest.raises(ConfigError, match="track_min_hits"):
+        validate({"checkpoint": ckpt, "track_min_hits": 0})
+    with pytest.raises(ConfigError, match="depth_wait"):
+        validate({"checkpoint": ckpt, "depth_wait": 0.0})

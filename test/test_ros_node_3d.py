@@ -1,0 +1,271 @@
+"""saom_node with depth (real rclpy over loopback, fake segmenter): 3D outputs with the colour header
+for 16UC1 and 32FC1, ids that stay with their objects, and bad depth that gives a warning, not a crash.
+
+Each node runs in its own namespace, so its relative depth/image_raw and camera_info topics (which
+the launch file remaps) do not meet another test's."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from saom_ros.testing import FakeSegmenter, isolate_ros_env
+
+isolate_ros_env()
+
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
+from test_ros_node import RELIABLE, Collector, Harness, image_msg, key, mask_array, wait_until  # noqa: E402
+from vision_msgs.msg import Detection2DArray, Detection3DArray  # noqa: E402
+from visualization_msgs.msg import MarkerArray  # noqa: E402
+
+from saom_ros.msgtypes import rclpy_types  # noqa: E402
+from saom_ros.node import SaomNode  # noqa: E402
+from saom_ros.objects3d import POINT_DTYPE, depth_to_message  # noqa: E402
+
+pytestmark = [pytest.mark.filterwarnings("ignore:module 'sre_:DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore:Deprecated in favor of:DeprecationWarning")]
+T = rclpy_types()
+H, W = 48, 64
+PLANE_M = 1.2
+
+
+@pytest.fixture(scope="module")
+def ros():
+    h = Harness()
+    yield h
+    h.close()
+
+
+class ShufflingSegmenter(FakeSegmenter):
+    """The fake's objects, listed in another order on every other frame: an id that is an index in
+    the frame would change, a track id must not."""
+
+    def segment(self, image):
+        seg = super().segment(image)
+        if self.calls % 2 == 0:
+            seg.instances = seg.instances[::-1]
+        return seg
+
+
+class Rig:
+    """A SaomNode with depth in namespace /<name>, and the tester's camera publishers and collectors."""
+
+    def __init__(self, ros: Harness, name: str, ckpt, segmenter_cls=FakeSegmenter, start_first: bool = False,
+                 **params) -> None:
+        self.ros, self.ns = ros, f"/{name}"
+        values = {"checkpoint": str(ckpt), "autostart": False, "image_topic": "image", "depth_enabled": True,
+                  "diagnostics_period": 0.2, **params}
+        self.segmenters: list[FakeSegmenter] = []
+
+        def factory(_params):
+            self.segmenters.append(segmenter_cls())
+            return self.segmenters[-1]
+
+        self.node = SaomNode("saom", namespace=self.ns, context=ros.ctx, segmenter_factory=factory,
+                             parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
+        ros.executor.add_node(self.node)
+        if start_first:  # before the camera's publishers exist
+            assert self.node.startup()
+        tester = ros.tester
+        self.color = tester.create_publisher(Image, f"{self.ns}/image", RELIABLE)
+        self.depth = tester.create_publisher(Image, f"{self.ns}/depth/image_raw", RELIABLE)
+        self.info = tester.create_publisher(CameraInfo, f"{self.ns}/camera_info", RELIABLE)
+        out = f"{self.ns}/saom"
+        self.dets = Collector(tester, Detection2DArray, f"{out}/detections")
+        self.masks = Collector(tester, Image, f"{out}/instance_mask")
+        self.dets3d = Collector(tester, Detection3DArray, f"{out}/detections_3d")
+        self.clouds = Collector(tester, PointCloud2, f"{out}/objects")
+        self.markers = Collector(tester, MarkerArray, f"{out}/markers")
+        self.warnings: list[str] = []  # what the node logged as warnings
+        logger, warnings = self.node.get_logger(), self.warnings
+
+        class LoggerSpy:
+            def __getattr__(self, attr):
+                return getattr(logger, attr)
+
+            def warning(self, message, **kwargs):
+                warnings.append(message)
+                return logger.warning(message, **kwargs)
+
+        spy = LoggerSpy()
+        self.node.get_logger = lambda: spy
+        if not start_first:
+            assert self.node.startup()
+
+    def frame(self, i: int, encoding: str = "16UC1", depth_m=None, info_fx: float = 50.0, depth: bool = True):
+        """Publish frame i (colour, then depth and camera_info with the same stamp); its colour message."""
+        color = image_msg(i, w=W, h=H)
+        self.color.publish(color)
+        if depth:
+            plane = np.full((H, W), PLANE_M, np.float32) if depth_m is None else depth_m
+            valid = encoding in ("16UC1", "32FC1")
+            depth_msg = depth_to_message(T, color.header, plane, encoding if valid else "16UC1")
+            depth_msg.encoding = encoding  # an unsupported one: the 16UC1 data under another name
+            self.depth.publish(depth_msg)
+            info = CameraInfo(header=color.header, width=W, height=H,
+                              k=[info_fx, 0.0, 31.5, 0.0, 50.0, 23.5, 0.0, 0.0, 1.0])
+            self.info.publish(info)
+        return color
+
+    def until(self, collectors, n: int, start: int, **kw) -> int:
+        """Publish frames from `start` on until every collector holds n messages; the next frame number."""
+        i = start
+        ok = False
+        for i in range(start, start + 60):
+            self.frame(i, **kw)
+            if all(c.wait(n, 0.4) for c in collectors):
+                ok = True
+                break
+        assert ok, f"no outputs ({[len(c) for c in collectors]} of {n})"
+        return i + 1
+
+    def close(self) -> None:
+        self.ros.executor.remove_node(self.node)
+        self.node.close()
+        self.node.destroy_node()
+
+
+def _by_stamp(collector: Collector) -> dict:
+    return {key(m.header): m for m in list(collector.msgs)}
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    path = tmp_path / "fake.pt"
+    path.write_bytes(b"not read by the fake segmenter")
+    return path
+
+
+@pytest.mark.parametrize("encoding", ["16UC1", "32FC1"])
+def test_depth_gives_3d_outputs_with_the_colour_header(ros, ckpt, encoding):
+    rig = Rig(ros, f"rgbd_{encoding.lower()}", ckpt)
+    try:
+        rig.until([rig.dets, rig.dets3d, rig.clouds, rig.markers], 1, 0, encoding=encoding)
+        dets2d = _by_stamp(rig.dets)
+        for det3d in list(rig.dets3d.msgs):
+            stamp = key(det3d.header)
+            assert stamp[2].startswith("cam_") and stamp in dets2d  # the colour frame's header
+            assert [d.id for d in det3d.detections] == [d.id for d in dets2d[stamp].detections] == ["1", "2", "3"]
+            for d in det3d.detections:
+                assert key(d.header) == stamp
+                assert d.results[0].hypothesis.class_id in ("1", "2", "3")
+                # a plane at 1.2 m: the visible surface is there, the box reaches behind it
+                assert d.bbox.center.position.z - d.bbox.size.z / 2 == pytest.approx(PLANE_M, abs=0.01)
+                assert d.bbox.size.x > 0.1 and d.bbox.size.y > 0.1
+        cloud = rig.clouds.msgs[0]
+        assert key(cloud.header) in dets2d
+        assert [f.name for f in cloud.fields] == ["x", "y", "z", "id", "class_id"]
+        points = np.frombuffer(bytes(cloud.data), dtype=POINT_DTYPE)
+        assert len(points) == cloud.width > 0
+        assert np.allclose(points["z"], PLANE_M, atol=0.002) and set(points["id"]) == {1, 2, 3}
+        markers = rig.markers.msgs[0].markers
+        assert key(markers[0].header) in dets2d and markers[0].action == 3  # DELETEALL first
+        assert sorted({(m.ns, m.id) for m in markers[1:]}) == [(ns, k) for ns in ("boxes", "labels") for k in (1, 2, 3)]
+    finally:
+        rig.close()
+
+
+def test_a_static_scene_keeps_its_ids_and_the_mask_values_follow_them(ros, ckpt):
+    rig = Rig(ros, "rgbd_static", ckpt, segmenter_cls=ShufflingSegmenter)
+    try:
+        rig.until([rig.dets, rig.masks, rig.dets3d], 6, 0)
+        expected = FakeSegmenter().segment(np.zeros((H, W, 3), np.uint8)).instances
+        box_of = {str(k): inst.box_xyxy for k, inst in enumerate(expected, 1)}  # first frame: ids 1..3
+        own = {str(k): inst.mask & ~np.any([o.mask for o in expected if o is not inst], axis=0)
+               for k, inst in enumerate(expected, 1)}  # pixels of that object only
+        masks = _by_stamp(rig.masks)
+        orders = set()
+        for det in list(rig.dets.msgs):
+            ids = [d.id for d in det.detections]
+            orders.add(tuple(ids))
+            assert sorted(ids) == ["1", "2", "3"]
+            labels = mask_array(masks[key(det.header)]) if key(det.header) in masks else None
+            for d in det.detections:
+                x0, y0, x1, y1 = box_of[d.id]  # each id stays on its own object
+                assert d.bbox.center.position.x == pytest.approx((x0 + x1) / 2)
+                if labels is not None:  # the mask's pixels of value id are that object's
+                    assert own[d.id].any() and np.all(labels[own[d.id]] == int(d.id))
+        assert len(orders) == 2, "the objects came in both orders, the ids with them"
+        for det3d in list(rig.dets3d.msgs):
+            assert sorted(d.id for d in det3d.detections) == ["1", "2", "3"]
+    finally:
+        rig.close()
+
+
+def _diagnostic_values(collector: Collector, ns: str) -> list[tuple[bytes, str, dict]]:
+    out = []
+    for arr in list(collector.msgs):
+        for st in arr.status:
+            if st.name.startswith(f"{ns}/saom") or st.name.startswith("saom"):
+                values = {kv.key: kv.value for kv in st.values}
+                if "frames with 3D" in values:
+                    out.append((st.level, st.message, values))
+    return out
+
+
+@pytest.mark.parametrize("case", ["size", "encoding", "focal"])
+def test_bad_depth_or_camera_info_warns_once_and_keeps_2d(ros, ckpt, case):
+    name = f"rgbd_bad_{case}"
+    diags = Collector(ros.tester, DiagnosticArray, "/diagnostics")
+    rig = Rig(ros, name, ckpt)
+    try:
+        kw = {"size": {"depth_m": np.full((H // 2, W // 2), 1.0, np.float32)},
+              "encoding": {"encoding": "rgb16"}, "focal": {"info_fx": 0.0}}[case]
+        rig.until([rig.dets], 4, 0, **kw)
+        assert len(rig.dets3d) == 0 and len(rig.markers) == 0
+        assert rig.node.is_active
+        reason = {"size": "colour image is", "encoding": "not supported", "focal": "focal length"}[case]
+        depth_warnings = [w for w in rig.warnings if w.startswith("no 3D output")]
+        assert len(depth_warnings) == 1 and reason in depth_warnings[0], rig.warnings  # throttled: once
+        counts = rig.node.objects.counts
+        assert counts.frames_bad_depth >= 4 and counts.frames_3d == 0
+        assert wait_until(lambda: any(int(v["frames with unusable depth (2D only)"]) >= 1
+                                      for _, _, v in _diagnostic_values(diags, name)), 10)
+        level, message, _ = _diagnostic_values(diags, name)[-1]
+        assert level == b"\x01" and "2D only" in message and reason in message
+        # good depth afterwards: 3D comes back
+        rig.until([rig.dets3d], 1, 100)
+    finally:
+        rig.close()  # (the tester's subscriptions stay: destroying one while the executor spins races it)
+
+
+def test_colour_without_depth_is_segmented_in_2d_and_counted(ros, ckpt):
+    rig = Rig(ros, "rgbd_nodepth", ckpt, depth_wait=0.1)
+    try:
+        rig.until([rig.dets], 3, 0, depth=False)
+        assert len(rig.dets3d) == 0
+        assert [d.id for d in rig.dets.msgs[-1].detections] == ["1", "2", "3"]
+        assert rig.node.objects.counts.frames_without_depth >= 3
+    finally:
+        rig.close()
+
+
+def test_tracker_and_depth_range_change_at_runtime_the_sync_does_not(ros, ckpt):
+    rig = Rig(ros, "rgbd_params", ckpt)
+    try:
+        results = rig.node.set_parameters([Parameter("track_min_hits", value=1), Parameter("depth_max", value=3.0)])
+        assert all(r.successful for r in results)
+        assert rig.node.objects.tracker.settings.min_hits == 1 and rig.node.objects.depth.max_depth == 3.0
+        rig.until([rig.dets3d], 1, 0)  # a plane at 1.2 m is within the new range
+        refused = rig.node.set_parameters([Parameter("sync_slop", value=0.01)])[0]
+        assert not refused.successful and "reload" in refused.reason
+        refused = rig.node.set_parameters([Parameter("depth_min", value=5.0)])[0]
+        assert not refused.successful and "depth_min must be smaller" in refused.reason
+    finally:
+        rig.close()
+
+
+def test_depth_reliability_follows_a_camera_that_starts_after_the_node(ros, ckpt):
+    from saom_ros.sync import CAMERA_INFO, DEPTH
+
+    rig = Rig(ros, "rgbd_late_camera", ckpt, start_first=True)
+    try:
+        assert all(rig.node.rgbd_subs[s].reliability == "reliable" or not rig.node.rgbd_subs[s].settled
+                   for s in (DEPTH, CAMERA_INFO))
+        # the tester's reliable publishers now exist: re-checked with the diagnostics, subscribed reliably
+        assert wait_until(lambda: all(rig.node.rgbd_subs[s].reliability == "reliable" and rig.node.rgbd_subs[s].settled
+                                      for s in (DEPTH, CAMERA_INFO)), 10)
+        rig.until([rig.dets3d], 1, 0)
+    finally:
+        rig.close()
