@@ -190,3 +190,18 @@ def test_ablation_prompts_lie_inside_their_masks():
         rows, cols = pixel_of(result.points, 50, 60)
         assert masks[[0, 1], rows, cols].all()
         assert (result.grid_index == -1).all()
+
+
+def test_depth_inside_on_the_bounding_box_equals_the_whole_frame_transform():
+    """The snapping rule's depth is computed on each mask's bounding box for speed: same values."""
+    from scipy.ndimage import distance_transform_edt
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        mask = np.zeros((60, 70), bool)
+        for _ in range(int(rng.integers(1, 4))):
+            y, x = int(rng.integers(0, 60)), int(rng.integers(0, 70))
+            mask[y : y + int(rng.integers(1, 30)), x : x + int(rng.integers(1, 30))] = rng.random() < 0.8
+        rows, cols = rng.integers(0, 60, 50), rng.integers(0, 70, 50)
+        whole = distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1][rows, cols]
+        assert np.array_equal(assignment._depth_inside(mask, rows, cols), whole)
