@@ -131,7 +131,8 @@ def time_frame_step(segmenter, frames: list[np.ndarray], depth_m: np.ndarray) ->
 
 def summary(seconds: list[float]) -> dict:
     """Closed loop (one frame in flight): frames/s is frames over the time spent on them."""
-    return {"fps": len(seconds) / sum(seconds) if seconds else 0.0, "p50_ms": pct(seconds, 50), "p95_ms": pct(seconds, 95)}
+    fps = len(seconds) / sum(seconds) if seconds else 0.0
+    return {"fps": fps, "p50_ms": pct(seconds, 50), "p95_ms": pct(seconds, 95)}
 
 
 def timed_segment(segmenter, frame: np.ndarray) -> float:
@@ -315,7 +316,8 @@ def main(argv=None) -> int:
     ap.add_argument("--half", action="store_true")
     ap.add_argument("--points-per-side", type=int, default=32)
     ap.add_argument("--model-ms", type=float, default=100.0,
-                    help="fake model time per frame (ms; SAM everything mode with a 32x32 grid takes longer even on a GPU)")
+                    help="fake model time per frame "
+                         "(ms; SAM everything mode with a 32x32 grid takes longer even on a GPU)")
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--frames", type=int, default=60)
@@ -383,7 +385,8 @@ def main(argv=None) -> int:
         bare = results["bare"] = summary(bare_times)
         model_s = bare["p50_ms"] / 1e3
         print(f"bare segment(): {bare['fps']:.2f} frames/s, p50 {bare['p50_ms']:.1f} ms, p95 {bare['p95_ms']:.1f} ms "
-              f"({args.width}x{args.height}, {'fake ' + str(args.model_ms) + ' ms' if not args.checkpoint else args.checkpoint})")
+              f"({args.width}x{args.height}, "
+              f"{'fake ' + str(args.model_ms) + ' ms' if not args.checkpoint else args.checkpoint})")
         node = {**summary(latencies), "lost": args.frames - len(latencies)}
         node["overhead_p50"] = node["p50_ms"] / bare["p50_ms"] - 1
         node["overhead_fps"] = 1 - node["fps"] / bare["fps"]
@@ -391,7 +394,8 @@ def main(argv=None) -> int:
         node["node_internal_p50_ms"] = float(client.diag.get("latency p50 ms", "nan"))
         node["node_model_p50_ms"] = float(client.diag.get("inference p50 ms", "nan"))
         results["node"] = node
-        print(f"node (one in flight; {args.reliability}, transport {transport}): {node['fps']:.2f} frames/s, p50 {node['p50_ms']:.1f} ms, "
+        print(f"node (one in flight; {args.reliability}, transport {transport}): {node['fps']:.2f} frames/s, "
+              f"p50 {node['p50_ms']:.1f} ms, "
               f"p95 {node['p95_ms']:.1f} ms, {node['lost']} lost; overhead p50 {100 * node['overhead_p50']:+.1f}%, "
               f"frames/s {100 * node['overhead_fps']:+.1f}%; inside the node: callback->published p50 "
               f"{node['node_internal_p50_ms']:.1f} ms, model {node['node_model_p50_ms']:.1f} ms")

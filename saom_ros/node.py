@@ -61,8 +61,11 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.lifecycle.node import LifecycleNodeMixin
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from rclpy.publisher import Publisher
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSPolicyKind, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
+from rclpy.subscription import Subscription
+from rclpy.timer import Timer
 
 try:  # Jazzy and newer
     from rclpy.event_handler import SubscriptionEventCallbacks
@@ -73,6 +76,7 @@ from vision_msgs.msg import Detection2DArray, Detection3DArray, LabelInfo
 from visualization_msgs.msg import MarkerArray
 
 from saom_core.errors import ConfigError, ImageError, SaomError
+from saom_core.infer.types import Instance, Segmenter
 
 from . import model as model_mod
 from .conversions import (
@@ -90,7 +94,7 @@ from .conversions import (
 )
 from .frame_objects import FrameObjectStep
 from .msgtypes import rclpy_types
-from .objects3d import make_detection3d_array, make_markers, make_point_cloud, rclpy_types_3d
+from .objects3d import Messages3D, make_detection3d_array, make_markers, make_point_cloud, rclpy_types_3d
 from .pairing import Pairing, make_pairing
 from .params import (
     NODE_NAME,
@@ -261,18 +265,18 @@ class SaomNode(LifecycleNode):
         self._factory = segmenter_factory
         self.T = rclpy_types()
         self.params: NodeParams | None = None
-        self.segmenter = None
+        self.segmenter: Segmenter | None = None
         self.class_names: list[str] = []
         self.stats = Stats()
         self.worker: FrameWorker | None = None
         self.matcher: PromptMatcher | None = None
         self._pubs: dict[str, Any] = {}
-        self._image_sub = None
-        self._prompt_sub = None
+        self._image_sub: Subscription | None = None
+        self._prompt_sub: Subscription | None = None
         self.image_reliability = ""  # the reliability the image subscription uses now
-        self._reliability_timer = None
-        self._diag_pub = None
-        self._timer = None
+        self._reliability_timer: Timer | None = None
+        self._diag_pub: Publisher | None = None
+        self._timer: Timer | None = None
         self._log_limit = RateLimiter(0.0)
         self._warn_limits: dict[str, RateLimiter] = defaultdict(lambda: RateLimiter(5.0))
         self._active = False
@@ -288,11 +292,11 @@ class SaomNode(LifecycleNode):
         self._last_skip = ""  # why the latest frame was skipped
         self._last_skip_time = 0.0
         self._to_rgb: Callable[[Any], Any] = select_image_converter(None)[0]  # set at configure
-        self.M3 = None  # the 3D message classes (depth_enabled)
+        self.M3: Messages3D | None = None  # the 3D message classes (depth_enabled)
         self.objects: FrameObjectStep | None = None  # score filter, 3D and tracker (while active)
         self.pairing: Pairing | None = None  # colour + depth + camera_info by stamp (depth_enabled, active)
         self.rgbd_subs: dict[str, RgbdSubscription] = {}  # depth and camera_info, by pairing stream
-        self._expire_timer = None
+        self._expire_timer: Timer | None = None
         self._color_arrivals: OrderedDict[int, float] = OrderedDict()  # stamp ns -> monotonic arrival
         self._arrivals_lock = threading.Lock()  # subscriptions and the expiry timer run in different threads
         self._last_3d = 0.0
@@ -311,9 +315,9 @@ class SaomNode(LifecycleNode):
     def _declare(self, p: Param) -> str:
         """Declare p typed, with its range; a params-file or command-line value of the wrong type or
         out of range is not applied but returned as the reason configure will fail with."""
-        overrides = getattr(self, "_parameter_overrides", None)
+        overrides: dict[str, Parameter] | None = getattr(self, "_parameter_overrides", None)
         given = overrides.get(p.name) if overrides else None
-        if given is not None and given.type_ != Parameter.Type.NOT_SET:
+        if overrides is not None and given is not None and given.type_ != Parameter.Type.NOT_SET:
             given = overrides[p.name] = ros_parameter(p, given.value)
         try:
             self.declare_parameter(p.name, declared_default(p), parameter_descriptor(p))
@@ -783,10 +787,10 @@ class SaomNode(LifecycleNode):
         except UnsupportedEncoding as exc:
             self._skip(str(exc))
             return
-        if job.kind == "prompts":
-            self._answer_prompts(job, rgb, segmenter)
-        else:
+        if isinstance(job, FrameJob):
             self._process_frame(job, rgb, segmenter, params)
+        else:
+            self._answer_prompts(job, rgb, segmenter)
 
     def _process_frame(self, job: FrameJob, rgb: Any, segmenter: Any, params: NodeParams) -> None:
         """Everything mode: segment, then score filter, 3D and tracking (frame_objects), then publish."""
@@ -818,6 +822,8 @@ class SaomNode(LifecycleNode):
 
     def _publish_3d(self, header: Any, seg: Any) -> None:
         M3, pubs = self.M3, self._pubs
+        if M3 is None:  # 3D outputs exist only with depth_enabled
+            return
         pubs["detections_3d"].publish(make_detection3d_array(M3, header, seg))
         if pubs["objects"].get_subscription_count() > 0:  # the cloud is the large one
             pubs["objects"].publish(make_point_cloud(M3, header, seg))
@@ -831,7 +837,7 @@ class SaomNode(LifecycleNode):
         if prompts.problems:
             self.warn_throttled("prompt_invalid", f"{len(prompts.problems)} prompt(s) answered empty: "
                                                   + "; ".join(prompts.problems))
-        answers = [None] * len(prompts)
+        answers: list[Instance | None] = [None] * len(prompts)
         t0 = time.monotonic()
         if prompts.n_valid:
             seg = segmenter.segment_prompts(rgb, boxes=prompts.boxes if len(prompts.boxes) else None,
@@ -946,11 +952,11 @@ def main(args: Sequence[str] | None = None) -> int:
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
     from rclpy.task import Future
 
-    rclpy.init(args=args)
+    rclpy.init(args=list(args) if args is not None else None)
     node = SaomNode()
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
-    start_failed = Future()
+    start_failed: Future = Future()
 
     def autostart() -> None:
         if not node.startup():

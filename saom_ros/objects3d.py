@@ -16,13 +16,14 @@ Inputs: `depth_from_message` (sensor_msgs/Image 16UC1/mono16 millimetres or 32FC
 from __future__ import annotations
 
 import colorsys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from saom_core.errors import ImageError
-from saom_core.geometry3d import CameraIntrinsics, depth_in_metres
+from saom_core.geometry3d import CameraIntrinsics, Object3D, depth_in_metres
 from saom_core.infer.types import Instance, Segmentation
 
 from .conversions import _u8_buffer, instance_id
@@ -30,6 +31,7 @@ from .msgtypes import _u8_array, typestore
 
 DEPTH_ENCODINGS = {"16uc1": ("<u2", ">u2", 0.001), "mono16": ("<u2", ">u2", 0.001), "32fc1": ("<f4", ">f4", 1.0)}
 POINT_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("id", "<u2"), ("class_id", "<u2")])
+_POINT_FIELDS: dict[str, tuple[Any, int]] = dict(POINT_DTYPE.fields or {})  # name -> (dtype, byte offset)
 _POINTFIELD_FLOAT32, _POINTFIELD_UINT16 = 7, 4
 _MARKER_CUBE, _MARKER_TEXT, _MARKER_DELETEALL, _MARKER_ADD = 1, 9, 3, 0
 
@@ -66,10 +68,13 @@ class Messages3D:
 
 
 _NAMES = {
-    "Header": "std_msgs/msg/Header", "Time": "builtin_interfaces/msg/Time", "Duration": "builtin_interfaces/msg/Duration",
+    "Header": "std_msgs/msg/Header", "Time": "builtin_interfaces/msg/Time",
+    "Duration": "builtin_interfaces/msg/Duration",
     "Detection3DArray": "vision_msgs/msg/Detection3DArray", "Detection3D": "vision_msgs/msg/Detection3D",
-    "BoundingBox3D": "vision_msgs/msg/BoundingBox3D", "ObjectHypothesisWithPose": "vision_msgs/msg/ObjectHypothesisWithPose",
-    "ObjectHypothesis": "vision_msgs/msg/ObjectHypothesis", "PoseWithCovariance": "geometry_msgs/msg/PoseWithCovariance",
+    "BoundingBox3D": "vision_msgs/msg/BoundingBox3D",
+    "ObjectHypothesisWithPose": "vision_msgs/msg/ObjectHypothesisWithPose",
+    "ObjectHypothesis": "vision_msgs/msg/ObjectHypothesis",
+    "PoseWithCovariance": "geometry_msgs/msg/PoseWithCovariance",
     "Pose": "geometry_msgs/msg/Pose", "Point": "geometry_msgs/msg/Point", "Quaternion": "geometry_msgs/msg/Quaternion",
     "Vector3": "geometry_msgs/msg/Vector3", "PointCloud2": "sensor_msgs/msg/PointCloud2",
     "PointField": "sensor_msgs/msg/PointField", "MarkerArray": "visualization_msgs/msg/MarkerArray",
@@ -96,8 +101,10 @@ def rosbags_types_3d(store=None) -> Messages3D:
                       u8=lambda data: np.frombuffer(data, dtype=np.uint8))
 
 
-def _with_3d(seg: Segmentation) -> list[tuple[int, Instance]]:
-    return [(instance_id(inst, k), inst) for k, inst in enumerate(seg.instances, 1) if inst.object3d is not None]
+def _with_3d(seg: Segmentation) -> list[tuple[int, Instance, Object3D]]:
+    """(published id, instance, its 3D object) for the instances that have one."""
+    return [(instance_id(inst, k), inst, inst.object3d) for k, inst in enumerate(seg.instances, 1)
+            if inst.object3d is not None]
 
 
 def _pose(M: Messages3D, centre: np.ndarray) -> Any:
@@ -107,31 +114,29 @@ def _pose(M: Messages3D, centre: np.ndarray) -> Any:
 
 def make_detection3d_array(M: Messages3D, header: Any, seg: Segmentation) -> Any:
     detections = []
-    for key, inst in _with_3d(seg):
-        obj = inst.object3d
+    for key, inst, obj in _with_3d(seg):
         sx, sy, sz = (float(v) for v in obj.size)
         hypothesis = M.ObjectHypothesisWithPose(
             hypothesis=M.ObjectHypothesis(class_id=str(int(inst.class_id)), score=float(inst.score)),
             pose=M.PoseWithCovariance(pose=_pose(M, obj.centre), covariance=np.zeros(36, dtype=np.float64)))
-        detections.append(M.Detection3D(header=header, results=[hypothesis],
-                                        bbox=M.BoundingBox3D(center=_pose(M, obj.centre), size=M.Vector3(x=sx, y=sy, z=sz)),
-                                        id=str(key)))
+        bbox = M.BoundingBox3D(center=_pose(M, obj.centre), size=M.Vector3(x=sx, y=sy, z=sz))
+        detections.append(M.Detection3D(header=header, results=[hypothesis], bbox=bbox, id=str(key)))
     return M.Detection3DArray(header=header, detections=detections)
 
 
 def make_point_cloud(M: Messages3D, header: Any, seg: Segmentation) -> Any:
     """All objects' points in one unorganised cloud (height 1), fields x, y, z, id, class_id."""
     parts = []
-    for key, inst in _with_3d(seg):
-        pts = inst.object3d.points
+    for key, inst, obj in _with_3d(seg):
+        pts = obj.points
         part = np.empty(len(pts), dtype=POINT_DTYPE)
         part["x"], part["y"], part["z"] = pts[:, 0], pts[:, 1], pts[:, 2]
         part["id"], part["class_id"] = key, int(inst.class_id)
         parts.append(part)
     cloud = np.concatenate(parts) if parts else np.empty(0, dtype=POINT_DTYPE)
-    fields = [M.PointField(name=name, offset=int(POINT_DTYPE.fields[name][1]),
+    fields = [M.PointField(name=name, offset=int(offset),
                            datatype=_POINTFIELD_FLOAT32 if name in "xyz" else _POINTFIELD_UINT16, count=1)
-              for name in POINT_DTYPE.names]
+              for name, (_, offset) in _POINT_FIELDS.items()]
     return M.PointCloud2(header=header, height=1, width=int(len(cloud)), fields=fields, is_bigendian=False,
                          point_step=POINT_DTYPE.itemsize, row_step=POINT_DTYPE.itemsize * len(cloud),
                          data=M.u8(memoryview(cloud.tobytes())), is_dense=True)
@@ -157,11 +162,11 @@ def _marker(M: Messages3D, header: Any, ns: str, key: int, kind: int, action: in
 
 def make_markers(M: Messages3D, header: Any, seg: Segmentation) -> Any:
     markers = [_marker(M, header, "", 0, _MARKER_CUBE, action=_MARKER_DELETEALL)]
-    for key, inst in _with_3d(seg):
-        obj = inst.object3d
+    for key, inst, obj in _with_3d(seg):
         r, g, b = class_colour(int(inst.class_id))
         size = np.maximum(obj.size, 1e-3)  # rviz draws nothing for a zero scale
-        markers.append(_marker(M, header, "boxes", key, _MARKER_CUBE, centre=obj.centre, scale=size, rgba=(r, g, b, 0.4)))
+        box = _marker(M, header, "boxes", key, _MARKER_CUBE, centre=obj.centre, scale=size, rgba=(r, g, b, 0.4))
+        markers.append(box)
         above = obj.centre - np.array([0.0, size[1] / 2 + 0.03, 0.0])  # optical frame: -y is up
         markers.append(_marker(M, header, "labels", key, _MARKER_TEXT, centre=above, scale=(0.0, 0.0, 0.05),
                                rgba=(1.0, 1.0, 1.0, 1.0), text=f"{inst.class_name} {key}"))
@@ -176,7 +181,9 @@ class Outputs3D:
 
 
 def make_outputs_3d(M: Messages3D, header: Any, seg: Segmentation) -> Outputs3D:
-    return Outputs3D(make_detection3d_array(M, header, seg), make_point_cloud(M, header, seg), make_markers(M, header, seg))
+    return Outputs3D(
+        make_detection3d_array(M, header, seg), make_point_cloud(M, header, seg), make_markers(M, header, seg)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,7 +194,9 @@ def depth_from_message(msg: Any, width: int, height: int) -> np.ndarray:
     """sensor_msgs/Image depth -> (H, W) float32 metres (0 = no depth), checked against the colour size."""
     encoding = str(msg.encoding).strip().lower()
     if encoding not in DEPTH_ENCODINGS:
-        raise DepthInputError(f"depth encoding {msg.encoding!r} is not supported (16UC1 or mono16 in millimetres, 32FC1 in metres)")
+        raise DepthInputError(
+            f"depth encoding {msg.encoding!r} is not supported (16UC1 or mono16 in millimetres, 32FC1 in metres)"
+        )
     little, big, scale = DEPTH_ENCODINGS[encoding]
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     if (h, w) != (int(height), int(width)):
@@ -248,4 +257,4 @@ def depth_to_message(T: Any, header: Any, depth_m: np.ndarray, encoding: str = "
         raise ValueError(f"cannot encode depth as {encoding}")
     h, w = depth_m.shape
     return T.Image(header=header, height=int(h), width=int(w), encoding=encoding, is_bigendian=0,
-                   step=int(w * data.itemsize), data=T.u8(memoryview(np.ascontiguousarray(data)).cast("B")))
+                   step=int(w * data.itemsize), data=T.u8(np.ascontiguousarray(data).data.cast("B")))

@@ -35,23 +35,31 @@ class NodeSettings(Settings):
     """The node's own parameters (the segmenter's are SegmenterSettings)."""
 
     checkpoint: str = setting("", "SAOM checkpoint file (.pt); required: configure fails while it is empty or missing")
-    warmup: bool = setting(True, "run the model once on a blank frame at activate, so the first camera frame pays no set-up cost")
-    score_threshold: float = setting(0.0, "drop instances whose score (predicted IoU x class probability) is below this; "
+    warmup: bool = setting(True, "run the model once on a blank frame at activate, "
+                                 "so the first camera frame pays no set-up cost")
+    score_threshold: float = setting(0.0, "drop instances whose score (predicted IoU x class probability) "
+                                          "is below this; "
                                           "published as LabelInfo.threshold", lo=0.0, hi=1.0, runtime=True)
     image_topic: str = setting("image_raw", "input image topic (remap it from the launch file; "
                                             "`<image_topic>/compressed` when image_transport is compressed)")
-    image_transport: str = setting("raw", "raw (sensor_msgs/Image) or compressed (sensor_msgs/CompressedImage)", choices=TRANSPORTS)
+    image_transport: str = setting("raw", "raw (sensor_msgs/Image) or compressed (sensor_msgs/CompressedImage)",
+                                   choices=TRANSPORTS)
     image_reliability: str = setting(
-        "auto", "QoS reliability of the image subscription: auto (the camera publisher's, as rosbag2 adapts; best effort "
+        "auto",
+        "QoS reliability of the image subscription: auto (the camera publisher's, as rosbag2 adapts; best effort "
         "until one appears, then re-checked), best_effort (matches every camera) or reliable. Large frames sent best "
         "effort between processes over UDP need big socket buffers (ROS 2 DDS tuning): auto hears a reliable camera "
         "reliably", choices=RELIABILITIES)
-    everything_mode: bool = setting(True, "segment every frame in everything mode (latest frame only; off: prompted mode only)")
-    prompts_enabled: bool = setting(True, "subscribe to ~/prompts (vision_msgs/Detection2DArray boxes or centre points)")
+    everything_mode: bool = setting(True, "segment every frame in everything mode "
+                                          "(latest frame only; off: prompted mode only)")
+    prompts_enabled: bool = setting(True, "subscribe to ~/prompts "
+                                          "(vision_msgs/Detection2DArray boxes or centre points)")
     prompt_frame_buffer: int = setting(10, "recent frames kept to match prompts to their frame by stamp", lo=1, hi=1000)
     publish_overlay: bool = setting(True, "publish ~/overlay (rgb8) while someone subscribes to it", runtime=True)
-    diagnostics_period: float = setting(1.0, "seconds between /diagnostics messages", lo=0.0, hi=3600.0, lo_open=True, runtime=True)
-    log_period: float = setting(10.0, "seconds between statistics log lines (0 = off)", lo=0.0, hi=86400.0, runtime=True)
+    diagnostics_period: float = setting(1.0, "seconds between /diagnostics messages",
+                                        lo=0.0, hi=3600.0, lo_open=True, runtime=True)
+    log_period: float = setting(10.0, "seconds between statistics log lines (0 = off)",
+                                lo=0.0, hi=86400.0, runtime=True)
     autostart: bool = setting(True, "configure and activate at start-up (false: wait for a lifecycle manager)")
     enable: bool = setting(True, "segment frames and answer prompts (false: paused, the model stays loaded)",
                            runtime=True)
@@ -141,7 +149,10 @@ def _param(name: str) -> Param:
 
 
 # The node's own parameters first (checkpoint at the top of the params file), then the segmenter's.
-_GROUPS = (("node", NodeSettings), ("segmenter: the same settings as `saom segment` (saom_core/settings.py)", SegmenterSettings))
+_GROUPS = (
+    ("node", NodeSettings),
+    ("segmenter: the same settings as `saom segment` (saom_core/settings.py)", SegmenterSettings),
+)
 PARAMETERS: tuple[Param, ...] = tuple(_param(f.name) for _, group in _GROUPS for f in fields(group))
 PARAMETER_NAMES = tuple(p.name for p in PARAMETERS)
 RUNTIME_PARAMETERS = frozenset(p.name for p in PARAMETERS if not p.read_only)
@@ -271,7 +282,9 @@ def params_yaml() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m saom_ros.params", description="write the node's documented params file")
+    parser = argparse.ArgumentParser(
+        prog="python -m saom_ros.params", description="write the node's documented params file"
+    )
     parser.add_argument("--write-yaml", type=Path, required=True, metavar="PATH", help="e.g. config/saom.yaml")
     args = parser.parse_args(argv)
     from saom_core.io import atomic_write_text

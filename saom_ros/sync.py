@@ -39,7 +39,9 @@ class StampSync:
 
     def __init__(self, slop: float, max_wait: float = 0.5, queue_size: int = 30) -> None:
         if not slop >= 0 or not max_wait > 0 or queue_size < 1:
-            raise ValueError(f"sync needs slop >= 0, max_wait > 0, queue_size >= 1 (got {slop}, {max_wait}, {queue_size})")
+            raise ValueError(
+                f"sync needs slop >= 0, max_wait > 0, queue_size >= 1 (got {slop}, {max_wait}, {queue_size})"
+            )
         self.slop_ns = int(round(slop * 1e9))
         self.max_wait_ns = int(round(max_wait * 1e9))
         self.queues: dict[str, deque[tuple[int, Any]]] = {s: deque(maxlen=queue_size) for s in (COLOR, *_OTHERS)}

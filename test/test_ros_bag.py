@@ -87,11 +87,13 @@ def test_round_trip(tmp_path, storage):
         assert [(t, hkey(m.header)) for t, m, _ in bag[topic]] == good, f"{topic}: same bag times and headers"
     info = bag["/saom_node/label_info"][0][1]
     assert [c.class_name for c in info.class_map] == seg.class_names
-    for (t, det, _), (_, mask, _), i in zip(bag["/saom_node/detections"], bag["/saom_node/instance_mask"], range(6)):
+    outputs = zip(bag["/saom_node/detections"], bag["/saom_node/instance_mask"], range(6), strict=True)
+    for (_, det, _), (_, mask, _), i in outputs:
         expected = FakeSegmenter().segment(_frame(i))
         assert [d.id for d in det.detections] == ["1", "2", "3"]
         assert all(hkey(d.header) == hkey(det.header) for d in det.detections)
-        assert [d.results[0].hypothesis.class_id for d in det.detections] == [str(x.class_id) for x in expected.instances]
+        expected_ids = [str(x.class_id) for x in expected.instances]
+        assert [d.results[0].hypothesis.class_id for d in det.detections] == expected_ids
         labels = np.frombuffer(mask.data.tobytes(), "<u2").reshape(mask.height, mask.width)
         np.testing.assert_array_equal(labels, expected.label_image())
     overlay = bag["/saom_node/overlay"][0][1]

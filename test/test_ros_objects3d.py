@@ -9,16 +9,23 @@ from saom_ros.testing import isolate_ros_env
 
 isolate_ros_env()
 
+from builtin_interfaces.msg import Time  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
-from builtin_interfaces.msg import Time  # noqa: E402
 
-from saom_core.geometry3d import CameraIntrinsics, Object3D  # noqa: E402
+from saom_core.geometry3d import CameraIntrinsics  # noqa: E402
 from saom_core.infer.types import Instance, Segmentation  # noqa: E402
 from saom_ros.msgtypes import rclpy_types, rosbags_types, typestore  # noqa: E402
 from saom_ros.objects3d import (  # noqa: E402
-    POINT_DTYPE, DepthInputError, camera_from_info, depth_from_message, depth_to_message, frame_to_3d, make_outputs_3d,
-    rclpy_types_3d, rosbags_types_3d,
+    POINT_DTYPE,
+    DepthInputError,
+    camera_from_info,
+    depth_from_message,
+    depth_to_message,
+    frame_to_3d,
+    make_outputs_3d,
+    rclpy_types_3d,
+    rosbags_types_3d,
 )
 from saom_ros.sync import StampSync  # noqa: E402
 

@@ -75,7 +75,8 @@ def test_coercions(ckpt, tmp_path):
     assert p.keep_classes == ("mug", "bottle") and p.image_reliability == "reliable" and p.device == "cuda:1"
     assert validate({"checkpoint": ckpt, "keep_classes": None}).keep_classes == ()
     assert validate({"checkpoint": ckpt, "keep_classes": []}).keep_classes == ()
-    assert validate({"checkpoint": ckpt, "image_transport": "compressed", "image_topic": "cam/"}).input_topic == "cam/compressed"
+    compressed = validate({"checkpoint": ckpt, "image_transport": "compressed", "image_topic": "cam/"})
+    assert compressed.input_topic == "cam/compressed"
     assert validate({"checkpoint": str(tmp_path / "later.pt")}, check_files=False).checkpoint.endswith("later.pt")
     with pytest.raises(ConfigError, match="is not a file"):
         validate({"checkpoint": str(tmp_path)})
@@ -93,9 +94,11 @@ def test_parameter_table(ckpt):
     by_name = {p.name: p for p in PARAMETERS}
     assert by_name["pred_iou_thresh"].default is None and by_name["pred_iou_thresh"].kind == "float"
     assert (by_name["pred_iou_thresh"].lo, by_name["pred_iou_thresh"].hi) == (0.0, 1.0)
-    assert by_name["box_nms_thresh"].lo_open and by_name["keep_classes"].default == [] and by_name["keep_classes"].kind == "str_list"
+    assert by_name["box_nms_thresh"].lo_open
+    assert by_name["keep_classes"].default == [] and by_name["keep_classes"].kind == "str_list"
     assert by_name["image_reliability"].choices == ("auto", "best_effort", "reliable") and by_name["device"].read_only
-    assert {"score_threshold", "keep_classes", "keep_background", "publish_overlay", "pred_iou_thresh", "points_per_side",
+    assert {"score_threshold", "keep_classes", "keep_background", "publish_overlay", "pred_iou_thresh",
+            "points_per_side",
             "diagnostics_period", "log_period"} <= RUNTIME_PARAMETERS
     assert not {"checkpoint", "device", "half", "compile", "image_topic", "model_config"} & RUNTIME_PARAMETERS
     assert "not set: the checkpoint's tuned value, paper 0.3" in by_name["pred_iou_thresh"].description
@@ -222,7 +225,8 @@ def test_default_factory_passes_the_parameters_and_warms_up(monkeypatch, ckpt):
         return Warmable()
 
     monkeypatch.setattr(real, "load_segmenter", loader)
-    segmenter = model_mod.load_from_params(validate({"checkpoint": ckpt, "points_per_side": 8, "model_config": "vit_b"}))
+    params = validate({"checkpoint": ckpt, "points_per_side": 8, "model_config": "vit_b"})
+    segmenter = model_mod.load_from_params(params)
     assert {"checkpoint", "settings"} <= accepted
     assert seen["checkpoint"] == ckpt and seen["overrides"] == {}
     assert seen["settings"].points_per_side == 8 and seen["settings"].model_config == "vit_b"
