@@ -13,11 +13,11 @@ line: `nn vs random: AP <a> vs <b>, masks/object <c> vs <d>`.
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+from two_runs import run_in_out_dir
 
 from saom_core.data.reader import SaomDataset
 from saom_core.eval.evaluate import machine_description
@@ -67,18 +67,7 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    if args.out is not None and args.out.exists():
-        parser.error(f"{args.out} exists; pass a new --out")
-    if not (args.data / "annotations.json").exists():
-        parser.error(
-            f"{args.data} is not a SAOM dataset (run make demo, or saom collect --scenes 400 --out {args.data})"
-        )
-    if args.out is None:
-        with tempfile.TemporaryDirectory(prefix="saom-assignment-") as tmp:
-            run(args, Path(tmp))
-    else:
-        run(args, args.out)
+    run_in_out_dir(parser, args, run, prefix="saom-assignment-")
 
 
 def run(args: argparse.Namespace, out: Path) -> None:
