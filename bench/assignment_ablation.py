@@ -24,7 +24,8 @@ from saom_core.eval.evaluate import machine_description
 from saom_core.eval.everything_eval import EverythingResult, run_everything
 from saom_core.eval.point_eval import PointEvalResult, evaluate_point_prompts
 from saom_core.infer.generator import EverythingGenerator, generator_config
-from saom_core.model.checkpoint import load_model
+from saom_core.model.checkpoint import load_checkpoint
+from saom_core.settings import SegmenterSettings
 from saom_core.train.config import load_train_config
 from saom_core.train.trainer import Trainer
 
@@ -83,15 +84,18 @@ def run(args: argparse.Namespace, out: Path) -> None:
         runs[mode] = (checkpoint, steps)
         print(f"{mode}: {steps} steps in {time.perf_counter() - start:.0f} s")
     dataset = SaomDataset(args.data, split=args.split)
-    models = {mode: load_model(checkpoint) for mode, (checkpoint, _) in runs.items()}
+    loaded = {mode: load_checkpoint(checkpoint) for mode, (checkpoint, _) in runs.items()}
+    models = {mode: model for mode, (model, _) in loaded.items()}
     # the same prompts for both: assigned with the nearest-neighbour model's encoder, as `saom eval` does
     points = evaluate_point_prompts(
         models, dataset, ("nearest_neighbour",), assign_with="nearest_neighbour", progress=False
     )["nearest_neighbour"]
     everything = {
-        mode: run_everything(EverythingGenerator(model, generator_config(model)).generate, dataset, has_classes=True,
-                             max_frames=args.everything_frames, progress=False)
-        for mode, model in models.items()
+        mode: run_everything(
+            EverythingGenerator(model, generator_config(SegmenterSettings(), info.tuned)).generate, dataset,
+            has_classes=True, max_frames=args.everything_frames, progress=False,
+        )
+        for mode, (model, info) in loaded.items()
     }
     frames = everything[MODES[0]].frames
     print(
