@@ -140,15 +140,30 @@ _NAMES = {
 }
 
 
-def rclpy_types() -> MessageTypes:
-    """rclpy's generated classes (needs a ROS 2 environment with vision_msgs)."""
+def rclpy_classes(names: dict[str, str]) -> dict[str, Any]:
+    """attribute -> rclpy's generated class, for "pkg/msg/Type" names (needs those ROS 2 packages)."""
     import importlib
 
     classes = {}
-    for attr, name in _NAMES.items():
+    for attr, name in names.items():
         pkg, _, cls = name.split("/")
         classes[attr] = getattr(importlib.import_module(f"{pkg}.msg"), cls)
-    return MessageTypes(**classes, u8=_u8_array)
+    return classes
+
+
+def rosbags_classes(names: dict[str, str], store: Any = None) -> dict[str, Any]:
+    """attribute -> rosbags' dataclass for "pkg/msg/Type" names (pure Python)."""
+    store = store or typestore()
+    return {attr: store.types[name] for attr, name in names.items()}
+
+
+def _u8_view(data: Any) -> np.ndarray:
+    return np.frombuffer(data, dtype=np.uint8)
+
+
+def rclpy_types() -> MessageTypes:
+    """rclpy's generated classes (needs a ROS 2 environment with vision_msgs)."""
+    return MessageTypes(**rclpy_classes(_NAMES), u8=_u8_array)
 
 
 def _u8_array(data) -> array.array:
@@ -172,6 +187,4 @@ def typestore():
 
 def rosbags_types(store=None) -> MessageTypes:
     """rosbags' dataclasses (pure Python: the bag tool and the ROS-free tests)."""
-    store = store or typestore()
-    classes = {attr: store.types[name] for attr, name in _NAMES.items()}
-    return MessageTypes(**classes, u8=lambda data: np.frombuffer(data, dtype=np.uint8))
+    return MessageTypes(**rosbags_classes(_NAMES, store), u8=_u8_view)

@@ -27,7 +27,7 @@ from saom_core.geometry3d import CameraIntrinsics, Object3D, depth_in_metres
 from saom_core.infer.types import Instance, Segmentation
 
 from .conversions import _u8_buffer, instance_id
-from .msgtypes import _u8_array, typestore
+from .msgtypes import _u8_array, _u8_view, rclpy_classes, rosbags_classes
 
 DEPTH_ENCODINGS = {"16uc1": ("<u2", ">u2", 0.001), "mono16": ("<u2", ">u2", 0.001), "32fc1": ("<f4", ">f4", 1.0)}
 POINT_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("id", "<u2"), ("class_id", "<u2")])
@@ -85,20 +85,12 @@ _NAMES = {
 
 def rclpy_types_3d() -> Messages3D:
     """rclpy's generated classes (ROS 2 with vision_msgs and visualization_msgs)."""
-    import importlib
-
-    classes = {}
-    for attr, name in _NAMES.items():
-        pkg, _, cls = name.split("/")
-        classes[attr] = getattr(importlib.import_module(f"{pkg}.msg"), cls)
-    return Messages3D(**classes, u8=_u8_array)
+    return Messages3D(**rclpy_classes(_NAMES), u8=_u8_array)
 
 
 def rosbags_types_3d(store=None) -> Messages3D:
     """rosbags' dataclasses (pure Python: `saom bag` and the ROS-free tests)."""
-    store = store or typestore()
-    return Messages3D(**{attr: store.types[name] for attr, name in _NAMES.items()},
-                      u8=lambda data: np.frombuffer(data, dtype=np.uint8))
+    return Messages3D(**rosbags_classes(_NAMES, store), u8=_u8_view)
 
 
 def _with_3d(seg: Segmentation) -> list[tuple[int, Instance, Object3D]]:
