@@ -17,15 +17,13 @@ import time
 from pathlib import Path
 
 import torch
-from two_runs import run_in_out_dir
+from two_runs import run_in_out_dir, score_everything
 
 from saom_core.data.reader import SaomDataset
 from saom_core.eval.evaluate import machine_description
-from saom_core.eval.everything_eval import EverythingResult, run_everything
+from saom_core.eval.everything_eval import EverythingResult
 from saom_core.eval.point_eval import PointEvalResult, evaluate_point_prompts
-from saom_core.infer.generator import EverythingGenerator, generator_config
 from saom_core.model.checkpoint import load_checkpoint
-from saom_core.settings import SegmenterSettings
 from saom_core.train.config import load_train_config
 from saom_core.train.trainer import Trainer
 
@@ -90,13 +88,7 @@ def run(args: argparse.Namespace, out: Path) -> None:
     points = evaluate_point_prompts(
         models, dataset, ("nearest_neighbour",), assign_with="nearest_neighbour", progress=False
     )["nearest_neighbour"]
-    everything = {
-        mode: run_everything(
-            EverythingGenerator(model, generator_config(SegmenterSettings(), info.tuned)).generate, dataset,
-            has_classes=True, max_frames=args.everything_frames, progress=False,
-        )
-        for mode, (model, info) in loaded.items()
-    }
+    everything = score_everything(loaded, dataset, args.everything_frames)
     frames = everything[MODES[0]].frames
     print(
         f"\n{frames} of {len(dataset)} frames in everything mode; "

@@ -3,8 +3,8 @@
 Same model, same frames, same grid and thresholds, one run. Both generators are timed eager and
 with their mask decoder torch.compile'd (the stock predictor's `mask_decoder` too), and the ratios
 are taken eager vs eager and compiled vs compiled. SAOM's everything-of-interest mode (best mask,
-class filter: what the robot runs) is timed with the full grid and with coarse-to-fine prompting
-(`GeneratorConfig.coarse_to_fine`, `skip_background`). Quality is checked in the same run: mask
+class filter: what the robot runs) is timed with the full grid and with its two prompt reductions, alone and together
+(`coarse_to_fine`, `prompt_min_object_prob`: settings of saom_core.settings). Quality is checked in the same run: mask
 AP (class-agnostic and per class, pycocotools) of each SAOM setting on the test split; a setting
 is kept only if both are within `--ap-tolerance` of the full grid's. Vanilla mode (all 3 masks
 per point, no class filter) is checked against the stock generator's masks. Last line:
@@ -37,12 +37,16 @@ from saom_core.model.checkpoint import load_checkpoint
 from saom_core.model.configs import get_config
 from saom_core.model.saom import SaomModel, build_model
 from saom_core.precision import cpu_model
+from saom_core.settings import SegmenterSettings
 
-# SAOM everything-of-interest settings compared (name -> GeneratorConfig fields).
+# SAOM everything-of-interest settings compared (name -> GeneratorConfig fields); the last is the default.
 SAOM_SETTINGS = {
-    "full grid": dict(coarse_to_fine=False),
-    "coarse-to-fine": dict(coarse_to_fine=True),
-    "coarse-to-fine + background skip": dict(coarse_to_fine=True, skip_background=True),
+    "full grid": dict(coarse_to_fine=False, prompt_min_object_prob=0.0),
+    "coarse-to-fine": dict(coarse_to_fine=True, prompt_min_object_prob=0.0),
+    "object prior": dict(coarse_to_fine=False, prompt_min_object_prob=SegmenterSettings.prompt_min_object_prob),
+    "object prior + coarse-to-fine (default)": dict(
+        coarse_to_fine=True, prompt_min_object_prob=SegmenterSettings.prompt_min_object_prob
+    ),
 }
 
 

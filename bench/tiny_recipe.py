@@ -12,8 +12,10 @@ SAOM's recipe trains first, for its configured steps; the plain one then gets ex
 that took (`train.max_seconds`). Both are scored on the held-out split with the same prompts:
   * the floor's metric: one random foreground point per object (seeded), mean IoU over objects
     and the share of objects classified right;
-  * the paper's: each object's nearest-neighbour grid point, IoU and class accuracy per class.
-Prints a table and, last, `recipe vs plain: ...`.
+  * the paper's: each object's nearest-neighbour grid point, IoU and class accuracy per class;
+  * the paper's Table 5 as a ratio: everything mode (each checkpoint's tuned thresholds) on the
+    whole split, masks per frame over ground-truth objects per frame, with mask AP / AP50.
+Prints two tables and, last, `recipe vs plain: ...`.
 
     python bench/tiny_recipe.py --data runs/demo/data          # the demo's dataset
 """
@@ -24,12 +26,12 @@ import time
 from pathlib import Path
 
 import torch
-from two_runs import run_in_out_dir
+from two_runs import run_in_out_dir, score_everything
 
 from saom_core.data.reader import SaomDataset
 from saom_core.eval.evaluate import machine_description
 from saom_core.eval.point_eval import POINT_PROMPTS, PointEvalResult, evaluate_point_prompts
-from saom_core.model.checkpoint import load_model
+from saom_core.model.checkpoint import load_checkpoint
 from saom_core.train.config import load_train_config
 from saom_core.train.trainer import Trainer
 
@@ -81,7 +83,8 @@ def run(args: argparse.Namespace, out: Path) -> None:
         args.config, args.data, out / "plain", [*overrides, *PLAIN, f"train.max_seconds={recipe_s:.0f}"]
     )
     dataset = SaomDataset(args.data, split=args.split)
-    models = {"recipe": load_model(recipe_ckpt), "plain": load_model(plain_ckpt)}
+    loaded = {"recipe": load_checkpoint(recipe_ckpt), "plain": load_checkpoint(plain_ckpt)}
+    models = {name: model for name, (model, _) in loaded.items()}
     by_prompt = evaluate_point_prompts(models, dataset, POINT_PROMPTS)
     random_point, grid_point = by_prompt["random_foreground"], by_prompt["nearest_neighbour"]
     print(f"\n{len(dataset)} frames, {random_point['recipe'].objects} objects\n")
@@ -92,10 +95,22 @@ def run(args: argparse.Namespace, out: Path) -> None:
         row("SAOM tiny (config/train_tiny.yaml)", random_point["recipe"], grid_point["recipe"], recipe_steps, recipe_s)
     )
     print(row("plain (issue 4's floor)", random_point["plain"], grid_point["plain"], plain_steps, plain_s))
+    everything = score_everything(loaded, dataset, None)
+    print(f"\neverything mode on all {len(dataset)} frames "
+          f"({everything['recipe'].objects_per_frame:.2f} ground-truth objects a frame)\n")
+    print("| recipe | masks/frame | masks/object | mask AP | AP50 | AR100 |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, result in everything.items():
+        coco = result.coco_agnostic
+        print(f"| {name} | {result.masks_per_frame:.2f} | {result.masks_per_object or 0:.2f} | {coco['AP'] or 0:.3f} "
+              f"| {coco['AP50'] or 0:.3f} | {coco['AR100'] or 0:.3f} |")
     r, p = random_point["recipe"], random_point["plain"]
+    er, ep = everything["recipe"], everything["plain"]
     print(
         f"recipe vs plain: random-point mIoU {r.instance_miou:.3f} vs {p.instance_miou:.3f}, "
-        f"class accuracy {r.instance_class_accuracy:.3f} vs {p.instance_class_accuracy:.3f}"
+        f"class accuracy {r.instance_class_accuracy:.3f} vs {p.instance_class_accuracy:.3f}, "
+        f"masks/object {er.masks_per_object or 0:.2f} vs {ep.masks_per_object or 0:.2f}, "
+        f"AP50 {er.coco_agnostic['AP50'] or 0:.3f} vs {ep.coco_agnostic['AP50'] or 0:.3f}"
     )
 
 

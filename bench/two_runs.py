@@ -9,6 +9,13 @@ from pathlib import Path
 
 import torch
 
+from saom_core.data.reader import SaomDataset
+from saom_core.eval.everything_eval import EverythingResult, run_everything
+from saom_core.infer.generator import EverythingGenerator, generator_config
+from saom_core.model.checkpoint import CheckpointInfo
+from saom_core.model.saom import SaomModel
+from saom_core.settings import SegmenterSettings
+
 
 def run_in_out_dir(
     parser: argparse.ArgumentParser, args: argparse.Namespace, run: Callable[[argparse.Namespace, Path], None],
@@ -27,3 +34,16 @@ def run_in_out_dir(
             run(args, Path(tmp))
     else:
         run(args, args.out)
+
+
+def score_everything(
+    loaded: dict[str, tuple[SaomModel, CheckpointInfo]], dataset: SaomDataset, max_frames: int | None
+) -> dict[str, EverythingResult]:
+    """Everything mode of each run's checkpoint (its tuned thresholds, default settings) on `dataset`."""
+    return {
+        name: run_everything(
+            EverythingGenerator(model, generator_config(SegmenterSettings(), info.tuned)).generate, dataset,
+            has_classes=True, max_frames=max_frames, progress=False,
+        )
+        for name, (model, info) in loaded.items()
+    }

@@ -213,6 +213,13 @@ class SegmenterSettings(Settings):
                                   "masks come back at the input resolution", lo=16, hi=16384, zero_means="never")
     points_per_side: int = setting(32, "everything-mode prompt grid: points per side "
                                    "(points_per_side^2 prompts a frame)", lo=1, hi=256, runtime=True)
+    coarse_to_fine: bool = setting(
+        True, "SAOM models: prompt every second grid point of every second row first, then only the points "
+        "outside the whole objects found", runtime=True)
+    prompt_min_object_prob: float = setting(
+        0.3, "SAOM models with a mask_pool class head: prompt only grid points whose image-embedding cell the "
+        "head calls an object of interest with at least this probability (0 = every point)",
+        lo=0.0, hi=1.0, runtime=True)
     pred_iou_thresh: float | None = _tuned("pred_iou_thresh")
     stability_score_thresh: float | None = _tuned("stability_score_thresh")
     box_nms_thresh: float | None = _tuned("box_nms_thresh")

@@ -201,8 +201,8 @@ def test_half_runs_the_real_decoder_in_bf16_on_cpu(monkeypatch):
 
 def test_coarse_to_fine_finds_the_same_whole_objects_with_fewer_prompts(monkeypatch):
     """A SAOM-like decoder: a prompt inside an object answers with that whole object and its class,
-    elsewhere with background. Skipping points inside found objects and far from any must not
-    lose an object, including a small one that only fine grid points hit."""
+    elsewhere with background. Skipping points inside found objects must not lose an object,
+    including a small one that only fine grid points hit."""
     model = build_model(get_config("test"), CLASSES).eval()
     side = model.config.low_res_size
     new_h, new_w = model.input_size(H, W)
@@ -236,9 +236,41 @@ def test_coarse_to_fine_finds_the_same_whole_objects_with_fewer_prompts(monkeypa
     for a in full.instances:
         b = next(i for i in fast.instances if i.class_id == a.class_id)
         assert np.array_equal(a.mask, b.mask)
-    # skip_background: fewer prompts still, at the price of the object only fine points hit
-    prompted[:] = []
-    sparse = EverythingGenerator(
-        model, GeneratorConfig(**settings, coarse_to_fine=True, skip_background=True)
-    ).generate(frame)
-    assert sorted(i.class_id for i in sparse.instances) == [1, 3] and sum(prompted) < full_prompts / 2
+
+
+def test_object_prior_prompts_only_points_the_class_map_calls_objects():
+    """A mask_pool head whose per-cell class map calls the left half of the frame background and the
+    right half class B: only right-half points are prompted, and each prompt is the grid point it
+    was (not shifted to another cell); at 0 every point is prompted."""
+    model = build_model(get_config("test"), CLASSES, head_input="mask_pool").eval()
+    side = model.config.embedding_size
+    embedding = torch.zeros(1, model.config.prompt_embed_dim, side, side)
+    embedding[0, 0, :, side // 2 :] = 1.0  # feature 0 marks the right half's cells
+    with torch.no_grad():
+        model.classifier.linear.weight.zero_()
+        model.classifier.linear.bias.copy_(torch.tensor([4.0, 0, 0, 0, 0]))  # background everywhere ...
+        model.classifier.linear.weight[2, 0] = 8.0  # ... but B where feature 0 is set
+    prompted = []
+
+    def decode(embeddings, point_coords=None, point_labels=None, boxes=None, image_index=None, multimask_output=True):
+        prompted.append(point_coords[:, 0, :].clone())
+        n = len(point_coords)
+        low = model.config.low_res_size
+        return DecoderOutput(torch.full((n, 3, low, low), -10.0),
+                             torch.full((n, 3), 0.9), torch.zeros(n, 3, len(CLASSES.classes) + 1))
+
+    model.decode = decode
+    size = model.config.image_size
+    frame = np.zeros((size, size, 3), np.uint8)  # square, so input coordinates are frame pixels
+    settings = dict(points_per_side=8, coarse_to_fine=False)
+    EverythingGenerator(model, GeneratorConfig(**settings, prompt_min_object_prob=0.5)).generate(frame, embedding)
+    points = torch.cat(prompted)
+    assert len(points) == 32 and bool((points[:, 0] > size / 2).all()), points
+    prompted.clear()
+    EverythingGenerator(model, GeneratorConfig(**settings, prompt_min_object_prob=0.0)).generate(frame, embedding)
+    assert len(torch.cat(prompted)) == 64
+    prompted.clear()  # keeping background prompts every point: the class map cannot skip what is kept
+    EverythingGenerator(
+        model, GeneratorConfig(**settings, prompt_min_object_prob=0.5, keep_background=True)
+    ).generate(frame, embedding)
+    assert len(torch.cat(prompted)) == 64

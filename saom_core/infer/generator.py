@@ -17,6 +17,12 @@ as the stock generator does. A model's crop classifier relabels the masks that s
 looks at their pixels, so it runs on a few masks per frame, not on every grid prompt) and
 `keep_classes` and background apply to its labels; the decoder's label then only screens out
 background before NMS.
+
+SAOM mode also prompts fewer points, because its masks are whole objects: points in image-embedding
+cells that the class head calls background are skipped (`prompt_min_object_prob`, mask_pool heads),
+and with `coarse_to_fine` a coarse half-resolution grid goes first and a fine point inside an object
+it found is not prompted again. Vanilla mode prompts every point: what the points inside an object
+find there are its parts.
 """
 from __future__ import annotations
 
@@ -57,12 +63,8 @@ class GeneratorConfig:
     multimask: Literal["auto", "best", "all"] = "auto"  # auto: best for SAOM, all for vanilla SAM
     keep_background: bool = SegmenterSettings.keep_background
     keep_classes: list[str] | None = None  # None: every class of the model
-    # SAOM mode: a coarse grid first, then only the points not inside an object it found (bench/everything_mode.py)
-    coarse_to_fine: bool = False
-    # coarse_to_fine also skips points whose coarse neighbours all found nothing (misses objects smaller than 2 grid
-    # spacings)
-    skip_background: bool = False
-
+    coarse_to_fine: bool = SegmenterSettings.coarse_to_fine
+    prompt_min_object_prob: float = SegmenterSettings.prompt_min_object_prob
 
 def generator_config(settings: SegmenterSettings, tuned: Thresholds | None = None) -> GeneratorConfig:
     """The generator's config for checked settings: thresholds left unset take `tuned` (the values
@@ -70,6 +72,8 @@ def generator_config(settings: SegmenterSettings, tuned: Thresholds | None = Non
     thresholds = settings.thresholds(tuned)
     return GeneratorConfig(
         points_per_side=settings.points_per_side,
+        coarse_to_fine=settings.coarse_to_fine,
+        prompt_min_object_prob=settings.prompt_min_object_prob,
         compile=settings.compile,
         keep_background=settings.keep_background,
         keep_classes=list(settings.keep_classes) or None,
@@ -100,14 +104,15 @@ class _Candidates:
     def cat(parts: list[_Candidates]) -> _Candidates:
         return _Candidates(*(torch.cat([getattr(p, f) for p in parts]) for f in _Candidates.__dataclass_fields__))
 
+    @staticmethod
+    def none(device: torch.device, h: int, w: int) -> _Candidates:
+        empty = torch.zeros(0, device=device)
+        return _Candidates(
+            torch.zeros(0, h, w, device=device), empty, empty, empty.long(), empty, torch.zeros(0, 2, device=device)
+        )
+
     def select(self, keep: torch.Tensor) -> _Candidates:
         return _Candidates(*(getattr(self, f)[keep] for f in _Candidates.__dataclass_fields__))
-
-
-@dataclass
-class _Decoded:
-    candidates: _Candidates
-    point_hit: torch.Tensor  # (P,) bool: the prompt yielded a candidate (an object of interest, good predicted IoU)
 
 
 class EverythingGenerator:
@@ -144,6 +149,13 @@ class EverythingGenerator:
         # Only where each prompt yields one whole object (SAOM mode): vanilla SAM's parts and
         # sub-parts are what the points inside an object find, so it prompts every point.
         self.coarse_to_fine = self.config.coarse_to_fine and self.has_classes and not self.keep_all_masks
+        # A per-cell class map exists only for the mask_pool head (see _on_objects).
+        self.use_object_prior = (
+            self.config.prompt_min_object_prob > 0
+            and model.classifier is not None
+            and model.classifier.head_input == "mask_pool"
+            and not self.keep_all_masks
+        )
 
     @property
     def device(self) -> torch.device:
@@ -206,18 +218,21 @@ class EverythingGenerator:
         kept_h, kept_w = min(valid_h + 1, side), min(valid_w + 1, side)
         batch = self.config.points_per_batch or (64 if self.device.type == "cpu" else 256)
 
-        def decode(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, _Candidates, torch.Tensor]:
-            """Decode the grid points `index`; (masks, boxes, candidates, hit: did each point yield a candidate)."""
+        def decode(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, _Candidates]:
+            """Decode the grid points `index`: (masks, boxes, candidates) at frame resolution."""
             parts = [
                 self._decode_chunk(embedding, coords[chunk], point_tensor[chunk], kept_h, kept_w)
                 for chunk in index.split(batch)
+                if len(chunk)
             ]
-            hit = torch.cat([part.point_hit for part in parts])
-            return *self._to_frame(_Candidates.cat([part.candidates for part in parts]), height, width), hit
+            candidates = _Candidates.cat(parts) if parts else _Candidates.none(self.device, kept_h, kept_w)
+            return self._to_frame(candidates, height, width)
 
         every = torch.arange(len(coords), device=self.device)
+        if self.use_object_prior:
+            every = every[self._on_objects(embedding, coords)]
         if not self.coarse_to_fine:
-            masks, boxes, candidates, _ = decode(every)
+            masks, boxes, candidates = decode(every)
         else:
             masks, boxes, candidates = self._coarse_to_fine(decode, every, points, height, width)
         keep = batched_nms(
@@ -235,38 +250,46 @@ class EverythingGenerator:
     def _coarse_to_fine(
         self, decode, every: torch.Tensor, points: np.ndarray, height: int, width: int
     ) -> tuple[torch.Tensor, torch.Tensor, _Candidates]:
-        """Decode every second grid point of every second row first; then of the other points only
-        those not inside an object already found (SAOM's masks are whole objects: such a point
-        finds that object again, and NMS drops it) and, with skip_background, next to a coarse
-        point that found something (the rest lie in what the coarse points classed as background)."""
+        """Decode every second grid point (of `every`) of every second row first; then of the other
+        points only those not inside an object already found (SAOM's masks are whole objects: such a
+        point finds that object again, and NMS drops it)."""
         n = self.config.points_per_side
         row, col = every // n, every % n
         coarse = (row % 2 == 0) & (col % 2 == 0)
-        masks, boxes, candidates, hit = decode(every[coarse])
-        hit_map = torch.zeros(n, n, dtype=torch.bool, device=self.device)
-        hit_map[row[coarse], col[coarse]] = hit
-        near_hit = torch.zeros_like(coarse)
-        for dr in (-1, 0, 1):
-            for dc in (-1, 0, 1):
-                r, c = row + dr, col + dc
-                inside = (r >= 0) & (r < n) & (c >= 0) & (c < n)
-                near_hit[inside] |= hit_map[r[inside], c[inside]]
-        fine = ~coarse & (near_hit if self.config.skip_background else torch.ones_like(coarse))
+        masks, boxes, candidates = decode(every[coarse])
+        fine = ~coarse
         if len(masks):
             kept = batched_nms(
                 nms_boxes(boxes), candidates.iou, torch.zeros_like(candidates.iou), self.config.box_nms_thresh
             )
             found = masks[kept].any(0)
-            rows, cols = pixel_of(points, height, width)
+            rows, cols = pixel_of(points[every.cpu().numpy()], height, width)
             fine &= ~found[torch.as_tensor(rows, device=self.device), torch.as_tensor(cols, device=self.device)]
         if not fine.any():
             return masks, boxes, candidates
-        fine_masks, fine_boxes, fine_candidates, _ = decode(every[fine])
+        fine_masks, fine_boxes, fine_candidates = decode(every[fine])
         return (
             torch.cat([masks, fine_masks]),
             torch.cat([boxes, fine_boxes]),
             _Candidates.cat([candidates, fine_candidates]),
         )
+
+    def _on_objects(self, embedding: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """(P,) bool: the class head gives the point's image-embedding cell at least
+        `prompt_min_object_prob` of being an object of interest (or background, where that is kept).
+
+        The mask_pool head is linear in the features it averages under a mask, so applied to each
+        cell of the embedding it gives a per-cell class map for the cost of one small matmul; the
+        grid points in cells it calls background would find background (or an object that a point
+        in one of its own cells finds too)."""
+        head = self.model.classifier
+        assert head is not None
+        with self.autocast():
+            probs = head.linear(embedding[0].permute(1, 2, 0)).float().softmax(-1)  # (g, g, C + 1)
+        of_interest = probs[..., self.allowed_before_nms].sum(-1) >= self.config.prompt_min_object_prob
+        side = of_interest.shape[0]
+        cell = (coords / (self.model.config.image_size / side)).long().clamp(0, side - 1)
+        return of_interest[cell[:, 1], cell[:, 0]]
 
     def _classify(self, candidates: _Candidates, prepared: torch.Tensor, valid_h: int, valid_w: int) -> _Candidates:
         """Labels from the crop classifier for the candidates' masks (their low-res logits over the frame's region)."""
@@ -280,7 +303,7 @@ class EverythingGenerator:
 
     def _decode_chunk(
         self, embedding: torch.Tensor, coords: torch.Tensor, points: torch.Tensor, kept_h: int, kept_w: int
-    ) -> _Decoded:
+    ) -> _Candidates:
         """Decode a batch of grid prompts; keep the masks that pass predicted IoU and class (their
         low-res logits cropped to kept_h x kept_w)."""
         labels = torch.ones(len(coords), 1, dtype=torch.int, device=self.device)
@@ -310,10 +333,9 @@ class EverythingGenerator:
         keep = iou > self.config.pred_iou_thresh
         if out.class_logits is not None:
             keep &= self.allowed_before_nms[class_id]
-        candidates = _Candidates(
+        return _Candidates(
             logits[keep], iou[keep], torch.zeros_like(iou[keep]), class_id[keep], class_score[keep], point[keep]
         )
-        return _Decoded(candidates, keep.view(len(coords), -1).any(1))
 
     def _to_frame(
         self, candidates: _Candidates, height: int, width: int
