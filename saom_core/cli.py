@@ -108,7 +108,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     settings = EvalSettings(
         split=args.split, points_per_side=args.points_per_side, max_frames=args.max_frames,
-        everything_frames=args.everything_frames, overlays=args.overlays, device=args.device,
+        everything_frames=args.everything_frames, baseline_everything_frames=args.baseline_everything_frames or None,
+        overlays=args.overlays, device=args.device,
     )
     report = evaluate(args.checkpoint, args.baseline, args.data, args.out, settings, progress=not args.quiet)
     print(report.read_text().split("## Per-class")[0].rstrip())
@@ -184,7 +185,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         DemoSettings(
             out=args.out, config=args.config, checkpoint=args.checkpoint, data=args.data, scenes=args.scenes,
             seed=args.seed, workers=args.workers, everything_frames=args.everything_frames,
-            overrides=tuple(args.overrides),
+            baseline_everything_frames=args.baseline_everything_frames or None, overrides=tuple(args.overrides),
         )
     )
     return 0
@@ -238,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--everything-frames", type=int, default=None, help="frames for everything mode (default: all)")
+    p.add_argument(
+        "--baseline-everything-frames", type=int, default=32,
+        help="frames for the baseline's everything mode (an untrained model prompts every grid point; 0: as SAOM's)",
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="training config overrides")
     p.set_defaults(handler=_cmd_demo)
 
@@ -250,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--points-per-side", type=int, default=32)
     p.add_argument("--max-frames", type=int, default=None)
     p.add_argument("--everything-frames", type=int, default=None, help="frames for everything mode (default: all)")
+    p.add_argument(
+        "--baseline-everything-frames", type=int, default=0,
+        help="frames for the baseline's everything mode (0: as SAOM's)",
+    )
     p.add_argument("--overlays", type=int, default=4)
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")

@@ -26,6 +26,8 @@ class DemoSettings:
     workers: int = 2
     eval_split: str = "test"
     everything_frames: int | None = None  # everything mode on the first N frames of the split; None: all
+    # the baseline's: the untrained model finds nothing and prompts every grid point doing so
+    baseline_everything_frames: int | None = 32
     segment_frames: int = 4
     trajectory_scenes: int = 5  # scenes of a moving camera for the 3D and tracking figures ...
     trajectory_frames: int = 8  # ... frames each, from another seed than the training data (unseen rooms)
@@ -92,7 +94,8 @@ def run_demo(settings: DemoSettings) -> Path:
     report_md = evaluate(
         saom_ckpt, baseline, data, report_dir,
         EvalSettings(split=settings.eval_split, points_per_side=cfg.prompts.points_per_side,
-                     everything_frames=settings.everything_frames, device=cfg.train.device),
+                     everything_frames=settings.everything_frames,
+                     baseline_everything_frames=settings.baseline_everything_frames, device=cfg.train.device),
     )
     print(report_md.read_text().split("## Per-class")[0].rstrip())
     print(f"({time.perf_counter() - t:.0f} s)")

@@ -138,10 +138,15 @@ def test_demo_end_to_end(tmp_path, capsys):
     )
     assert main([
         "demo", "--out", str(tmp_path / "demo"), "--config", str(config), "--scenes", "4", "--workers", "1",
-        "--everything-frames", "2",
+        "--everything-frames", "2", "--baseline-everything-frames", "1",
     ]) == 0
     out = capsys.readouterr().out
     assert "total" in out and "report:" in out
+    # the baseline's everything mode covered fewer frames than SAOM's, and every such row says so
+    report = json.loads((tmp_path / "demo/report/report.json").read_text())
+    assert (report["baseline"]["everything"]["frames"], report["saom"]["everything"]["frames"]) == (1, 2)
+    rows = [line for line in out.splitlines() if "everything mode" in line or "mask A" in line]
+    assert len(rows) >= 5 and all("frames: baseline first 1 of" in line for line in rows), rows
     assert "| IDF1 |" in out and "median 3D centroid error (cm)" in out  # the trajectory stage's figures
     assert "## 3D objects from depth" in (tmp_path / "demo/report/report.md").read_text()
     assert list((tmp_path / "demo/report/segment").glob("*_overlay.png"))

@@ -36,6 +36,7 @@ class EvalSettings:
     points_per_side: int = 32
     max_frames: int | None = None
     everything_frames: int | None = None  # everything mode is the slow part; cap it separately
+    baseline_everything_frames: int | None = None  # the baseline's (an untrained model prompts every point); None: same
     overlays: int = 4
     device: str = "auto"
 
@@ -115,8 +116,9 @@ def evaluate(
     for name, model, info in (("baseline", baseline, baseline_info), ("saom", saom, saom_info)):
         config = generator_for(model, settings.points_per_side, info.tuned)
         segmenter = SaomSegmenter(model, config)
+        frames = settings.baseline_everything_frames if name == "baseline" else None
         everything = run_everything(
-            segmenter.segment, dataset, model.classifier is not None, max_frames=settings.everything_frames,
+            segmenter.segment, dataset, model.classifier is not None, max_frames=frames or settings.everything_frames,
             progress=progress, on_frame=keep_overlay(name),
         )
         report[name] = {
@@ -142,7 +144,12 @@ def _write_overlays(out_dir: Path, dataset: SaomDataset, frames: dict[int, dict[
     for index, entry in sorted(frames.items()):
         sample = dataset[index]
         panels = [draw_instances(sample.image, sample.masks, sample.labels, sample.class_ids.tolist())]
+        titles = ["ground truth", "baseline", "SAOM"]
         for name in ("baseline", "saom"):
+            if name not in entry:  # beyond the frames this model's everything mode covered
+                panels.append(draw_instances(sample.image, np.zeros((0, *sample.image.shape[:2]), bool), [], []))
+                titles[len(panels) - 1] += " (frame not run)"
+                continue
             seg: Segmentation = entry[name]
             masks = (
                 np.stack([i.mask for i in seg.instances])
@@ -152,7 +159,7 @@ def _write_overlays(out_dir: Path, dataset: SaomDataset, frames: dict[int, dict[
             texts = [i.class_name if name == "saom" else "" for i in seg.instances]
             colors = [i.class_id if name == "saom" else k + 1 for k, i in enumerate(seg.instances)]
             panels.append(draw_instances(sample.image, masks, texts, colors))
-        titled = [_title(p, t) for p, t in zip(panels, ("ground truth", "baseline", "SAOM"), strict=True)]
+        titled = [_title(p, t) for p, t in zip(panels, titles, strict=True)]
         name = f"overlay_{index:03d}.png"
         save_rgb_png(out_dir / name, np.concatenate(titled, axis=1))
         files.append(name)

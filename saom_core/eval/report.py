@@ -33,14 +33,27 @@ def _num(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def _frames(everything: dict[str, Any]) -> str:
-    return f"{everything['frames']} frames"
+def _frames(base: dict[str, Any], saom: dict[str, Any]) -> str:
+    if base["frames"] == saom["frames"]:
+        return f"{saom['frames']} frames"
+    return f"baseline {base['frames']} frames, SAOM {saom['frames']}"
+
+
+def _covers(base: dict[str, Any], saom: dict[str, Any], split_frames: int) -> str:
+    """What frames everything-mode rows cover, where that is not the whole evaluated split for both."""
+    def frames(everything: dict[str, Any]) -> str:
+        n = everything["frames"]
+        return f"all {n}" if n == split_frames else f"first {n} of {split_frames}"
+
+    if base["frames"] == saom["frames"]:
+        return "" if saom["frames"] == split_frames else f", first {saom['frames']} of {split_frames} frames"
+    return f"; frames: baseline {frames(base)}, SAOM {frames(saom)}"
 
 
 def _everything_rows(base: dict[str, Any], saom: dict[str, Any], split_frames: int) -> list[str]:
     """Summary rows of everything mode; each names the frames it covers where that is not the whole
     evaluated split, and ground-truth objects per frame over the same frames stand beside them."""
-    covers = "" if saom["frames"] == split_frames else f", first {saom['frames']} of {split_frames} frames"
+    covers = _covers(base, saom, split_frames)
     agnostic_b, agnostic_s = base["coco_mask_class_agnostic"], saom["coco_mask_class_agnostic"]
     rows = [
         f"| output masks per frame (everything mode{covers}) "
@@ -108,7 +121,7 @@ def render_markdown(report: dict[str, Any], classes: ClassList, images: list[str
         "",
         "| | baseline | SAOM |",
         "|---|---:|---:|",
-        f"| number of output masks ({_frames(saom['everything'])}) "
+        f"| number of output masks ({_frames(base['everything'], saom['everything'])}) "
         f"| {base['everything']['output_masks']} | {saom['everything']['output_masks']} |",
         f"| ground-truth objects, same frames "
         f"| {base['everything']['ground_truth_objects']} | {saom['everything']['ground_truth_objects']} |",
