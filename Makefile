@@ -24,7 +24,7 @@ $(VENV)/.ros-installed: $(VENV)/.installed ros/setup_ros_venv.sh $(wildcard ros/
 	touch $@
 
 demo: setup
-	$(VENV)/bin/saom demo --out $(DEMO_OUT)
+	$(VENV)/bin/saom demo --out $(DEMO_OUT) --budget-minutes 15
 
 test: setup ros lint
 	$(PY) -m pytest -q test
@@ -42,6 +42,8 @@ bench: setup ros
 	test -f $(DEMO_OUT)/data/annotations.json || $(VENV)/bin/saom collect --scenes 400 --out $(DEMO_OUT)/data
 	$(PY) bench/tiny_recipe.py --data $(DEMO_OUT)/data
 	$(PY) bench/assignment_ablation.py --data $(DEMO_OUT)/data
+	test ! -f $(DEMO_OUT)/run/checkpoints/best.pt || \
+		$(PY) bench/snapping_rule.py --data $(DEMO_OUT)/data --checkpoint $(DEMO_OUT)/run/checkpoints/best.pt
 
 # For a GPU machine without network (bench/gpu_check.sh --bundle $(GPU_BUNDLE)): the wheels it lacks,
 # for CPython 3.12 manylinux x86_64 (segment-anything, pycocotools; pytest for the CUDA tests), and

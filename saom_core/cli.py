@@ -185,7 +185,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         DemoSettings(
             out=args.out, config=args.config, checkpoint=args.checkpoint, data=args.data, scenes=args.scenes,
             seed=args.seed, workers=args.workers, everything_frames=args.everything_frames,
-            baseline_everything_frames=args.baseline_everything_frames or None, overrides=tuple(args.overrides),
+            baseline_everything_frames=args.baseline_everything_frames or None,
+            budget_s=args.budget_minutes * 60 or None, overrides=tuple(args.overrides),
         )
     )
     return 0
@@ -242,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--baseline-everything-frames", type=int, default=32,
         help="frames for the baseline's everything mode (an untrained model prompts every grid point; 0: as SAOM's)",
+    )
+    p.add_argument(
+        "--budget-minutes", type=float, default=0.0,
+        help="the whole run's time (make demo: 15): training stops early enough to leave 3 minutes for the "
+        "evaluation and prints the steps it reached; 0: no budget, train as the config says",
     )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="training config overrides")
     p.set_defaults(handler=_cmd_demo)

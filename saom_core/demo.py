@@ -32,11 +32,31 @@ class DemoSettings:
     trajectory_scenes: int = 5  # scenes of a moving camera for the 3D and tracking figures ...
     trajectory_frames: int = 8  # ... frames each, from another seed than the training data (unseen rooms)
     overrides: tuple[str, ...] = ()
+    # The whole run, in seconds (None: no limit): training stops early enough to leave `reserve_s` for
+    # the stages after it, and prints the steps it reached (the recipe's own `train.max_seconds` still applies).
+    budget_s: float | None = None
+    reserve_s: float = 180.0
 
 
 def _stage(title: str) -> float:
     print(f"\n== {title}", flush=True)
     return time.perf_counter()
+
+
+def _training_budget(settings: DemoSettings, used: float, recipe_seconds: float | None) -> float:
+    """Seconds of training that keep the run within its budget, at most the recipe's own limit."""
+    assert settings.budget_s is not None
+    left = settings.budget_s - used - settings.reserve_s
+    if left < 60:
+        raise SaomError(
+            f"the demo's budget of {settings.budget_s:.0f} s leaves {left:.0f} s for training after {used:.0f} s "
+            f"of data collection and {settings.reserve_s:.0f} s kept for evaluation; raise --budget-minutes "
+            "or pass 0 for no budget"
+        )
+    seconds = left if recipe_seconds is None else min(recipe_seconds, left)
+    print(f"training budget: {seconds:.0f} s (the run's {settings.budget_s:.0f} s, {used:.0f} s used, "
+          f"{settings.reserve_s:.0f} s kept for the stages after training)")
+    return seconds
 
 
 def run_demo(settings: DemoSettings) -> Path:
@@ -75,6 +95,9 @@ def run_demo(settings: DemoSettings) -> Path:
     if settings.checkpoint is not None:
         overrides.append(f"model.checkpoint={settings.checkpoint}")
     cfg = load_train_config(settings.config, overrides)
+    if settings.budget_s is not None:
+        seconds = _training_budget(settings, time.perf_counter() - started, cfg.train.max_seconds)
+        cfg = load_train_config(settings.config, [*overrides, f"train.max_seconds={seconds:.0f}"])
     run_dir = out / "run"
     t = _stage(f"2/6 fine-tune ({cfg.model.config}, {cfg.train.max_steps} steps) -> {run_dir}")
     resume = (run_dir / "checkpoints" / "last.pt").exists()

@@ -150,3 +150,15 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert "| IDF1 |" in out and "median 3D centroid error (cm)" in out  # the trajectory stage's figures
     assert "## 3D objects from depth" in (tmp_path / "demo/report/report.md").read_text()
     assert list((tmp_path / "demo/report/segment").glob("*_overlay.png"))
+
+
+def test_demo_budget_leaves_the_reserve_and_refuses_a_budget_too_small():
+    from saom_core.demo import DemoSettings, _training_budget
+    from saom_core.errors import SaomError
+
+    settings = DemoSettings(out=Path("x"), config=Path("c"), budget_s=900, reserve_s=240)
+    assert _training_budget(settings, used=200, recipe_seconds=570) == 460  # 900 - 200 - 240
+    assert _training_budget(settings, used=0, recipe_seconds=570) == 570  # never more than the recipe's own
+    assert _training_budget(settings, used=0, recipe_seconds=None) == 660
+    with pytest.raises(SaomError, match="leaves 10 s for training"):
+        _training_budget(settings, used=650, recipe_seconds=570)
