@@ -66,6 +66,7 @@ class GeneratorConfig:
     coarse_to_fine: bool = SegmenterSettings.coarse_to_fine
     prompt_min_object_prob: float = SegmenterSettings.prompt_min_object_prob
 
+
 def generator_config(settings: SegmenterSettings, tuned: Thresholds | None = None) -> GeneratorConfig:
     """The generator's config for checked settings: thresholds left unset take `tuned` (the values
     tuned for the model, from its checkpoint), else the paper's."""
