@@ -204,6 +204,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from saom_core.demo import DemoSettings  # torch-free: the demo's defaults have one home
+
     parser = argparse.ArgumentParser(prog="saom", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -241,13 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--everything-frames", type=int, default=None, help="frames for everything mode (default: all)")
     p.add_argument(
-        "--baseline-everything-frames", type=int, default=32,
+        "--baseline-everything-frames", type=int, default=DemoSettings.baseline_everything_frames,
         help="frames for the baseline's everything mode (an untrained model prompts every grid point; 0: as SAOM's)",
     )
     p.add_argument(
         "--budget-minutes", type=float, default=0.0,
-        help="the whole run's time (make demo: 15): training stops early enough to leave 3 minutes for the "
-        "evaluation and prints the steps it reached; 0: no budget, train as the config says",
+        help=f"the whole run's time (make demo: 15): training stops early enough to leave "
+        f"{DemoSettings.reserve_s:.0f} s for the evaluation and prints the steps it reached; 0: no budget, "
+        "train as the config says",
     )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="training config overrides")
     p.set_defaults(handler=_cmd_demo)
