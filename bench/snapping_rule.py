@@ -69,11 +69,14 @@ def score(models: dict[str, SaomModel], data: Path) -> dict[tuple[str, str, str]
     return results
 
 
-def print_table(results: dict[tuple[str, str, str], PointEvalResult]) -> None:
+def report(results: dict[tuple[str, str, str], PointEvalResult], new: str, old: str) -> None:
+    """The table, then the last line: test mIoU of model `new` with the tie-free rule vs `old` with argmin."""
     print("| split | model | prompts snapped by | mIoU | mAcc | class acc |")
     print("|---|---|---|---:|---:|---:|")
     for (split, name, rule), r in results.items():
         print(f"| {split} | {name} | {rule} | {r.miou:.3f} | {r.macc:.3f} | {r.mean_class_accuracy:.3f} |")
+    tie_free, argmin = results[("test", new, "tie-free")], results[("test", old, "argmin")]
+    print(f"tie-free vs argmin: test mIoU {tie_free.miou:.3f} vs {argmin.miou:.3f}")
 
 
 def train(args: argparse.Namespace, out: Path) -> None:
@@ -87,11 +90,7 @@ def train(args: argparse.Namespace, out: Path) -> None:
             result = Trainer(load_train_config(args.config, overrides), out / rule).fit()
         print(f"trained with {rule}: {result.steps} steps")
         models[f"trained with {rule}"] = load_model(result.last_checkpoint)
-    results = score(models, args.data)
-    print_table(results)
-    new = results[("test", "trained with tie-free", "tie-free")]
-    old = results[("test", "trained with argmin", "argmin")]
-    print(f"tie-free vs argmin: test mIoU {new.miou:.3f} vs {old.miou:.3f}")
+    report(score(models, args.data), "trained with tie-free", "trained with argmin")
 
 
 def main() -> None:
@@ -105,15 +104,12 @@ def main() -> None:
     args = parser.parse_args()
     if (args.checkpoint is None) == (args.seconds is None):
         parser.error("pass --checkpoint (score one model) or --seconds (train with each rule)")
+    torch.set_num_threads(args.threads)
     print(f"machine: {machine_description(torch.device('cpu'))}; data {args.data}")
     if args.seconds is not None:
         run_in_out_dir(parser, args, train, prefix="saom-snapping-")
         return
-    torch.set_num_threads(args.threads)
-    results = score({"checkpoint": load_model(args.checkpoint)}, args.data)
-    print_table(results)
-    new, old = results[("test", "checkpoint", "tie-free")], results[("test", "checkpoint", "argmin")]
-    print(f"tie-free vs argmin: test mIoU {new.miou:.3f} vs {old.miou:.3f}")
+    report(score({"checkpoint": load_model(args.checkpoint)}, args.data), "checkpoint", "checkpoint")
 
 
 if __name__ == "__main__":
