@@ -22,7 +22,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["saom_core", "saom_core.*", "saom_ros", "saom_ros.*"]),
-    package_data={"saom_core": ["py.typed"]},
+    package_data={"saom_core": ["py.typed"], "saom_core.weights": ["*.pt", "*.json"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

@@ -192,6 +192,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from saom_core.pretrain import PretrainSettings, run_pretrain
+
+    path = run_pretrain(
+        PretrainSettings(out=args.out, config=args.config, scenes=args.scenes, seed=args.seed, workers=args.workers,
+                         overrides=tuple(args.overrides), eval_frames=args.eval_frames),
+        progress=not args.quiet,
+    )
+    print(f"wrote {path} and {path.with_suffix('.json')}")
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from saom_core.infer.export_onnx import export_onnx
 
@@ -205,6 +217,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from saom_core.demo import DemoSettings  # torch-free: the demo's defaults have one home
+    from saom_core.pretrain import PretrainSettings
 
     parser = argparse.ArgumentParser(prog="saom", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -254,6 +267,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="training config overrides")
     p.set_defaults(handler=_cmd_demo)
+
+    p = sub.add_parser("pretrain", help="pretrain the vanilla (class-agnostic) tiny SAM that SAOM fine-tunes from")
+    p.add_argument("--out", type=Path, default=PretrainSettings.out,
+                   help="run folder: data/, run/ and the exported file; re-running continues what is there")
+    p.add_argument("--config", type=Path, default=PretrainSettings.config)
+    p.add_argument("--scenes", type=int, default=PretrainSettings.scenes)
+    p.add_argument("--seed", type=int, default=PretrainSettings.seed,
+                   help="scene seed (disjoint from the demo's and the evaluation's)")
+    p.add_argument("--workers", type=int, default=PretrainSettings.workers)
+    p.add_argument("--eval-frames", type=int, default=None, help="val frames for the file's figures (default: all)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="training config overrides")
+    p.set_defaults(handler=_cmd_pretrain)
 
     p = sub.add_parser("eval", help="the paper's evaluation: SAOM vs a baseline on a dataset split")
     p.add_argument("--checkpoint", type=Path, required=True, help="the SAOM checkpoint to evaluate")

@@ -131,10 +131,11 @@ def evaluate_points(
     progress: bool = True,
     prompt: str = "nearest_neighbour",
     seed: int = 0,
+    best_of_three: bool = False,
 ) -> dict[str, PointEvalResult]:
     """Evaluate several models on the same single-point prompts; returns one result per model."""
     return evaluate_point_prompts(
-        models, dataset, (prompt,), points_per_side, assign_with, max_frames, device, progress, seed
+        models, dataset, (prompt,), points_per_side, assign_with, max_frames, device, progress, seed, best_of_three
     )[prompt]
 
 
@@ -149,9 +150,14 @@ def evaluate_point_prompts(
     device: str | torch.device = "cpu",
     progress: bool = True,
     seed: int = 0,
+    best_of_three: bool = False,
 ) -> dict[str, dict[str, PointEvalResult]]:
     """`evaluate_points` for several kinds of prompt in one pass: each frame is encoded once per
-    model (with vit_b on a CPU the encoder is most of the cost). -> {prompt: {model: result}}."""
+    model (with vit_b on a CPU the encoder is most of the cost). -> {prompt: {model: result}}.
+
+    `best_of_three` scores the one of SAM's 3 masks closest to the object instead of the most
+    confident one: SAM's oracle metric, for a class-agnostic model whose targets come at several
+    granularities (a point on a part is answered with the part, the whole, or both)."""
     unknown = [p for p in prompts if p not in POINT_PROMPTS]
     if unknown:
         raise ValueError(f"unknown point prompt {unknown[0]!r}; known: {POINT_PROMPTS}")
@@ -195,7 +201,7 @@ def evaluate_point_prompts(
             for name, model in models.items():
                 _score(
                     model, prepared[name], embeddings[name], assignment, sample, masks, dataset.classes,
-                    results[prompt][name],
+                    results[prompt][name], best_of_three,
                 )
     for name, m in models.items():
         m.train(was_training[name])
@@ -204,16 +210,24 @@ def evaluate_point_prompts(
 
 def _score(
     model: SaomModel, prepared: torch.Tensor, embedding: torch.Tensor, assignment: Assignment, sample: Sample,
-    masks: torch.Tensor, classes: ClassList, result: PointEvalResult,
+    masks: torch.Tensor, classes: ClassList, result: PointEvalResult, best_of_three: bool = False,
 ) -> None:
     """Prompt `model` with the assigned points of one frame and add its objects to `result`."""
     height, width = masks.shape[1:]
     device = masks.device
     points = torch.as_tensor(assignment.points, dtype=torch.float32, device=device)
-    kept = model.decode_points(embedding, points, [(height, width)]).keep_best()
-    pred = model.logits_to_frame(kept.logits[:, None], height, width)[:, 0] > 0
-    inter = (pred & masks).flatten(1).sum(1).float()
-    union = (pred | masks).flatten(1).sum(1).float()
+    decoded = model.decode_points(embedding, points, [(height, width)])
+    kept = decoded.keep_best()
+    if best_of_three:
+        pred = model.logits_to_frame(decoded.low_res_logits, height, width) > 0  # (P, 3, H, W)
+        inter = (pred & masks[:, None]).flatten(2).sum(2).float()
+        union = (pred | masks[:, None]).flatten(2).sum(2).float()
+        best = (inter / union.clamp(min=1)).argmax(1, keepdim=True)
+        inter, union = inter.gather(1, best)[:, 0], union.gather(1, best)[:, 0]
+    else:
+        pred = model.logits_to_frame(kept.logits[:, None], height, width)[:, 0] > 0
+        inter = (pred & masks).flatten(1).sum(1).float()
+        union = (pred | masks).flatten(1).sum(1).float()
     gt_area = masks.flatten(1).sum(1).float()
     class_logits = model.kept_class_logits(prepared, kept)
     predicted_class = class_logits.argmax(1).cpu().numpy() if class_logits is not None else None

@@ -29,13 +29,15 @@ from saom_core.io import atomic_torch_save
 from saom_core.model.configs import MODEL_CONFIGS, SamConfig, get_config
 from saom_core.model.saom import SaomModel, build_model
 from saom_core.settings import THRESHOLD_NAMES, Thresholds
+from saom_core.weights import resolve_weights
 
 FORMAT = "saom"
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint's contents, unpickled as data only; errors name the file."""
-    path = Path(path)
+    """The checkpoint's contents, unpickled as data only; errors name the file. A shipped name
+    (`saom_core.weights`, e.g. vanilla_tiny) reads the file that ships under it."""
+    path = resolve_weights(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if not path.is_file():

@@ -14,7 +14,10 @@ from saom_core.train.losses import LossWeights
 @dataclass
 class ModelSection:
     config: str = "vit_b"  # vit_b | vit_l | vit_h | tiny | test
-    checkpoint: str | None = None  # official SAM weights to start from (None: random init)
+    # weights to start from: a file (official SAM or a SAOM checkpoint) or a shipped name such as
+    # vanilla_tiny (saom_core/weights); None: random init
+    checkpoint: str | None = None
+    class_head: bool = True  # False: vanilla SAM (class-agnostic, `saom pretrain`)
     head_input: Literal["iou_token", "mask_token", "mask_pool"] = "iou_token"
     # A second classifier that labels the kept masks from their pixels (saom_core/model/crop_head.py)
     crop_classifier: bool = False
@@ -80,6 +83,11 @@ class TrainSection:
     # training (the predicted masks at inference), so the class loss learns before masks are good
     class_pool_true_masks: bool = True
     val_max_frames: int = 200  # validation subsample (first N frames of the split) to keep epochs short
+    # the prompt of each validation object: its nearest-neighbour grid point (everything mode's) or a
+    # random pixel of it (interactive use); best_of_three scores the best of SAM's 3 masks (SAM's
+    # oracle metric for a class-agnostic model whose targets come at several granularities)
+    val_prompt: Literal["nearest_neighbour", "random_foreground"] = "nearest_neighbour"
+    val_best_of_three: bool = False
 
 
 # Everything-mode thresholds stored in the checkpoint as this model's tuned values (the segmenter

@@ -115,8 +115,11 @@ class Trainer:
         self.val_set = SaomDataset(cfg.data.root, split=cfg.data.val_split)
         if len(self.train_set) == 0:
             raise DatasetError(f"{cfg.data.root}: split '{cfg.data.train_split}' has no frames")
+        if cfg.model.crop_classifier and not cfg.model.class_head:
+            raise ConfigError("model.crop_classifier needs model.class_head (a vanilla SAM has no classes)")
         self.model = build_model(
-            get_config(cfg.model.config), self.train_set.classes, cfg.model.head_input, cfg.model.crop_classifier
+            get_config(cfg.model.config), self.train_set.classes if cfg.model.class_head else None,
+            cfg.model.head_input, cfg.model.crop_classifier,
         )
         if cfg.model.checkpoint:
             from saom_core.model.checkpoint import load_sam_weights
@@ -309,6 +312,7 @@ class Trainer:
         result = evaluate_points(
             {"model": self.model}, self.val_set, self.cfg.prompts.points_per_side,
             max_frames=self.cfg.train.val_max_frames, device=self.device, progress=False,
+            prompt=self.cfg.train.val_prompt, best_of_three=self.cfg.train.val_best_of_three,
         )["model"]
         return {"mIoU": result.miou, "mAcc": result.macc, "class_accuracy": result.mean_class_accuracy}
 

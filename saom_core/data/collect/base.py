@@ -27,6 +27,7 @@ DEFAULT_MIN_AREA = 30
 # simulator name -> "module:class" (imported only when chosen: ai2thor is an optional extra)
 SIMULATORS: dict[str, str] = {
     "pybullet": "saom_core.data.collect.pybullet:PyBulletCollector",
+    "pybullet-granularity": "saom_core.data.collect.pybullet_granularity:PyBulletGranularityCollector",
     "ai2thor": "saom_core.data.collect.ai2thor:Ai2ThorCollector",
 }
 
@@ -49,7 +50,8 @@ class Collector(ABC):
     """
 
     name: str = ""
-    default_classes: str = ""  # shipped class-list name, e.g. "pybullet" -> config/classes_pybullet.yaml
+    # a ClassList, or a shipped class-list name: "pybullet" -> config/classes_pybullet.yaml
+    default_classes: str | ClassList = ""
 
     def __init__(self, class_list: ClassList, size: int = REFERENCE_SIZE, min_area: int = DEFAULT_MIN_AREA) -> None:
         self.class_list = class_list

@@ -104,9 +104,13 @@ def _yaw_quat(yaw: float) -> tuple[float, float, float, float]:
 
 class PyBulletCollector(Collector):
     name = "pybullet"
-    default_classes = "pybullet"
+    default_classes: str | ClassList = "pybullet"
 
     supports_trajectory = True
+    # pybullet segmentation-buffer flags and whether frames carry 3D ground truth per mask; the
+    # granularity collector (pybullet_granularity.py) renders link indices and has no 3D boxes
+    segmentation_flags = -1  # -1: pybullet's default (body ids only)
+    ground_truth_3d = True
 
     def __init__(self, class_list: ClassList, size: int = REFERENCE_SIZE, min_area: int = DEFAULT_MIN_AREA,
                  trajectory: int = 0) -> None:
@@ -114,12 +118,18 @@ class PyBulletCollector(Collector):
         if trajectory < 0:
             raise SimulatorError(f"trajectory must be 0 (4 views) or a number of frames, got {trajectory}")
         self.trajectory = int(trajectory)
-        self.interest = {name for name in MODELS if name in class_list.names}
-        if not self.interest:
+        self.interest = self._classes_of_interest(class_list)
+        self.data_path = pybullet_data.getDataPath()
+
+    @staticmethod
+    def _classes_of_interest(class_list: ClassList) -> set[str]:
+        """The model classes that get masks: those the class list names (at least one)."""
+        interest = {name for name in MODELS if name in class_list.names}
+        if not interest:
             raise SimulatorError(
                 f"class list '{class_list.name}' names none of the pybullet model classes {sorted(MODELS)}"
             )
-        self.data_path = pybullet_data.getDataPath()
+        return interest
 
     # -- simulator lifecycle ------------------------------------------------------------------------
     def _connect(self) -> BulletClient:
@@ -143,12 +153,12 @@ class PyBulletCollector(Collector):
             light = _random_light(rng)
             rendered = [self._render(bc, scene, eye, yaw, light, k, seed)
                         for k, (eye, yaw) in enumerate(self._camera_path(scene))]
-            # after every render: measuring the boxes moves bodies (and puts them back)
-            boxes = _local_boxes(bc, sorted({uid for frame, _ in rendered for uid in frame.meta["instance_ids"]}))
-            frames = []
-            for frame, world_to_cam in rendered:
-                frame.objects3d = _objects_in_camera(bc, frame.meta["instance_ids"], boxes, world_to_cam)
-                frames.append(frame)
+            frames = [frame for frame, _ in rendered]
+            if self.ground_truth_3d:
+                # after every render: measuring the boxes moves bodies (and puts them back)
+                boxes = _local_boxes(bc, sorted({uid for frame in frames for uid in frame.meta["instance_ids"]}))
+                for frame, world_to_cam in rendered:
+                    frame.objects3d = _objects_in_camera(bc, frame.meta["instance_ids"], boxes, world_to_cam)
         finally:
             bc.disconnect()
         return frames
@@ -178,19 +188,11 @@ class PyBulletCollector(Collector):
             self.size, self.size, view, proj, renderer=pybullet.ER_TINY_RENDERER,
             lightDirection=light["direction"], lightColor=light["color"], lightDistance=light["distance"],
             shadow=int(light["shadow"]), lightAmbientCoeff=light["ambient"], lightDiffuseCoeff=light["diffuse"],
-            lightSpecularCoeff=light["specular"],
+            lightSpecularCoeff=light["specular"], flags=self.segmentation_flags,
         )
         image = np.ascontiguousarray(np.reshape(np.asarray(rgba, dtype=np.uint8), (self.size, self.size, 4))[..., :3])
         seg = np.reshape(np.asarray(seg, dtype=np.int64), (self.size, self.size))
-        masks, labels, uids = [], [], []
-        for uid, cls in sorted(scene["labels"].items()):
-            if cls not in self.interest:
-                continue
-            mask = seg == uid
-            if int(mask.sum()) >= self.min_area:
-                masks.append(mask)
-                labels.append(cls)
-                uids.append(int(uid))
+        masks, labels, uids = self._frame_masks(scene, seg, image)
         stacked = np.stack(masks) if masks else np.zeros((0, self.size, self.size), dtype=bool)
         meta = {
             "simulator": self.name,
@@ -210,6 +212,22 @@ class PyBulletCollector(Collector):
             np.reshape(np.asarray(zbuffer, dtype=np.float64), (self.size, self.size)), _NEAR, _FAR
         )
         return Frame(image=image, masks=stacked, labels=labels, meta=meta, depth=depth), world_to_optical(view)
+
+
+    def _frame_masks(self, scene: dict[str, Any], seg: np.ndarray,
+                     image: np.ndarray) -> tuple[list[np.ndarray], list[str], list[int]]:
+        """(masks, labels, body ids) of one frame from its segmentation buffer: one whole-body mask per
+        visible object of interest."""
+        masks, labels, uids = [], [], []
+        for uid, cls in sorted(scene["labels"].items()):
+            if cls not in self.interest:
+                continue
+            mask = seg == uid
+            if int(mask.sum()) >= self.min_area:
+                masks.append(mask)
+                labels.append(cls)
+                uids.append(int(uid))
+        return masks, labels, uids
 
 
 def depth_from_zbuffer(zbuffer: np.ndarray, near: float, far: float) -> np.ndarray:
@@ -356,6 +374,7 @@ class _SceneBuilder:
     def __init__(self, bc: BulletClient, rng: np.random.Generator, data_path: str) -> None:
         self.bc, self.rng, self.data_path = bc, rng, data_path
         self.labels: dict[int, str] = {}
+        self.stuff: list[int] = []  # floor and walls: rendered, never of interest
         self.scales: dict[int, float] = {}
         self.dynamic: list[int] = []
         self.drop_level = 0  # staggers drop heights so dropped objects never start interpenetrating
@@ -376,8 +395,8 @@ class _SceneBuilder:
         for k, station in enumerate(stations):
             self._station(station, math.radians(yaw0 - 90.0 * k), height, pitch)
         self._settle()
-        return {"labels": dict(self.labels), "stations": stations, "height": height, "pitch": pitch,
-                "fov": fov, "yaw0": yaw0}
+        return {"labels": dict(self.labels), "stuff": list(self.stuff), "stations": stations, "height": height,
+                "pitch": pitch, "fov": fov, "yaw0": yaw0}
 
     # -- room ----------------------------------------------------------------------------------------
     def _room(self) -> None:
@@ -386,6 +405,7 @@ class _SceneBuilder:
         col = bc.createCollisionShape(pybullet.GEOM_BOX, halfExtents=[8, 8, 0.05])
         vis = bc.createVisualShape(pybullet.GEOM_BOX, halfExtents=[8, 8, 0.05], rgbaColor=[*floor_rgb, 1])
         floor = bc.createMultiBody(0, col, vis, [0, 0, -0.05])
+        self.stuff.append(floor)
         if rng.random() < 0.45:  # textured floor (wood, tiles, metal), tinted
             texture = bc.loadTexture(os.path.join(self.data_path, str(rng.choice(_FLOOR_TEXTURES))))
             bc.changeVisualShape(floor, -1, textureUniqueId=texture, rgbaColor=[*self._light_tint(0.35), 1])
@@ -400,7 +420,7 @@ class _SceneBuilder:
                 jitter = np.clip(wall_rgb + rng.uniform(-0.05, 0.05, 3), 0, 1)
                 vis = bc.createVisualShape(pybullet.GEOM_BOX, halfExtents=extents, rgbaColor=[*jitter, 1])
                 col = bc.createCollisionShape(pybullet.GEOM_BOX, halfExtents=extents)
-                bc.createMultiBody(0, col, vis, pos)
+                self.stuff.append(bc.createMultiBody(0, col, vis, pos))
 
     # -- stations ------------------------------------------------------------------------------------
     def _station(self, kind: str, direction: float, height: float, pitch: float) -> None:

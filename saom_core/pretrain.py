@@ -1,0 +1,151 @@
+"""`saom pretrain` (make pretrain): the project's own vanilla tiny SAM, what SAOM fine-tunes from.
+
+No pretrained SAM weights exist for the tiny config, yet the paper fine-tunes a pretrained SAM and
+compares against it. So: collect PyBullet rooms labelled at every granularity (seeds disjoint from
+every split the demo and the evaluation use), train SAM's own class-agnostic task on them
+(config/train_pretrain_tiny.yaml), and export the weights as a small fp16 file with its
+provenance beside it. Each stage continues what an interrupted run left (the collection, then the
+training from its last checkpoint), so a run of hours can stop and go on.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from saom_core.io import atomic_write_json
+
+# The pretraining rooms' seed: the demo collects with seeds 0 (train/val/test) and 1 (trajectories),
+# the benches with 0; test/test_pretrain.py checks that none of them is this one.
+PRETRAIN_SEED = 2024
+SIMULATOR = "pybullet-granularity"
+EXPORT_NAME = "vanilla_tiny"
+
+
+@dataclass
+class PretrainSettings:
+    out: Path = Path("runs/pretrain")
+    config: Path = Path("config/train_pretrain_tiny.yaml")
+    scenes: int = 700
+    seed: int = PRETRAIN_SEED
+    workers: int = 2
+    overrides: tuple[str, ...] = ()
+    eval_frames: int | None = None  # val frames for the exported file's figures (None: the whole split)
+
+
+def run_pretrain(settings: PretrainSettings, progress: bool = True) -> Path:
+    """Collect (or continue collecting), train (or resume), export; returns the exported file."""
+    from saom_core.data.collect import collect_dataset
+    from saom_core.data.format import ANNOTATIONS
+    from saom_core.train.config import load_train_config
+    from saom_core.train.trainer import Trainer
+
+    data = settings.out / "data"
+    started = time.perf_counter()
+    if not (data / ANNOTATIONS).exists():
+        collect_dataset(sim=SIMULATOR, scenes=settings.scenes, out=data, seed=settings.seed,
+                        workers=settings.workers, resume=data.exists(), progress=progress)
+    collect_s = time.perf_counter() - started
+    cfg = load_train_config(settings.config, [f"data.root={data}", *settings.overrides])
+    run_dir = settings.out / "run"
+    trainer = Trainer(cfg, run_dir, resume=(run_dir / "checkpoints" / "last.pt").exists(), progress=progress)
+    result = trainer.fit()
+    source = result.best_checkpoint or result.last_checkpoint
+    record = {
+        "command": " ".join(["saom", *sys.argv[1:]]) if Path(sys.argv[0]).name == "saom" else " ".join(sys.argv),
+        "commit": _commit(),
+        "data": {"simulator": SIMULATOR, "seed": settings.seed, "scenes": settings.scenes,
+                 "train_frames": len(trainer.train_set), "dataset": str(data)},
+        "steps": result.steps,
+        "planned_steps": cfg.train.max_steps,
+        "source_checkpoint": str(source),
+        "collect_s": round(collect_s, 1),  # of this invocation (0 when the data was there already)
+        "machine": machine(),
+    }
+    return export_vanilla(source, settings.out / f"{EXPORT_NAME}.pt", record, data, settings.eval_frames)
+
+
+def export_vanilla(source: Path, target: Path, record: dict[str, Any], data: Path,
+                   eval_frames: int | None = None) -> Path:
+    """Write `source`'s weights as fp16 to `target` (weights only, no training state) and its
+    provenance (`record` + training time, figures on the val split, sha256) to `target`.json."""
+    import torch
+
+    from saom_core.data.reader import SaomDataset
+    from saom_core.eval.point_eval import evaluate_points
+    from saom_core.io import atomic_torch_save
+    from saom_core.model.checkpoint import read_checkpoint
+
+    checkpoint = read_checkpoint(source)
+    train_state = read_checkpoint(source.parent / "last.pt").get("train_state") or {}
+    checkpoint.pop("train_state", None)
+    checkpoint["state_dict"] = {
+        k: v.half() if v.is_floating_point() else v for k, v in checkpoint["state_dict"].items()
+    }
+    atomic_torch_save(target, checkpoint)
+
+    from saom_core.model.checkpoint import load_model
+
+    model = load_model(target)
+    figures: dict[str, Any] = {}
+    val = SaomDataset(data, split="val")
+    with torch.inference_mode():
+        for name, best_of_three in (("best_of_three", True), ("most_confident", False)):
+            result = evaluate_points({"vanilla": model}, val, prompt="random_foreground", max_frames=eval_frames,
+                                     best_of_three=best_of_three, progress=False)["vanilla"]
+            figures[f"val_point_miou_{name}"] = _round(result.miou)
+            figures[f"val_point_miou_{name}_per_granularity"] = {
+                level: _round(stats.iou) for level, stats in result.per_class.items()
+            }
+    figures["val_frames"] = len(val) if eval_frames is None else min(eval_frames, len(val))
+    record = {**record, "training_s": round(float(train_state.get("elapsed_s", 0.0)), 1),
+              "format": "fp16 state_dict, SAOM checkpoint layout, no class head", "figures": figures,
+              "bytes": target.stat().st_size, "sha256": sha256(target)}
+    atomic_write_json(target.with_suffix(".json"), record, indent=2)
+    return target
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def machine() -> dict[str, Any]:
+    """The CPU a figure came from (the same training ran 2.2x slower on one 2-core kind than another)."""
+    import torch
+
+    model = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+
+
+def _commit() -> str:
+    """The source checkout's commit (+ "-dirty" with uncommitted changes), or "unknown"."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)
