@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 CONSTRAINTS := requirements/constraints.txt
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup ros lint demo test bench gpu-bundle clean
+.PHONY: setup ros lint demo pretrain test bench gpu-bundle clean
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,13 @@ $(VENV)/.ros-installed: $(VENV)/.installed ros/setup_ros_venv.sh $(wildcard ros/
 
 demo: setup
 	$(VENV)/bin/saom demo --out $(DEMO_OUT) --budget-minutes 15
+
+# The vanilla tiny SAM that the demo fine-tunes from (hours of CPU; re-running continues where it
+# stopped), copied with its provenance into the package (docs/pretraining.md).
+PRETRAIN_OUT ?= runs/pretrain
+pretrain: setup
+	$(VENV)/bin/saom pretrain --out $(PRETRAIN_OUT)
+	cp $(PRETRAIN_OUT)/vanilla_tiny.pt $(PRETRAIN_OUT)/vanilla_tiny.json saom_core/weights/
 
 test: setup ros lint
 	$(PY) -m pytest -q test

@@ -13,7 +13,8 @@ from saom_core.cli import main
 pytestmark = pytest.mark.filterwarnings("ignore:module 'sre_:DeprecationWarning")
 
 TRAIN = [
-    "model.config=test", "train.max_steps=8", "train.frames_per_step=2", "train.trainable=[all]", "train.device=cpu",
+    "model.config=test", "model.checkpoint=null",
+    "train.max_steps=8", "train.frames_per_step=2", "train.trainable=[all]", "train.device=cpu",
     "train.cache_embeddings=false", "train.threads=1", "train.checkpoint_every=4", "prompts.points_per_side=8",
 ]
 
@@ -129,9 +130,15 @@ def test_bag_cli_round_trip(trained, tmp_path):
 
 
 def test_demo_end_to_end(tmp_path, capsys):
+    """The demo fine-tunes from a vanilla (class-agnostic) SAM and compares SAOM with that model."""
+    from saom_core.model.checkpoint import save_checkpoint
+    from saom_core.model.configs import get_config
+    from saom_core.model.saom import build_model
+
+    vanilla = save_checkpoint(tmp_path / "vanilla.pt", build_model(get_config("test")))
     config = tmp_path / "demo.yaml"
     config.write_text(
-        "model: {config: test}\n"
+        f"model: {{config: test, checkpoint: {vanilla}}}\n"
         "train: {max_steps: 4, frames_per_step: 2, trainable: [all], device: cpu, cache_embeddings: false, "
         "threads: 1}\n"
         "prompts: {points_per_side: 8}\ndata: {hflip: true}\n"
@@ -144,6 +151,7 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert "total" in out and "report:" in out
     # the baseline's everything mode covered fewer frames than SAOM's, and every such row says so
     report = json.loads((tmp_path / "demo/report/report.json").read_text())
+    assert report["baseline_checkpoint"] == str(vanilla) and "vanilla SAM" in report["baseline_model"]
     assert (report["baseline"]["everything"]["frames"], report["saom"]["everything"]["frames"]) == (1, 2)
     rows = [line for line in out.splitlines() if "everything mode" in line or "mask A" in line]
     assert len(rows) >= 5 and all("frames: baseline first 1 of" in line for line in rows), rows

@@ -12,7 +12,6 @@ import torch
 from saom_core.data.collect import collect_dataset
 from saom_core.data.collect.granularity import GRANULARITIES, granularity_targets
 from saom_core.data.collect.pybullet_granularity import PyBulletGranularityCollector
-from saom_core.data.reader import SaomDataset
 from saom_core.demo import DemoSettings
 from saom_core.errors import SimulatorError
 from saom_core.pretrain import PRETRAIN_SEED, PretrainSettings, run_pretrain

@@ -19,9 +19,9 @@ from saom_core.eval.report import write_report
 from saom_core.infer.generator import GeneratorConfig, generator_config
 from saom_core.infer.segmenter import SaomSegmenter, resolve_device
 from saom_core.infer.types import Segmentation
-from saom_core.model.checkpoint import load_checkpoint
+from saom_core.model.checkpoint import CheckpointInfo, load_checkpoint
 from saom_core.model.saom import SaomModel
-from saom_core.settings import SegmenterSettings, Thresholds
+from saom_core.settings import SegmenterSettings
 from saom_core.viz import draw_instances, save_rgb_png
 
 # Vanilla SAM is run as released (SamAutomaticMaskGenerator defaults); SAOM with the paper's tuned values.
@@ -52,10 +52,11 @@ def machine_description(device: torch.device) -> str:
     )
 
 
-def generator_for(model: SaomModel, points_per_side: int, tuned: Thresholds) -> GeneratorConfig:
-    """A SAOM model's own tuned settings (its checkpoint's, else the paper's); stock SAM's for vanilla SAM."""
-    if model.classifier is not None:
-        return generator_config(SegmenterSettings(points_per_side=points_per_side), tuned)
+def generator_for(model: SaomModel, points_per_side: int, info: CheckpointInfo) -> GeneratorConfig:
+    """A model's own tuned settings where its checkpoint has them (SAOM's, or the project's vanilla tiny
+    SAM's), else stock SAM's (official SAM weights)."""
+    if info.is_saom:
+        return generator_config(SegmenterSettings(points_per_side=points_per_side), info.tuned)
     return GeneratorConfig(**{**asdict(STOCK_SAM_SETTINGS), "points_per_side": points_per_side})
 
 
@@ -114,7 +115,7 @@ def evaluate(
         "settings": asdict(settings),
     }
     for name, model, info in (("baseline", baseline, baseline_info), ("saom", saom, saom_info)):
-        config = generator_for(model, settings.points_per_side, info.tuned)
+        config = generator_for(model, settings.points_per_side, info)
         segmenter = SaomSegmenter(model, config)
         frames = settings.baseline_everything_frames if name == "baseline" else None
         everything = run_everything(
