@@ -48,7 +48,7 @@ bench: setup ros
 	$(PY) bench/node_latency.py
 	test -f $(DEMO_OUT)/data/annotations.json || $(VENV)/bin/saom collect --scenes 400 --out $(DEMO_OUT)/data
 	$(PY) bench/tiny_recipe.py --data $(DEMO_OUT)/data
-	$(PY) bench/assignment_ablation.py --data $(DEMO_OUT)/data
+	$(PY) bench/assignment_ablation.py --data $(DEMO_OUT)/data --steps 900 --seconds 570 --seeds 0 1
 	test ! -f $(DEMO_OUT)/run/checkpoints/best.pt || \
 		$(PY) bench/snapping_rule.py --data $(DEMO_OUT)/data --checkpoint $(DEMO_OUT)/run/checkpoints/best.pt
 

@@ -37,7 +37,10 @@ class DemoSettings:
     # The whole run, in seconds (None: no limit): training stops early enough to leave `reserve_s` for
     # the stages after it, and prints the steps it reached (the recipe's own `train.max_seconds` still applies).
     budget_s: float | None = None
+    # Seconds kept for the stages after training, on a machine that collects a scene in
+    # `reserve_collect_s_per_scene`; a run that collects slower keeps proportionally more (docs/results.md)
     reserve_s: float = 180.0
+    reserve_collect_s_per_scene: float = 0.48
 
 
 def _stage(title: str) -> float:
@@ -45,19 +48,31 @@ def _stage(title: str) -> float:
     return time.perf_counter()
 
 
-def _training_budget(settings: DemoSettings, used: float, recipe_seconds: float | None) -> float:
+def reserve_seconds(settings: DemoSettings, collect_s_per_scene: float | None) -> float:
+    """Seconds to keep for the stages after training: `reserve_s`, scaled up by how much slower than
+    the reference this machine collected a scene (evaluation and collection both run the CPU flat out;
+    unscaled when nothing was collected in this run)."""
+    if collect_s_per_scene is None:
+        return settings.reserve_s
+    return settings.reserve_s * max(1.0, collect_s_per_scene / settings.reserve_collect_s_per_scene)
+
+
+def _training_budget(settings: DemoSettings, used: float, recipe_seconds: float | None,
+                     collect_s_per_scene: float | None = None) -> float:
     """Seconds of training that keep the run within its budget, at most the recipe's own limit."""
     assert settings.budget_s is not None
-    left = settings.budget_s - used - settings.reserve_s
+    reserve = reserve_seconds(settings, collect_s_per_scene)
+    left = settings.budget_s - used - reserve
     if left < 60:
         raise SaomError(
             f"the demo's budget of {settings.budget_s:.0f} s leaves {left:.0f} s for training after {used:.0f} s "
-            f"of data collection and {settings.reserve_s:.0f} s kept for evaluation; raise --budget-minutes "
+            f"of data collection and {reserve:.0f} s kept for evaluation; raise --budget-minutes "
             "or pass 0 for no budget"
         )
     seconds = left if recipe_seconds is None else min(recipe_seconds, left)
+    speed = "" if collect_s_per_scene is None else f" at {collect_s_per_scene:.2f} s per collected scene"
     print(f"training budget: {seconds:.0f} s (the run's {settings.budget_s:.0f} s, {used:.0f} s used, "
-          f"{settings.reserve_s:.0f} s kept for the stages after training)")
+          f"{reserve:.0f} s kept for the stages after training{speed})")
     return seconds
 
 
@@ -78,6 +93,7 @@ def run_demo(settings: DemoSettings) -> Path:
     started = time.perf_counter()
 
     data = settings.data or out / "data"
+    collect_s_per_scene = None
     if settings.data is None:
         t = _stage(f"1/6 collect {settings.scenes} PyBullet scenes -> {data}")
         if not (data / ANNOTATIONS).exists():
@@ -89,6 +105,7 @@ def run_demo(settings: DemoSettings) -> Path:
                 workers=settings.workers,
                 resume=data.exists(),
             )
+            collect_s_per_scene = (time.perf_counter() - t) / settings.scenes
         report, dataset = check_dataset(data, progress=False)
         print(report.format(dataset).split("\n\nMasks per class")[0])
         print(f"({time.perf_counter() - t:.0f} s)")
@@ -98,7 +115,7 @@ def run_demo(settings: DemoSettings) -> Path:
         overrides.append(f"model.checkpoint={settings.checkpoint}")
     cfg = load_train_config(settings.config, overrides)
     if settings.budget_s is not None:
-        seconds = _training_budget(settings, time.perf_counter() - started, cfg.train.max_seconds)
+        seconds = _training_budget(settings, time.perf_counter() - started, cfg.train.max_seconds, collect_s_per_scene)
         cfg = load_train_config(settings.config, [*overrides, f"train.max_seconds={seconds:.0f}"])
     run_dir = out / "run"
     t = _stage(f"2/6 fine-tune ({cfg.model.config}, {cfg.train.max_steps} steps) -> {run_dir}")

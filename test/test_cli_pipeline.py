@@ -170,3 +170,8 @@ def test_demo_budget_leaves_the_reserve_and_refuses_a_budget_too_small():
     assert _training_budget(settings, used=0, recipe_seconds=None) == 660
     with pytest.raises(SaomError, match="leaves 10 s for training"):
         _training_budget(settings, used=650, recipe_seconds=570)
+    # a machine that collected twice as slowly as the reference keeps twice the reserve
+    slow = settings.reserve_collect_s_per_scene * 2
+    assert _training_budget(settings, used=200, recipe_seconds=None, collect_s_per_scene=slow) == 900 - 200 - 480
+    fast = settings.reserve_collect_s_per_scene / 2  # never less than the reference reserve
+    assert _training_budget(settings, used=200, recipe_seconds=None, collect_s_per_scene=fast) == 460
