@@ -1,10 +1,12 @@
-"""SAOM's tiny CPU recipe against a plain from-scratch training: same data, same CPU time, one run.
+"""SAOM's tiny CPU recipe against a plain training: same data, same start, same CPU time, one run.
 
 The plain recipe is the floor of issue 4, run by the same trainer: the tiny SAM, all masks of 2
 frames per step, one random foreground point per mask, AdamW at a constant lr 6e-4, the
 authors' class head (IoU token), focal (alpha 0.25) + dice on the best-fitting of SAM's 3 masks
 + cross-entropy + IoU MSE (without it the predicted IoU that picks the mask is never taught), no
 background points, no flips. SAOM's recipe is `config/train_tiny.yaml`, as `make demo` trains it.
+Both start from the recipe's `model.checkpoint` (the shipped vanilla tiny SAM, as the paper
+fine-tunes SAM; `model.checkpoint=null` on the command line's config for the from-scratch pair).
 Both use the trainer's mixed precision (`train.amp: auto`: bf16 on CPUs that compute it natively),
 so the comparison is of recipes, not of number formats.
 
