@@ -45,6 +45,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         classes=args.classes,
         min_area=args.min_area,
         trajectory=args.trajectory,
+        objects=args.objects,
     )
     print(f"wrote {path}")
     return 0
@@ -217,7 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=224, help="frame width and height in pixels")
     p.add_argument("--workers", type=int, default=1, help="parallel simulator processes")
     p.add_argument("--resume", action="store_true", help="continue an unfinished or extend a finished collection")
-    p.add_argument("--classes", default=None, help="class list YAML (default: the simulator's own)")
+    p.add_argument("--objects", default=None, metavar="FILE",
+                   help="object catalogue YAML: classes and their models (pybullet; default: "
+                   "config/objects_pybullet.yaml)")
+    p.add_argument("--classes", default=None,
+                   help="class list YAML (default: the catalogue's classes, or the simulator's own)")
     p.add_argument("--min-area", type=int, default=None, help="drop masks smaller than this (pixels)")
     p.add_argument("--trajectory", type=int, default=0, metavar="N",
                    help="N frames per scene from a camera moving in small steps (for tracking; pybullet)")
