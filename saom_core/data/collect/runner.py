@@ -23,7 +23,9 @@ from saom_core.errors import ConfigError, DatasetError
 from saom_core.io import atomic_write_json
 
 SETTINGS_FILE = "collect.json"  # how the directory was collected; --resume must use the same settings
-_RESUME_KEYS = ("simulator", "seed", "size", "class_list", "min_area", "trajectory", "catalogue")
+# what every scene of one dataset shares: a --resume and `saom dataset merge` check these
+SHARED_SETTINGS = ("simulator", "seed", "size", "class_list", "min_area", "trajectory", "catalogue")
+_RESUME_KEYS = (*SHARED_SETTINGS, "first_scene")
 
 
 def collect_dataset(
@@ -39,13 +41,17 @@ def collect_dataset(
     progress: bool = True,
     trajectory: int = 0,
     objects: str | Path | None = None,
+    first_scene: int = 0,
 ) -> Path:
     """Collect `scenes` scenes (4 frames each, or `trajectory` frames of a moving camera) into `out`;
     returns the annotations.json path. `objects`: the object catalogue (pybullet; default its own),
-    whose classes are the class list unless `classes` names a subset."""
+    whose classes are the class list unless `classes` names a subset. `first_scene`: the index of the
+    first scene, so that shards (`--first-scene K --scenes M`) run anywhere and merge into one dataset."""
     cls = collector_class(sim)
     if scenes < 1:
         raise ConfigError(f"--scenes must be at least 1, got {scenes}")
+    if first_scene < 0:
+        raise ConfigError(f"--first-scene must be 0 or more, got {first_scene}")
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
     if not 16 <= size <= 4096:
@@ -69,12 +75,13 @@ def collect_dataset(
     out = Path(out)
     writer = DatasetWriter(out, class_list, cls.name, resume=resume)
     settings = {"simulator": cls.name, "seed": int(seed), "size": int(size), "class_list": class_list.name,
-                "min_area": area, "scenes": int(scenes), "trajectory": int(trajectory), **described}
+                "min_area": area, "first_scene": int(first_scene), "scenes": int(scenes),
+                "trajectory": int(trajectory), **described}
     _check_resume_settings(out, settings)
     atomic_write_json(out / SETTINGS_FILE, settings, indent=2)
 
     done = writer.completed_scenes()
-    pending = [i for i in range(scenes) if scene_id(i) not in done]
+    pending = [i for i in range(first_scene, first_scene + scenes) if scene_id(i) not in done]
     bar = tqdm(total=scenes, initial=scenes - len(pending), desc=f"collect {cls.name}", unit="scene",
                disable=not progress)
     try:
@@ -98,7 +105,7 @@ def _check_resume_settings(out: Path, settings: dict[str, Any]) -> None:
         if key in previous and previous[key] != settings[key]:
             raise DatasetError(
                 f"{out} was collected with {key}={previous[key]!r}, not {settings[key]!r}; "
-                "--resume needs the same --sim, --seed, --size, --classes, --objects and --min-area"
+                "--resume needs the same --sim, --seed, --size, --classes, --objects, --min-area and --first-scene"
             )
 
 
