@@ -38,6 +38,8 @@ import functools
 import math
 import os
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,7 @@ from pybullet_utils.bullet_client import BulletClient
 from saom_core.data.classes import ClassList
 from saom_core.data.collect.base import DEFAULT_MIN_AREA, FRAMES_PER_SCENE, REFERENCE_SIZE, Collector, scene_rng
 from saom_core.data.collect.catalogue import DEFAULT_MESH_MASS, Catalogue, CatalogueEntry, Model, load_catalogue
+from saom_core.data.collect.randomise import SceneRandomiser, preset
 from saom_core.data.format import Frame
 from saom_core.errors import SimulatorError
 
@@ -73,9 +76,10 @@ class PyBulletCollector(Collector):
 
     supports_trajectory = True
     supports_catalogue = True
+    supports_randomisation = True
 
     def __init__(self, class_list: ClassList, size: int = REFERENCE_SIZE, min_area: int = DEFAULT_MIN_AREA,
-                 trajectory: int = 0, objects: str | Path = "pybullet") -> None:
+                 trajectory: int = 0, objects: str | Path = "pybullet", randomisation: str = "none") -> None:
         super().__init__(class_list, size=size, min_area=min_area)
         if trajectory < 0:
             raise SimulatorError(f"trajectory must be 0 (4 views) or a number of frames, got {trajectory}")
@@ -88,9 +92,24 @@ class PyBulletCollector(Collector):
                 f"class list '{class_list.name}' names none of the catalogue's classes {sorted(models)}"
             )
         self.data_path = pybullet_data.getDataPath()
+        self.randomisation = preset(randomisation)
+        self._textures: tempfile.TemporaryDirectory[str] | None = None  # procedural textures pass through here
 
     def describe(self) -> dict[str, Any]:
-        return {"catalogue": {"name": self.catalogue.name, "digest": self.catalogue.digest}}
+        return {"catalogue": {"name": self.catalogue.name, "digest": self.catalogue.digest},
+                "randomisation": self.randomisation.name}
+
+    def close(self) -> None:
+        if self._textures is not None:
+            self._textures.cleanup()
+            self._textures = None
+
+    def _texture_dir(self) -> str | None:
+        if not self.randomisation.texture_p:
+            return None
+        if self._textures is None:
+            self._textures = tempfile.TemporaryDirectory(prefix="saom_textures_")
+        return self._textures.name
 
     # -- simulator lifecycle ------------------------------------------------------------------------
     def _connect(self) -> BulletClient:
@@ -108,17 +127,24 @@ class PyBulletCollector(Collector):
         so no state a scene leaves in pybullet can reach the next. A scene depends only on (seed,
         scene index): see `_mesh_is_finite` for the one shipped model that broke this."""
         rng = scene_rng(seed, scene_index)
+        randomiser = SceneRandomiser(self.randomisation, seed, scene_index, self._texture_dir())
         bc = self._connect()
         try:
-            scene = _SceneBuilder(bc, rng, self.data_path, self.catalogue).build()
-            light = _random_light(rng)
+            scene = _SceneBuilder(bc, rng, self.data_path, self.catalogue, randomiser.views).build()
+            light = randomiser.light(rng)
+            randomiser.appearance(bc, scene["labels"])
+            randomiser.camera(scene, self.size, _NEAR, _FAR)
             rendered = [self._render(bc, scene, eye, yaw, light, k, seed)
                         for k, (eye, yaw) in enumerate(self._camera_path(scene))]
             # after every render: measuring the boxes moves bodies (and puts them back)
             boxes = _local_boxes(bc, sorted({uid for frame, _ in rendered for uid in frame.meta["instance_ids"]}))
             frames = []
-            for frame, world_to_cam in rendered:
+            for k, (frame, world_to_cam) in enumerate(rendered):
                 frame.objects3d = _objects_in_camera(bc, frame.meta["instance_ids"], boxes, world_to_cam)
+                if self.randomisation.active:
+                    assert frame.depth is not None  # this collector always renders depth
+                    frame.image, frame.depth, frame.meta["randomisation"] = randomiser.sensor(
+                        frame.image, frame.depth, k)
                 frames.append(frame)
         finally:
             bc.disconnect()
@@ -144,15 +170,16 @@ class PyBulletCollector(Collector):
         yr, pr = math.radians(yaw), math.radians(pitch)
         forward = np.array([math.cos(pr) * math.cos(yr), math.cos(pr) * math.sin(yr), math.sin(pr)])
         view = bc.computeViewMatrix(eye.tolist(), (eye + forward).tolist(), [0.0, 0.0, 1.0])
-        proj = bc.computeProjectionMatrixFOV(fov, 1.0, _NEAR, _FAR)
+        width, height = scene.get("image_size", (self.size, self.size))  # randomised cameras set both
+        proj = scene.get("projection") or bc.computeProjectionMatrixFOV(fov, 1.0, _NEAR, _FAR)
         _, _, rgba, zbuffer, seg = bc.getCameraImage(
-            self.size, self.size, view, proj, renderer=pybullet.ER_TINY_RENDERER,
+            width, height, view, proj, renderer=pybullet.ER_TINY_RENDERER,
             lightDirection=light["direction"], lightColor=light["color"], lightDistance=light["distance"],
             shadow=int(light["shadow"]), lightAmbientCoeff=light["ambient"], lightDiffuseCoeff=light["diffuse"],
             lightSpecularCoeff=light["specular"],
         )
-        image = np.ascontiguousarray(np.reshape(np.asarray(rgba, dtype=np.uint8), (self.size, self.size, 4))[..., :3])
-        seg = np.reshape(np.asarray(seg, dtype=np.int64), (self.size, self.size))
+        image = np.ascontiguousarray(np.reshape(np.asarray(rgba, dtype=np.uint8), (height, width, 4))[..., :3])
+        seg = np.reshape(np.asarray(seg, dtype=np.int64), (height, width))
         masks, labels, uids = [], [], []
         for uid, cls in sorted(scene["labels"].items()):
             if cls not in self.interest:
@@ -162,23 +189,23 @@ class PyBulletCollector(Collector):
                 masks.append(mask)
                 labels.append(cls)
                 uids.append(int(uid))
-        stacked = np.stack(masks) if masks else np.zeros((0, self.size, self.size), dtype=bool)
+        stacked = np.stack(masks) if masks else np.zeros((0, height, width), dtype=bool)
         meta = {
             "simulator": self.name,
             "seed": int(seed),
             "station": scene["stations"][0 if self.trajectory else k],
             "agent_pose": {"position": [_r(eye[0]), _r(eye[1]), _r(h)], "yaw": _r(yaw % 360.0), "pitch": _r(pitch),
                            "height": _r(h)},
-            "camera": {"fov_deg": _r(fov), "near": _NEAR, "far": _FAR, "width": self.size, "height": self.size,
+            "camera": {"fov_deg": _r(fov), "near": _NEAR, "far": _FAR, "width": width, "height": height,
                        "renderer": "tiny"},
-            "intrinsics": intrinsics_from_projection(proj, self.size, self.size),
+            "intrinsics": intrinsics_from_projection(proj, width, height),
             "light": light,
             "instance_ids": uids,
         }
         if self.trajectory:
             meta["trajectory_step"] = k
         depth = depth_from_zbuffer(
-            np.reshape(np.asarray(zbuffer, dtype=np.float64), (self.size, self.size)), _NEAR, _FAR
+            np.reshape(np.asarray(zbuffer, dtype=np.float64), (height, width)), _NEAR, _FAR
         )
         return Frame(image=image, masks=stacked, labels=labels, meta=meta, depth=depth), world_to_optical(view)
 
@@ -305,27 +332,13 @@ def _quiet_stdout():
         os.close(devnull)
 
 
-def _random_light(rng: np.random.Generator) -> dict[str, Any]:
-    azimuth, elevation = rng.uniform(0, 2 * math.pi), rng.uniform(math.radians(30), math.radians(80))
-    direction = [math.cos(elevation) * math.cos(azimuth), math.cos(elevation) * math.sin(azimuth), math.sin(elevation)]
-    warmth = rng.uniform(-0.12, 0.12)
-    color = np.clip([1.0 + warmth, 1.0, 1.0 - warmth], 0.0, 1.0) * rng.uniform(0.85, 1.0)
-    return {
-        "direction": [_r(v) for v in direction],
-        "color": [_r(v) for v in color],
-        "distance": _r(rng.uniform(2.0, 6.0)),
-        "ambient": _r(rng.uniform(0.45, 0.7)),
-        "diffuse": _r(rng.uniform(0.35, 0.6)),
-        "specular": _r(rng.uniform(0.0, 0.25)),
-        "shadow": bool(rng.random() < 0.5),
-    }
-
-
 class _SceneBuilder:
     """Builds one random room in a freshly reset simulation; `build()` returns its description."""
 
-    def __init__(self, bc: BulletClient, rng: np.random.Generator, data_path: str, catalogue: Catalogue) -> None:
+    def __init__(self, bc: BulletClient, rng: np.random.Generator, data_path: str, catalogue: Catalogue,
+                 views: Callable[[list[str]], list[str]] | None = None) -> None:
         self.bc, self.rng, self.data_path, self.catalogue = bc, rng, data_path, catalogue
+        self.views = views  # may turn stations into views with nothing of interest (randomisation)
         self.labels: dict[int, str] = {}
         self.scales: dict[int, float] = {}
         self.dynamic: list[int] = []
@@ -348,6 +361,8 @@ class _SceneBuilder:
         fov = rng.uniform(55.0, 66.0)
         yaw0 = rng.uniform(0.0, 360.0)
         stations = [str(s) for s in rng.choice(_STATIONS, size=FRAMES_PER_SCENE, p=self._station_weights())]
+        if self.views is not None:
+            stations = self.views(stations)
         for k, station in enumerate(stations):
             self._station(station, math.radians(yaw0 - 90.0 * k), height, pitch)
         self._settle()
@@ -380,6 +395,8 @@ class _SceneBuilder:
     # -- stations ------------------------------------------------------------------------------------
     def _station(self, kind: str, direction: float, height: float, pitch: float) -> None:
         rng = self.rng
+        if kind == "bare":  # a bare wall and floor: a view with nothing of interest
+            return
         ahead = np.array([math.cos(direction), math.sin(direction)])
         side = np.array([-ahead[1], ahead[0]])
         surface = {"table": 0.55, "side_table": 0.6, "shelf": 0.3}.get(kind, 0.0)
@@ -408,6 +425,9 @@ class _SceneBuilder:
             if rng.random() < 0.3 and self.others:
                 self._furniture(self._pick(self.others), centre - offset * 0.4 + ahead * 0.35, facing + math.pi / 2)
             self._floor_objects(centre - offset * 0.6, int(rng.integers(2, 5)), spread=0.3, side=side)
+        elif kind == "clutter":  # a corner of distractors only
+            for _ in range(int(rng.integers(3, 7))):
+                self._distractor(centre + ahead * rng.uniform(-0.2, 0.3) + side * rng.uniform(-0.4, 0.4))
         else:  # floor
             if rng.random() < 0.8 and self.others:
                 self._furniture(self._pick(self.others), centre + ahead * 0.25 + side * rng.uniform(-0.3, 0.3),

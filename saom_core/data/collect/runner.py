@@ -24,7 +24,7 @@ from saom_core.io import atomic_write_json
 
 SETTINGS_FILE = "collect.json"  # how the directory was collected; --resume must use the same settings
 # what every scene of one dataset shares: a --resume and `saom dataset merge` check these
-SHARED_SETTINGS = ("simulator", "seed", "size", "class_list", "min_area", "trajectory", "catalogue")
+SHARED_SETTINGS = ("simulator", "seed", "size", "class_list", "min_area", "trajectory", "catalogue", "randomisation")
 _RESUME_KEYS = (*SHARED_SETTINGS, "first_scene")
 
 
@@ -42,11 +42,13 @@ def collect_dataset(
     trajectory: int = 0,
     objects: str | Path | None = None,
     first_scene: int = 0,
+    randomisation: str = "none",
 ) -> Path:
     """Collect `scenes` scenes (4 frames each, or `trajectory` frames of a moving camera) into `out`;
     returns the annotations.json path. `objects`: the object catalogue (pybullet; default its own),
     whose classes are the class list unless `classes` names a subset. `first_scene`: the index of the
-    first scene, so that shards (`--first-scene K --scenes M`) run anywhere and merge into one dataset."""
+    first scene, so that shards (`--first-scene K --scenes M`) run anywhere and merge into one dataset.
+    `randomisation` (none, default, strong): see `collect/randomise.py`."""
     cls = collector_class(sim)
     if scenes < 1:
         raise ConfigError(f"--scenes must be at least 1, got {scenes}")
@@ -69,6 +71,10 @@ def collect_dataset(
     kwargs: dict[str, Any] = {"trajectory": int(trajectory)} if trajectory else {}
     if objects is not None:
         kwargs["objects"] = str(objects)
+    if randomisation != "none":
+        if not getattr(cls, "supports_randomisation", False):
+            raise ConfigError(f"--randomisation is supported by pybullet only, not {cls.name}")
+        kwargs["randomisation"] = randomisation
     with cls(class_list, size=size, min_area=area, **kwargs) as collector:  # the simulator starts lazily
         described = collector.describe()
 
