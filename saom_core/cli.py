@@ -48,6 +48,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         objects=args.objects,
         first_scene=args.first_scene,
         randomisation=args.randomisation,
+        domain=args.domain,
     )
     print(f"wrote {path}")
     return 0
@@ -214,7 +215,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from saom_core.data.collect.randomise import TRAINING
+    from saom_core.data.collect.randomise import DOMAINS, TRAINING
     from saom_core.demo import DemoSettings  # torch-free: the demo's defaults have one home
 
     parser = argparse.ArgumentParser(prog="saom", description=__doc__.splitlines()[0])
@@ -238,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--randomisation", choices=TRAINING, default="none",
                    help="domain randomisation of textures, light, camera, sensor noise and depth (pybullet; "
                    "saom_core/data/collect/randomise.py)")
+    p.add_argument("--domain", choices=DOMAINS, default="train",
+                   help="shifted: a test domain whose textures, light, noise and object colours no "
+                   "--randomisation draws from (pybullet)")
     p.add_argument("--min-area", type=int, default=None, help="drop masks smaller than this (pixels)")
     p.add_argument("--trajectory", type=int, default=0, metavar="N",
                    help="N frames per scene from a camera moving in small steps (for tracking; pybullet)")

@@ -1,5 +1,5 @@
-"""Domain randomisation: each part changes a frame as intended, a seed reproduces a frame exactly
-and views with nothing of interest are frames without masks."""
+"""Domain randomisation: each part changes a frame as intended, a seed reproduces a frame exactly,
+the shifted test domain draws from ranges no training preset reaches."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,6 +13,7 @@ from saom_core.data.classes import ClassList
 from saom_core.data.collect import collect_dataset
 from saom_core.data.collect import randomise as rz
 from saom_core.data.collect.pybullet import PyBulletCollector
+from saom_core.errors import ConfigError
 
 QUIET = dataclasses.replace(  # every part off: tests switch on one at a time
     rz.DEFAULT, exposure=(1.0, 1.0), white_balance=0.0, shot_noise=(0.0, 0.0), read_noise=(0.0, 0.0), defocus_p=0.0,
@@ -142,6 +143,28 @@ def test_exposure_white_balance_and_jpeg():
     assert np.abs(compressed.astype(int) - image).mean() < np.abs(rz.linear_to_srgb(noisy).astype(int) - image).mean()
 
 
+def _ranges(value) -> list[tuple[float, float]]:
+    return [(v, v) for v in value] if isinstance(value[0], str) else [value]
+
+
+def test_shifted_domain_draws_from_ranges_no_training_preset_reaches():
+    for name in rz.DISJOINT:
+        def of(settings, name=name):
+            return getattr(settings.light, name[6:]) if name.startswith("light.") else getattr(settings, name)
+        shifted = of(rz.SHIFTED)
+        for training in rz.TRAINING:
+            other = of(rz.PRESETS[training])
+            if isinstance(shifted[0], str):
+                assert not set(shifted) & set(other), (name, training)
+            else:
+                assert shifted[1] < other[0] or shifted[0] > other[1], (name, training, shifted, other)
+    assert rz.preset("none", "shifted") is rz.SHIFTED
+    with pytest.raises(ConfigError, match="leave out --randomisation"):
+        rz.preset("strong", "shifted")
+    with pytest.raises(ConfigError, match="--domain"):
+        rz.preset("none", "mars")
+
+
 @pytest.mark.parametrize("kind", ["noise", "stripes", "checks", "wood", "dots", "marble"])
 def test_textures_show_two_colours_of_the_asked_brightness(kind):
     pixels = rz.texture_image(kind, np.random.default_rng(5), value=(0.2, 0.42), contrast=(0.3, 0.3))
@@ -158,3 +181,14 @@ def test_views_with_nothing_of_interest_are_frames_without_masks(tmp_path, monke
     assert main(["dataset", "check", str(out), "--quiet"]) == 0
     report = capsys.readouterr().out
     assert "frames with no masks: 4 of 4" in report and "rendered with randomisation: default (4 frames)" in report
+
+
+def test_cli_collects_the_shifted_domain_with_the_same_classes(tmp_path, capsys):
+    out = tmp_path / "shifted"
+    assert main(["collect", "--scenes", "1", "--size", "64", "--domain", "shifted", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["dataset", "check", str(out), "--quiet"]) == 0
+    report = capsys.readouterr().out
+    assert "rendered with randomisation: shifted (4 frames)" in report and "classes present" in report
+    assert main(["collect", "--scenes", "1", "--sim", "ai2thor", "--randomisation", "strong",
+                 "--out", str(tmp_path / "thor")]) == 2

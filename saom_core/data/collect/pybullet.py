@@ -79,7 +79,8 @@ class PyBulletCollector(Collector):
     supports_randomisation = True
 
     def __init__(self, class_list: ClassList, size: int = REFERENCE_SIZE, min_area: int = DEFAULT_MIN_AREA,
-                 trajectory: int = 0, objects: str | Path = "pybullet", randomisation: str = "none") -> None:
+                 trajectory: int = 0, objects: str | Path = "pybullet", randomisation: str = "none",
+                 domain: str = "train") -> None:
         super().__init__(class_list, size=size, min_area=min_area)
         if trajectory < 0:
             raise SimulatorError(f"trajectory must be 0 (4 views) or a number of frames, got {trajectory}")
@@ -92,7 +93,7 @@ class PyBulletCollector(Collector):
                 f"class list '{class_list.name}' names none of the catalogue's classes {sorted(models)}"
             )
         self.data_path = pybullet_data.getDataPath()
-        self.randomisation = preset(randomisation)
+        self.randomisation = preset(randomisation, domain)
         self._textures: tempfile.TemporaryDirectory[str] | None = None  # procedural textures pass through here
 
     def describe(self) -> dict[str, Any]:

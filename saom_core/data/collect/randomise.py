@@ -1,11 +1,13 @@
 """Domain randomisation for the PyBullet collector: appearance, light, camera, sensor and depth model.
 
 A robot sees its household through its own camera, so the training frames should not all look like
-one clean renderer. `PRESETS` holds the settings (`saom collect --randomisation none|default|strong`):
+one clean renderer. `PRESETS` holds the settings (`saom collect --randomisation none|default|strong`,
+and `--domain shifted`, a test domain whose textures, light, noise and object colours no training
+preset draws from, see `DISJOINT`):
 
-- appearance: procedural textures (noise, stripes, checks, wood-like) on the floor, walls and
-  objects, object re-tints, light direction, colour, intensity and shadows, bare or distractor-only
-  views (frames with no masks: a robot often faces a bare wall);
+- appearance: procedural textures (noise, stripes, checks, wood-like; the shifted domain: dots,
+  marble) on the floor, walls and objects, object re-tints, light direction, colour, intensity and
+  shadows, bare or distractor-only views (frames with no masks: a robot often faces a bare wall);
 - camera: height, pitch, field of view, focal lengths, principal point and aspect ratio;
 - sensor: exposure and white balance, defocus and motion blur, shot and read noise (in linear light),
   JPEG compression;
@@ -60,7 +62,7 @@ class Randomisation:
     texture_contrast: Range = (0.0, 0.0)  # brightness difference of a texture's two colours
     object_value: Range = (0.55, 1.0)  # HSV value of object colours (re-tints, object textures)
     surface_value: Range = (0.3, 0.95)  # HSV value of floor and wall textures
-    retint_p: float = 0.0  # chance that an object is re-tinted
+    retint_p: float = 0.0  # chance that an object is re-tinted (shifted: also those the catalogue keeps)
     empty_p: float = 0.0  # chance that a station is bare (floor and wall) or distractors only
     # camera
     height_jitter_m: float = 0.0
@@ -114,14 +116,33 @@ STRONG = replace(
     defocus_p=0.35, defocus_px=(0.5, 2.0), motion_p=0.35, motion_px=(2.0, 7.0), jpeg_p=0.7, jpeg_quality=(40.0, 95.0),
     depth_noise=(0.001, 0.006), depth_edge_px=(1.0, 3.0), dark_level=0.1, dark_hole_p=0.8,
 )
-PRESETS = {p.name: p for p in (NONE, DEFAULT, STRONG)}
-TRAINING = ("none", "default", "strong")  # what --randomisation offers
+SHIFTED = replace(
+    DEFAULT, name="shifted",
+    light=LightRanges(elevation_deg=(20.0, 85.0), warmth=(0.35, 0.5), intensity=(0.45, 0.53), ambient=(0.14, 0.23),
+                      diffuse=(0.8, 0.95), specular=(0.55, 0.8)),
+    textures=("dots", "marble"), texture_p=0.7, texture_contrast=(0.3, 0.6), object_value=(0.2, 0.42), retint_p=1.0,
+    exposure=(1.2, 1.7),  # the camera's auto exposure makes up for part of the dim light
+    shot_noise=(0.012, 0.02), read_noise=(0.022, 0.032), jpeg_p=1.0, jpeg_quality=(20.0, 35.0),
+    depth_noise=(0.008, 0.012),
+)
+PRESETS = {p.name: p for p in (NONE, DEFAULT, STRONG, SHIFTED)}
+TRAINING = ("none", "default", "strong")  # what --randomisation offers; `shifted` is --domain shifted
+DOMAINS = ("train", "shifted")
+# what the shifted domain draws from ranges no training preset reaches (light: LightRanges fields)
+DISJOINT = ("textures", "object_value", "shot_noise", "read_noise", "jpeg_quality", "depth_noise",
+            "light.warmth", "light.intensity", "light.ambient", "light.diffuse", "light.specular")
 
 
-def preset(randomisation: str = "none") -> Randomisation:
-    """The settings of `--randomisation`."""
+def preset(randomisation: str = "none", domain: str = "train") -> Randomisation:
+    """The settings of `--randomisation` (training) or of `--domain shifted` (its own, fixed)."""
+    if domain not in DOMAINS:
+        raise ConfigError(f"--domain must be one of {DOMAINS}, got {domain!r}")
     if randomisation not in TRAINING:
         raise ConfigError(f"--randomisation must be one of {TRAINING}, got {randomisation!r}")
+    if domain == "shifted":
+        if randomisation != "none":
+            raise ConfigError("--domain shifted has randomisation settings of its own: leave out --randomisation")
+        return SHIFTED
     return PRESETS[randomisation]
 
 

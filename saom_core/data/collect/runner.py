@@ -43,12 +43,13 @@ def collect_dataset(
     objects: str | Path | None = None,
     first_scene: int = 0,
     randomisation: str = "none",
+    domain: str = "train",
 ) -> Path:
     """Collect `scenes` scenes (4 frames each, or `trajectory` frames of a moving camera) into `out`;
     returns the annotations.json path. `objects`: the object catalogue (pybullet; default its own),
     whose classes are the class list unless `classes` names a subset. `first_scene`: the index of the
     first scene, so that shards (`--first-scene K --scenes M`) run anywhere and merge into one dataset.
-    `randomisation` (none, default, strong): see `collect/randomise.py`."""
+    `randomisation` (none, default, strong) and `domain` (train, shifted): see `collect/randomise.py`."""
     cls = collector_class(sim)
     if scenes < 1:
         raise ConfigError(f"--scenes must be at least 1, got {scenes}")
@@ -71,10 +72,10 @@ def collect_dataset(
     kwargs: dict[str, Any] = {"trajectory": int(trajectory)} if trajectory else {}
     if objects is not None:
         kwargs["objects"] = str(objects)
-    if randomisation != "none":
+    if (randomisation, domain) != ("none", "train"):
         if not getattr(cls, "supports_randomisation", False):
-            raise ConfigError(f"--randomisation is supported by pybullet only, not {cls.name}")
-        kwargs["randomisation"] = randomisation
+            raise ConfigError(f"--randomisation and --domain are supported by pybullet only, not {cls.name}")
+        kwargs.update(randomisation=randomisation, domain=domain)
     with cls(class_list, size=size, min_area=area, **kwargs) as collector:  # the simulator starts lazily
         described = collector.describe()
 
