@@ -89,11 +89,9 @@ class Catalogue:
     """A validated catalogue; `digest` identifies its content (YAML and model files), not its path."""
 
     name: str
-    source: str
     digest: str
     entries: tuple[CatalogueEntry, ...]
     floor_frequency: float
-    min_area: int
 
     @property
     def class_list(self) -> ClassList:
@@ -150,11 +148,11 @@ def _load(path: Path, size: int, mtime_ns: int) -> Catalogue:
     floor = _number(data.get("floor_frequency", 0.15), f"{source}: floor_frequency", low=0.0)
     if floor + sum(e.frequency for e in parsed if e.role == "receptacle") <= 0:
         raise ConfigError(f"{source}: no station can be drawn (no receptacle and floor_frequency 0)")
-    min_area = data.get("min_area", 30)
-    if not isinstance(min_area, (int, float)) or min_area < 1:
-        raise ConfigError(f"{source}: min_area must be a positive number of pixels, got {min_area!r}")
-    catalogue = Catalogue(str(data.get("name", path.stem)), source, digest.hexdigest()[:16], tuple(parsed), floor,
-                          int(min_area))
+    for role in ("pickupable", "other"):
+        of_role = [e for e in parsed if e.role == role]
+        if of_role and not sum(e.frequency for e in of_role):
+            raise ConfigError(f"{source}: every {role} class has frequency 0 (none could be drawn)")
+    catalogue = Catalogue(str(data.get("name", path.stem)), digest.hexdigest()[:16], tuple(parsed), floor)
     if converted.path is not None:  # converted meshes live as long as the catalogue that names them
         weakref.finalize(catalogue, converted.cleanup)
     return catalogue

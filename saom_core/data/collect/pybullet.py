@@ -38,7 +38,6 @@ import functools
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -94,23 +93,10 @@ class PyBulletCollector(Collector):
             )
         self.data_path = pybullet_data.getDataPath()
         self.randomisation = preset(randomisation, domain)
-        self._textures: tempfile.TemporaryDirectory[str] | None = None  # procedural textures pass through here
 
     def describe(self) -> dict[str, Any]:
         return {"catalogue": {"name": self.catalogue.name, "digest": self.catalogue.digest},
                 "randomisation": self.randomisation.name}
-
-    def close(self) -> None:
-        if self._textures is not None:
-            self._textures.cleanup()
-            self._textures = None
-
-    def _texture_dir(self) -> str | None:
-        if not self.randomisation.texture_p:
-            return None
-        if self._textures is None:
-            self._textures = tempfile.TemporaryDirectory(prefix="saom_textures_")
-        return self._textures.name
 
     # -- simulator lifecycle ------------------------------------------------------------------------
     def _connect(self) -> BulletClient:
@@ -128,7 +114,7 @@ class PyBulletCollector(Collector):
         so no state a scene leaves in pybullet can reach the next. A scene depends only on (seed,
         scene index): see `_mesh_is_finite` for the one shipped model that broke this."""
         rng = scene_rng(seed, scene_index)
-        randomiser = SceneRandomiser(self.randomisation, seed, scene_index, self._texture_dir())
+        randomiser = SceneRandomiser(self.randomisation, seed, scene_index)
         bc = self._connect()
         try:
             scene = _SceneBuilder(bc, rng, self.data_path, self.catalogue, randomiser.views).build()

@@ -22,7 +22,7 @@ with is recorded in its meta (`randomisation`).
 from __future__ import annotations
 
 import math
-import os
+import tempfile
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -326,8 +326,8 @@ class SceneRandomiser:
     """The randomisation of one scene: which stations stay empty, light, appearance and camera per
     scene, sensor and depth per frame. Inactive (`none`), every hook leaves the scene as built."""
 
-    def __init__(self, settings: Randomisation, seed: int, scene_index: int, texture_dir: str | None) -> None:
-        self.settings, self.seed, self.scene_index, self.texture_dir = settings, seed, scene_index, texture_dir
+    def __init__(self, settings: Randomisation, seed: int, scene_index: int) -> None:
+        self.settings, self.seed, self.scene_index = settings, seed, scene_index
         self.rng = np.random.default_rng([int(seed), int(scene_index), _STREAM])
         self.record: dict[str, Any] = {"preset": settings.name}
 
@@ -348,43 +348,35 @@ class SceneRandomiser:
 
     def appearance(self, bc: Any, labels: dict[int, str]) -> None:
         """Procedural textures on any body (floor, walls, objects, distractors) and object re-tints."""
-        s = self.settings
-        if not s.active:
+        if not self.settings.active:
             return
-        textured = retinted = 0
-        for i in range(bc.getNumBodies()):
-            uid = bc.getBodyUniqueId(i)
-            is_object = uid in labels
-            rgba: list[float] | None = None
-            texture = -1
-            if self.rng.random() < s.texture_p:
-                kind = str(self.rng.choice(s.textures))
-                pixels = texture_image(kind, self.rng, s.object_value if is_object else s.surface_value,
-                                       s.texture_contrast)
-                texture, rgba = self._load_texture(bc, pixels), [1.0, 1.0, 1.0, 1.0]
-                textured += 1
-            elif is_object and self.rng.random() < s.retint_p:
-                rgba = [*hsv_colour(self.rng, s.object_value).tolist(), 1.0]
-                retinted += 1
-            if rgba is None:
-                continue
-            for link in range(-1, bc.getNumJoints(uid)):
-                if texture >= 0:
-                    bc.changeVisualShape(uid, link, textureUniqueId=texture, rgbaColor=rgba)
-                else:
-                    bc.changeVisualShape(uid, link, rgbaColor=rgba)
-        self.record.update(textured=textured, retinted=retinted)
+        changes = {"textured": 0, "retinted": 0}
+        with tempfile.TemporaryDirectory(prefix="saom_textures_") as folder:  # pybullet loads textures from files
+            for i in range(bc.getNumBodies()):
+                uid = bc.getBodyUniqueId(i)
+                change = self._dress(bc, uid, uid in labels, f"{folder}/{i}.png")
+                if change:
+                    changes[change] += 1
+        self.record.update(changes)
 
-    def _load_texture(self, bc: Any, pixels: np.ndarray) -> int:
-        if self.texture_dir is None:
-            raise ConfigError("textures need a folder to pass through (pybullet loads them from files)")
-        path = f"{self.texture_dir}/{self.seed}_{self.scene_index}_{self.record.get('n', 0)}.png"
-        self.record["n"] = self.record.get("n", 0) + 1
-        cv2.imwrite(path, cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))
-        try:
-            return int(bc.loadTexture(path))
-        finally:
-            os.remove(path)
+    def _dress(self, bc: Any, uid: int, is_object: bool, texture_file: str) -> str | None:
+        """Texture or re-tint one body (every link); returns which, if either."""
+        s = self.settings
+        if self.rng.random() < s.texture_p:
+            kind = str(self.rng.choice(s.textures))
+            pixels = texture_image(kind, self.rng, s.object_value if is_object else s.surface_value,
+                                   s.texture_contrast)
+            cv2.imwrite(texture_file, cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))
+            texture = bc.loadTexture(texture_file)
+            for link in range(-1, bc.getNumJoints(uid)):
+                bc.changeVisualShape(uid, link, textureUniqueId=texture, rgbaColor=[1.0, 1.0, 1.0, 1.0])
+            return "textured"
+        if is_object and self.rng.random() < s.retint_p:
+            rgba = [*hsv_colour(self.rng, s.object_value).tolist(), 1.0]
+            for link in range(-1, bc.getNumJoints(uid)):
+                bc.changeVisualShape(uid, link, rgbaColor=rgba)
+            return "retinted"
+        return None
 
     def camera(self, scene: dict[str, Any], size: int, near: float, far: float) -> None:
         """Per scene (a robot's camera is fixed): height, pitch, field of view, intrinsics, aspect ratio;
@@ -411,5 +403,5 @@ class SceneRandomiser:
         rng = np.random.default_rng([int(self.seed), int(self.scene_index), _STREAM, int(frame_index) + 1])
         noisy_depth, drawn_depth = depth_model(depth, image, self.settings, rng)
         noisy_image, drawn_camera = camera_model(image, self.settings, rng)
-        record = {k: v for k, v in self.record.items() if k != "n"} | {"camera": drawn_camera, "depth": drawn_depth}
+        record = self.record | {"camera": drawn_camera, "depth": drawn_depth}
         return noisy_image, noisy_depth, record
