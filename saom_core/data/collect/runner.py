@@ -112,7 +112,8 @@ def _check_resume_settings(out: Path, settings: dict[str, Any]) -> None:
         if key in previous and previous[key] != settings[key]:
             raise DatasetError(
                 f"{out} was collected with {key}={previous[key]!r}, not {settings[key]!r}; "
-                "--resume needs the same --sim, --seed, --size, --classes, --objects, --min-area and --first-scene"
+                "--resume needs the same --sim, --seed, --size, --classes, --objects, --min-area, --first-scene, "
+                "--randomisation and --domain"
             )
 
 
