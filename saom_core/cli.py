@@ -163,7 +163,9 @@ def _add_generator_args(p: argparse.ArgumentParser) -> None:
     """--checkpoint plus one option per segmenter setting (saom_core.settings.SegmenterSettings)."""
     from saom_core.settings import SegmenterSettings, Thresholds, spec, value_type
 
-    p.add_argument("--checkpoint", type=Path, required=True, help="SAOM checkpoint (or official SAM weights)")
+    p.add_argument("--checkpoint", type=Path, required=True,
+                   help="SAOM checkpoint (or official SAM weights); with --backend onnxruntime the folder "
+                   "`saom export` wrote")
     for f in fields(SegmenterSettings):
         s = spec(f)
         base, _ = value_type(SegmenterSettings, f.name)
@@ -220,7 +222,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     if args.format != "onnx":
         raise SaomError(f"unknown export format '{args.format}' (supported: onnx)")
-    paths = export_onnx(args.checkpoint, args.out, opset=args.opset, model_config=args.model_config)
+    paths = export_onnx(args.checkpoint, args.out, opset=args.opset, model_config=args.model_config,
+                        device=args.device, half=args.half)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0
@@ -340,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("export"))
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--model-config", default=None, help="config of a bare SAM state_dict if it cannot be guessed")
+    p.add_argument("--half", action="store_true", help="fp16 models for GPUs (TensorRT, CUDA); trace them on the GPU "
+                   "with --device cuda")
+    p.add_argument("--device", default="cpu", help="where the model is traced (cpu, cuda, cuda:N)")
     p.set_defaults(handler=_cmd_export)
 
     dataset_parser = sub.add_parser("dataset", help="check, show, merge or import datasets")

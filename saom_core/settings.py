@@ -192,6 +192,8 @@ def _tuned(name: str) -> Any:
 
 THRESHOLD_NAMES = tuple(f.name for f in fields(Thresholds))
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
+BACKENDS = ("torch", "onnxruntime")
+ONNX_PROVIDERS = ("auto", "tensorrt", "cuda", "cpu")
 
 
 @dataclass(frozen=True)
@@ -201,12 +203,21 @@ class SegmenterSettings(Settings):
     `runtime` ones apply per frame; the others are fixed when the model loads.
     """
 
-    device: str = setting("auto", "where the model runs (auto: cuda when available)",
-                          pattern=DEVICE_PATTERN, allowed_text="cpu, cuda, cuda:N or auto")
+    backend: str = setting("torch", "what runs the model: torch (a checkpoint .pt) or onnxruntime (the folder "
+                           "`saom export` writes; pip install 'saom_ros[onnx]')", choices=BACKENDS)
+    device: str = setting("auto", "where the model runs (auto: cuda when available); with onnxruntime: where the "
+                          "pre- and post-processing run", pattern=DEVICE_PATTERN,
+                          allowed_text="cpu, cuda, cuda:N or auto")
+    onnx_provider: str = setting("auto", "onnxruntime's execution provider (auto: TensorRT, then CUDA, then CPU, "
+                                 "the first one installed)", choices=ONNX_PROVIDERS)
+    threads: int = setting(0, "intra-op threads of the model and its pre- and post-processing "
+                           "(0 = every core but one, which ROS/DDS and the frame I/O keep)",
+                           lo=1, hi=1024, zero_means="every core but one")
     model_config: str = setting(
         "", "SAM architecture of a bare SAM state_dict (vit_b, vit_l, vit_h, ...); empty = from the checkpoint"
     )
-    half: bool = setting(False, "reduced precision: bf16 (fp16 on GPUs without bf16); faster, masks differ slightly")
+    half: bool = setting(False, "reduced precision: bf16 (fp16 on GPUs without bf16); faster, masks differ slightly; "
+                         "onnxruntime: fp16 TensorRT engines (export with --half for fp16 models)")
     compile: bool = setting(False, "torch.compile the mask decoder: a one-off cost at load, then faster frames")
     # 1280: a 4K camera frame costs what a 1280x720 one does (README, ROS 2 section)
     max_input_size: int = setting(1280, "segment frames whose long side exceeds this many pixels downscaled; "

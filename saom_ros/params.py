@@ -34,7 +34,8 @@ TRANSPORTS = ("raw", "compressed")
 class NodeSettings(Settings):
     """The node's own parameters (the segmenter's are SegmenterSettings)."""
 
-    checkpoint: str = setting("", "SAOM checkpoint file (.pt); required: configure fails while it is empty or missing")
+    checkpoint: str = setting("", "SAOM checkpoint file (.pt), or with backend onnxruntime the folder `saom export` "
+                                  "wrote; required: configure fails while it is empty or missing")
     warmup: bool = setting(True, "run the model once on a blank frame at activate, "
                                  "so the first camera frame pays no set-up cost")
     score_threshold: float = setting(0.0, "drop instances whose score (predicted IoU x class probability) "
@@ -181,8 +182,9 @@ def validate(raw: Mapping[str, Any], check_files: bool = True) -> NodeParams:
         path = Path(checkpoint)
         if not path.exists():
             raise ConfigError(f"parameter checkpoint: {checkpoint} does not exist")
-        if not path.is_file():
-            raise ConfigError(f"parameter checkpoint: {checkpoint} is not a file")
+        if not (path.is_dir() if params.backend == "onnxruntime" else path.is_file()):
+            kind = "the folder `saom export` wrote" if params.backend == "onnxruntime" else "a file"
+            raise ConfigError(f"parameter checkpoint: {checkpoint} is not {kind} (backend {params.backend})")
         if not os.access(path, os.R_OK):
             raise ConfigError(f"parameter checkpoint: {checkpoint} is not readable")
     if not params.image_topic:

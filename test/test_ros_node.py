@@ -758,8 +758,10 @@ def test_qos_mismatch_and_silent_camera_are_reported(ros, ckpt):
         ros.drop(node)
 
 
-def test_real_saom_checkpoint_end_to_end(ros, tmp_path):
-    """No fake: the node loads a real SAOM checkpoint through load_segmenter and segments real frames."""
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_real_saom_checkpoint_end_to_end(ros, tmp_path, backend):
+    """No fake: the node loads a real SAOM checkpoint (or its `saom export` folder, on the onnxruntime
+    backend) through load_segmenter and segments real frames."""
     import torch
 
     from saom_core.data.classes import ClassList
@@ -770,9 +772,13 @@ def test_real_saom_checkpoint_end_to_end(ros, tmp_path):
     torch.manual_seed(0)
     classes = ClassList.from_yaml("pybullet")
     path = save_checkpoint(tmp_path / "saom_test.pt", build_model(get_config("test"), classes))
-    name = "saom_real"
-    node = ros.node(name, path, None, points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0,
-                    min_mask_region_area=0, keep_background=True)
+    if backend == "onnxruntime":
+        from saom_core.infer.export_onnx import export_onnx
+
+        path = export_onnx(path, tmp_path / "onnx")["metadata"].parent
+    name = f"saom_real_{backend}"
+    node = ros.node(name, path, None, backend=backend, points_per_side=8, pred_iou_thresh=0.0,
+                    stability_score_thresh=0.0, min_mask_region_area=0, keep_background=True)
     try:
         assert ros.transition(name, "configure") and ros.transition(name, "activate")
         labels = Collector(ros.tester, LabelInfo, f"/{name}/label_info", LATCHED)
