@@ -272,7 +272,7 @@ class _FrameSegmenter:
             summary.without_depth += 1
             return
         try:
-            frame_to_3d(out2d.segmentation, depth, info)
+            frame_to_3d(out2d.segmentation, depth, info, msg.header.frame_id)
         except DepthInputError as exc:
             summary.without_depth += 1
             if len(summary.errors) < 5:

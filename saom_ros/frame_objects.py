@@ -11,8 +11,8 @@ every output, until it has been seen in `min_hits` consecutive frames (at once d
 tracker's first `min_hits` frames, so a stream's first frame has ids); an id is never reused
 while its track lives (it survives `max_misses` frames unseen).
 
-Depth that cannot give 3D for the frame (another size than colour, an unsupported encoding, a
-camera_info without focal length) is a `problem` string: the frame keeps its 2D outputs.
+Depth that cannot give 3D for the frame (another size or frame than colour, an unsupported
+encoding, a camera_info without focal length) is a `problem` string: the frame keeps its 2D outputs.
 """
 from __future__ import annotations
 
@@ -58,25 +58,24 @@ class ObjectCounts:
 class FrameObjectStep:
     """Score filter, 3D from depth and tracking for the frames of one camera (see the module docstring)."""
 
-    def __init__(self, tracker: TrackerSettings, depth: DepthSettings, depth_stride: int = 1) -> None:
+    def __init__(self, tracker: TrackerSettings, depth: DepthSettings) -> None:
         self.tracker = Tracker(tracker)
         self.depth = depth
-        self.depth_stride = depth_stride  # 3D from every n-th pixel in each direction (objects3d.frame_to_3d)
         self.counts = ObjectCounts()
 
-    def update_settings(self, tracker: TrackerSettings, depth: DepthSettings, depth_stride: int) -> None:
+    def update_settings(self, tracker: TrackerSettings, depth: DepthSettings) -> None:
         """New settings from the next frame on; the live tracks and their ids are kept."""
-        self.tracker.settings, self.depth, self.depth_stride = tracker, depth, depth_stride
+        self.tracker.settings, self.depth = tracker, depth
 
-    def __call__(self, seg: Segmentation, score_threshold: float, depth_msg: Any = None, info_msg: Any = None,
-                 depth_expected: bool = False) -> FrameObjects:
-        """`depth_msg`/`info_msg`: the frame's paired depth and camera_info (None: none matched;
-        counted when `depth_expected`)."""
+    def __call__(self, seg: Segmentation, score_threshold: float, frame_id: str, depth_msg: Any = None,
+                 info_msg: Any = None, depth_expected: bool = False) -> FrameObjects:
+        """`frame_id`: the colour image's; `depth_msg`/`info_msg`: the frame's paired depth and
+        camera_info (None: none matched; counted when `depth_expected`)."""
         seg = filter_instances(seg, score_threshold)
         result = FrameObjects(seg)
         if depth_msg is not None and info_msg is not None:
             try:
-                frame_to_3d(seg, depth_msg, info_msg, self.depth, self.depth_stride)
+                frame_to_3d(seg, depth_msg, info_msg, frame_id, self.depth)
                 result.with_3d = True
             except SaomError as exc:  # DepthInputError, or intrinsics that are not finite
                 result.problem = str(exc)

@@ -94,7 +94,14 @@ from .conversions import (
 )
 from .frame_objects import FrameObjectStep
 from .msgtypes import rclpy_types
-from .objects3d import Messages3D, make_detection3d_array, make_markers, make_point_cloud, rclpy_types_3d
+from .objects3d import (
+    Messages3D,
+    make_detection3d_array,
+    make_markers,
+    make_point_cloud,
+    rclpy_types_3d,
+    unrectified_warning,
+)
 from .pairing import Pairing, make_pairing
 from .params import (
     NODE_NAME,
@@ -300,6 +307,7 @@ class SaomNode(LifecycleNode):
         self._color_arrivals: OrderedDict[int, float] = OrderedDict()  # stamp ns -> monotonic arrival
         self._arrivals_lock = threading.Lock()  # subscriptions and the expiry timer run in different threads
         self._last_3d = 0.0
+        self._rectification_checked = False  # camera_info's distortion looked at (objects3d.unrectified_warning)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # -- helpers -----------------------------------------------------------------------------
@@ -379,9 +387,9 @@ class SaomNode(LifecycleNode):
             header = self.T.Header(stamp=self.get_clock().now().to_msg(), frame_id="")
             self._pubs["label_info"].publish(make_label_info(self.T, header, self.class_names, new.score_threshold))
         objects = self.objects
-        if objects is not None and (new.tracker_settings(), new.depth_settings(), new.depth_stride) != (
-                old.tracker_settings(), old.depth_settings(), old.depth_stride):
-            objects.update_settings(new.tracker_settings(), new.depth_settings(), new.depth_stride)
+        if objects is not None and (new.tracker_settings(), new.depth_settings()) != (
+                old.tracker_settings(), old.depth_settings()):
+            objects.update_settings(new.tracker_settings(), new.depth_settings())
         if new.enable != old.enable:
             self.get_logger().info("segmentation " + ("resumed" if new.enable else "paused (enable is false; "
                                                                               "the model stays loaded)"))
@@ -495,7 +503,7 @@ class SaomNode(LifecycleNode):
         ret = super().on_activate(state)
         header = self.T.Header(stamp=self.get_clock().now().to_msg(), frame_id="")
         self._pubs["label_info"].publish(make_label_info(self.T, header, class_names, params.score_threshold))
-        self.objects = FrameObjectStep(params.tracker_settings(), params.depth_settings(), params.depth_stride)
+        self.objects = FrameObjectStep(params.tracker_settings(), params.depth_settings())
         self.worker = FrameWorker(self._process, self._on_error, prompt_capacity=PROMPT_QUEUE)
         self.worker.start()
         if params.depth_enabled and params.everything_mode:
@@ -801,9 +809,14 @@ class SaomNode(LifecycleNode):
         inference = time.monotonic() - t0
         _check_size(seg, w, h)
         assert objects is not None  # made at activate, before the worker starts
-        found = objects(seg, params.score_threshold, job.depth, job.camera_info, depth_expected=params.depth_enabled)
+        found = objects(seg, params.score_threshold, job.image.header.frame_id, job.depth, job.camera_info,
+                        depth_expected=params.depth_enabled)
         if found.problem:
             self.warn_throttled("depth", f"no 3D output: {found.problem}")
+        if job.camera_info is not None and not self._rectification_checked:
+            self._rectification_checked = True  # warned once: the camera's calibration does not change
+            if warning := unrectified_warning(job.camera_info, self.resolve_topic_name(params.image_topic)):
+                self.get_logger().warning(warning)
         # the mask (and overlay) are only made while someone subscribes: a volatile topic without
         # subscribers delivers nothing, and a 16-bit full-frame image is the costly part
         mask_pub = self._pubs["instance_mask"]

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import colorsys
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from saom_core.errors import ImageError
-from saom_core.geometry3d import CameraIntrinsics, Object3D, depth_in_metres
+from saom_core.geometry3d import CameraIntrinsics, DepthSettings, Object3D, add_objects3d, depth_in_metres
 from saom_core.infer.types import Instance, Segmentation
 
 from .conversions import _u8_buffer, instance_id
@@ -206,37 +206,58 @@ def depth_from_message(msg: Any, width: int, height: int) -> np.ndarray:
 
 
 def camera_from_info(msg: Any, width: int, height: int) -> CameraIntrinsics:
-    """sensor_msgs/CameraInfo -> intrinsics, checked against the colour image it is paired with."""
-    info_w, info_h = int(msg.width), int(msg.height)
-    if (info_w, info_h) != (0, 0) and (info_w, info_h) != (int(width), int(height)):
-        raise DepthInputError(f"camera_info is for {info_w}x{info_h} images but the colour image is {width}x{height}")
+    """sensor_msgs/CameraInfo -> the intrinsics of the image it describes, as image_geometry's
+    PinholeCameraModel reads them: P (the rectified image's projection: a registered depth image
+    and image_rect are rectified), K only where P is unset, then binning and the ROI applied.
+    Checked against the size of the colour image it is paired with."""
+    p = [float(v) for v in msg.p]
     k = [float(v) for v in msg.k]
-    if len(k) != 9 or k[0] <= 0 or k[4] <= 0:
-        raise DepthInputError(f"camera_info has no usable focal length (K = {k}); is the camera calibrated?")
-    return CameraIntrinsics.from_k(k)
+    if len(p) == 12 and p[0] > 0 and p[5] > 0:
+        fx, fy, cx, cy = p[0], p[5], p[2], p[6]
+    elif len(k) == 9 and k[0] > 0 and k[4] > 0:
+        fx, fy, cx, cy = k[0], k[4], k[2], k[5]
+    else:
+        raise DepthInputError(f"camera_info has no usable focal length (P = {p}, K = {k}); is the camera calibrated?")
+    bx, by = max(1, int(msg.binning_x)), max(1, int(msg.binning_y))
+    roi = msg.roi
+    whole = int(roi.width) == 0 or int(roi.height) == 0  # an unset ROI is the full image
+    x0, y0 = (0, 0) if whole else (int(roi.x_offset), int(roi.y_offset))
+    info_w, info_h = (int(msg.width), int(msg.height)) if whole else (int(roi.width), int(roi.height))
+    if (info_w, info_h) != (0, 0) and (info_w // bx, info_h // by) != (int(width), int(height)):
+        raise DepthInputError(f"camera_info is for {info_w // bx}x{info_h // by} images (binning {bx}x{by}"
+                              f"{'' if whole else ', ROI'}) but the colour image is {width}x{height}")
+    return CameraIntrinsics(fx / bx, fy / by, (cx - x0) / bx, (cy - y0) / by)
 
 
-def frame_to_3d(seg: Segmentation, depth_msg: Any, info_msg: Any, settings: Any = None, stride: int = 1) -> int:
-    """Set `object3d` on the instances of `seg` from a depth and a camera_info message; returns how
-    many instances got none. Raises DepthInputError for unusable inputs (nothing is set then).
+def unrectified_warning(info_msg: Any, image_topic: str) -> str:
+    """Why 3D may be off for this camera ("" when nothing is): a distorted lens (D not zero) while the
+    colour input is the raw, unrectified `image_raw` (3D assumes rectified images: P has no distortion)."""
+    if image_topic.rstrip("/").rsplit("/", 1)[-1] != "image_raw" or not any(float(d) for d in info_msg.d):
+        return ""
+    return (f"{image_topic} is unrectified but camera_info has distortion D = {[float(d) for d in info_msg.d]}: "
+            "3D positions are off towards the image borders; use the rectified image (image_rect_color, "
+            "image_proc) with registered depth")
 
-    `stride` > 1 uses every stride-th pixel in each direction (stride^2 fewer points: a 3D budget
-    for a live stream), with the intrinsics scaled to the sampled grid; `settings.min_points`
-    then counts sampled points."""
-    from saom_core.geometry3d import DepthSettings, add_objects3d
 
-    settings = settings or DepthSettings()
+def check_registration(color_frame_id: str, depth_msg: Any, info_msg: Any) -> None:
+    """Depth and camera_info must be in the colour image's frame (depth registered to colour)."""
+    for what, msg in (("depth", depth_msg), ("camera_info", info_msg)):
+        if msg.header.frame_id != color_frame_id:
+            raise DepthInputError(
+                f"{what} is in frame {msg.header.frame_id!r} but the colour image in {color_frame_id!r}: use depth "
+                "registered to the colour camera (depth_registered/image_rect, RealSense "
+                "aligned_depth_to_color/image_raw) and the colour camera's camera_info")
+
+
+def frame_to_3d(seg: Segmentation, depth_msg: Any, info_msg: Any, color_frame_id: str,
+                settings: DepthSettings = DepthSettings()) -> int:
+    """Set `object3d` on the instances of `seg` from a depth and a camera_info message, registered to
+    the colour frame `color_frame_id`; returns how many instances got none. Raises DepthInputError for
+    unusable inputs (nothing is set then)."""
+    check_registration(color_frame_id, depth_msg, info_msg)
     depth = depth_from_message(depth_msg, seg.width, seg.height)
     camera = camera_from_info(info_msg, seg.width, seg.height)
-    if stride <= 1:
-        return add_objects3d(seg, depth, camera, settings)
-    sampled = Segmentation(height=(seg.height + stride - 1) // stride, width=(seg.width + stride - 1) // stride,
-                           instances=[replace(inst, mask=inst.mask[::stride, ::stride]) for inst in seg.instances])
-    camera = CameraIntrinsics(camera.fx / stride, camera.fy / stride, camera.cx / stride, camera.cy / stride)
-    missing = add_objects3d(sampled, depth[::stride, ::stride], camera, settings)
-    for inst, done in zip(seg.instances, sampled.instances, strict=True):
-        inst.object3d = done.object3d
-    return missing
+    return add_objects3d(seg, depth, camera, settings)
 
 
 def depth_to_message(T: Any, header: Any, depth_m: np.ndarray, encoding: str = "16UC1") -> Any:

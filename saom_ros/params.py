@@ -98,7 +98,7 @@ class NodeParams(NodeSettings, SegmenterSettings):
         return TrackerSettings(min_hits=self.track_min_hits, max_misses=self.track_max_misses)
 
     def depth_settings(self) -> DepthSettings:
-        return DepthSettings(min_depth=self.depth_min, max_depth=self.depth_max)
+        return DepthSettings(min_depth=self.depth_min, max_depth=self.depth_max, stride=self.depth_stride)
 
     def segmenter_settings(self) -> SegmenterSettings:
         """The settings for `saom_core.infer.segmenter.load_segmenter(params.checkpoint, ...)`."""

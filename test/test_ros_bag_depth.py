@@ -38,7 +38,7 @@ def _make_bag(path, encoding):
                 make_image(T, header, np.full((H, W, 3), 90, np.uint8), "rgb8"), "sensor_msgs/msg/Image"))
             if i == 3:
                 continue
-            later = T.Header(stamp=T.Time(sec=100 + i, nanosec=10_000_000), frame_id="depth")
+            later = T.Header(stamp=T.Time(sec=100 + i, nanosec=10_000_000), frame_id="color")  # registered
             depth = depth_to_message(T, later, np.full((H, W), 1.2, np.float32), encoding)
             writer.write(conns[DEPTH], t0 + i * 10**9 + 1, STORE.serialize_cdr(depth, "sensor_msgs/msg/Image"))
             writer.write(conns[INFO], t0 + i * 10**9 + 2, STORE.serialize_cdr(

@@ -68,7 +68,7 @@ class Rig:
         if start_first:  # before the camera's publishers exist
             assert self.node.startup()
         tester = ros.tester
-        self.color = tester.create_publisher(Image, f"{self.ns}/image", RELIABLE)
+        self.color = tester.create_publisher(Image, f"{self.ns}/{values['image_topic']}", RELIABLE)
         self.depth = tester.create_publisher(Image, f"{self.ns}/depth/image_raw", RELIABLE)
         self.info = tester.create_publisher(CameraInfo, f"{self.ns}/camera_info", RELIABLE)
         out = f"{self.ns}/saom"
@@ -93,7 +93,8 @@ class Rig:
         if not start_first:
             assert self.node.startup()
 
-    def frame(self, i: int, encoding: str = "16UC1", depth_m=None, info_fx: float = 50.0, depth: bool = True):
+    def frame(self, i: int, encoding: str = "16UC1", depth_m=None, info_fx: float = 50.0, depth: bool = True,
+              depth_frame: str | None = None, distortion=()):
         """Publish frame i (colour, then depth and camera_info with the same stamp); its colour message."""
         color = image_msg(i, w=W, h=H)
         self.color.publish(color)
@@ -102,8 +103,10 @@ class Rig:
             valid = encoding in ("16UC1", "32FC1")
             depth_msg = depth_to_message(T, color.header, plane, encoding if valid else "16UC1")
             depth_msg.encoding = encoding  # an unsupported one: the 16UC1 data under another name
+            if depth_frame is not None:  # depth not registered to colour
+                depth_msg.header.frame_id = depth_frame
             self.depth.publish(depth_msg)
-            info = CameraInfo(header=color.header, width=W, height=H,
+            info = CameraInfo(header=color.header, width=W, height=H, d=list(distortion),
                               k=[info_fx, 0.0, 31.5, 0.0, 50.0, 23.5, 0.0, 0.0, 1.0])
             self.info.publish(info)
         return color
@@ -204,18 +207,20 @@ def _diagnostic_values(collector: Collector, ns: str) -> list[tuple[bytes, str, 
     return out
 
 
-@pytest.mark.parametrize("case", ["size", "encoding", "focal"])
+@pytest.mark.parametrize("case", ["size", "encoding", "focal", "frame"])
 def test_bad_depth_or_camera_info_warns_once_and_keeps_2d(ros, ckpt, case):
     name = f"rgbd_bad_{case}"
     diags = Collector(ros.tester, DiagnosticArray, "/diagnostics")
     rig = Rig(ros, name, ckpt)
     try:
         kw = {"size": {"depth_m": np.full((H // 2, W // 2), 1.0, np.float32)},
-              "encoding": {"encoding": "rgb16"}, "focal": {"info_fx": 0.0}}[case]
+              "encoding": {"encoding": "rgb16"}, "focal": {"info_fx": 0.0},
+              "frame": {"depth_frame": "camera_depth_optical_frame"}}[case]
         rig.until([rig.dets], 4, 0, **kw)
         assert len(rig.dets3d) == 0 and len(rig.markers) == 0
         assert rig.node.is_active
-        reason = {"size": "colour image is", "encoding": "not supported", "focal": "focal length"}[case]
+        reason = {"size": "colour image is", "encoding": "not supported", "focal": "focal length",
+                  "frame": "registered to the colour camera"}[case]
         depth_warnings = [w for w in rig.warnings if w.startswith("no 3D output")]
         assert len(depth_warnings) == 1 and reason in depth_warnings[0], rig.warnings  # throttled: once
         counts = rig.node.objects.counts
@@ -267,5 +272,15 @@ def test_depth_reliability_follows_a_camera_that_starts_after_the_node(ros, ckpt
         assert wait_until(lambda: all(rig.node.rgbd_subs[s].reliability == "reliable" and rig.node.rgbd_subs[s].settled
                                       for s in (DEPTH, CAMERA_INFO)), 10)
         rig.until([rig.dets3d], 1, 0)
+    finally:
+        rig.close()
+
+
+def test_a_distorted_camera_on_image_raw_is_warned_about_once(ros, ckpt):
+    rig = Rig(ros, "rgbd_distorted", ckpt, image_topic="image_raw")
+    try:
+        rig.until([rig.dets3d], 3, 0, distortion=[0.1, -0.05, 0.0, 0.0, 0.0])
+        warned = [w for w in rig.warnings if "unrectified" in w]
+        assert len(warned) == 1 and f"{rig.ns}/image_raw" in warned[0], rig.warnings
     finally:
         rig.close()

@@ -26,6 +26,7 @@ from saom_ros.objects3d import (  # noqa: E402
     make_outputs_3d,
     rclpy_types_3d,
     rosbags_types_3d,
+    unrectified_warning,
 )
 from saom_ros.sync import StampSync  # noqa: E402
 
@@ -36,8 +37,11 @@ H, W = 48, 64
 CAM = CameraIntrinsics(60.0, 60.0, 31.5, 23.5)
 
 
+FRAME = "camera_color_optical_frame"
+
+
 def _header(sec=3, nanosec=4):
-    return Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id="camera_color_optical_frame")
+    return Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id=FRAME)
 
 
 def _info(width=W, height=H, fx=CAM.fx):
@@ -66,7 +70,7 @@ def test_outputs_with_real_messages_and_colour_header(encoding):
     seg = _seg()
     depth_msg = depth_to_message(T, _header(), _depth(), encoding)
     assert isinstance(depth_msg, Image)
-    assert frame_to_3d(seg, depth_msg, _info()) == 1  # the one-pixel instance gets no 3D
+    assert frame_to_3d(seg, depth_msg, _info(), FRAME) == 1  # the one-pixel instance gets no 3D
     header = _header()
     out = make_outputs_3d(M, header, seg)
 
@@ -96,7 +100,7 @@ def test_rosbags_classes_serialise_the_same_outputs():
     store = typestore()
     Tb = rosbags_types()
     seg = _seg()
-    frame_to_3d(seg, depth_to_message(Tb, _header_b(Tb), _depth(), "16UC1"), _info())
+    frame_to_3d(seg, depth_to_message(Tb, _header_b(Tb), _depth(), "16UC1"), _info(), FRAME)
     out = build(rosbags_types_3d(), _header_b(Tb), seg)
     for msg in (out.detections, out.cloud, out.markers):
         raw = store.serialize_cdr(msg, msg.__msgtype__)
@@ -104,7 +108,7 @@ def test_rosbags_classes_serialise_the_same_outputs():
 
 
 def _header_b(Tb):
-    return Tb.Header(stamp=Tb.Time(sec=3, nanosec=4), frame_id="cam")
+    return Tb.Header(stamp=Tb.Time(sec=3, nanosec=4), frame_id=FRAME)
 
 
 def test_bad_depth_and_camera_info_give_clear_errors():
@@ -121,9 +125,54 @@ def test_bad_depth_and_camera_info_give_clear_errors():
         camera_from_info(_info(width=640, height=480), W, H)
     seg = _seg()
     with pytest.raises(DepthInputError):
-        frame_to_3d(seg, good, _info(fx=0.0))
+        frame_to_3d(seg, good, _info(fx=0.0), FRAME)
     assert all(i.object3d is None for i in seg.instances)  # nothing half-set
     assert np.allclose(depth_from_message(good, W, H), _depth())
+
+
+def test_intrinsics_come_from_p_then_k_with_binning_and_roi():
+    """P describes the rectified image (what registered depth is); K only where P is unset."""
+    from sensor_msgs.msg import RegionOfInterest
+
+    info = _info()
+    info.k = [99.0, 0.0, 1.0, 0.0, 99.0, 1.0, 0.0, 0.0, 1.0]  # the raw image's: not used while P is set
+    info.p = [CAM.fx, 0.0, CAM.cx, 0.0, 0.0, CAM.fy, CAM.cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+    assert camera_from_info(info, W, H) == CAM
+    assert camera_from_info(_info(), W, H) == CAM  # P all zero: K
+    binned = _info(width=2 * W, height=2 * H)
+    binned.p = [120.0, 0.0, 64.0, 0.0, 0.0, 120.0, 48.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    binned.binning_x = binned.binning_y = 2
+    assert camera_from_info(binned, W, H) == CameraIntrinsics(60.0, 60.0, 32.0, 24.0)
+    roi = _info(width=640, height=480)
+    roi.p = [60.0, 0.0, 331.5, 0.0, 0.0, 60.0, 223.5, 0.0, 0.0, 0.0, 1.0, 0.0]
+    roi.roi = RegionOfInterest(x_offset=300, y_offset=200, width=W, height=H)
+    assert camera_from_info(roi, W, H) == CAM
+    with pytest.raises(DepthInputError, match="camera_info is for 64x48 images \\(binning 1x1, ROI\\)"):
+        camera_from_info(roi, 2 * W, H)
+
+
+def test_depth_in_another_frame_than_colour_gives_no_3d():
+    seg = _seg()
+    depth = depth_to_message(T, _header(), _depth(), "16UC1")
+    with pytest.raises(DepthInputError, match="depth is in frame 'camera_color_optical_frame' but the colour "
+                                              "image in 'camera_depth_optical_frame'"):
+        frame_to_3d(seg, depth, _info(), "camera_depth_optical_frame")
+    depth.header.frame_id = "camera_depth_optical_frame"
+    with pytest.raises(DepthInputError, match="depth is in frame 'camera_depth_optical_frame'.*registered"):
+        frame_to_3d(seg, depth, _info(), FRAME)
+    info = _info()
+    info.header.frame_id = "camera_depth_optical_frame"
+    with pytest.raises(DepthInputError, match="camera_info is in frame"):
+        frame_to_3d(seg, depth_to_message(T, _header(), _depth(), "16UC1"), info, FRAME)
+    assert all(i.object3d is None for i in seg.instances)
+
+
+def test_a_distorted_camera_read_from_image_raw_is_warned_about():
+    info = _info()
+    assert unrectified_warning(info, "/camera/color/image_raw") == ""  # no distortion
+    info.d = [0.1, -0.05, 0.0, 0.0, 0.0]
+    assert "unrectified" in unrectified_warning(info, "/camera/color/image_raw")
+    assert unrectified_warning(info, "/camera/color/image_rect_color") == ""
 
 
 def test_big_endian_and_padded_depth_rows():
