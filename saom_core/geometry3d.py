@@ -114,7 +114,7 @@ class Object3D:
     box_max: np.ndarray  # (3,)
     surface_centroid: np.ndarray  # (3,) mean of the seen points
     points: np.ndarray = field(repr=False)  # (N, 3) float32, the seen points after outlier rejection
-    pixels: np.ndarray | None = field(default=None, repr=False)  # (N, 2) int row, column of each point
+    pixels: np.ndarray = field(repr=False)  # (N, 2) int row, column of each point (its colour)
 
     @property
     def centre(self) -> np.ndarray:
@@ -139,6 +139,36 @@ class Object3D:
             "surface_centroid": [round(float(v), 5) for v in self.surface_centroid],
             "points": int(len(self.points)),
         }
+
+
+@dataclass(frozen=True)
+class RigidTransform:
+    """p_target = R(quaternion) p_source + translation: a transform looked up elsewhere (tf2 in the node),
+    applied to 3D results."""
+
+    translation: np.ndarray  # (3,)
+    quaternion: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 1.0)  # x, y, z, w
+
+    @property
+    def rotation(self) -> np.ndarray:
+        """(3, 3) rotation matrix of the (normalised) quaternion."""
+        x, y, z, w = np.asarray(self.quaternion, dtype=np.float64) / np.linalg.norm(self.quaternion)
+        return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                         [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                         [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+    def apply(self, points: np.ndarray) -> np.ndarray:
+        """(N, 3) or (3,) points in the target frame, in their input's float type."""
+        points = np.asarray(points)
+        out = points @ self.rotation.T.astype(points.dtype) + np.asarray(self.translation, dtype=points.dtype)
+        return out.astype(points.dtype)
+
+    def rotate_covariance(self, covariance: np.ndarray) -> np.ndarray:
+        r = self.rotation
+        return r @ covariance @ r.T
+
+
+IDENTITY = RigidTransform(np.zeros(3))
 
 
 def depth_in_metres(depth: np.ndarray, depth_scale: float | None = None) -> np.ndarray:

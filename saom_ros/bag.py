@@ -278,7 +278,7 @@ class _FrameSegmenter:
             if len(summary.errors) < 5:
                 summary.errors.append(f"t={timestamp}: {exc}")
             return
-        out3d = make_outputs_3d(outputs.types_3d, out2d.detections.header, out2d.segmentation)
+        out3d = make_outputs_3d(outputs.types_3d, out2d.detections.header, out2d.segmentation, rgb)
         outputs.write("detections_3d", timestamp, out3d.detections)
         outputs.write("objects", timestamp, out3d.cloud)
         outputs.write("markers", timestamp, out3d.markers)

@@ -27,6 +27,8 @@ from saom_core.track import Tracker, TrackerSettings
 from .conversions import filter_instances
 from .objects3d import frame_to_3d
 
+NO_DEPTH = "no depth and camera_info within sync_slop of the colour frame's stamp"
+
 
 @dataclass
 class FrameObjects:
@@ -37,6 +39,18 @@ class FrameObjects:
     problem: str = ""  # why paired depth gave no 3D ("" otherwise)
     without_3d: int = 0  # published instances with too few valid depth pixels for a 3D result
 
+    def empty_3d_reason(self, depth_expected: bool) -> str:
+        """Why this frame's 3D outputs are empty ("" when it has 3D objects)."""
+        if self.problem:
+            return f"unusable depth: {self.problem}"
+        if not self.with_3d:
+            return NO_DEPTH if depth_expected else ""
+        if not self.segmentation.instances:
+            return "no objects in the frame"
+        if self.without_3d == len(self.segmentation.instances):
+            return "no object has enough valid depth pixels"
+        return ""
+
 
 @dataclass
 class ObjectCounts:
@@ -46,13 +60,17 @@ class ObjectCounts:
     frames_without_depth: int = 0  # frames that came without matching depth/camera_info (2D only)
     frames_bad_depth: int = 0  # frames whose depth or camera_info could not be used (2D only)
     objects_without_3d: int = 0  # published instances that had too few depth pixels
+    frames_no_transform: int = 0  # frames whose 3D could not be moved into target_frame
     last_problem: str = field(default="")
+    empty_because: str = ""  # why the latest frame's 3D outputs were empty ("": they were not)
 
     def key_values(self) -> list[tuple[str, str]]:
         return [("frames with 3D", str(self.frames_3d)),
                 ("frames without depth (2D only)", str(self.frames_without_depth)),
                 ("frames with unusable depth (2D only)", str(self.frames_bad_depth)),
-                ("objects without 3D (too few depth pixels)", str(self.objects_without_3d))]
+                ("frames without a transform to target_frame (2D only)", str(self.frames_no_transform)),
+                ("objects without 3D (too few depth pixels)", str(self.objects_without_3d)),
+                ("latest 3D outputs empty because", self.empty_because or "-")]
 
 
 class FrameObjectStep:
@@ -96,4 +114,4 @@ class FrameObjectStep:
             counts.last_problem = result.problem
         elif depth_expected:
             counts.frames_without_depth += 1
-            counts.last_problem = "no depth and camera_info within sync_slop of the colour frame's stamp"
+            counts.last_problem = NO_DEPTH

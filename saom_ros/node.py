@@ -76,7 +76,7 @@ from vision_msgs.msg import Detection2DArray, Detection3DArray, LabelInfo
 from visualization_msgs.msg import MarkerArray
 
 from saom_core.errors import ConfigError, ImageError, SaomError
-from saom_core.infer.types import Instance, Segmenter
+from saom_core.infer.types import Instance, Segmentation, Segmenter
 
 from . import model as model_mod
 from .conversions import (
@@ -92,14 +92,15 @@ from .conversions import (
     select_image_converter,
     stamp_key,
 )
-from .frame_objects import FrameObjectStep
+from .frame_objects import FrameObjects, FrameObjectStep
 from .msgtypes import rclpy_types
 from .objects3d import (
+    IDENTITY,
     Messages3D,
-    make_detection3d_array,
-    make_markers,
-    make_point_cloud,
+    RigidTransform,
+    make_outputs_3d,
     rclpy_types_3d,
+    transform_from_msg,
     unrectified_warning,
 )
 from .pairing import Pairing, make_pairing
@@ -135,6 +136,7 @@ OVERRIDABLE_POLICIES = (QoSPolicyKind.HISTORY, QoSPolicyKind.DEPTH, QoSPolicyKin
 PROMPTS_TOPIC = "~/prompts"
 DEPTH_TOPIC, CAMERA_INFO_TOPIC = "depth/image_raw", "camera_info"  # the launch file remaps them
 DEPTH_QUEUE = 5  # depth and camera_info wait this deep for their colour frame
+TRANSFORM_TIMEOUT_S = 0.1  # target_frame: how long a frame waits for its transform
 RELIABILITY_RECHECK_S = 1.0  # image_reliability auto: how often to look for the camera publisher
 FAILURES_FOR_ERROR = 3  # consecutive model failures that make the diagnostics ERROR
 
@@ -256,11 +258,12 @@ class SaomNode(LifecycleNode):
     """SAOM everything mode (and prompted mode) as a ROS 2 lifecycle node.
 
     `segmenter_factory(params) -> Segmenter` replaces the real model loader (tests, benchmarks);
-    see `saom_ros.model` for the other hooks.
+    see `saom_ros.model` for the other hooks. `tf_buffer` replaces tf2_ros.Buffer for `target_frame`
+    (tests: anything with tf2's `lookup_transform(target, source, time, timeout)`).
     """
 
     def __init__(self, node_name: str = NODE_NAME, *, segmenter_factory: model_mod.SegmenterFactory | None = None,
-                 **kwargs: Any) -> None:
+                 tf_buffer: Any = None, **kwargs: Any) -> None:
         # LifecycleNode.__init__ puts the lifecycle services in the node's default (mutually
         # exclusive) group, where get_state would wait for a transition that loads the model:
         # the two base initialisers are called here with a reentrant group instead.
@@ -307,6 +310,11 @@ class SaomNode(LifecycleNode):
         self._color_arrivals: OrderedDict[int, float] = OrderedDict()  # stamp ns -> monotonic arrival
         self._arrivals_lock = threading.Lock()  # subscriptions and the expiry timer run in different threads
         self._last_3d = 0.0
+        self._given_tf_buffer = tf_buffer  # a stand-in for tf2_ros.Buffer (tests); else made at configure
+        self._tf_buffer: Any = None  # with target_frame: looks up camera -> target_frame
+        self._tf_listener: Any = None
+        self._output_lock = threading.Lock()  # 3D outputs of a frame vs their clearing (deactivate, pause)
+        self._frame_3d = ""  # the frame of the latest 3D outputs (their clearing uses it)
         self._rectification_checked = False  # camera_info's distortion looked at (objects3d.unrectified_warning)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
@@ -390,6 +398,8 @@ class SaomNode(LifecycleNode):
         if objects is not None and (new.tracker_settings(), new.depth_settings()) != (
                 old.tracker_settings(), old.depth_settings()):
             objects.update_settings(new.tracker_settings(), new.depth_settings())
+        if old.enable and not new.enable:
+            self._clear_3d()
         if new.enable != old.enable:
             self.get_logger().info("segmentation " + ("resumed" if new.enable else "paused (enable is false; "
                                                                               "the model stays loaded)"))
@@ -469,6 +479,9 @@ class SaomNode(LifecycleNode):
             self._pubs["detections_3d"] = pub(Detection3DArray, "~/detections_3d", OUTPUT_QOS)
             self._pubs["objects"] = pub(PointCloud2, "~/objects", OUTPUT_QOS)
             self._pubs["markers"] = pub(MarkerArray, "~/markers", OUTPUT_QOS)
+            self._frame_3d = params.target_frame
+            if params.target_frame:
+                self._tf_buffer = self._given_tf_buffer or self._make_tf_buffer()
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.stats = Stats()
         self._log_limit = RateLimiter(params.log_period)
@@ -480,6 +493,17 @@ class SaomNode(LifecycleNode):
             f"configured: checkpoint {params.checkpoint}, device {params.device}{' (half)' if params.half else ''}, "
             f"input {topic} ({params.image_transport}, {params.image_reliability}, converted with {converter})")
         return super().on_configure(state)
+
+    def _make_tf_buffer(self) -> Any:
+        """tf2_ros's buffer and listener (in every ROS install; not among the PyPI wheels)."""
+        try:
+            from tf2_ros import Buffer, TransformListener
+        except ImportError as exc:
+            raise ConfigError(f"parameter target_frame: needs tf2_ros, which is not importable ({exc}); "
+                              "leave target_frame empty for the camera's frame") from exc
+        buffer = Buffer()
+        self._tf_listener = TransformListener(buffer, self)
+        return buffer
 
     @_transition("activate")
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -637,6 +661,7 @@ class SaomNode(LifecycleNode):
     @_transition("deactivate")
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_processing()
+        self._clear_3d()  # while the publishers are still active
         return super().on_deactivate(state)
 
     def _destroy_outputs(self) -> None:
@@ -644,6 +669,8 @@ class SaomNode(LifecycleNode):
         for p in self._pubs.values():
             destroy(p)
         self._pubs = {}
+        self.M3 = None
+        self._tf_buffer = self._tf_listener = None
         if self._timer is not None:
             self.destroy_timer(self._timer)
             self._timer = None
@@ -824,8 +851,7 @@ class SaomNode(LifecycleNode):
         self._pubs["detections"].publish(out.detections)
         if out.instance_mask is not None:
             mask_pub.publish(out.instance_mask)
-        if found.with_3d and self.M3 is not None:
-            self._publish_3d(out.detections.header, found.segmentation)
+        self._publish_3d(job.image.header, found, rgb, params)
         overlay_pub = self._pubs.get("overlay")
         if params.publish_overlay and overlay_pub is not None and overlay_pub.get_subscription_count() > 0:
             overlay_pub.publish(make_image(T, out.detections.header, overlay_image(rgb, out.segmentation), "rgb8"))
@@ -833,15 +859,59 @@ class SaomNode(LifecycleNode):
         self._last_processed = time.monotonic()
         self.stats.done(self._last_processed - job.received, inference)
 
-    def _publish_3d(self, header: Any, seg: Any) -> None:
-        M3, pubs = self.M3, self._pubs
-        if M3 is None:  # 3D outputs exist only with depth_enabled
+    def _publish_3d(self, image_header: Any, found: FrameObjects, rgb: Any, params: NodeParams) -> None:
+        """Every frame's 3D outputs (with depth_enabled), empty when it has none, so rviz and a planner
+        never keep stale objects; the diagnostics say why they are empty."""
+        M3, objects = self.M3, self.objects
+        if M3 is None or objects is None:
             return
-        pubs["detections_3d"].publish(make_detection3d_array(M3, header, seg))
-        if pubs["objects"].get_subscription_count() > 0:  # the cloud is the large one
-            pubs["objects"].publish(make_point_cloud(M3, header, seg))
-        pubs["markers"].publish(make_markers(M3, header, seg))
-        self._last_3d = time.monotonic()
+        reason = found.empty_3d_reason(depth_expected=True)
+        seg, to = found.segmentation, IDENTITY
+        if params.target_frame and found.with_3d:
+            try:
+                to = self._lookup_transform(image_header, params.target_frame)
+            except Exception as exc:  # noqa: BLE001 - tf2's (or a stand-in's) lookup errors: 2D only
+                reason = (f"no transform from {image_header.frame_id!r} to {params.target_frame!r} at the image "
+                          f"stamp: {exc}")
+                objects.counts.frames_no_transform += 1
+                self.warn_throttled("transform", f"no 3D output: {reason}")
+        if reason:
+            seg = Segmentation(seg.height, seg.width, [])
+        header = self.T.Header(stamp=image_header.stamp, frame_id=params.target_frame or image_header.frame_id)
+        with self._output_lock:
+            if not self._active or not self.enabled:  # cleared meanwhile: this frame must not bring them back
+                return
+            self._send_3d(M3, header, seg, rgb, to)
+            objects.counts.empty_because = reason
+        if not reason:
+            self._last_3d = time.monotonic()
+
+    def _send_3d(self, M3: Messages3D, header: Any, seg: Segmentation, rgb: Any, to: RigidTransform = IDENTITY) -> None:
+        """`rgb` colours the cloud (None for a frame without objects)."""
+        pubs = self._pubs
+        out = make_outputs_3d(M3, header, seg, rgb, cloud=pubs["objects"].get_subscription_count() > 0, to=to)
+        pubs["detections_3d"].publish(out.detections)
+        if out.cloud is not None:  # the cloud is the large one: only while subscribed
+            pubs["objects"].publish(out.cloud)
+        pubs["markers"].publish(out.markers)
+        self._frame_3d = header.frame_id
+
+    def _lookup_transform(self, image_header: Any, target_frame: str) -> RigidTransform:
+        from rclpy.duration import Duration
+        from rclpy.time import Time
+
+        msg = self._tf_buffer.lookup_transform(target_frame, image_header.frame_id, Time.from_msg(image_header.stamp),
+                                               timeout=Duration(seconds=TRANSFORM_TIMEOUT_S))
+        return transform_from_msg(msg)
+
+    def _clear_3d(self) -> None:
+        """Empty 3D outputs (markers: DELETEALL), so rviz and a planner drop the objects of the last frame."""
+        M3 = self.M3
+        if M3 is None or "detections_3d" not in self._pubs:
+            return
+        header = self.T.Header(stamp=self.get_clock().now().to_msg(), frame_id=self._frame_3d)
+        with self._output_lock:
+            self._send_3d(M3, header, Segmentation(0, 0, []), None)
 
     def _answer_prompts(self, job: Job, rgb: Any, segmenter: Any) -> None:
         """Answer k for prompt k, with its id; invalid prompts get an empty answer (and a warning)."""

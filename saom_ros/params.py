@@ -70,6 +70,9 @@ class NodeSettings(Settings):
     depth_enabled: bool = setting(False, "subscribe to depth/image_raw (16UC1 millimetres or 32FC1 metres, registered "
                                          "to the colour image) and camera_info, and publish ~/detections_3d, ~/objects "
                                          "and ~/markers")
+    target_frame: str = setting("", "frame of the 3D outputs: transformed with tf2 at the image stamp (a frame whose "
+                                    "transform is not available gets empty 3D outputs and a warning); empty: the "
+                                    "colour camera's optical frame")
     sync_slop: float = setting(0.02, "seconds by which the stamps of a colour frame and its depth and camera_info may "
                                      "differ; keep it below half the frame period, or a frame whose depth comes late "
                                      "is paired with its neighbour's", lo=0.0, hi=1.0)

@@ -145,7 +145,8 @@ def test_rviz_config_shows_the_3d_objects():
     displays = {d["Class"]: d for d in config["Visualization Manager"]["Displays"]}
     markers, cloud = displays["rviz_default_plugins/MarkerArray"], displays["rviz_default_plugins/PointCloud2"]
     assert markers["Topic"]["Value"] == "/saom_node/markers" and markers["Enabled"] is True
-    assert cloud["Topic"]["Value"] == "/saom_node/objects" and cloud["Channel Name"] == "id"  # coloured by track id
+    assert cloud["Topic"]["Value"] == "/saom_node/objects" and cloud["Color Transformer"] == "RGB8"  # the PCL rgb field
+    assert cloud["Channel Name"] == "label"  # the track id, for the Intensity transformer
     assert {markers["Topic"]["Reliability Policy"], cloud["Topic"]["Reliability Policy"]} == {"Reliable"}
     # the outputs carry the colour camera's optical frame: the default fixed frame of realsense2_camera
     assert config["Visualization Manager"]["Global Options"]["Fixed Frame"] == "camera_color_optical_frame"

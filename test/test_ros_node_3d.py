@@ -52,7 +52,7 @@ class Rig:
     """A SaomNode with depth in namespace /<name>, and the tester's camera publishers and collectors."""
 
     def __init__(self, ros: Harness, name: str, ckpt, segmenter_cls=FakeSegmenter, start_first: bool = False,
-                 **params) -> None:
+                 tf_buffer=None, **params) -> None:
         self.ros, self.ns = ros, f"/{name}"
         values = {"checkpoint": str(ckpt), "autostart": False, "image_topic": "image", "depth_enabled": True,
                   "diagnostics_period": 0.2, **params}
@@ -62,7 +62,7 @@ class Rig:
             self.segmenters.append(segmenter_cls())
             return self.segmenters[-1]
 
-        self.node = SaomNode("saom", namespace=self.ns, context=ros.ctx, segmenter_factory=factory,
+        self.node = SaomNode("saom", namespace=self.ns, context=ros.ctx, segmenter_factory=factory, tf_buffer=tf_buffer,
                              parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
         ros.executor.add_node(self.node)
         if start_first:  # before the camera's publishers exist
@@ -158,10 +158,10 @@ def test_depth_gives_3d_outputs_with_the_colour_header(ros, ckpt, encoding):
                 assert d.bbox.size.x > 0.1 and d.bbox.size.y > 0.1
         cloud = rig.clouds.msgs[0]
         assert key(cloud.header) in dets2d
-        assert [f.name for f in cloud.fields] == ["x", "y", "z", "id", "class_id"]
+        assert [f.name for f in cloud.fields] == ["x", "y", "z", "rgb", "label", "class_id"]  # PCL's PointXYZRGBL
         points = np.frombuffer(bytes(cloud.data), dtype=POINT_DTYPE)
         assert len(points) == cloud.width > 0
-        assert np.allclose(points["z"], PLANE_M, atol=0.002) and set(points["id"]) == {1, 2, 3}
+        assert np.allclose(points["z"], PLANE_M, atol=0.002) and set(points["label"]) == {1, 2, 3}
         markers = rig.markers.msgs[0].markers
         assert key(markers[0].header) in dets2d and markers[0].action == 3  # DELETEALL first
         assert sorted({(m.ns, m.id) for m in markers[1:]}) == [(ns, k) for ns in ("boxes", "labels") for k in (1, 2, 3)]
@@ -217,7 +217,7 @@ def test_bad_depth_or_camera_info_warns_once_and_keeps_2d(ros, ckpt, case):
               "encoding": {"encoding": "rgb16"}, "focal": {"info_fx": 0.0},
               "frame": {"depth_frame": "camera_depth_optical_frame"}}[case]
         rig.until([rig.dets], 4, 0, **kw)
-        assert len(rig.dets3d) == 0 and len(rig.markers) == 0
+        assert all(_empty(d, m) for d, m in zip(list(rig.dets3d.msgs), list(rig.markers.msgs), strict=False))
         assert rig.node.is_active
         reason = {"size": "colour image is", "encoding": "not supported", "focal": "focal length",
                   "frame": "registered to the colour camera"}[case]
@@ -230,7 +230,9 @@ def test_bad_depth_or_camera_info_warns_once_and_keeps_2d(ros, ckpt, case):
         level, message, _ = _diagnostic_values(diags, name)[-1]
         assert level == b"\x01" and "2D only" in message and reason in message
         # good depth afterwards: 3D comes back
-        rig.until([rig.dets3d], 1, 100)
+        n = len(rig.dets3d)
+        rig.until([rig.dets3d], n + 1, 100)
+        assert wait_until(lambda: rig.dets3d.msgs[-1].detections != [], 5)
     finally:
         rig.close()  # (the tester's subscriptions stay: destroying one while the executor spins races it)
 
@@ -239,7 +241,7 @@ def test_colour_without_depth_is_segmented_in_2d_and_counted(ros, ckpt):
     rig = Rig(ros, "rgbd_nodepth", ckpt, depth_wait=0.1)
     try:
         rig.until([rig.dets], 3, 0, depth=False)
-        assert len(rig.dets3d) == 0
+        assert all(d.detections == [] for d in list(rig.dets3d.msgs))
         assert [d.id for d in rig.dets.msgs[-1].detections] == ["1", "2", "3"]
         assert rig.node.objects.counts.frames_without_depth >= 3
     finally:
@@ -282,5 +284,87 @@ def test_a_distorted_camera_on_image_raw_is_warned_about_once(ros, ckpt):
         rig.until([rig.dets3d], 3, 0, distortion=[0.1, -0.05, 0.0, 0.0, 0.0])
         warned = [w for w in rig.warnings if "unrectified" in w]
         assert len(warned) == 1 and f"{rig.ns}/image_raw" in warned[0], rig.warnings
+    finally:
+        rig.close()
+
+
+def _empty(det3d, markers) -> bool:
+    return det3d.detections == [] and [m.action for m in markers.markers] == [3]  # DELETEALL only
+
+
+def test_every_frame_publishes_its_3d_and_stopping_clears_it(ros, ckpt):
+    """A frame without depth, a pause and a deactivate each leave rviz and a planner without stale objects."""
+    diags = Collector(ros.tester, DiagnosticArray, "/diagnostics")
+    rig = Rig(ros, "rgbd_stale", ckpt, depth_wait=0.1)
+    try:
+        nxt = rig.until([rig.dets3d, rig.markers], 1, 0)
+        assert rig.dets3d.msgs[-1].detections and len(rig.markers.msgs[-1].markers) == 7
+        n_dets, n_3d = len(rig.dets), len(rig.dets3d)
+        nxt = rig.until([rig.dets], n_dets + 2, nxt, depth=False)
+        assert wait_until(lambda: len(rig.dets3d) >= n_3d + 2, 5)
+        stamps_2d = _by_stamp(rig.dets)
+        for det3d, markers in zip(list(rig.dets3d.msgs)[n_3d:], list(rig.markers.msgs)[n_3d:], strict=False):
+            assert key(det3d.header) in stamps_2d and _empty(det3d, markers)  # one 3D message per 2D frame
+        assert "no depth" in rig.node.objects.counts.empty_because
+        assert wait_until(lambda: any("no depth" in v["latest 3D outputs empty because"]
+                                      for _, _, v in _diagnostic_values(diags, "rgbd_stale")), 10)
+        rig.until([rig.dets3d], len(rig.dets3d) + 1, nxt + 10)  # with depth again
+        assert wait_until(lambda: rig.dets3d.msgs[-1].detections != [], 5)
+        n_3d, n_markers = len(rig.dets3d), len(rig.markers)
+        assert rig.node.set_parameters([Parameter("enable", value=False)])[0].successful
+        assert rig.dets3d.wait(n_3d + 1, 5) and rig.markers.wait(n_markers + 1, 5)
+        assert _empty(rig.dets3d.msgs[-1], rig.markers.msgs[-1])
+        assert rig.node.set_parameters([Parameter("enable", value=True)])[0].successful
+        rig.until([rig.dets3d], len(rig.dets3d) + 1, nxt + 20)
+        assert wait_until(lambda: rig.dets3d.msgs[-1].detections != [], 5)
+        n_3d = len(rig.dets3d)
+        from rclpy.lifecycle import TransitionCallbackReturn
+
+        assert rig.node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert rig.dets3d.wait(n_3d + 1, 5)
+        assert _empty(rig.dets3d.msgs[-1], rig.markers.msgs[-1])
+    finally:
+        rig.close()
+
+
+class StandInBuffer:
+    """tf2_ros.Buffer's lookup_transform: camera -> base_link a fixed shift, or an error."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail, self.calls = fail, []
+
+    def lookup_transform(self, target, source, time, timeout=None):
+        from geometry_msgs.msg import TransformStamped
+
+        self.calls.append((target, source, time.nanoseconds))
+        if self.fail:
+            raise LookupError(f"{target} does not exist")  # tf2.LookupException in ROS
+        msg = TransformStamped()
+        msg.header.frame_id, msg.child_frame_id = target, source
+        msg.transform.translation.z = 2.0
+        msg.transform.rotation.w = 1.0
+        return msg
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["found", "missing"])
+def test_target_frame_transforms_3d_at_the_image_stamp(ros, ckpt, fail):
+    buffer = StandInBuffer(fail)
+    rig = Rig(ros, f"rgbd_tf_{'missing' if fail else 'found'}", ckpt, tf_buffer=buffer, target_frame="base_link")
+    try:
+        rig.until([rig.dets, rig.dets3d, rig.markers], 2, 0)
+        det3d = rig.dets3d.msgs[-1]
+        assert det3d.header.frame_id == "base_link" and rig.markers.msgs[-1].markers[0].header.frame_id == "base_link"
+        colour = _by_stamp(rig.dets)
+        stamp = next(k for k in colour if k[:2] == key(det3d.header)[:2])
+        source = stamp[2]
+        assert ("base_link", source, stamp[0] * 10**9 + stamp[1]) in buffer.calls  # at the image stamp
+        if fail:
+            assert _empty(det3d, rig.markers.msgs[-1]) and len(colour[stamp].detections) == 3  # 2D goes on
+            assert any("no transform" in w and "base_link" in w for w in rig.warnings), rig.warnings
+            assert rig.node.objects.counts.frames_no_transform >= 2
+        else:
+            assert [d.id for d in det3d.detections] == ["1", "2", "3"]
+            # the camera sees them 1.2 m ahead and more; the transform moves them 2 m farther
+            assert all(d.bbox.center.position.z > 2.0 + PLANE_M for d in det3d.detections)
     finally:
         rig.close()

@@ -26,6 +26,7 @@ from saom_ros.objects3d import (  # noqa: E402
     make_outputs_3d,
     rclpy_types_3d,
     rosbags_types_3d,
+    transform_from_msg,
     unrectified_warning,
 )
 from saom_ros.sync import StampSync  # noqa: E402
@@ -59,6 +60,14 @@ def _seg() -> Segmentation:
     return Segmentation(H, W, insts)
 
 
+def _image():
+    """The colour frame: the first object's pixels (10, 20, 30), the second's (200, 100, 50)."""
+    image = np.zeros((H, W, 3), np.uint8)
+    image[10:20, 10:30] = (10, 20, 30)
+    image[25:40, 35:60] = (200, 100, 50)
+    return image
+
+
 def _depth():
     depth = np.full((H, W), 2.0, np.float32)
     depth[25:40, 35:60] = 1.25
@@ -72,7 +81,7 @@ def test_outputs_with_real_messages_and_colour_header(encoding):
     assert isinstance(depth_msg, Image)
     assert frame_to_3d(seg, depth_msg, _info(), FRAME) == 1  # the one-pixel instance gets no 3D
     header = _header()
-    out = make_outputs_3d(M, header, seg)
+    out = make_outputs_3d(M, header, seg, _image())
 
     dets = out.detections.detections
     assert out.detections.header == header and [d.id for d in dets] == ["17", "4"]
@@ -83,10 +92,22 @@ def test_outputs_with_real_messages_and_colour_header(encoding):
 
     cloud = out.cloud
     assert cloud.header == header and cloud.height == 1 and cloud.width == 200 + 375
-    assert [f.name for f in cloud.fields] == ["x", "y", "z", "id", "class_id"]
+    # PCL's PointXYZRGBL names and types (PointField UINT32 = 6, FLOAT32 = 7), plus class_id
+    assert [(f.name, f.datatype) for f in cloud.fields] == [("x", 7), ("y", 7), ("z", 7), ("rgb", 7), ("label", 6),
+                                                            ("class_id", 4)]
     points = np.frombuffer(bytes(cloud.data), dtype=POINT_DTYPE)
-    assert set(np.unique(points["id"])) == {17, 4} and set(points[points["id"] == 4]["class_id"]) == {5}
-    assert np.allclose(points[points["id"] == 4]["z"], 1.25, atol=1e-3)
+    assert set(np.unique(points["label"])) == {17, 4} and set(points[points["label"] == 4]["class_id"]) == {5}
+    assert np.allclose(points[points["label"] == 4]["z"], 1.25, atol=1e-3)
+    packed = points["rgb"].view(np.uint32)  # 0x00RRGGBB, as pcl::PointXYZRGB packs it
+    assert set(packed[points["label"] == 17]) == {(10 << 16) | (20 << 8) | 30}
+    assert set(packed[points["label"] == 4]) == {(200 << 16) | (100 << 8) | 50}
+
+    # the pose is the completed box centre; its covariance comes from the points' spread
+    cov = np.array(dets[1].results[0].pose.covariance).reshape(6, 6)
+    assert dets[1].results[0].pose.pose == dets[1].bbox.center
+    assert cov[0, 0] == pytest.approx((25 * 1.25 / 60.0) ** 2 / 12, rel=0.1)  # uniform over the 25 px width
+    assert cov[2, 2] == pytest.approx((0.5 * dets[1].bbox.size.z) ** 2, rel=0.01)  # the centre is behind the surface
+    assert np.all(np.diag(cov)[3:] > 1.0)  # orientation unknown
 
     markers = out.markers.markers
     assert markers[0].action == 3  # DELETEALL first: rviz shows this frame's objects only
@@ -101,7 +122,7 @@ def test_rosbags_classes_serialise_the_same_outputs():
     Tb = rosbags_types()
     seg = _seg()
     frame_to_3d(seg, depth_to_message(Tb, _header_b(Tb), _depth(), "16UC1"), _info(), FRAME)
-    out = build(rosbags_types_3d(), _header_b(Tb), seg)
+    out = build(rosbags_types_3d(), _header_b(Tb), seg, _image())
     for msg in (out.detections, out.cloud, out.markers):
         raw = store.serialize_cdr(msg, msg.__msgtype__)
         assert store.deserialize_cdr(raw, msg.__msgtype__).__msgtype__ == msg.__msgtype__
@@ -128,6 +149,31 @@ def test_bad_depth_and_camera_info_give_clear_errors():
         frame_to_3d(seg, good, _info(fx=0.0), FRAME)
     assert all(i.object3d is None for i in seg.instances)  # nothing half-set
     assert np.allclose(depth_from_message(good, W, H), _depth())
+
+
+def test_outputs_in_a_target_frame_and_empty_ones():
+    from geometry_msgs.msg import TransformStamped
+
+    seg = _seg()
+    frame_to_3d(seg, depth_to_message(T, _header(), _depth(), "16UC1"), _info(), FRAME)
+    msg = TransformStamped()  # camera optical frame -> base_link: z forward becomes x, x right becomes -y
+    msg.transform.translation.x, msg.transform.translation.z = 0.1, 0.5
+    msg.transform.rotation.x, msg.transform.rotation.y = -0.5, 0.5
+    msg.transform.rotation.z, msg.transform.rotation.w = -0.5, 0.5
+    to = transform_from_msg(msg)
+    camera, moved = make_outputs_3d(M, _header(), seg, _image()), make_outputs_3d(M, _header(), seg, _image(), to=to)
+    for a, b in zip(camera.detections.detections, moved.detections.detections, strict=True):
+        pa, pb = a.bbox.center.position, b.bbox.center.position
+        assert (pb.x, pb.y, pb.z) == pytest.approx((pa.z + 0.1, -pa.x, -pa.y + 0.5))
+        assert b.bbox.center.orientation == msg.transform.rotation and b.bbox.size == a.bbox.size
+        ca, cb = (np.array(d.results[0].pose.covariance).reshape(6, 6) for d in (a, b))
+        assert cb[0, 0] == pytest.approx(ca[2, 2]) and cb[1, 1] == pytest.approx(ca[0, 0])
+    pa, pb = (np.frombuffer(bytes(c.cloud.data), dtype=POINT_DTYPE) for c in (camera, moved))
+    assert np.allclose(pb["x"], pa["z"] + 0.1, atol=1e-5) and np.allclose(pb["y"], -pa["x"], atol=1e-5)
+    assert moved.markers.markers[1].pose == moved.detections.detections[0].bbox.center
+    empty = make_outputs_3d(M, _header(), Segmentation(H, W, []), _image())
+    assert empty.detections.detections == [] and empty.cloud.width == 0
+    assert [m.action for m in empty.markers.markers] == [3]  # DELETEALL only: the previous frame's objects go
 
 
 def test_intrinsics_come_from_p_then_k_with_binning_and_roi():
