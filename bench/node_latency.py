@@ -252,6 +252,7 @@ def start_node(args, node_name: str, image_topic: str, tmp: Path,
                rgbd_ns: str | None = None) -> subprocess.Popen:
     """The node as its own process; with rgbd_ns, in that namespace with depth_enabled."""
     env = dict(os.environ)
+    module = "saom_ros.node"
     ros_args = ["-r", f"__node:={node_name}", "-p", f"image_topic:={image_topic}", "-p", "log_period:=0.0",
                 "-p", f"image_reliability:={args.reliability}",
                 "-p", "diagnostics_period:=0.5", "-p", "prompts_enabled:=false"]
@@ -262,11 +263,11 @@ def start_node(args, node_name: str, image_topic: str, tmp: Path,
         ckpt = tmp / "fake.pt"
         ckpt.write_bytes(b"fake")
         ros_args += ["-p", f"checkpoint:={ckpt}"]
-        env["SAOM_SEGMENTER_FACTORY"] = "saom_ros.testing:fake_factory"
+        module = "saom_ros.testing"  # the node with the fake model
         env["SAOM_FAKE_DELAY"] = str(args.model_ms / 1e3)
     if rgbd_ns:
         ros_args += ["-r", f"__ns:={rgbd_ns}", "-p", "depth_enabled:=true"]
-    return subprocess.Popen([sys.executable, "-m", "saom_ros.node", "--ros-args", *ros_args], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "-m", module, "--ros-args", *ros_args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -709,8 +709,8 @@ def test_params_file_loads_into_the_declared_parameters(ros, ckpt):
 
 
 def _node_process(args: list[str], **env) -> subprocess.Popen:
-    full_env = {**os.environ, "SAOM_SEGMENTER_FACTORY": "saom_ros.testing:fake_factory", **env}
-    return subprocess.Popen([sys.executable, "-m", "saom_ros.node", "--ros-args", *args], cwd=REPO,
+    full_env = {**os.environ, **env}
+    return subprocess.Popen([sys.executable, "-m", "saom_ros.testing", "--ros-args", *args], cwd=REPO,
                             env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -160,27 +160,15 @@ def test_check_classes(ckpt):
 
 
 def test_factory_resolution_order(monkeypatch, ckpt):
-    params = validate({"checkpoint": ckpt})
     explicit = lambda p: FakeSegmenter()  # noqa: E731
     hook = lambda p: FakeSegmenter(n_instances=1)  # noqa: E731
-    monkeypatch.delenv(model_mod.ENV_FACTORY, raising=False)
     monkeypatch.setattr(model_mod, "SEGMENTER_FACTORY", None)
     assert model_mod.resolve_factory(None) is model_mod.load_from_params
-    monkeypatch.setenv(model_mod.ENV_FACTORY, "saom_ros.testing:fake_factory")
-    assert model_mod.resolve_factory(None)(params).n_instances == 3
+    monkeypatch.setenv("SAOM_SEGMENTER_FACTORY", "saom_ros.testing:fake_factory")  # no longer read
+    assert model_mod.resolve_factory(None) is model_mod.load_from_params
     monkeypatch.setattr(model_mod, "SEGMENTER_FACTORY", hook)
     assert model_mod.resolve_factory(None) is hook
     assert model_mod.resolve_factory(explicit) is explicit
-
-
-@pytest.mark.parametrize("spec, message", [
-    ("nocolon", "expected 'package.module:callable'"),
-    ("no_such_module_xyz:f", "cannot import no_such_module_xyz"),
-    ("saom_ros.testing:nothing_here", "has no callable nothing_here"),
-])
-def test_import_factory_errors(spec, message):
-    with pytest.raises(ConfigError, match=message):
-        model_mod.import_factory(spec)
 
 
 def test_fake_env_factory_delay(monkeypatch):
