@@ -48,11 +48,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import (
-    FloatingPointRange,
-    IntegerRange,
-    ParameterDescriptor,
     SetParametersResult,
 )
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
@@ -62,7 +59,7 @@ from rclpy.lifecycle.node import LifecycleNodeMixin
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSPolicyKind, QoSProfile, ReliabilityPolicy
+from rclpy.qos import ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.subscription import Subscription
 from rclpy.timer import Timer
@@ -79,6 +76,7 @@ from saom_core.errors import ConfigError, ImageError, SaomError
 from saom_core.infer.types import Instance, Segmentation, Segmenter
 
 from . import model as model_mod
+from . import qos
 from .conversions import (
     SUPPORTED_ENCODINGS,
     UnsupportedEncoding,
@@ -92,6 +90,8 @@ from .conversions import (
     select_image_converter,
     stamp_key,
 )
+from .descriptors import RELOAD_HINT, declared_default, parameter_descriptor, ros_parameter
+from .diagnostics import NodeHealth, diagnosis, diagnostic_array
 from .frame_objects import FrameObjects, FrameObjectStep
 from .msgtypes import rclpy_types
 from .objects3d import (
@@ -118,36 +118,31 @@ from .params import (
     validate,
 )
 from .pipeline import FrameWorker, Job, PromptMatcher, RateLimiter, Stats
-from .sync import CAMERA_INFO, COLOR, DEPTH, Match, stamp_ns
+from .sync import CAMERA_INFO, COLOR, DEPTH, stamp_ns
 
-# Outputs are lossless: reliable, a few messages deep so a slow reader does not lose any.
-OUTPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
-                        durability=DurabilityPolicy.VOLATILE)
-LABEL_INFO_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                            durability=DurabilityPolicy.TRANSIENT_LOCAL)
-# Prompts are requests: received reliably (a best-effort prompt publisher does not match: its
-# prompts would be lost silently) with a small bounded queue; prompt sets waiting for the model
-# beyond PROMPT_QUEUE are dropped oldest first, logged and counted.
-PROMPTS_DEPTH = 5
+# Prompt sets waiting for the model beyond PROMPT_QUEUE are dropped oldest first, logged and counted.
 PROMPT_QUEUE = 4
-# qos_overrides.<topic>.subscription.<policy> work for the two subscriptions (others are refused);
-# an override of the image reliability wins over image_reliability (auto included).
-OVERRIDABLE_POLICIES = (QoSPolicyKind.HISTORY, QoSPolicyKind.DEPTH, QoSPolicyKind.RELIABILITY)
 PROMPTS_TOPIC = "~/prompts"
 DEPTH_TOPIC, CAMERA_INFO_TOPIC = "depth/image_raw", "camera_info"  # the launch file remaps them
-DEPTH_QUEUE = 5  # depth and camera_info wait this deep for their colour frame
 TRANSFORM_TIMEOUT_S = 0.1  # target_frame: how long a frame waits for its transform
 RELIABILITY_RECHECK_S = 1.0  # image_reliability auto: how often to look for the camera publisher
-FAILURES_FOR_ERROR = 3  # consecutive model failures that make the diagnostics ERROR
+STREAM_RESTART_NS = 1_000_000_000  # a frame older than the last by more than this restarts the stream
+# the outputs: key -> (message type, topic, latched); each publisher takes qos_overrides
+OUTPUTS: dict[str, tuple[Any, str, bool]] = {
+    "detections": (Detection2DArray, "~/detections", False),
+    "instance_mask": (Image, "~/instance_mask", False),
+    "label_info": (LabelInfo, "~/label_info", True),
+    "overlay": (Image, "~/overlay", False),  # used while publish_overlay (runtime-safe)
+    "prompted_detections": (Detection2DArray, "~/prompted/detections", False),
+    "prompted_masks": (Image, "~/prompted/masks", False),
+    "detections_3d": (Detection3DArray, "~/detections_3d", False),
+    "objects": (PointCloud2, "~/objects", False),
+    "markers": (MarkerArray, "~/markers", False),
+}
+PROMPTED_OUTPUTS = ("prompted_detections", "prompted_masks")  # with prompts_enabled
+OUTPUTS_3D = ("detections_3d", "objects", "markers")  # with depth_enabled
 
 OK, FAILURE, ERROR = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE, TransitionCallbackReturn.ERROR
-
-
-def image_qos(reliability: str, depth: int = 1) -> QoSProfile:
-    """Sensor-data QoS (keep last `depth`, 1 for images) with the given reliability (best_effort or reliable)."""
-    rel = ReliabilityPolicy.RELIABLE if reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=rel,
-                      durability=DurabilityPolicy.VOLATILE)
 
 
 @dataclass
@@ -166,68 +161,6 @@ class FrameJob(Job):
 
     depth: Any = None
     camera_info: Any = None
-
-
-def prompts_qos() -> QoSProfile:
-    """A fresh profile (qos_overrides change the profile they are applied to)."""
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=PROMPTS_DEPTH, reliability=ReliabilityPolicy.RELIABLE,
-                      durability=DurabilityPolicy.VOLATILE)
-
-
-def publishers_reliability(infos: Sequence[Any]) -> str | None:
-    """What a subscription should ask to hear these publishers best (rosbag2's QoS adaptation):
-    reliable when every publisher is reliable, best_effort otherwise, None when there is none."""
-    if not infos:
-        return None
-    reliable = all(info.qos_profile.reliability == ReliabilityPolicy.RELIABLE for info in infos)
-    return "reliable" if reliable else "best_effort"
-
-
-_ROS_TYPES = {"bool": Parameter.Type.BOOL, "int": Parameter.Type.INTEGER, "float": Parameter.Type.DOUBLE,
-              "str": Parameter.Type.STRING, "str_list": Parameter.Type.STRING_ARRAY}
-# Read once, at start-up: a later change would do nothing, so ROS refuses it (read_only).
-START_ONLY = frozenset({"autostart"})
-RELOAD_HINT = "needs a model reload: deactivate, cleanup, set it, then configure and activate"
-
-
-def parameter_descriptor(p: Param) -> ParameterDescriptor:
-    """Typed, with the schema's range where ROS can say it (an open bound or `0 = off` below the
-    range is checked by params.validate); whether a change needs a reload in additional_constraints."""
-    d = ParameterDescriptor(name=p.name, type=_ROS_TYPES[p.kind].value, description=p.description,
-                            read_only=p.name in START_ONLY)
-    constraints = []
-    if p.choices:
-        constraints.append("one of " + ", ".join(p.choices))
-    if p.read_only and p.name not in START_ONLY:
-        constraints.append(f"fixed while configured ({RELOAD_HINT})")
-    d.additional_constraints = "; ".join(constraints)
-    lo = 0 if p.zero_means else p.lo
-    if p.kind == "float" and (lo is not None or p.hi is not None):
-        d.floating_point_range = [FloatingPointRange(
-            from_value=-sys.float_info.max if lo is None else float(lo),
-            to_value=sys.float_info.max if p.hi is None else float(p.hi), step=0.0)]
-    elif p.kind == "int" and (lo is not None or p.hi is not None):
-        d.integer_range = [IntegerRange(from_value=-(2**63) if lo is None else int(lo),
-                                        to_value=2**63 - 1 if p.hi is None else int(p.hi), step=0)]
-    return d
-
-
-def ros_parameter(p: Param, value: Any) -> Parameter:
-    """A params-file or command-line value as a parameter of p's type: ints are fine for doubles
-    (YAML's `0`), an empty list is an empty string array."""
-    if p.kind == "float" and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if p.kind == "str_list" and isinstance(value, (list, tuple)) and not value:
-        return Parameter(p.name, Parameter.Type.STRING_ARRAY, [])
-    return Parameter(p.name, value=value)
-
-
-def declared_default(p: Param) -> Any:
-    """p's default for declare_parameter: not set (its bare type) for None and an empty list (both
-    read back as the schema's default)."""
-    if p.default is None or (p.kind == "str_list" and not p.default):
-        return _ROS_TYPES[p.kind]
-    return float(p.default) if p.kind == "float" else p.default
 
 
 def _transition(name: str) -> Callable:
@@ -290,6 +223,11 @@ class SaomNode(LifecycleNode):
         self._log_limit = RateLimiter(0.0)
         self._warn_limits: dict[str, RateLimiter] = defaultdict(lambda: RateLimiter(5.0))
         self._active = False
+        self._transition_lock = threading.Lock()  # one transition at a time (_LifecycleNodeMixin__change_state)
+        # _active, the input subscriptions and the hand-off of frames to the worker change under this
+        # lock: a re-subscription or a frame never slips in after a deactivate
+        self._state_lock = threading.RLock()
+        self._last_handed = 0  # stamp (ns) of the newest frame handed to the worker: never an older one after it
         self.transition_in_progress = ""
         self.last_transition_error = ""
         self.overlays_published = 0
@@ -319,6 +257,19 @@ class SaomNode(LifecycleNode):
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _LifecycleNodeMixin__change_state(self, transition_id: int) -> TransitionCallbackReturn:
+        """Every transition (the lifecycle services and the trigger_* calls of autostart alike) runs
+        under one lock: rclpy's state change takes none, so two threads could both start one from the
+        same state. A transition asked for while another runs is refused, not queued."""
+        if not self._transition_lock.acquire(blocking=False):
+            self.get_logger().error(f"transition {transition_id} refused: {self.transition_in_progress or 'another'} "
+                                    "transition is in progress")
+            return ERROR
+        try:
+            return LifecycleNodeMixin._LifecycleNodeMixin__change_state(self, transition_id)  # type: ignore[attr-defined]
+        finally:
+            self._transition_lock.release()
 
     def warn_throttled(self, key: str, message: str) -> None:
         if self._warn_limits[key].ready():
@@ -424,19 +375,10 @@ class SaomNode(LifecycleNode):
             raise ConfigError(f"parameter image_topic: {params.image_topic!r} is not a valid ROS topic name "
                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
 
-    def _qos_override_names(self, topic: str) -> list[str]:
-        return [f"qos_overrides.{topic}.subscription.{kind.name.lower()}" for kind in OVERRIDABLE_POLICIES]
-
-    def _check_qos_overrides(self, image_topic: str) -> None:
-        """qos_overrides given for anything but the image and prompts subscriptions would be silently
-        ignored by rclpy: refused instead, naming those that work."""
-        given = [n for n in (getattr(self, "_parameter_overrides", {}) or {}) if n.startswith("qos_overrides.")]
-        prompts_topic = self.resolve_topic_name(PROMPTS_TOPIC)
-        allowed = self._qos_override_names(image_topic) + self._qos_override_names(prompts_topic)
-        unknown = sorted(set(given) - set(allowed))
-        if unknown:
-            raise ConfigError(f"qos_overrides {', '.join(unknown)} do not apply to this node; these do: "
-                              f"{', '.join(allowed)}")
+    def _outputs(self, params: NodeParams) -> list[str]:
+        """The keys of OUTPUTS this configuration publishes."""
+        return [key for key in OUTPUTS if (key not in PROMPTED_OUTPUTS or params.prompts_enabled)
+                and (key not in OUTPUTS_3D or params.depth_enabled)]
 
     def _reliability_overridden(self, topic: str) -> bool:
         return f"qos_overrides.{topic}.subscription.reliability" in (getattr(self, "_parameter_overrides", {}) or {})
@@ -462,23 +404,19 @@ class SaomNode(LifecycleNode):
         params = self.read_params()
         model_mod.check_device(params.device)
         topic = self.input_topic(params)
-        self._check_qos_overrides(topic)
+        outputs = self._outputs(params)
+        qos.check_overrides(getattr(self, "_parameter_overrides", None) or {},
+                            subscriptions=(topic, self.resolve_topic_name(PROMPTS_TOPIC)),
+                            publishers=[self.resolve_topic_name(OUTPUTS[key][1]) for key in outputs])
         self.params = params
-        pub = self.create_lifecycle_publisher
-        self._pubs = {
-            "detections": pub(Detection2DArray, "~/detections", OUTPUT_QOS),
-            "instance_mask": pub(Image, "~/instance_mask", OUTPUT_QOS),
-            "label_info": pub(LabelInfo, "~/label_info", LABEL_INFO_QOS),
-        }
-        self._pubs["overlay"] = pub(Image, "~/overlay", OUTPUT_QOS)  # used while publish_overlay (runtime-safe)
-        if params.prompts_enabled:
-            self._pubs["prompted_detections"] = pub(Detection2DArray, "~/prompted/detections", OUTPUT_QOS)
-            self._pubs["prompted_masks"] = pub(Image, "~/prompted/masks", OUTPUT_QOS)
+        self._pubs = {}
+        for key in outputs:
+            msg_type, name, latched = OUTPUTS[key]
+            self._pubs[key] = self.create_lifecycle_publisher(
+                msg_type, name, qos.output_qos(latched),
+                qos_overriding_options=QoSOverridingOptions.with_default_policies())
         if params.depth_enabled:
             self.M3 = rclpy_types_3d()
-            self._pubs["detections_3d"] = pub(Detection3DArray, "~/detections_3d", OUTPUT_QOS)
-            self._pubs["objects"] = pub(PointCloud2, "~/objects", OUTPUT_QOS)
-            self._pubs["markers"] = pub(MarkerArray, "~/markers", OUTPUT_QOS)
             self._frame_3d = params.target_frame
             if params.target_frame:
                 self._tf_buffer = self._given_tf_buffer or self._make_tf_buffer()
@@ -530,15 +468,17 @@ class SaomNode(LifecycleNode):
         self.objects = FrameObjectStep(params.tracker_settings(), params.depth_settings())
         self.worker = FrameWorker(self._process, self._on_error, prompt_capacity=PROMPT_QUEUE)
         self.worker.start()
-        if params.depth_enabled and params.everything_mode:
-            self._subscribe_rgbd(params)
-        self._subscribe_image()
-        self._last_frame = time.monotonic()
-        if params.prompts_enabled:
-            self._prompt_sub = self.create_subscription(
-                Detection2DArray, PROMPTS_TOPIC, self._on_prompts, prompts_qos(),
-                qos_overriding_options=QoSOverridingOptions.with_default_policies())
-        self._active = True
+        with self._state_lock:
+            self._last_handed = 0
+            if params.depth_enabled and params.everything_mode:
+                self._subscribe_rgbd(params)
+            self._subscribe_image()
+            self._last_frame = time.monotonic()
+            if params.prompts_enabled:
+                self._prompt_sub = self.create_subscription(
+                    Detection2DArray, PROMPTS_TOPIC, self._on_prompts, qos.prompts_qos(),
+                    qos_overriding_options=QoSOverridingOptions.with_default_policies())
+            self._active = True
         return ret
 
     def _subscribe_image(self) -> None:
@@ -551,7 +491,7 @@ class SaomNode(LifecycleNode):
         reliability = params.image_reliability
         overridden = self._reliability_overridden(topic)
         if reliability == "auto" and not overridden:
-            found = publishers_reliability(self.get_publishers_info_by_topic(topic))
+            found = qos.publishers_reliability(self.get_publishers_info_by_topic(topic))
             reliability = found or "best_effort"
             if found is None and self._reliability_timer is None:
                 self._reliability_timer = self.create_timer(RELIABILITY_RECHECK_S, self._recheck_reliability,
@@ -565,13 +505,13 @@ class SaomNode(LifecycleNode):
             self.destroy_subscription(self._image_sub)
         image_type = CompressedImage if params.image_transport == "compressed" else Image
         events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
-        qos = image_qos(reliability)
+        profile = qos.image_qos(reliability)
         # reliability is declared as an override only when one is given: declared once, a read-only
         # parameter would pin the first reliability for the node's life (auto, reconfigure)
-        kinds = OVERRIDABLE_POLICIES if overridden else OVERRIDABLE_POLICIES[:2]
-        self._image_sub = self.create_subscription(image_type, topic, self._on_image, qos, event_callbacks=events,
+        kinds = qos.OVERRIDABLE_POLICIES if overridden else qos.OVERRIDABLE_POLICIES[:2]
+        self._image_sub = self.create_subscription(image_type, topic, self._on_image, profile, event_callbacks=events,
                                                    qos_overriding_options=QoSOverridingOptions(kinds))
-        self.image_reliability = "reliable" if qos.reliability == ReliabilityPolicy.RELIABLE else "best_effort"
+        self.image_reliability = "reliable" if profile.reliability == ReliabilityPolicy.RELIABLE else "best_effort"
 
     def _subscribe_rgbd(self, params: NodeParams) -> None:
         """depth/image_raw and camera_info, paired with the colour frames by stamp, and the timer that
@@ -592,7 +532,7 @@ class SaomNode(LifecycleNode):
         msg_type, topic = RGBD_INPUTS[stream]
         reliability, settled = params.image_reliability, True
         if reliability == "auto":
-            found = publishers_reliability(self.get_publishers_info_by_topic(self.resolve_topic_name(topic)))
+            found = qos.publishers_reliability(self.get_publishers_info_by_topic(self.resolve_topic_name(topic)))
             reliability, settled = found or "best_effort", found is not None
         current = self.rgbd_subs.get(stream)
         if current is not None and current.reliability == reliability:
@@ -605,13 +545,14 @@ class SaomNode(LifecycleNode):
         # no QoS event handlers: re-subscribing while the executor waits on a handler being destroyed
         # raises InvalidHandle inside rclpy's executor (Kilted)
         sub = self.create_subscription(msg_type, topic, functools.partial(self._on_rgbd, stream),
-                                       image_qos(reliability, DEPTH_QUEUE),
+                                       qos.image_qos(reliability, qos.DEPTH_QUEUE),
                                        event_callbacks=SubscriptionEventCallbacks(use_default_callbacks=False))
         self.rgbd_subs[stream] = RgbdSubscription(sub, reliability, settled)
 
     def _recheck_reliability(self) -> None:
-        if self._active and self.params is not None:
-            self._subscribe_image()
+        with self._state_lock:
+            if self._active and self.params is not None:
+                self._subscribe_image()
 
     def _cancel_reliability_timer(self) -> None:
         if self._reliability_timer is not None:
@@ -620,20 +561,21 @@ class SaomNode(LifecycleNode):
 
     def _stop_processing(self) -> None:
         """Unsubscribe, stop the worker and free the model, never while the worker may still use it."""
-        self._active = False
-        self._cancel_reliability_timer()
-        for sub in (self._image_sub, self._prompt_sub):
-            if sub is not None:
-                self.destroy_subscription(sub)
-        self._image_sub = self._prompt_sub = None
-        for rgbd in self.rgbd_subs.values():
-            self.destroy_subscription(rgbd.subscription)
-        self.rgbd_subs = {}
-        if self._expire_timer is not None:
-            self.destroy_timer(self._expire_timer)
-            self._expire_timer = None
-        self.pairing = None
-        self.image_reliability = ""
+        with self._state_lock:
+            self._active = False
+            self._cancel_reliability_timer()
+            for sub in (self._image_sub, self._prompt_sub):
+                if sub is not None:
+                    self.destroy_subscription(sub)
+            self._image_sub = self._prompt_sub = None
+            for rgbd in self.rgbd_subs.values():
+                self.destroy_subscription(rgbd.subscription)
+            self.rgbd_subs = {}
+            if self._expire_timer is not None:
+                self.destroy_timer(self._expire_timer)
+                self._expire_timer = None
+            self.pairing = None
+            self.image_reliability = ""
         if self.matcher is not None:
             before = self.matcher.unmatched
             self.matcher.clear()
@@ -688,12 +630,16 @@ class SaomNode(LifecycleNode):
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_processing()
         self._destroy_outputs()
+        self.params = None
         return super().on_shutdown(state)
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Back to unconfigured: the failed configuration's parameters go too (else a fixed
+        `checkpoint` would be refused as if the node were configured)."""
         try:
             self._stop_processing()
             self._destroy_outputs()
+            self.params = None
         except Exception as exc:  # noqa: BLE001
             self._transition_failed("error processing", f"{type(exc).__name__}: {exc}", traceback.format_exc())
             return FAILURE
@@ -763,28 +709,45 @@ class SaomNode(LifecycleNode):
             self._color_arrivals[stamp_ns(msg.header)] = received
             while len(self._color_arrivals) > 100:  # frames the pairing gave out long ago
                 self._color_arrivals.popitem(last=False)
-        self._submit_pairs(pairing.add(COLOR, msg))
+        self._submit_pairs(pairing, COLOR, msg)
 
     def _submit_frame(self, worker: FrameWorker, job: FrameJob) -> None:
-        if worker.submit_frame(job):
-            self.stats.count("dropped")
+        """Hand a frame to the worker unless a newer one went before it (outputs never go back in
+        time; a stream restarted far in the past, e.g. a looping bag, starts over). Under the state
+        lock: deactivate waits for it, and two threads cannot swap the order of their frames."""
+        stamp = stamp_ns(job.image.header)
+        with self._state_lock:
+            if not self._active:
+                return
+            if stamp < self._last_handed and self._last_handed - stamp <= STREAM_RESTART_NS:
+                self.stats.count("dropped")
+                self.warn_throttled("order", f"a frame older than one already segmented was dropped (stamp "
+                                             f"{stamp} < {self._last_handed}): outputs stay in stamp order")
+                return
+            self._last_handed = stamp
+            if worker.submit_frame(job):
+                self.stats.count("dropped")
 
-    def _submit_pairs(self, matches: list[Match]) -> None:
-        """Colour frames the pairing has decided (with depth, or without it) go to the worker."""
+    def _submit_pairs(self, pairing: Pairing, stream: str, msg: Any = None, now_ns: int = 0) -> None:
+        """Give `msg` of `stream` to the pairing (None: expire what waited past `now_ns`) and the frames
+        it decides to the worker, all under the state lock: an expiry and a subscription cannot hand
+        their frames over in the other's order."""
         worker = self.worker
         if worker is None:
             return
-        for match in matches:
-            with self._arrivals_lock:
-                received = self._color_arrivals.pop(match.stamp_ns, time.monotonic())
-            self._submit_frame(worker, FrameJob("frame", match.color, received, depth=match.depth,
-                                                camera_info=match.camera_info))
+        with self._state_lock:
+            matches = pairing.expire(now_ns) if msg is None else pairing.add(stream, msg)
+            for match in matches:
+                with self._arrivals_lock:
+                    received = self._color_arrivals.pop(match.stamp_ns, time.monotonic())
+                self._submit_frame(worker, FrameJob("frame", match.color, received, depth=match.depth,
+                                                    camera_info=match.camera_info))
 
     def _on_rgbd(self, stream: str, msg: Any) -> None:
         pairing = self.pairing
         if pairing is None or self.worker is None or not self.enabled:
             return
-        self._submit_pairs(pairing.add(stream, msg))
+        self._submit_pairs(pairing, stream, msg)
 
     def _expire_pairs(self) -> None:
         """Give out colour frames that waited depth_wait for their depth. Timed on the stamps' clock
@@ -795,7 +758,7 @@ class SaomNode(LifecycleNode):
             if pairing is None or not self._color_arrivals:
                 return
             stamp, arrived = next(reversed(self._color_arrivals.items()))
-        self._submit_pairs(pairing.expire(stamp + int((time.monotonic() - arrived) * 1e9)))
+        self._submit_pairs(pairing, COLOR, now_ns=stamp + int((time.monotonic() - arrived) * 1e9))
 
     def _on_prompts(self, msg: Detection2DArray) -> None:
         received = time.monotonic()
@@ -948,47 +911,26 @@ class SaomNode(LifecycleNode):
     # -- diagnostics -------------------------------------------------------------------------------
 
     def diagnosis(self, fps: float = 0.0) -> tuple[bytes, str]:
-        """(level, message) of the node now: the reason, not just a level."""
-        if self.transition_in_progress:
-            doing = " (loading the model)" if self.transition_in_progress == "activate" else ""
-            return DiagnosticStatus.WARN, f"{self.transition_in_progress} in progress{doing}"
-        if not self._active:
-            if self.last_transition_error:
-                return DiagnosticStatus.ERROR, self.last_transition_error
-            return DiagnosticStatus.OK, "inactive: not segmenting (lifecycle state inactive, model not loaded)"
-        if not self.enabled:
-            return DiagnosticStatus.OK, "paused: enable is false (model loaded, frames ignored)"
-        snap_failures = self.stats.consecutive_failures
-        if snap_failures >= FAILURES_FOR_ERROR:
-            return DiagnosticStatus.ERROR, (f"inference keeps failing: the last {snap_failures} frames failed "
-                                            f"({self.stats.last_error})")
-        now = time.monotonic()
-        window = self.no_frame_warn_s
-        topic = self.input_topic(self.params) if self.params else "the image topic"
-        if now - self._last_frame > window:
-            return DiagnosticStatus.WARN, f"no frame on {topic} for {now - self._last_frame:.0f} s"
-        if now - self._last_processed <= window:
-            if snap_failures:
-                return DiagnosticStatus.WARN, f"{snap_failures} frame(s) failed: {self.stats.last_error}"
-            objects = self.objects
-            if self.pairing is not None and objects is not None and now - self._last_3d > window:
-                return DiagnosticStatus.WARN, (f"segmenting in 2D only, {fps:.1f} frames/s: no 3D for "
-                                               f"{window:.0f} s ({objects.counts.last_problem or 'no depth yet'})")
-            return DiagnosticStatus.OK, f"segmenting, {fps:.1f} frames/s"
-        if now - self._last_skip_time <= window:
-            return DiagnosticStatus.WARN, f"every recent frame was skipped: {self._last_skip}"
-        if self.params is not None and not self.params.everything_mode:
-            return DiagnosticStatus.OK, "frames arrive; waiting for prompts (everything_mode is off)"
-        if snap_failures:
-            return DiagnosticStatus.WARN, f"{snap_failures} frame(s) failed: {self.stats.last_error}"
-        return DiagnosticStatus.WARN, f"frames arrive but none was segmented for {window:.0f} s (model still busy)"
+        """(level, message) of the node now (saom_ros.diagnostics)."""
+        now, params, objects = time.monotonic(), self.params, self.objects
+        with_3d = self.pairing is not None and objects is not None
+        return diagnosis(NodeHealth(
+            transition=self.transition_in_progress, active=self._active, transition_error=self.last_transition_error,
+            enabled=self.enabled, failures=self.stats.consecutive_failures, last_error=self.stats.last_error,
+            topic=self.input_topic(params) if params else "the image topic", window=self.no_frame_warn_s,
+            frame_age=now - self._last_frame, processed_age=now - self._last_processed,
+            skip_age=now - self._last_skip_time, last_skip=self._last_skip,
+            everything_mode=params.everything_mode if params else True,
+            age_3d=now - self._last_3d if with_3d else None,
+            problem_3d=objects.counts.last_problem if objects is not None else "", fps=fps))
 
     def _on_timer(self) -> None:
-        params = self.params
-        if self._active and params is not None:
-            for stream, rgbd in list(self.rgbd_subs.items()):
-                if not rgbd.settled:
-                    self._subscribe_rgbd_stream(params, stream)
+        with self._state_lock:  # a deactivate cannot come between the check and the re-subscription
+            params = self.params
+            if self._active and params is not None:
+                for stream, rgbd in list(self.rgbd_subs.items()):
+                    if not rgbd.settled:
+                        self._subscribe_rgbd_stream(params, stream)
         snap = self.stats.snapshot()
         if self._active and self._log_limit.ready():
             self.get_logger().info(snap.line())
@@ -1006,19 +948,13 @@ class SaomNode(LifecycleNode):
         diag_pub = self._diag_pub
         if diag_pub is None:
             return
-        status = DiagnosticStatus()
-        status.name = f"{self.get_name()}: segmentation"
-        status.hardware_id = self.params.device if self.params else ""
-        status.level, status.message = self.diagnosis(snap.fps)
-        status.values = [KeyValue(key=k, value=v) for k, v in snap.key_values()]
-        status.values.append(KeyValue(key="image reliability", value=self.image_reliability))
+        values = snap.key_values() + [("image reliability", self.image_reliability)]
         objects = self.objects
         if objects is not None and self.params is not None and self.params.depth_enabled:
-            status.values += [KeyValue(key=k, value=v) for k, v in objects.counts.key_values()]
-        msg = DiagnosticArray()
-        msg.header.stamp = self.get_clock().now().to_msg()
-        msg.status = [status]
-        diag_pub.publish(msg)
+            values += objects.counts.key_values()
+        level, message = self.diagnosis(snap.fps)
+        diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), f"{self.get_name()}: segmentation",
+                                          self.params.device if self.params else "", level, message, values))
 
 
 def _check_size(seg: Any, width: int, height: int) -> None:
