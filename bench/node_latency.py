@@ -89,7 +89,7 @@ def time_frame_step(segmenter, frames: list[np.ndarray], depth_m: np.ndarray) ->
     from saom_core.geometry3d import DepthSettings
     from saom_core.track import TrackerSettings
     from saom_ros.conversions import make_outputs
-    from saom_ros.frame_objects import FrameObjectStep
+    from saom_ros.frame_step import FrameObjectStep
     from saom_ros.msgtypes import rclpy_types
     from saom_ros.objects3d import (
         depth_to_message,
@@ -104,7 +104,7 @@ def time_frame_step(segmenter, frames: list[np.ndarray], depth_m: np.ndarray) ->
     h, w = depth_m.shape
     out = {}
     for with_depth in (False, True):
-        step = FrameObjectStep(TrackerSettings(), DepthSettings(), DEFAULTS["depth_stride"])
+        step = FrameObjectStep(TrackerSettings(), DepthSettings(stride=DEFAULTS["depth_stride"]))
         times, cloud_times, objects = [], [], 0
         for i, frame in enumerate(frames):
             seg = segmenter.segment(frame)
@@ -112,7 +112,7 @@ def time_frame_step(segmenter, frames: list[np.ndarray], depth_m: np.ndarray) ->
             depth = depth_to_message(T, header, depth_m, "16UC1") if with_depth else None
             info = CameraInfo(header=header, width=w, height=h, k=camera_k(w, h)) if with_depth else None
             start = time.perf_counter()
-            found = step(seg, 0.0, depth, info, depth_expected=with_depth)
+            found = step(seg, 0.0, header.frame_id, depth, info, depth_expected=with_depth)
             make_outputs(T, header, found.segmentation)
             if with_depth:
                 make_detection3d_array(M, header, found.segmentation)
@@ -120,7 +120,7 @@ def time_frame_step(segmenter, frames: list[np.ndarray], depth_m: np.ndarray) ->
             times.append(time.perf_counter() - start)
             if with_depth:  # built by the node only while ~/objects has a subscriber
                 start = time.perf_counter()
-                make_point_cloud(M, header, found.segmentation)
+                make_point_cloud(M, header, found.segmentation, frame)
                 cloud_times.append(time.perf_counter() - start)
             objects += len(found.segmentation.instances)
         out["rgbd" if with_depth else "rgb"] = {"p50_ms": pct(times, 50), "p95_ms": pct(times, 95),

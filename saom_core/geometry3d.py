@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from saom_core.errors import ConfigError
+from saom_core.settings import ObjectSettings
 
 DEFAULT_DEPTH_SCALE = {np.dtype(np.uint16): 0.001, np.dtype(np.float32): 1.0, np.dtype(np.float64): 1.0}
 
@@ -90,8 +91,8 @@ class CameraIntrinsics:
 @dataclass(frozen=True)
 class DepthSettings:
     min_points: int = 20  # fewer valid points than this: no 3D result
-    min_depth: float = 0.1  # metres; nearer depths are invalid
-    max_depth: float = 10.0  # metres; farther depths are invalid
+    min_depth: float = ObjectSettings.depth_min  # metres; nearer depths are invalid
+    max_depth: float = ObjectSettings.depth_max  # metres; farther depths are invalid
     mad_k: float = 3.0  # keep points within mad_k robust standard deviations of the median depth ...
     min_spread: float = 0.02  # ... but never closer than this (metres): a flat face has MAD 0
     percentiles: tuple[float, float] = (0.5, 99.5)

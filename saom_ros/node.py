@@ -29,7 +29,7 @@ Topics (relative names, remappable; ~ is the node's name):
        (vision_msgs/Detection3DArray), ~/objects (sensor_msgs/PointCloud2, only while subscribed)
        and ~/markers (visualization_msgs/MarkerArray), with the colour frame's header.
 
-Ids (everything mode): instances are tracked across frames (saom_ros.frame_objects), and
+Ids (everything mode): instances are tracked across frames (saom_ros.frame_step), and
 Detection2D.id, Detection3D.id, the cloud's id field and the marker ids are the track id, which is
 also the instance's pixel value in ~/instance_mask (0 = no published instance). A new object is
 published once its track is confirmed (track_min_hits frames in a row). A colour frame without
@@ -47,6 +47,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import (
@@ -81,22 +82,19 @@ from .conversions import (
     SUPPORTED_ENCODINGS,
     UnsupportedEncoding,
     answers_in_prompt_order,
-    make_image,
     make_label_info,
-    make_outputs,
     make_prompted_outputs,
-    overlay_image,
     prompts_from_detections,
     select_image_converter,
     stamp_key,
 )
 from .descriptors import RELOAD_HINT, declared_default, parameter_descriptor, ros_parameter
 from .diagnostics import NodeHealth, diagnosis, diagnostic_array
-from .frame_objects import FrameObjects, FrameObjectStep
+from .frame_step import FrameStep, ObjectCounts, check_size
 from .msgtypes import rclpy_types
 from .objects3d import (
-    IDENTITY,
     Messages3D,
+    Outputs3D,
     RigidTransform,
     make_outputs_3d,
     rclpy_types_3d,
@@ -241,7 +239,7 @@ class SaomNode(LifecycleNode):
         self._last_skip_time = 0.0
         self._to_rgb: Callable[[Any], Any] = select_image_converter(None)[0]  # set at configure
         self.M3: Messages3D | None = None  # the 3D message classes (depth_enabled)
-        self.objects: FrameObjectStep | None = None  # score filter, 3D and tracker (while active)
+        self.step: FrameStep | None = None  # segmenter, score filter, 3D, tracker, messages (while active)
         self.pairing: Pairing | None = None  # colour + depth + camera_info by stamp (depth_enabled, active)
         self.rgbd_subs: dict[str, RgbdSubscription] = {}  # depth and camera_info, by pairing stream
         self._expire_timer: Timer | None = None
@@ -345,10 +343,9 @@ class SaomNode(LifecycleNode):
         if new.score_threshold != old.score_threshold and self._active and "label_info" in self._pubs:
             header = self.T.Header(stamp=self.get_clock().now().to_msg(), frame_id="")
             self._pubs["label_info"].publish(make_label_info(self.T, header, self.class_names, new.score_threshold))
-        objects = self.objects
-        if objects is not None and (new.tracker_settings(), new.depth_settings()) != (
-                old.tracker_settings(), old.depth_settings()):
-            objects.update_settings(new.tracker_settings(), new.depth_settings())
+        step = self.step
+        if step is not None:
+            step.update(new, new.score_threshold)
         if old.enable and not new.enable:
             self._clear_3d()
         if new.enable != old.enable:
@@ -465,7 +462,7 @@ class SaomNode(LifecycleNode):
         ret = super().on_activate(state)
         header = self.T.Header(stamp=self.get_clock().now().to_msg(), frame_id="")
         self._pubs["label_info"].publish(make_label_info(self.T, header, class_names, params.score_threshold))
-        self.objects = FrameObjectStep(params.tracker_settings(), params.depth_settings())
+        self.step = FrameStep(segmenter, self.T, self.M3, params, params.score_threshold)
         self.worker = FrameWorker(self._process, self._on_error, prompt_capacity=PROMPT_QUEUE)
         self.worker.start()
         with self._state_lock:
@@ -581,7 +578,7 @@ class SaomNode(LifecycleNode):
             self.matcher.clear()
             self._count_unmatched(before)
         worker, self.worker = self.worker, None
-        segmenter, self.segmenter = self.segmenter, None
+        segmenter, self.segmenter, self.step = self.segmenter, None, None
         device = self.params.device if self.params else "cpu"
         if worker is not None and not worker.stop(timeout=self.worker_stop_timeout_s):
             self.get_logger().warning(f"the model is still on a frame after {self.worker_stop_timeout_s:.0f} s; "
@@ -786,78 +783,59 @@ class SaomNode(LifecycleNode):
             self._skip(str(exc))
             return
         if isinstance(job, FrameJob):
-            self._process_frame(job, rgb, segmenter, params)
+            self._process_frame(job, rgb, params)
         else:
             self._answer_prompts(job, rgb, segmenter)
 
-    def _process_frame(self, job: FrameJob, rgb: Any, segmenter: Any, params: NodeParams) -> None:
-        """Everything mode: segment, then score filter, 3D and tracking (frame_objects), then publish."""
-        T, objects = self.T, self.objects
-        h, w = rgb.shape[:2]
-        t0 = time.monotonic()
-        seg = segmenter.segment(rgb)
-        inference = time.monotonic() - t0
-        _check_size(seg, w, h)
-        assert objects is not None  # made at activate, before the worker starts
-        found = objects(seg, params.score_threshold, job.image.header.frame_id, job.depth, job.camera_info,
-                        depth_expected=params.depth_enabled)
-        if found.problem:
-            self.warn_throttled("depth", f"no 3D output: {found.problem}")
+    def _process_frame(self, job: FrameJob, rgb: Any, params: NodeParams) -> None:
+        """Everything mode through the step `saom bag` shares (frame_step), then publish."""
+        step = self.step
+        assert step is not None  # made at activate, before the worker starts
+        pubs = self._pubs
+        # the mask, overlay and cloud are made only while someone subscribes: a volatile topic without
+        # subscribers delivers nothing, and they are the costly ones
+        overlay_pub = pubs["overlay"]
+        out = step(job.image, rgb, job.depth, job.camera_info, mask=pubs["instance_mask"].get_subscription_count() > 0,
+                   overlay=params.publish_overlay and overlay_pub.get_subscription_count() > 0,
+                   cloud="objects" in pubs and pubs["objects"].get_subscription_count() > 0,
+                   target_frame=params.target_frame, lookup=self._lookup_transform if self._tf_buffer else None)
+        if out.found.problem:
+            self.warn_throttled("depth", f"no 3D output: {out.found.problem}")
+        if out.no_transform:
+            self.warn_throttled("transform", f"no 3D output: {out.no_transform}")
         if job.camera_info is not None and not self._rectification_checked:
             self._rectification_checked = True  # warned once: the camera's calibration does not change
             if warning := unrectified_warning(job.camera_info, self.resolve_topic_name(params.image_topic)):
                 self.get_logger().warning(warning)
-        # the mask (and overlay) are only made while someone subscribes: a volatile topic without
-        # subscribers delivers nothing, and a 16-bit full-frame image is the costly part
-        mask_pub = self._pubs["instance_mask"]
-        out = make_outputs(T, job.image.header, found.segmentation, mask=mask_pub.get_subscription_count() > 0)
-        self._pubs["detections"].publish(out.detections)
+        pubs["detections"].publish(out.detections)
         if out.instance_mask is not None:
-            mask_pub.publish(out.instance_mask)
-        self._publish_3d(job.image.header, found, rgb, params)
-        overlay_pub = self._pubs.get("overlay")
-        if params.publish_overlay and overlay_pub is not None and overlay_pub.get_subscription_count() > 0:
-            overlay_pub.publish(make_image(T, out.detections.header, overlay_image(rgb, out.segmentation), "rgb8"))
+            pubs["instance_mask"].publish(out.instance_mask)
+        if out.outputs_3d is not None:
+            self._publish_3d(out.outputs_3d, out.empty_3d, step.objects.counts)
+        if out.overlay is not None:
+            overlay_pub.publish(out.overlay)
             self.overlays_published += 1
         self._last_processed = time.monotonic()
-        self.stats.done(self._last_processed - job.received, inference)
+        self.stats.done(self._last_processed - job.received, out.inference_s)
 
-    def _publish_3d(self, image_header: Any, found: FrameObjects, rgb: Any, params: NodeParams) -> None:
-        """Every frame's 3D outputs (with depth_enabled), empty when it has none, so rviz and a planner
-        never keep stale objects; the diagnostics say why they are empty."""
-        M3, objects = self.M3, self.objects
-        if M3 is None or objects is None:
-            return
-        reason = found.empty_3d_reason(depth_expected=True)
-        seg, to = found.segmentation, IDENTITY
-        if params.target_frame and found.with_3d:
-            try:
-                to = self._lookup_transform(image_header, params.target_frame)
-            except Exception as exc:  # noqa: BLE001 - tf2's (or a stand-in's) lookup errors: 2D only
-                reason = (f"no transform from {image_header.frame_id!r} to {params.target_frame!r} at the image "
-                          f"stamp: {exc}")
-                objects.counts.frames_no_transform += 1
-                self.warn_throttled("transform", f"no 3D output: {reason}")
-        if reason:
-            seg = Segmentation(seg.height, seg.width, [])
-        header = self.T.Header(stamp=image_header.stamp, frame_id=params.target_frame or image_header.frame_id)
+    def _publish_3d(self, out: Outputs3D, empty_because: str, counts: ObjectCounts) -> None:
+        """Every frame's 3D outputs, empty when it has none (the diagnostics say why), so rviz and a
+        planner never keep stale objects."""
         with self._output_lock:
             if not self._active or not self.enabled:  # cleared meanwhile: this frame must not bring them back
                 return
-            self._send_3d(M3, header, seg, rgb, to)
-            objects.counts.empty_because = reason
-        if not reason:
+            self._send_3d(out)
+            counts.empty_because = empty_because
+        if not empty_because:
             self._last_3d = time.monotonic()
 
-    def _send_3d(self, M3: Messages3D, header: Any, seg: Segmentation, rgb: Any, to: RigidTransform = IDENTITY) -> None:
-        """`rgb` colours the cloud (None for a frame without objects)."""
+    def _send_3d(self, out: Outputs3D) -> None:
         pubs = self._pubs
-        out = make_outputs_3d(M3, header, seg, rgb, cloud=pubs["objects"].get_subscription_count() > 0, to=to)
         pubs["detections_3d"].publish(out.detections)
-        if out.cloud is not None:  # the cloud is the large one: only while subscribed
+        if out.cloud is not None:
             pubs["objects"].publish(out.cloud)
         pubs["markers"].publish(out.markers)
-        self._frame_3d = header.frame_id
+        self._frame_3d = out.detections.header.frame_id
 
     def _lookup_transform(self, image_header: Any, target_frame: str) -> RigidTransform:
         from rclpy.duration import Duration
@@ -873,8 +851,9 @@ class SaomNode(LifecycleNode):
         if M3 is None or "detections_3d" not in self._pubs:
             return
         header = self.T.Header(stamp=self.get_clock().now().to_msg(), frame_id=self._frame_3d)
+        no_image = np.zeros((0, 0, 3), np.uint8)  # no objects: nothing to colour
         with self._output_lock:
-            self._send_3d(M3, header, Segmentation(0, 0, []), None)
+            self._send_3d(make_outputs_3d(M3, header, Segmentation(0, 0, []), no_image))
 
     def _answer_prompts(self, job: Job, rgb: Any, segmenter: Any) -> None:
         """Answer k for prompt k, with its id; invalid prompts get an empty answer (and a warning)."""
@@ -888,7 +867,7 @@ class SaomNode(LifecycleNode):
         if prompts.n_valid:
             seg = segmenter.segment_prompts(rgb, boxes=prompts.boxes if len(prompts.boxes) else None,
                                             points=prompts.points if len(prompts.points) else None)
-            _check_size(seg, w, h)
+            check_size(seg, w, h)
             answers = answers_in_prompt_order(seg, prompts)
         inference = time.monotonic() - t0
         masks_pub = self._pubs["prompted_masks"]
@@ -912,7 +891,8 @@ class SaomNode(LifecycleNode):
 
     def diagnosis(self, fps: float = 0.0) -> tuple[bytes, str]:
         """(level, message) of the node now (saom_ros.diagnostics)."""
-        now, params, objects = time.monotonic(), self.params, self.objects
+        now, params = time.monotonic(), self.params
+        objects = self.step.objects if self.step is not None else None
         with_3d = self.pairing is not None and objects is not None
         return diagnosis(NodeHealth(
             transition=self.transition_in_progress, active=self._active, transition_error=self.last_transition_error,
@@ -949,17 +929,12 @@ class SaomNode(LifecycleNode):
         if diag_pub is None:
             return
         values = snap.key_values() + [("image reliability", self.image_reliability)]
-        objects = self.objects
+        objects = self.step.objects if self.step is not None else None
         if objects is not None and self.params is not None and self.params.depth_enabled:
             values += objects.counts.key_values()
         level, message = self.diagnosis(snap.fps)
         diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), f"{self.get_name()}: segmentation",
                                           self.params.device if self.params else "", level, message, values))
-
-
-def _check_size(seg: Any, width: int, height: int) -> None:
-    if (seg.height, seg.width) != (height, width):
-        raise ValueError(f"the model returned a {seg.width}x{seg.height} segmentation for a {width}x{height} frame")
 
 
 def main(args: Sequence[str] | None = None) -> int:

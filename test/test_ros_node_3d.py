@@ -5,6 +5,8 @@ Each node runs in its own namespace, so its relative depth/image_raw and camera_
 the launch file remaps) do not meet another test's."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -223,7 +225,7 @@ def test_bad_depth_or_camera_info_warns_once_and_keeps_2d(ros, ckpt, case):
                   "frame": "registered to the colour camera"}[case]
         depth_warnings = [w for w in rig.warnings if w.startswith("no 3D output")]
         assert len(depth_warnings) == 1 and reason in depth_warnings[0], rig.warnings  # throttled: once
-        counts = rig.node.objects.counts
+        counts = rig.node.step.objects.counts
         assert counts.frames_bad_depth >= 4 and counts.frames_3d == 0
         assert wait_until(lambda: any(int(v["frames with unusable depth (2D only)"]) >= 1
                                       for _, _, v in _diagnostic_values(diags, name)), 10)
@@ -243,7 +245,7 @@ def test_colour_without_depth_is_segmented_in_2d_and_counted(ros, ckpt):
         rig.until([rig.dets], 3, 0, depth=False)
         assert all(d.detections == [] for d in list(rig.dets3d.msgs))
         assert [d.id for d in rig.dets.msgs[-1].detections] == ["1", "2", "3"]
-        assert rig.node.objects.counts.frames_without_depth >= 3
+        assert rig.node.step.objects.counts.frames_without_depth >= 3
     finally:
         rig.close()
 
@@ -253,7 +255,7 @@ def test_tracker_and_depth_range_change_at_runtime_the_sync_does_not(ros, ckpt):
     try:
         results = rig.node.set_parameters([Parameter("track_min_hits", value=1), Parameter("depth_max", value=3.0)])
         assert all(r.successful for r in results)
-        assert rig.node.objects.tracker.settings.min_hits == 1 and rig.node.objects.depth.max_depth == 3.0
+        assert rig.node.step.objects.tracker.settings.min_hits == 1 and rig.node.step.objects.depth.max_depth == 3.0
         rig.until([rig.dets3d], 1, 0)  # a plane at 1.2 m is within the new range
         refused = rig.node.set_parameters([Parameter("sync_slop", value=0.01)])[0]
         assert not refused.successful and "reload" in refused.reason
@@ -299,30 +301,37 @@ def test_every_frame_publishes_its_3d_and_stopping_clears_it(ros, ckpt):
     try:
         nxt = rig.until([rig.dets3d, rig.markers], 1, 0)
         assert rig.dets3d.msgs[-1].detections and len(rig.markers.msgs[-1].markers) == 7
-        n_dets, n_3d = len(rig.dets), len(rig.dets3d)
-        nxt = rig.until([rig.dets], n_dets + 2, nxt, depth=False)
-        assert wait_until(lambda: len(rig.dets3d) >= n_3d + 2, 5)
+        first_without = nxt  # frames from here on come without depth (image_msg(i) is stamped 1000 + i s)
+        nxt = rig.until([rig.dets], len(rig.dets) + 2, nxt, depth=False)
+
+        def without_depth(msgs, header=lambda m: m.header):
+            return [m for m in list(msgs) if header(m).stamp.sec >= 1000 + first_without]
+
+        def markers_of():
+            return {key(m.markers[0].header): m for m in without_depth(rig.markers.msgs, lambda m: m.markers[0].header)}
+
+        assert wait_until(lambda: len(without_depth(rig.dets3d.msgs)) >= 2, 5)
+        assert wait_until(lambda: {key(d.header) for d in without_depth(rig.dets3d.msgs)} <= set(markers_of()), 5)
         stamps_2d = _by_stamp(rig.dets)
-        for det3d, markers in zip(list(rig.dets3d.msgs)[n_3d:], list(rig.markers.msgs)[n_3d:], strict=False):
-            assert key(det3d.header) in stamps_2d and _empty(det3d, markers)  # one 3D message per 2D frame
-        assert "no depth" in rig.node.objects.counts.empty_because
+        for det3d in without_depth(rig.dets3d.msgs):  # one (empty) 3D message per 2D frame
+            assert key(det3d.header) in stamps_2d and _empty(det3d, markers_of()[key(det3d.header)])
+        assert "no depth" in rig.node.step.objects.counts.empty_because
         assert wait_until(lambda: any("no depth" in v["latest 3D outputs empty because"]
                                       for _, _, v in _diagnostic_values(diags, "rgbd_stale")), 10)
         rig.until([rig.dets3d], len(rig.dets3d) + 1, nxt + 10)  # with depth again
         assert wait_until(lambda: rig.dets3d.msgs[-1].detections != [], 5)
-        n_3d, n_markers = len(rig.dets3d), len(rig.markers)
+        # pause: cleared (a frame in flight may come first, never after the clearing)
         assert rig.node.set_parameters([Parameter("enable", value=False)])[0].successful
-        assert rig.dets3d.wait(n_3d + 1, 5) and rig.markers.wait(n_markers + 1, 5)
+        assert wait_until(lambda: _empty(rig.dets3d.msgs[-1], rig.markers.msgs[-1]), 5)
+        time.sleep(0.3)
         assert _empty(rig.dets3d.msgs[-1], rig.markers.msgs[-1])
         assert rig.node.set_parameters([Parameter("enable", value=True)])[0].successful
         rig.until([rig.dets3d], len(rig.dets3d) + 1, nxt + 20)
         assert wait_until(lambda: rig.dets3d.msgs[-1].detections != [], 5)
-        n_3d = len(rig.dets3d)
         from rclpy.lifecycle import TransitionCallbackReturn
 
         assert rig.node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
-        assert rig.dets3d.wait(n_3d + 1, 5)
-        assert _empty(rig.dets3d.msgs[-1], rig.markers.msgs[-1])
+        assert wait_until(lambda: _empty(rig.dets3d.msgs[-1], rig.markers.msgs[-1]), 5)
     finally:
         rig.close()
 
@@ -361,10 +370,57 @@ def test_target_frame_transforms_3d_at_the_image_stamp(ros, ckpt, fail):
         if fail:
             assert _empty(det3d, rig.markers.msgs[-1]) and len(colour[stamp].detections) == 3  # 2D goes on
             assert any("no transform" in w and "base_link" in w for w in rig.warnings), rig.warnings
-            assert rig.node.objects.counts.frames_no_transform >= 2
+            assert rig.node.step.objects.counts.frames_no_transform >= 2
         else:
             assert [d.id for d in det3d.detections] == ["1", "2", "3"]
             # the camera sees them 1.2 m ahead and more; the transform moves them 2 m farther
             assert all(d.bbox.center.position.z > 2.0 + PLANE_M for d in det3d.detections)
     finally:
         rig.close()
+
+
+def test_the_node_and_saom_bag_give_the_same_ids_on_the_same_recording(ros, ckpt, tmp_path):
+    """Both run the same per-frame step (saom_ros.frame_step), tracker included: the objects come in
+    another order every other frame, so ids that were ranks in the frame would differ."""
+    from rclpy.serialization import serialize_message
+    from rosbags.rosbag2 import Reader, Writer
+
+    from saom_ros.bag import run_bag
+    from saom_ros.msgtypes import typestore
+
+    n = 6
+    rig = Rig(ros, "rgbd_bag_twin", ckpt, segmenter_cls=ShufflingSegmenter)
+    recording = []
+    try:
+        for i in range(n):  # one frame at a time: the node segments every one (none dropped)
+            color = rig.frame(i)
+            plane = np.full((H, W), PLANE_M, np.float32)
+            recording.append((color, depth_to_message(T, color.header, plane, "16UC1"),
+                              CameraInfo(header=color.header, width=W, height=H,
+                                         k=[50.0, 0.0, 31.5, 0.0, 50.0, 23.5, 0.0, 0.0, 1.0])))
+            assert rig.dets.wait(i + 1, 10) and rig.dets3d.wait(i + 1, 10), f"frame {i} not segmented"
+        node_ids = {key(d.header)[:2]: [x.id for x in d.detections] for d in list(rig.dets.msgs)}
+        node_ids_3d = {key(d.header)[:2]: [x.id for x in d.detections] for d in list(rig.dets3d.msgs)}
+    finally:
+        rig.close()
+    topics = {"/cam/color": "sensor_msgs/msg/Image", "/cam/depth": "sensor_msgs/msg/Image",
+              "/cam/info": "sensor_msgs/msg/CameraInfo"}
+    with Writer(tmp_path / "rec", version=8) as writer:
+        store = typestore()
+        conns = [writer.add_connection(t, m, typestore=store) for t, m in topics.items()]
+        for i, msgs in enumerate(recording):
+            for k, (conn, msg) in enumerate(zip(conns, msgs, strict=True)):
+                writer.write(conn, (1000 + i) * 10**9 + k, serialize_message(msg))
+    summary = run_bag(ShufflingSegmenter(), tmp_path / "rec", tmp_path / "out", "/cam/color", progress=False,
+                      depth_topic="/cam/depth", camera_info_topic="/cam/info", sync_slop=0.02)
+    assert summary.segmented == n and summary.without_depth == 0
+    bag_ids: dict = {}
+    bag_ids_3d: dict = {}
+    with Reader(tmp_path / "out") as reader:
+        for conn, _, raw in reader.messages():
+            if conn.topic in ("/saom_node/detections", "/saom_node/detections_3d"):
+                msg = store.deserialize_cdr(raw, conn.msgtype)
+                target = bag_ids if conn.topic.endswith("detections") else bag_ids_3d
+                target[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = [x.id for x in msg.detections]
+    assert len(node_ids) == n and bag_ids == node_ids and bag_ids_3d == node_ids_3d
+    assert len({tuple(ids) for ids in node_ids.values()}) == 2  # both orders came, the ids with their objects

@@ -271,10 +271,11 @@ def test_node_switches_and_single_parameter_checks():
 def test_depth_and_tracker_parameters(ckpt):
     from saom_core.geometry3d import DepthSettings
     from saom_core.track import TrackerSettings
+    from saom_ros.frame_step import depth_settings, tracker_settings
 
     p = validate({"checkpoint": ckpt, "track_min_hits": 1, "track_max_misses": 5, "depth_min": 0.3, "depth_max": 4})
-    assert p.tracker_settings() == TrackerSettings(min_hits=1, max_misses=5)
-    assert p.depth_settings() == DepthSettings(min_depth=0.3, max_depth=4.0, stride=2)
+    assert tracker_settings(p) == TrackerSettings(min_hits=1, max_misses=5)
+    assert depth_settings(p) == DepthSettings(min_depth=0.3, max_depth=4.0, stride=2)
     assert not p.depth_enabled  # RGB users see no change: no depth subscription, no wait
     assert {"track_min_hits", "track_max_misses", "depth_min", "depth_max"} <= RUNTIME_PARAMETERS
     assert not {"depth_enabled", "sync_slop", "depth_wait"} & RUNTIME_PARAMETERS  # they make subscriptions

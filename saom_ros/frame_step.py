@@ -1,7 +1,9 @@
-"""The node's per-frame step after everything mode (ROS-free): which instances are published, under
-which ids, and their 3D.
+"""The per-frame step of everything mode, ROS-free and shared by `saom_node` and `saom bag` (so the
+bag tracks, and gives the node's ids on the same recording): a colour frame (with its paired depth
+and camera_info) in; its 2D messages, 3D messages and tracked instances out (`FrameStep`).
 
-For each segmented frame, in order: the score threshold; 3D from the paired depth and camera_info
+Which instances are published, under which ids, and their 3D (`FrameObjectStep`), for each
+segmented frame, in order: the score threshold; 3D from the paired depth and camera_info
 (`objects3d.frame_to_3d`, the code `saom bag` uses); the tracker (`saom_core.track`: mask IoU and
 class, plus 3D centre distance where both sides have depth); then only instances whose track is
 confirmed are kept. Every output then names an instance by its track id: `Detection2D.id`,
@@ -16,16 +18,29 @@ encoding, a camera_info without focal length) is a `problem` string: the frame k
 """
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from saom_core.errors import SaomError
-from saom_core.geometry3d import DepthSettings
-from saom_core.infer.types import Segmentation
+from saom_core.geometry3d import IDENTITY, DepthSettings, RigidTransform
+from saom_core.infer.types import Segmentation, Segmenter
+from saom_core.settings import ObjectSettings
 from saom_core.track import Tracker, TrackerSettings
 
-from .conversions import filter_instances
-from .objects3d import frame_to_3d
+from .conversions import filter_instances, make_image, make_outputs, overlay_image
+from .msgtypes import MessageTypes
+from .objects3d import Messages3D, Outputs3D, frame_to_3d, make_outputs_3d
+
+
+def check_size(seg: Segmentation, width: int, height: int) -> None:
+    """A model's answer must be for the whole frame (ValueError otherwise: the frame counts as failed)."""
+    if (seg.height, seg.width) != (height, width):
+        raise ValueError(f"the model returned a {seg.width}x{seg.height} segmentation for a {width}x{height} frame")
+
 
 NO_DEPTH = "no depth and camera_info within sync_slop of the colour frame's stamp"
 
@@ -115,3 +130,74 @@ class FrameObjectStep:
         elif depth_expected:
             counts.frames_without_depth += 1
             counts.last_problem = NO_DEPTH
+
+
+@dataclass
+class FrameOutputs:
+    """One frame's messages (None where not asked for) and what the step found."""
+
+    found: FrameObjects
+    detections: Any
+    instance_mask: Any | None
+    overlay: Any | None
+    outputs_3d: Outputs3D | None  # with 3D messages (Messages3D given): every frame, empty when it has no 3D
+    empty_3d: str  # why outputs_3d are empty ("" when they are not)
+    no_transform: str  # why the 3D could not go into target_frame ("" when it could or was not asked)
+    inference_s: float  # the model's time
+
+
+def tracker_settings(s: ObjectSettings) -> TrackerSettings:
+    return TrackerSettings(min_hits=s.track_min_hits, max_misses=s.track_max_misses)
+
+
+def depth_settings(s: ObjectSettings) -> DepthSettings:
+    return DepthSettings(min_depth=s.depth_min, max_depth=s.depth_max, stride=s.depth_stride)
+
+
+class FrameStep:
+    """Everything mode on one colour frame: segment, then `FrameObjectStep`, then the messages, with
+    the colour frame's header (3D in `target_frame` where one is given, through `lookup`)."""
+
+    def __init__(self, segmenter: Segmenter, T: MessageTypes, M3: Messages3D | None, settings: ObjectSettings,
+                 score_threshold: float = 0.0) -> None:
+        self.segmenter, self.T, self.M3 = segmenter, T, M3
+        self.objects = FrameObjectStep(tracker_settings(settings), depth_settings(settings))
+        self.score_threshold = score_threshold
+
+    def update(self, settings: ObjectSettings, score_threshold: float) -> None:
+        """New settings from the next frame on; the live tracks and their ids are kept."""
+        self.objects.update_settings(tracker_settings(settings), depth_settings(settings))
+        self.score_threshold = score_threshold
+
+    def __call__(self, msg: Any, rgb: np.ndarray, depth_msg: Any = None, info_msg: Any = None, *, mask: bool = True,
+                 overlay: bool = False, cloud: bool = True, target_frame: str = "",
+                 lookup: Callable[[Any, str], RigidTransform] | None = None) -> FrameOutputs:
+        """`msg`: the colour image message, `rgb` its pixels; `lookup(header, target_frame)` gives the
+        transform from the image's frame (tf2 in the node) or raises."""
+        h, w = rgb.shape[:2]
+        t0 = time.monotonic()
+        seg = self.segmenter.segment(rgb)
+        inference = time.monotonic() - t0
+        check_size(seg, w, h)
+        found = self.objects(seg, self.score_threshold, msg.header.frame_id, depth_msg, info_msg,
+                             depth_expected=self.M3 is not None)
+        out = make_outputs(self.T, msg.header, found.segmentation, mask=mask)
+        image = None
+        if overlay:
+            image = make_image(self.T, out.detections.header, overlay_image(rgb, out.segmentation), "rgb8")
+        if self.M3 is None:
+            return FrameOutputs(found, out.detections, out.instance_mask, image, None, "", "", inference)
+        reason, no_transform, to = found.empty_3d_reason(depth_expected=True), "", IDENTITY
+        if target_frame and found.with_3d and lookup is not None:
+            try:
+                to = lookup(msg.header, target_frame)
+            except Exception as exc:  # noqa: BLE001 - tf2's lookup errors (or a stand-in's): 2D only
+                no_transform = (f"no transform from {msg.header.frame_id!r} to {target_frame!r} at the image "
+                                f"stamp: {exc}")
+                reason = no_transform
+                self.objects.counts.frames_no_transform += 1
+        seg_3d = Segmentation(seg.height, seg.width, [] if reason else found.segmentation.instances)
+        header = self.T.Header(stamp=out.detections.header.stamp, frame_id=target_frame or msg.header.frame_id)
+        outputs_3d = make_outputs_3d(self.M3, header, seg_3d, rgb, cloud=cloud, to=to)
+        return FrameOutputs(found, out.detections, out.instance_mask, image, outputs_3d, reason, no_transform,
+                            inference)

@@ -1,4 +1,4 @@
-"""The node's per-frame object step (saom_ros.frame_objects: score filter, 3D, tracker, published ids)
+"""The node's per-frame object step (saom_ros.frame_step: score filter, 3D, tracker, published ids)
 and its colour/depth pairing (saom_ros.pairing), with rclpy's message classes, without a running node."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from saom_core.geometry3d import DepthSettings  # noqa: E402
 from saom_core.infer.types import Segmentation  # noqa: E402
 from saom_core.track import TrackerSettings  # noqa: E402
 from saom_ros.conversions import label_image, make_outputs  # noqa: E402
-from saom_ros.frame_objects import FrameObjectStep  # noqa: E402
+from saom_ros.frame_step import FrameObjectStep  # noqa: E402
 from saom_ros.msgtypes import rclpy_types  # noqa: E402
 from saom_ros.objects3d import depth_to_message  # noqa: E402
 from saom_ros.pairing import MessageFiltersPairing, StampSyncPairing  # noqa: E402
