@@ -12,7 +12,7 @@ Each frame goes through the node's per-frame step (saom_ros.frame_step): score f
 the tracker, so the ids are track ids, the node's on the same recording.
 
 With `depth_topic` and `camera_info_topic` (registered depth, 16UC1 or 32FC1), each colour frame is
-paired with them by header stamp within `sync_slop` seconds (saom_ros.sync) and the 3D outputs are
+paired with them by header stamp within `sync_slop` seconds (saom_ros.pairing) and the 3D outputs are
 written too, for every frame: `<prefix>/detections_3d` (vision_msgs/Detection3DArray),
 `<prefix>/objects` (sensor_msgs/PointCloud2) and `<prefix>/markers`
 (visualization_msgs/MarkerArray), ids as in `<prefix>/detections` (saom_ros.objects3d). A colour
@@ -34,7 +34,7 @@ from .conversions import UnsupportedEncoding, make_label_info, message_to_rgb
 from .frame_step import FrameStep
 from .msgtypes import rosbags_types, typestore
 from .objects3d import rosbags_types_3d
-from .sync import CAMERA_INFO, COLOR, DEPTH, StampSync, stamp_ns
+from .pairing import CAMERA_INFO, COLOR, DEPTH, StampSync, stamp_ns
 
 if TYPE_CHECKING:
     from saom_core.cli import PluginContext

@@ -10,7 +10,7 @@ itself at start-up, and exits with status 1 when that fails.
 Threads: `main` spins a MultiThreadedExecutor. The lifecycle services are in a reentrant callback
 group and the diagnostics timer in its own group, so while a transition loads (and compiles) the
 model, `get_state` and /diagnostics still answer; a second transition meanwhile is refused by the
-lifecycle state machine. Frames are segmented by one worker thread (saom_ros.pipeline).
+lifecycle state machine. Frames are segmented by one worker thread (saom_ros.worker).
 
 Topics (relative names, remappable; ~ is the node's name):
   in   image_raw (sensor_msgs/Image; `<image_topic>/compressed` CompressedImage when image_transport
@@ -42,7 +42,7 @@ import sys
 import threading
 import time
 import traceback
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -69,15 +69,15 @@ try:  # Jazzy and newer
     from rclpy.event_handler import SubscriptionEventCallbacks
 except ImportError:  # Humble
     from rclpy.qos_event import SubscriptionEventCallbacks
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 from vision_msgs.msg import Detection2DArray, Detection3DArray, LabelInfo
 from visualization_msgs.msg import MarkerArray
 
 from saom_core.errors import ConfigError, ImageError, SaomError
 from saom_core.infer.types import Instance, Segmentation, Segmenter
 
-from . import model as model_mod
 from . import qos
+from . import segmenter_factory as factories
 from .conversions import (
     SUPPORTED_ENCODINGS,
     UnsupportedEncoding,
@@ -101,7 +101,7 @@ from .objects3d import (
     transform_from_msg,
     unrectified_warning,
 )
-from .pairing import Pairing, make_pairing
+from .pairing import Match, stamp_ns
 from .params import (
     NODE_NAME,
     PARAMETER_NAMES,
@@ -115,13 +115,12 @@ from .params import (
     check_parameter,
     validate,
 )
-from .pipeline import FrameWorker, Job, PromptMatcher, RateLimiter, Stats
-from .sync import CAMERA_INFO, COLOR, DEPTH, stamp_ns
+from .rgbd_input import RgbdInput
+from .worker import FrameWorker, Job, PromptMatcher, RateLimiter, Stats
 
 # Prompt sets waiting for the model beyond PROMPT_QUEUE are dropped oldest first, logged and counted.
 PROMPT_QUEUE = 4
 PROMPTS_TOPIC = "~/prompts"
-DEPTH_TOPIC, CAMERA_INFO_TOPIC = "depth/image_raw", "camera_info"  # the launch file remaps them
 TRANSFORM_TIMEOUT_S = 0.1  # target_frame: how long a frame waits for its transform
 RELIABILITY_RECHECK_S = 1.0  # image_reliability auto: how often to look for the camera publisher
 STREAM_RESTART_NS = 1_000_000_000  # a frame older than the last by more than this restarts the stream
@@ -141,16 +140,6 @@ PROMPTED_OUTPUTS = ("prompted_detections", "prompted_masks")  # with prompts_ena
 OUTPUTS_3D = ("detections_3d", "objects", "markers")  # with depth_enabled
 
 OK, FAILURE, ERROR = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE, TransitionCallbackReturn.ERROR
-
-
-@dataclass
-class RgbdSubscription:
-    subscription: Any
-    reliability: str  # best_effort or reliable
-    settled: bool  # False: chosen by auto before any publisher appeared (re-checked)
-
-
-RGBD_INPUTS = {DEPTH: (Image, DEPTH_TOPIC), CAMERA_INFO: (CameraInfo, CAMERA_INFO_TOPIC)}
 
 
 @dataclass
@@ -189,11 +178,11 @@ class SaomNode(LifecycleNode):
     """SAOM everything mode (and prompted mode) as a ROS 2 lifecycle node.
 
     `segmenter_factory(params) -> Segmenter` replaces the real model loader (tests, benchmarks);
-    see `saom_ros.model` for the other hooks. `tf_buffer` replaces tf2_ros.Buffer for `target_frame`
+    see `saom_ros.segmenter_factory` for the other hooks. `tf_buffer` replaces tf2_ros.Buffer for `target_frame`
     (tests: anything with tf2's `lookup_transform(target, source, time, timeout)`).
     """
 
-    def __init__(self, node_name: str = NODE_NAME, *, segmenter_factory: model_mod.SegmenterFactory | None = None,
+    def __init__(self, node_name: str = NODE_NAME, *, segmenter_factory: factories.SegmenterFactory | None = None,
                  tf_buffer: Any = None, **kwargs: Any) -> None:
         # LifecycleNode.__init__ puts the lifecycle services in the node's default (mutually
         # exclusive) group, where get_state would wait for a transition that loads the model:
@@ -240,11 +229,7 @@ class SaomNode(LifecycleNode):
         self._to_rgb: Callable[[Any], Any] = select_image_converter(None)[0]  # set at configure
         self.M3: Messages3D | None = None  # the 3D message classes (depth_enabled)
         self.step: FrameStep | None = None  # segmenter, score filter, 3D, tracker, messages (while active)
-        self.pairing: Pairing | None = None  # colour + depth + camera_info by stamp (depth_enabled, active)
-        self.rgbd_subs: dict[str, RgbdSubscription] = {}  # depth and camera_info, by pairing stream
-        self._expire_timer: Timer | None = None
-        self._color_arrivals: OrderedDict[int, float] = OrderedDict()  # stamp ns -> monotonic arrival
-        self._arrivals_lock = threading.Lock()  # subscriptions and the expiry timer run in different threads
+        self.rgbd: RgbdInput | None = None  # depth and camera_info paired with colour (depth_enabled, active)
         self._last_3d = 0.0
         self._given_tf_buffer = tf_buffer  # a stand-in for tf2_ros.Buffer (tests); else made at configure
         self._tf_buffer: Any = None  # with target_frame: looks up camera -> target_frame
@@ -399,7 +384,7 @@ class SaomNode(LifecycleNode):
     @_transition("configure")
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         params = self.read_params()
-        model_mod.check_device(params.device)
+        factories.check_device(params.device)
         topic = self.input_topic(params)
         outputs = self._outputs(params)
         qos.check_overrides(getattr(self, "_parameter_overrides", None) or {},
@@ -446,14 +431,14 @@ class SaomNode(LifecycleNode):
         assert params is not None
         segmenter = None
         try:
-            factory = model_mod.resolve_factory(self._factory)
+            factory = factories.resolve_factory(self._factory)
             t0 = time.monotonic()
             segmenter = factory(params)
-            class_names = model_mod.validate_segmenter(segmenter)
+            class_names = factories.validate_segmenter(segmenter)
             check_classes(params, class_names)
         except Exception as exc:  # noqa: BLE001 - any load failure fails the transition, with the reason
             try:
-                model_mod.release(segmenter, params.device)
+                factories.release(segmenter, params.device)
             except Exception as release_exc:  # noqa: BLE001
                 self.get_logger().warning(f"releasing the half-loaded model failed: {release_exc}")
             raise SaomError(f"cannot load the model: {type(exc).__name__}: {exc}") from exc
@@ -468,7 +453,8 @@ class SaomNode(LifecycleNode):
         with self._state_lock:
             self._last_handed = 0
             if params.depth_enabled and params.everything_mode:
-                self._subscribe_rgbd(params)
+                self.rgbd = RgbdInput(self, params, self._hand_over_pair, self._state_lock, self.timer_group,
+                                      accepting=lambda: self.worker is not None and self.enabled)
             self._subscribe_image()
             self._last_frame = time.monotonic()
             if params.prompts_enabled:
@@ -510,42 +496,6 @@ class SaomNode(LifecycleNode):
                                                    qos_overriding_options=QoSOverridingOptions(kinds))
         self.image_reliability = "reliable" if profile.reliability == ReliabilityPolicy.RELIABLE else "best_effort"
 
-    def _subscribe_rgbd(self, params: NodeParams) -> None:
-        """depth/image_raw and camera_info, paired with the colour frames by stamp, and the timer that
-        gives out frames whose depth does not come."""
-        self.pairing = make_pairing(params.sync_slop, params.depth_wait)
-        self._color_arrivals.clear()
-        for stream in RGBD_INPUTS:
-            self._subscribe_rgbd_stream(params, stream)
-        period = min(0.05, params.depth_wait / 2)
-        self._expire_timer = self.create_timer(period, self._expire_pairs, callback_group=self.timer_group)
-        self.get_logger().info(f"depth: {self.resolve_topic_name(DEPTH_TOPIC)} and "
-                               f"{self.resolve_topic_name(CAMERA_INFO_TOPIC)} paired with colour by stamp "
-                               f"(slop {params.sync_slop} s, {self.pairing.name})")
-
-    def _subscribe_rgbd_stream(self, params: NodeParams, stream: str) -> None:
-        """(Re)subscribe one of them with image_reliability; auto takes its publishers' reliability
-        (best effort while there is none: re-checked by the diagnostics timer, as for the image)."""
-        msg_type, topic = RGBD_INPUTS[stream]
-        reliability, settled = params.image_reliability, True
-        if reliability == "auto":
-            found = qos.publishers_reliability(self.get_publishers_info_by_topic(self.resolve_topic_name(topic)))
-            reliability, settled = found or "best_effort", found is not None
-        current = self.rgbd_subs.get(stream)
-        if current is not None and current.reliability == reliability:
-            current.settled = settled
-            return
-        if current is not None:
-            self.destroy_subscription(current.subscription)
-            self.get_logger().info(f"image_reliability auto: {topic} is published {reliability}; "
-                                   f"subscribing {reliability}")
-        # no QoS event handlers: re-subscribing while the executor waits on a handler being destroyed
-        # raises InvalidHandle inside rclpy's executor (Kilted)
-        sub = self.create_subscription(msg_type, topic, functools.partial(self._on_rgbd, stream),
-                                       qos.image_qos(reliability, qos.DEPTH_QUEUE),
-                                       event_callbacks=SubscriptionEventCallbacks(use_default_callbacks=False))
-        self.rgbd_subs[stream] = RgbdSubscription(sub, reliability, settled)
-
     def _recheck_reliability(self) -> None:
         with self._state_lock:
             if self._active and self.params is not None:
@@ -565,13 +515,9 @@ class SaomNode(LifecycleNode):
                 if sub is not None:
                     self.destroy_subscription(sub)
             self._image_sub = self._prompt_sub = None
-            for rgbd in self.rgbd_subs.values():
-                self.destroy_subscription(rgbd.subscription)
-            self.rgbd_subs = {}
-            if self._expire_timer is not None:
-                self.destroy_timer(self._expire_timer)
-                self._expire_timer = None
-            self.pairing = None
+            if self.rgbd is not None:
+                self.rgbd.close()
+                self.rgbd = None
             self.image_reliability = ""
         if self.matcher is not None:
             before = self.matcher.unmatched
@@ -594,7 +540,7 @@ class SaomNode(LifecycleNode):
 
     def _release(self, segmenter: Any, device: str) -> None:
         if segmenter is not None:
-            model_mod.release(segmenter, device)
+            factories.release(segmenter, device)
             self.get_logger().info("model freed")
 
     @_transition("deactivate")
@@ -698,15 +644,11 @@ class SaomNode(LifecycleNode):
                 self._submit_prompts(worker, Job("prompts", frame, prompts_received, prompts))
         if not params.everything_mode:
             return
-        pairing = self.pairing
-        if pairing is None:
+        rgbd = self.rgbd
+        if rgbd is None:
             self._submit_frame(worker, FrameJob("frame", msg, received))
-            return
-        with self._arrivals_lock:
-            self._color_arrivals[stamp_ns(msg.header)] = received
-            while len(self._color_arrivals) > 100:  # frames the pairing gave out long ago
-                self._color_arrivals.popitem(last=False)
-        self._submit_pairs(pairing, COLOR, msg)
+        else:
+            rgbd.add_color(msg, received)
 
     def _submit_frame(self, worker: FrameWorker, job: FrameJob) -> None:
         """Hand a frame to the worker unless a newer one went before it (outputs never go back in
@@ -725,37 +667,12 @@ class SaomNode(LifecycleNode):
             if worker.submit_frame(job):
                 self.stats.count("dropped")
 
-    def _submit_pairs(self, pairing: Pairing, stream: str, msg: Any = None, now_ns: int = 0) -> None:
-        """Give `msg` of `stream` to the pairing (None: expire what waited past `now_ns`) and the frames
-        it decides to the worker, all under the state lock: an expiry and a subscription cannot hand
-        their frames over in the other's order."""
+    def _hand_over_pair(self, match: Match, received: float) -> None:
+        """A colour frame the depth pairing has decided (with depth, or without it)."""
         worker = self.worker
-        if worker is None:
-            return
-        with self._state_lock:
-            matches = pairing.expire(now_ns) if msg is None else pairing.add(stream, msg)
-            for match in matches:
-                with self._arrivals_lock:
-                    received = self._color_arrivals.pop(match.stamp_ns, time.monotonic())
-                self._submit_frame(worker, FrameJob("frame", match.color, received, depth=match.depth,
-                                                    camera_info=match.camera_info))
-
-    def _on_rgbd(self, stream: str, msg: Any) -> None:
-        pairing = self.pairing
-        if pairing is None or self.worker is None or not self.enabled:
-            return
-        self._submit_pairs(pairing, stream, msg)
-
-    def _expire_pairs(self) -> None:
-        """Give out colour frames that waited depth_wait for their depth. Timed on the stamps' clock
-        as seen from here (the newest colour stamp plus the time since it arrived), so camera clocks
-        and sim time both work."""
-        pairing = self.pairing
-        with self._arrivals_lock:
-            if pairing is None or not self._color_arrivals:
-                return
-            stamp, arrived = next(reversed(self._color_arrivals.items()))
-        self._submit_pairs(pairing, COLOR, now_ns=stamp + int((time.monotonic() - arrived) * 1e9))
+        if worker is not None:
+            self._submit_frame(worker, FrameJob("frame", match.color, received, depth=match.depth,
+                                                camera_info=match.camera_info))
 
     def _on_prompts(self, msg: Detection2DArray) -> None:
         received = time.monotonic()
@@ -893,7 +810,7 @@ class SaomNode(LifecycleNode):
         """(level, message) of the node now (saom_ros.diagnostics)."""
         now, params = time.monotonic(), self.params
         objects = self.step.objects if self.step is not None else None
-        with_3d = self.pairing is not None and objects is not None
+        with_3d = self.rgbd is not None and objects is not None
         return diagnosis(NodeHealth(
             transition=self.transition_in_progress, active=self._active, transition_error=self.last_transition_error,
             enabled=self.enabled, failures=self.stats.consecutive_failures, last_error=self.stats.last_error,
@@ -906,11 +823,8 @@ class SaomNode(LifecycleNode):
 
     def _on_timer(self) -> None:
         with self._state_lock:  # a deactivate cannot come between the check and the re-subscription
-            params = self.params
-            if self._active and params is not None:
-                for stream, rgbd in list(self.rgbd_subs.items()):
-                    if not rgbd.settled:
-                        self._subscribe_rgbd_stream(params, stream)
+            if self._active and self.rgbd is not None:
+                self.rgbd.resubscribe_unsettled()
         snap = self.stats.snapshot()
         if self._active and self._log_limit.ready():
             self.get_logger().info(snap.line())

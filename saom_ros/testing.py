@@ -178,11 +178,11 @@ def fake_factory(params=None) -> FakeSegmenter:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """saom_node with `fake_factory` through the test-only hook `saom_ros.model.SEGMENTER_FACTORY`."""
-    from . import model
+    """saom_node with `fake_factory` through the test-only hook `saom_ros.segmenter_factory.SEGMENTER_FACTORY`."""
+    from . import segmenter_factory
     from .node import main as node_main
 
-    model.SEGMENTER_FACTORY = fake_factory
+    segmenter_factory.SEGMENTER_FACTORY = fake_factory
     return node_main(argv)
 
 

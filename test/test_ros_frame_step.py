@@ -20,8 +20,7 @@ from saom_ros.conversions import label_image, make_outputs  # noqa: E402
 from saom_ros.frame_step import FrameObjectStep  # noqa: E402
 from saom_ros.msgtypes import rclpy_types  # noqa: E402
 from saom_ros.objects3d import depth_to_message  # noqa: E402
-from saom_ros.pairing import MessageFiltersPairing, StampSyncPairing  # noqa: E402
-from saom_ros.sync import CAMERA_INFO, COLOR, DEPTH  # noqa: E402
+from saom_ros.pairing import CAMERA_INFO, COLOR, DEPTH, MessageFiltersPairing, StampSyncPairing  # noqa: E402  # noqa: E402
 
 pytestmark = [pytest.mark.filterwarnings("ignore:module 'sre_:DeprecationWarning")]
 T = rclpy_types()

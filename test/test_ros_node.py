@@ -1147,7 +1147,7 @@ def test_a_timer_resubscription_never_outlives_a_deactivate(ros, ckpt):
     node = ros.node(name, ckpt, Factory(), depth_enabled=True, diagnostics_period=60.0)
     try:
         assert node.startup()
-        assert node.rgbd_subs and not any(s.settled for s in node.rgbd_subs.values())  # no depth publisher yet
+        assert node.rgbd.subs and not any(s.settled for s in node.rgbd.subs.values())  # no depth publisher yet
         entered, release = threading.Event(), threading.Event()
 
         class Info:  # a reliable depth publisher has appeared
@@ -1173,7 +1173,7 @@ def test_a_timer_resubscription_never_outlives_a_deactivate(ros, ckpt):
         from rclpy.lifecycle import TransitionCallbackReturn
 
         assert result["r"] == TransitionCallbackReturn.SUCCESS
-        assert node.rgbd_subs == {}
+        assert node.rgbd is None
         left = [s.topic_name for s in node.subscriptions if "depth" in s.topic_name or "camera_info" in s.topic_name]
         assert left == [], f"subscriptions alive after deactivate: {left}"
     finally:

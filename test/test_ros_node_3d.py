@@ -266,14 +266,14 @@ def test_tracker_and_depth_range_change_at_runtime_the_sync_does_not(ros, ckpt):
 
 
 def test_depth_reliability_follows_a_camera_that_starts_after_the_node(ros, ckpt):
-    from saom_ros.sync import CAMERA_INFO, DEPTH
+    from saom_ros.pairing import CAMERA_INFO, DEPTH
 
     rig = Rig(ros, "rgbd_late_camera", ckpt, start_first=True)
     try:
-        assert all(rig.node.rgbd_subs[s].reliability == "reliable" or not rig.node.rgbd_subs[s].settled
+        assert all(rig.node.rgbd.subs[s].reliability == "reliable" or not rig.node.rgbd.subs[s].settled
                    for s in (DEPTH, CAMERA_INFO))
         # the tester's reliable publishers now exist: re-checked with the diagnostics, subscribed reliably
-        assert wait_until(lambda: all(rig.node.rgbd_subs[s].reliability == "reliable" and rig.node.rgbd_subs[s].settled
+        assert wait_until(lambda: all(rig.node.rgbd.subs[s].reliability == "reliable" and rig.node.rgbd.subs[s].settled
                                       for s in (DEPTH, CAMERA_INFO)), 10)
         rig.until([rig.dets3d], 1, 0)
     finally:

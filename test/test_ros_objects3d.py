@@ -1,5 +1,5 @@
 """saom_ros.objects3d with rclpy's real message classes (and rosbags' for serialisation), and the
-ROS-free stamp synchroniser saom_ros.sync."""
+ROS-free stamp synchroniser saom_ros.pairing.StampSync."""
 from __future__ import annotations
 
 import numpy as np
@@ -29,7 +29,7 @@ from saom_ros.objects3d import (  # noqa: E402
     transform_from_msg,
     unrectified_warning,
 )
-from saom_ros.sync import StampSync  # noqa: E402
+from saom_ros.pairing import StampSync  # noqa: E402
 
 pytestmark = [pytest.mark.filterwarnings("ignore:module 'sre_:DeprecationWarning")]
 M = rclpy_types_3d()

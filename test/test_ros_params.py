@@ -1,4 +1,5 @@
-"""saom_ros.params and saom_ros.model without ROS: schema, validation messages, params YAML, factory hooks."""
+"""saom_ros.params and saom_ros.segmenter_factory without ROS: schema, validation messages, params YAML,
+factory hooks."""
 from __future__ import annotations
 
 import inspect
@@ -8,7 +9,7 @@ import pytest
 
 from saom_core.errors import ConfigError
 from saom_core.settings import SegmenterSettings
-from saom_ros import model as model_mod
+from saom_ros import segmenter_factory as factories
 from saom_ros.params import (
     DEFAULTS,
     PARAMETER_NAMES,
@@ -162,13 +163,13 @@ def test_check_classes(ckpt):
 def test_factory_resolution_order(monkeypatch, ckpt):
     explicit = lambda p: FakeSegmenter()  # noqa: E731
     hook = lambda p: FakeSegmenter(n_instances=1)  # noqa: E731
-    monkeypatch.setattr(model_mod, "SEGMENTER_FACTORY", None)
-    assert model_mod.resolve_factory(None) is model_mod.load_from_params
+    monkeypatch.setattr(factories, "SEGMENTER_FACTORY", None)
+    assert factories.resolve_factory(None) is factories.load_from_params
     monkeypatch.setenv("SAOM_SEGMENTER_FACTORY", "saom_ros.testing:fake_factory")  # no longer read
-    assert model_mod.resolve_factory(None) is model_mod.load_from_params
-    monkeypatch.setattr(model_mod, "SEGMENTER_FACTORY", hook)
-    assert model_mod.resolve_factory(None) is hook
-    assert model_mod.resolve_factory(explicit) is explicit
+    assert factories.resolve_factory(None) is factories.load_from_params
+    monkeypatch.setattr(factories, "SEGMENTER_FACTORY", hook)
+    assert factories.resolve_factory(None) is hook
+    assert factories.resolve_factory(explicit) is explicit
 
 
 def test_fake_env_factory_delay(monkeypatch):
@@ -180,10 +181,10 @@ def test_fake_env_factory_delay(monkeypatch):
 
 def test_release_closes_the_model():
     seg = FakeSegmenter()
-    model_mod.release(seg, "cpu")
+    factories.release(seg, "cpu")
     assert seg.closed
-    model_mod.release(None, "cpu")
-    assert model_mod.validate_segmenter(FakeSegmenter())[0] == "background"
+    factories.release(None, "cpu")
+    assert factories.validate_segmenter(FakeSegmenter())[0] == "background"
 
     class NoClasses:
         class_names: list = []
@@ -191,7 +192,7 @@ def test_release_closes_the_model():
     from saom_core.errors import SaomError
 
     with pytest.raises(SaomError, match="no class_names"):
-        model_mod.validate_segmenter(NoClasses())
+        factories.validate_segmenter(NoClasses())
 
 
 def test_default_factory_passes_the_parameters_and_warms_up(monkeypatch, ckpt):
@@ -214,12 +215,12 @@ def test_default_factory_passes_the_parameters_and_warms_up(monkeypatch, ckpt):
 
     monkeypatch.setattr(real, "load_segmenter", loader)
     params = validate({"checkpoint": ckpt, "points_per_side": 8, "model_config": "vit_b"})
-    segmenter = model_mod.load_from_params(params)
+    segmenter = factories.load_from_params(params)
     assert {"checkpoint", "settings"} <= accepted
     assert seen["checkpoint"] == ckpt and seen["overrides"] == {}
     assert seen["settings"].points_per_side == 8 and seen["settings"].model_config == "vit_b"
     assert segmenter.warmed
-    assert not model_mod.load_from_params(validate({"checkpoint": ckpt, "warmup": False})).warmed
+    assert not factories.load_from_params(validate({"checkpoint": ckpt, "warmup": False})).warmed
 
 
 def test_real_loader_reports_a_bad_checkpoint(ckpt):
@@ -227,21 +228,21 @@ def test_real_loader_reports_a_bad_checkpoint(ckpt):
     from saom_core.errors import SaomError
 
     with pytest.raises(SaomError, match="model.pt"):
-        model_mod.load_from_params(validate({"checkpoint": ckpt}))
+        factories.load_from_params(validate({"checkpoint": ckpt}))
 
 
 def test_cuda_device_is_checked_at_configure():
-    model_mod.check_device("cpu")  # no torch import needed
-    model_mod.check_device("auto")
+    factories.check_device("cpu")  # no torch import needed
+    factories.check_device("auto")
     import torch
 
     if torch.cuda.is_available():
-        model_mod.check_device("cuda")
+        factories.check_device("cuda")
         with pytest.raises(ConfigError, match="does not exist"):
-            model_mod.check_device(f"cuda:{torch.cuda.device_count()}")
+            factories.check_device(f"cuda:{torch.cuda.device_count()}")
     else:
         with pytest.raises(ConfigError, match="CUDA is not available"):
-            model_mod.check_device("cuda:0")
+            factories.check_device("cuda:0")
 
 
 def test_unset_thresholds_take_the_checkpoints_tuned_value(ckpt):

@@ -3,7 +3,7 @@
 Runs with `colcon test --packages-select saom_ros` or `launch_test test/launch/test_saom_launch.py`
 after `colcon build` (the node must be installed: `ros2 run saom_ros saom_node`). It starts the
 real launch file with a fake model (a sitecustomize on the node's PYTHONPATH sets the test-only
-hook saom_ros.model.SEGMENTER_FACTORY, so no checkpoint contents or GPU are needed), publishes
+hook saom_ros.segmenter_factory.SEGMENTER_FACTORY, so no checkpoint contents or GPU are needed), publishes
 one image and expects detections, a mono16 mask and the latched LabelInfo, then checks the node
 exits cleanly on shutdown.
 
@@ -43,8 +43,8 @@ with open(CHECKPOINT, "wb") as _f:
     _f.write(b"read by the fake segmenter only")
 IMAGE_TOPIC = "/saom_launch_test/image_raw"
 with open(os.path.join(_TMP, "sitecustomize.py"), "w") as _f:  # imported by the node's interpreter at start
-    _f.write("import saom_ros.model, saom_ros.testing\n"
-             "saom_ros.model.SEGMENTER_FACTORY = saom_ros.testing.fake_factory\n")
+    _f.write("import saom_ros.segmenter_factory, saom_ros.testing\n"
+             "saom_ros.segmenter_factory.SEGMENTER_FACTORY = saom_ros.testing.fake_factory\n")
 
 
 @pytest.mark.launch_test

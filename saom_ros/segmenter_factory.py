@@ -1,7 +1,7 @@
 """Where the node gets its Segmenter from: a factory, resolved when the node activates.
 
 Order: the `segmenter_factory` argument of `SaomNode`, then the module-level hook
-`saom_ros.model.SEGMENTER_FACTORY` (set only by test code: `saom_ros.testing.main` runs the node
+`saom_ros.segmenter_factory.SEGMENTER_FACTORY` (set only by test code: `saom_ros.testing.main` runs the node
 with a fake model as its own process), then the real loader
 `saom_core.infer.segmenter.load_segmenter`, imported only then (so importing the node needs no
 torch). Nothing is taken from the environment: whoever sets the node's environment must not be
