@@ -89,7 +89,7 @@ def time_frame_step(segmenter, frames: list[np.ndarray], depth_m: np.ndarray) ->
     from saom_core.geometry3d import DepthSettings
     from saom_core.track import TrackerSettings
     from saom_ros.conversions import make_outputs
-    from saom_ros.frame_objects import FrameObjectStep
+    from saom_ros.frame_step import FrameObjectStep
     from saom_ros.msgtypes import rclpy_types
     from saom_ros.objects3d import (
         depth_to_message,
@@ -104,7 +104,7 @@ def time_frame_step(segmenter, frames: list[np.ndarray], depth_m: np.ndarray) ->
     h, w = depth_m.shape
     out = {}
     for with_depth in (False, True):
-        step = FrameObjectStep(TrackerSettings(), DepthSettings(), DEFAULTS["depth_stride"])
+        step = FrameObjectStep(TrackerSettings(), DepthSettings(stride=DEFAULTS["depth_stride"]))
         times, cloud_times, objects = [], [], 0
         for i, frame in enumerate(frames):
             seg = segmenter.segment(frame)
@@ -112,7 +112,7 @@ def time_frame_step(segmenter, frames: list[np.ndarray], depth_m: np.ndarray) ->
             depth = depth_to_message(T, header, depth_m, "16UC1") if with_depth else None
             info = CameraInfo(header=header, width=w, height=h, k=camera_k(w, h)) if with_depth else None
             start = time.perf_counter()
-            found = step(seg, 0.0, depth, info, depth_expected=with_depth)
+            found = step(seg, 0.0, header.frame_id, depth, info, depth_expected=with_depth)
             make_outputs(T, header, found.segmentation)
             if with_depth:
                 make_detection3d_array(M, header, found.segmentation)
@@ -120,7 +120,7 @@ def time_frame_step(segmenter, frames: list[np.ndarray], depth_m: np.ndarray) ->
             times.append(time.perf_counter() - start)
             if with_depth:  # built by the node only while ~/objects has a subscriber
                 start = time.perf_counter()
-                make_point_cloud(M, header, found.segmentation)
+                make_point_cloud(M, header, found.segmentation, frame)
                 cloud_times.append(time.perf_counter() - start)
             objects += len(found.segmentation.instances)
         out["rgbd" if with_depth else "rgb"] = {"p50_ms": pct(times, 50), "p95_ms": pct(times, 95),
@@ -252,6 +252,7 @@ def start_node(args, node_name: str, image_topic: str, tmp: Path,
                rgbd_ns: str | None = None) -> subprocess.Popen:
     """The node as its own process; with rgbd_ns, in that namespace with depth_enabled."""
     env = dict(os.environ)
+    module = "saom_ros.node"
     ros_args = ["-r", f"__node:={node_name}", "-p", f"image_topic:={image_topic}", "-p", "log_period:=0.0",
                 "-p", f"image_reliability:={args.reliability}",
                 "-p", "diagnostics_period:=0.5", "-p", "prompts_enabled:=false"]
@@ -262,11 +263,11 @@ def start_node(args, node_name: str, image_topic: str, tmp: Path,
         ckpt = tmp / "fake.pt"
         ckpt.write_bytes(b"fake")
         ros_args += ["-p", f"checkpoint:={ckpt}"]
-        env["SAOM_SEGMENTER_FACTORY"] = "saom_ros.testing:fake_factory"
+        module = "saom_ros.testing"  # the node with the fake model
         env["SAOM_FAKE_DELAY"] = str(args.model_ms / 1e3)
     if rgbd_ns:
         ros_args += ["-r", f"__ns:={rgbd_ns}", "-p", "depth_enabled:=true"]
-    return subprocess.Popen([sys.executable, "-m", "saom_ros.node", "--ros-args", *ros_args], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "-m", module, "--ros-args", *ros_args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -32,7 +32,9 @@ ARGUMENTS = (
     ("image_reliability", "", "auto, best_effort or reliable; overrides the params file when set"),
     ("depth_enabled", "", "true: also subscribe to depth and camera_info and publish the 3D outputs; "
                           "empty: the params file's value"),
-    ("depth_topic", "/camera/depth/image_raw", "aligned depth image (remapped onto the node's depth/image_raw)"),
+    ("depth_topic", "/camera/depth_registered/image_rect",
+     "depth registered to the colour camera (remapped onto the node's depth/image_raw; RealSense: "
+     "<camera>/aligned_depth_to_color/image_raw)"),
     ("camera_info_topic", "/camera/camera_info",
      "camera info of the colour camera (remapped onto the node's camera_info)"),
     ("use_sim_time", "false", "use /clock (bag playback, simulators)"),

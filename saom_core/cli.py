@@ -161,14 +161,21 @@ _OLD_SPELLINGS = {"stability_score_thresh": ["--stability-thresh"], "min_mask_re
 
 def _add_generator_args(p: argparse.ArgumentParser) -> None:
     """--checkpoint plus one option per segmenter setting (saom_core.settings.SegmenterSettings)."""
-    from saom_core.settings import SegmenterSettings, Thresholds, spec, value_type
+    from saom_core.settings import SegmenterSettings
 
     p.add_argument("--checkpoint", type=Path, required=True,
                    help="SAOM checkpoint (or official SAM weights); with --backend onnxruntime the folder "
                    "`saom export` wrote")
-    for f in fields(SegmenterSettings):
+    add_settings_options(p, SegmenterSettings)
+
+
+def add_settings_options(p: argparse.ArgumentParser, settings: type) -> None:
+    """One option per field of a settings class of the schema (saom_core.settings), default None."""
+    from saom_core.settings import Thresholds, spec, value_type
+
+    for f in fields(settings):
         s = spec(f)
-        base, _ = value_type(SegmenterSettings, f.name)
+        base, _ = value_type(settings, f.name)
         flags = [option_name(f.name), *_OLD_SPELLINGS.get(f.name, [])]
         limits = s.range_text()
         if s.tuned:

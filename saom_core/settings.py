@@ -245,3 +245,20 @@ class SegmenterSettings(Settings):
             n: getattr(tuned, n) if getattr(self, n) is None else getattr(self, n) for n in THRESHOLD_NAMES
         })
 
+
+@dataclass(frozen=True)
+class ObjectSettings(Settings):
+    """Tracking and 3D of everything mode's instances (the ROS node's parameters, `saom bag`'s options);
+    saom_core.track.TrackerSettings and saom_core.geometry3d.DepthSettings take their defaults from here."""
+
+    track_min_hits: int = setting(2, "everything mode: consecutive frames a new object must be seen in before it is "
+                                     "published under its track id (1 = at once)", lo=1, hi=100, runtime=True)
+    track_max_misses: int = setting(3, "everything mode: frames a tracked object may go unseen and keep its id",
+                                    lo=0, hi=1000, runtime=True)
+    depth_stride: int = setting(2, "3D from every n-th depth pixel in each direction (n^2 fewer points in the 3D "
+                                   "step and the cloud; 1 = every pixel)", lo=1, hi=16, runtime=True)
+    depth_min: float = setting(0.1, "nearest valid depth (metres); nearer pixels are ignored", lo=0.0, hi=100.0,
+                               lo_open=True, runtime=True)
+    depth_max: float = setting(10.0, "farthest valid depth (metres); farther pixels are ignored", lo=0.0, hi=1000.0,
+                               lo_open=True, runtime=True)
+
