@@ -192,3 +192,15 @@ def test_cli_collects_the_shifted_domain_with_the_same_classes(tmp_path, capsys)
     assert "rendered with randomisation: shifted (4 frames)" in report and "classes present" in report
     assert main(["collect", "--scenes", "1", "--sim", "ai2thor", "--randomisation", "strong",
                  "--out", str(tmp_path / "thor")]) == 2
+
+
+def test_randomised_collection_is_the_same_with_one_or_two_workers(tmp_path):
+    common = {"scenes": 2, "seed": 9, "size": 48, "min_area": 5, "randomisation": "strong", "progress": False}
+    collect_dataset("pybullet", out=tmp_path / "w1", workers=1, **common)
+    collect_dataset("pybullet", out=tmp_path / "w2", workers=2, **common)
+    for sub in ("images", "depth"):
+        one, two = sorted((tmp_path / "w1" / sub).iterdir()), sorted((tmp_path / "w2" / sub).iterdir())
+        assert [p.name for p in one] == [p.name for p in two]
+        assert all(a.read_bytes() == b.read_bytes() for a, b in zip(one, two, strict=True))
+    annotations = [(tmp_path / w / "annotations.json").read_text() for w in ("w1", "w2")]
+    assert annotations[0].split('"licenses"')[1] == annotations[1].split('"licenses"')[1]  # all but the date
