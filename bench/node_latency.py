@@ -1,7 +1,8 @@
 """saom_node latency and throughput against the bare `segment()` call, on the same frames, in one run.
 
     python bench/node_latency.py                       # fake model that takes --model-ms per frame
-    python bench/node_latency.py --checkpoint X.pt     # the real SAOM model (--device, --half)
+    python bench/node_latency.py --checkpoint X.pt     # the real SAOM model (--device, --half, --threads)
+    python bench/node_latency.py --checkpoint EXPORT/ --backend onnxruntime   # its `saom export` folder
 
 Phases (the node runs as its own process, `python -m saom_ros.node`, over the real rmw on loopback):
   1. paired:   for each frame, segmenter.segment(rgb) in this process, then publish the frame and wait
@@ -65,7 +66,8 @@ def load_segmenter(args):
         return FakeSegmenter(delay=args.model_ms / 1e3)
     from saom_core.infer.segmenter import load_segmenter as load
 
-    return load(args.checkpoint, device=args.device, half=args.half, points_per_side=args.points_per_side)
+    return load(args.checkpoint, device=args.device, half=args.half, points_per_side=args.points_per_side,
+                backend=args.backend, threads=args.threads)
 
 
 def make_depth(width: int, height: int) -> np.ndarray:
@@ -258,7 +260,8 @@ def start_node(args, node_name: str, image_topic: str, tmp: Path,
                 "-p", "diagnostics_period:=0.5", "-p", "prompts_enabled:=false"]
     if args.checkpoint:
         ros_args += ["-p", f"checkpoint:={args.checkpoint}", "-p", f"device:={args.device}",
-                     "-p", f"half:={str(args.half).lower()}", "-p", f"points_per_side:={args.points_per_side}"]
+                     "-p", f"half:={str(args.half).lower()}", "-p", f"points_per_side:={args.points_per_side}",
+                     "-p", f"backend:={args.backend}", "-p", f"threads:={args.threads}"]
     else:
         ckpt = tmp / "fake.pt"
         ckpt.write_bytes(b"fake")
@@ -315,6 +318,10 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint", default="", help="real SAOM checkpoint (default: fake model)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--half", action="store_true")
+    ap.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"),
+                    help="onnxruntime: --checkpoint is the folder `saom export` wrote")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="the model's intra-op threads, bare and in the node (0: the default, every core but one)")
     ap.add_argument("--points-per-side", type=int, default=32)
     ap.add_argument("--model-ms", type=float, default=100.0,
                     help="fake model time per frame "

@@ -178,3 +178,17 @@ def test_segmenter_apply_changes_per_frame_settings_only():
     assert config.keep_classes == [model.class_names[1]] and config.compile is False and segmenter.max_input_size == 64
     with pytest.raises(ConfigError, match="points_per_side"):
         segmenter.apply(SegmenterSettings(points_per_side=0))
+
+
+def test_threads_default_leaves_a_core_for_ros(monkeypatch):
+    """threads 0: every core this process may use but one (at least one); a set value is taken as is."""
+    import os
+
+    from saom_core.infer.runtime import resolve_threads
+
+    for cores, expected in ((1, 1), (2, 1), (4, 3), (16, 15)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, n=cores: set(range(n)), raising=False)
+        assert resolve_threads(0) == expected
+    assert resolve_threads(5) == 5
+    with pytest.raises(ConfigError, match="threads"):
+        SegmenterSettings(threads=-1).validate()
