@@ -51,6 +51,8 @@ bench: setup ros
 	$(PY) bench/assignment_ablation.py --data $(DEMO_OUT)/data --steps 900 --seconds 570 --seeds 0 1
 	test ! -f $(DEMO_OUT)/run/checkpoints/best.pt || \
 		$(PY) bench/snapping_rule.py --data $(DEMO_OUT)/data --checkpoint $(DEMO_OUT)/run/checkpoints/best.pt
+	test ! -f $(DEMO_OUT)/run/checkpoints/best.pt || \
+		$(PY) bench/runtime.py --checkpoint $(DEMO_OUT)/run/checkpoints/best.pt
 
 # For a GPU machine without network (bench/gpu_check.sh --bundle $(GPU_BUNDLE)): the wheels it lacks,
 # for CPython 3.12 manylinux x86_64 (segment-anything, pycocotools; pytest for the CUDA tests), and

@@ -45,6 +45,7 @@ setup(
         "tensorboard>=2.14",
         "matplotlib>=3.7",
         "rosbags>=0.10",
+        "trimesh>=4",
     ],
     extras_require={
         "onnx": ["onnx>=1.15", "onnxruntime>=1.17"],

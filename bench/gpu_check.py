@@ -303,11 +303,13 @@ def step_bench(runner: Runner, script: str, args: list[str], device: str) -> dic
 
 
 def step_onnx(plan: Plan, work: Path) -> dict[str, Any]:
-    """Export the trained checkpoint from a model on the device; onnxruntime must agree with PyTorch."""
+    """Export the trained checkpoint from a model on the device; the onnxruntime backend (CPU provider)
+    must agree with PyTorch."""
     import onnxruntime as ort
     import torch
 
     from saom_core.infer.export_onnx import decoder_output_names, export_onnx
+    from saom_core.infer.onnx_runtime import OnnxRuntime
     from saom_core.model.checkpoint import load_model
 
     checkpoint = work / "run_single" / "checkpoints" / "last.pt"
@@ -318,29 +320,55 @@ def step_onnx(plan: Plan, work: Path) -> dict[str, Any]:
     size = model.config.image_size
     generator = torch.Generator().manual_seed(0)
     image = torch.randn(1, 3, size, size, generator=generator)
-    coords = torch.rand(4, 2, 2, generator=generator) * size
-    labels = torch.tensor([[1.0, 0.0], [1.0, -1.0], [1.0, 1.0], [0.0, 1.0]])
+    points = torch.rand(4, 2, generator=generator) * size
     with torch.no_grad():
         embedding = model.encode(image.to(model.device))
-        out = model.decode(embedding, coords.to(model.device), labels.to(model.device))
-    providers = ort.get_available_providers()
-    encoder = ort.InferenceSession(str(paths["encoder"]), providers=["CPUExecutionProvider"])
-    decoder = ort.InferenceSession(str(paths["decoder"]), providers=["CPUExecutionProvider"])
-    onnx_embedding = encoder.run(None, {"image": image.numpy()})[0]
-    onnx_out = decoder.run(None, {"image_embeddings": embedding.cpu().numpy(), "point_coords": coords.numpy(),
-                                  "point_labels": labels.numpy()})
+        labels = torch.ones(4, 1, device=model.device)
+        out = model.decode(embedding, points[:, None].to(model.device), labels)
+    runtime = OnnxRuntime(paths["metadata"].parent, "cpu")
+    onnx_embedding = runtime.encode(image).numpy()
+    onnx = runtime.decode_points(embedding.cpu(), points)
     torch_out = [out.low_res_logits, out.iou_pred] + ([out.class_logits] if out.class_logits is not None else [])
+    onnx_out = [onnx.low_res_logits, onnx.iou_pred] + ([onnx.class_logits] if onnx.class_logits is not None else [])
     errors = {"encoder": relative_error(onnx_embedding, embedding.cpu().numpy())}
     for name, ours, theirs in zip(decoder_output_names(model), torch_out, onnx_out, strict=True):
-        errors[name] = relative_error(theirs, ours.cpu().numpy())
+        errors[name] = relative_error(theirs.numpy(), ours.cpu().numpy())
     # A GPU runs convolutions in TF32 by default: agreement to ~1e-3 of the output's range, not 1e-6.
     limit = 1e-2 if plan.device == "cuda" else 1e-4
     bad = {k: v for k, v in errors.items() if not v <= limit}
     if bad:
         raise StepFailed(f"onnxruntime disagrees with PyTorch beyond {limit} (max abs error / output range): {bad}")
     return {"export_s": round(export_s, 1), "relative_error": {k: float(f"{v:.2e}") for k, v in errors.items()},
-            "onnxruntime_providers": providers,
+            "onnxruntime_providers": ort.get_available_providers(),
             "tensorrt": "importable" if importlib.util.find_spec("tensorrt") else "not importable"}
+
+
+def step_onnx_backend(plan: Plan, work: Path) -> dict[str, Any]:
+    """Everything of interest on 640x480 frames with the onnxruntime backend, per execution provider
+    this onnxruntime has (TensorRT and CUDA where installed, the CPU always): median ms per frame."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from saom_core.infer.onnx_runtime import PROVIDERS
+    from saom_core.infer.segmenter import load_segmenter
+
+    frame = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    figures: dict[str, Any] = {}
+    for choice, name in PROVIDERS.items():
+        if name not in ort.get_available_providers():
+            figures[choice] = "not installed"
+            continue
+        segmenter = load_segmenter(work / "onnx", backend="onnxruntime", onnx_provider=choice, device=plan.device,
+                                   points_per_side=16 if plan.quick else 32)
+        segmenter.segment(frame)  # TensorRT builds (or loads) its engines here
+        times = []
+        for _ in range(3 if plan.quick else 10):
+            start = time.perf_counter()
+            segmenter.segment(frame)
+            times.append(time.perf_counter() - start)
+        figures[choice] = f"{1000 * sorted(times)[len(times) // 2]:.1f} ms/frame"
+        segmenter.close()
+    return figures
 
 
 def relative_error(a: Any, b: Any) -> float:
@@ -430,6 +458,7 @@ def check(args: argparse.Namespace, work: Path) -> int:
     runner.run("bench: everything_mode",
                lambda: step_bench(runner, "everything_mode.py", plan.everything_args, args.device))
     runner.run("onnx export", lambda: step_onnx(plan, work), needs=("train: single process",))
+    runner.run("onnxruntime backend", lambda: step_onnx_backend(plan, work), needs=("onnx export",))
 
     failed = [s.name for s in runner.steps if not s.ok]
     print(f"\nresults: {args.out / 'results.md'}")

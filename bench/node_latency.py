@@ -1,7 +1,8 @@
 """saom_node latency and throughput against the bare `segment()` call, on the same frames, in one run.
 
     python bench/node_latency.py                       # fake model that takes --model-ms per frame
-    python bench/node_latency.py --checkpoint X.pt     # the real SAOM model (--device, --half)
+    python bench/node_latency.py --checkpoint X.pt     # the real SAOM model (--device, --half, --threads)
+    python bench/node_latency.py --checkpoint EXPORT/ --backend onnxruntime   # its `saom export` folder
 
 Phases (the node runs as its own process, `python -m saom_ros.node`, over the real rmw on loopback):
   1. paired:   for each frame, segmenter.segment(rgb) in this process, then publish the frame and wait
@@ -65,7 +66,8 @@ def load_segmenter(args):
         return FakeSegmenter(delay=args.model_ms / 1e3)
     from saom_core.infer.segmenter import load_segmenter as load
 
-    return load(args.checkpoint, device=args.device, half=args.half, points_per_side=args.points_per_side)
+    return load(args.checkpoint, device=args.device, half=args.half, points_per_side=args.points_per_side,
+                backend=args.backend, threads=args.threads)
 
 
 def make_depth(width: int, height: int) -> np.ndarray:
@@ -89,7 +91,7 @@ def time_frame_step(segmenter, frames: list[np.ndarray], depth_m: np.ndarray) ->
     from saom_core.geometry3d import DepthSettings
     from saom_core.track import TrackerSettings
     from saom_ros.conversions import make_outputs
-    from saom_ros.frame_objects import FrameObjectStep
+    from saom_ros.frame_step import FrameObjectStep
     from saom_ros.msgtypes import rclpy_types
     from saom_ros.objects3d import (
         depth_to_message,
@@ -104,7 +106,7 @@ def time_frame_step(segmenter, frames: list[np.ndarray], depth_m: np.ndarray) ->
     h, w = depth_m.shape
     out = {}
     for with_depth in (False, True):
-        step = FrameObjectStep(TrackerSettings(), DepthSettings(), DEFAULTS["depth_stride"])
+        step = FrameObjectStep(TrackerSettings(), DepthSettings(stride=DEFAULTS["depth_stride"]))
         times, cloud_times, objects = [], [], 0
         for i, frame in enumerate(frames):
             seg = segmenter.segment(frame)
@@ -112,7 +114,7 @@ def time_frame_step(segmenter, frames: list[np.ndarray], depth_m: np.ndarray) ->
             depth = depth_to_message(T, header, depth_m, "16UC1") if with_depth else None
             info = CameraInfo(header=header, width=w, height=h, k=camera_k(w, h)) if with_depth else None
             start = time.perf_counter()
-            found = step(seg, 0.0, depth, info, depth_expected=with_depth)
+            found = step(seg, 0.0, header.frame_id, depth, info, depth_expected=with_depth)
             make_outputs(T, header, found.segmentation)
             if with_depth:
                 make_detection3d_array(M, header, found.segmentation)
@@ -120,7 +122,7 @@ def time_frame_step(segmenter, frames: list[np.ndarray], depth_m: np.ndarray) ->
             times.append(time.perf_counter() - start)
             if with_depth:  # built by the node only while ~/objects has a subscriber
                 start = time.perf_counter()
-                make_point_cloud(M, header, found.segmentation)
+                make_point_cloud(M, header, found.segmentation, frame)
                 cloud_times.append(time.perf_counter() - start)
             objects += len(found.segmentation.instances)
         out["rgbd" if with_depth else "rgb"] = {"p50_ms": pct(times, 50), "p95_ms": pct(times, 95),
@@ -252,21 +254,23 @@ def start_node(args, node_name: str, image_topic: str, tmp: Path,
                rgbd_ns: str | None = None) -> subprocess.Popen:
     """The node as its own process; with rgbd_ns, in that namespace with depth_enabled."""
     env = dict(os.environ)
+    module = "saom_ros.node"
     ros_args = ["-r", f"__node:={node_name}", "-p", f"image_topic:={image_topic}", "-p", "log_period:=0.0",
                 "-p", f"image_reliability:={args.reliability}",
                 "-p", "diagnostics_period:=0.5", "-p", "prompts_enabled:=false"]
     if args.checkpoint:
         ros_args += ["-p", f"checkpoint:={args.checkpoint}", "-p", f"device:={args.device}",
-                     "-p", f"half:={str(args.half).lower()}", "-p", f"points_per_side:={args.points_per_side}"]
+                     "-p", f"half:={str(args.half).lower()}", "-p", f"points_per_side:={args.points_per_side}",
+                     "-p", f"backend:={args.backend}", "-p", f"threads:={args.threads}"]
     else:
         ckpt = tmp / "fake.pt"
         ckpt.write_bytes(b"fake")
         ros_args += ["-p", f"checkpoint:={ckpt}"]
-        env["SAOM_SEGMENTER_FACTORY"] = "saom_ros.testing:fake_factory"
+        module = "saom_ros.testing"  # the node with the fake model
         env["SAOM_FAKE_DELAY"] = str(args.model_ms / 1e3)
     if rgbd_ns:
         ros_args += ["-r", f"__ns:={rgbd_ns}", "-p", "depth_enabled:=true"]
-    return subprocess.Popen([sys.executable, "-m", "saom_ros.node", "--ros-args", *ros_args], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "-m", module, "--ros-args", *ros_args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -314,6 +318,10 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint", default="", help="real SAOM checkpoint (default: fake model)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--half", action="store_true")
+    ap.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"),
+                    help="onnxruntime: --checkpoint is the folder `saom export` wrote")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="the model's intra-op threads, bare and in the node (0: the default, every core but one)")
     ap.add_argument("--points-per-side", type=int, default=32)
     ap.add_argument("--model-ms", type=float, default=100.0,
                     help="fake model time per frame "

@@ -1,4 +1,5 @@
 """ros2 launch saom_ros saom.launch.py checkpoint:=/path/saom.pt image_topic:=/camera/color/image_raw [rviz:=true]
+[backend:=onnxruntime checkpoint:=/path/export_folder]
 
 Starts saom_node as a launch_ros LifecycleNode (a lifecycle manager or launch events can drive it;
 with `autostart`, the default of the params file, it configures and activates itself) and
@@ -18,7 +19,10 @@ NODE_NAME = "saom_node"
 
 ARGUMENTS = (
     ("params_file", os.path.join("{share}", "config", "saom.yaml"), "parameters of saom_node (ROS 2 params YAML)"),
-    ("checkpoint", "", "SAOM checkpoint; overrides the params file when set"),
+    ("checkpoint", "", "SAOM checkpoint (backend onnxruntime: the `saom export` folder); overrides the params file "
+                       "when set"),
+    ("backend", "", "torch or onnxruntime; overrides the params file when set"),
+    ("onnx_provider", "", "auto, tensorrt, cuda or cpu (backend onnxruntime); overrides the params file when set"),
     ("device", "", "cpu, cuda or cuda:N; overrides the params file when set"),
     ("autostart", "", "true: configure and activate at start-up; false: wait for a lifecycle manager; "
                       "empty: the params file's value"),
@@ -28,7 +32,9 @@ ARGUMENTS = (
     ("image_reliability", "", "auto, best_effort or reliable; overrides the params file when set"),
     ("depth_enabled", "", "true: also subscribe to depth and camera_info and publish the 3D outputs; "
                           "empty: the params file's value"),
-    ("depth_topic", "/camera/depth/image_raw", "aligned depth image (remapped onto the node's depth/image_raw)"),
+    ("depth_topic", "/camera/depth_registered/image_rect",
+     "depth registered to the colour camera (remapped onto the node's depth/image_raw; RealSense: "
+     "<camera>/aligned_depth_to_color/image_raw)"),
     ("camera_info_topic", "/camera/camera_info",
      "camera info of the colour camera (remapped onto the node's camera_info)"),
     ("use_sim_time", "false", "use /clock (bag playback, simulators)"),
@@ -39,7 +45,7 @@ ARGUMENTS = (
      "rviz2 config (its /saom_node/ topics follow `namespace`)"),
 )
 # launch arguments passed to the node as parameters when set (the params file's value otherwise)
-STRING_OVERRIDES = ("checkpoint", "device", "image_transport", "image_reliability")
+STRING_OVERRIDES = ("checkpoint", "backend", "onnx_provider", "device", "image_transport", "image_reliability")
 
 
 def _flag(value: str) -> bool:

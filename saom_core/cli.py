@@ -45,6 +45,10 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         classes=args.classes,
         min_area=args.min_area,
         trajectory=args.trajectory,
+        objects=args.objects,
+        first_scene=args.first_scene,
+        randomisation=args.randomisation,
+        domain=args.domain,
     )
     print(f"wrote {path}")
     return 0
@@ -55,6 +59,13 @@ def _cmd_dataset_check(args: argparse.Namespace) -> int:
 
     report, dataset = check_dataset(args.dir, progress=not args.quiet)
     print(report.format(dataset))
+    return 0
+
+
+def _cmd_dataset_merge(args: argparse.Namespace) -> int:
+    from saom_core.data.merge import merge_datasets
+
+    print(f"wrote {merge_datasets(args.parts, args.out)}")
     return 0
 
 
@@ -150,12 +161,21 @@ _OLD_SPELLINGS = {"stability_score_thresh": ["--stability-thresh"], "min_mask_re
 
 def _add_generator_args(p: argparse.ArgumentParser) -> None:
     """--checkpoint plus one option per segmenter setting (saom_core.settings.SegmenterSettings)."""
-    from saom_core.settings import SegmenterSettings, Thresholds, spec, value_type
+    from saom_core.settings import SegmenterSettings
 
-    p.add_argument("--checkpoint", type=Path, required=True, help="SAOM checkpoint (or official SAM weights)")
-    for f in fields(SegmenterSettings):
+    p.add_argument("--checkpoint", type=Path, required=True,
+                   help="SAOM checkpoint (or official SAM weights); with --backend onnxruntime the folder "
+                   "`saom export` wrote")
+    add_settings_options(p, SegmenterSettings)
+
+
+def add_settings_options(p: argparse.ArgumentParser, settings: type) -> None:
+    """One option per field of a settings class of the schema (saom_core.settings), default None."""
+    from saom_core.settings import Thresholds, spec, value_type
+
+    for f in fields(settings):
         s = spec(f)
-        base, _ = value_type(SegmenterSettings, f.name)
+        base, _ = value_type(settings, f.name)
         flags = [option_name(f.name), *_OLD_SPELLINGS.get(f.name, [])]
         limits = s.range_text()
         if s.tuned:
@@ -209,13 +229,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     if args.format != "onnx":
         raise SaomError(f"unknown export format '{args.format}' (supported: onnx)")
-    paths = export_onnx(args.checkpoint, args.out, opset=args.opset, model_config=args.model_config)
+    paths = export_onnx(args.checkpoint, args.out, opset=args.opset, model_config=args.model_config,
+                        device=args.device, half=args.half)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from saom_core.data.collect.randomise import DOMAINS, TRAINING
     from saom_core.demo import DemoSettings  # torch-free: the demo's defaults have one home
     from saom_core.pretrain import PretrainSettings
 
@@ -225,12 +247,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("collect", help="render a simulator dataset")
     p.add_argument("--sim", default="pybullet", help="pybullet (embedded default) or ai2thor")
     p.add_argument("--scenes", type=int, required=True, help="number of scenes (4 frames each)")
+    p.add_argument("--first-scene", type=int, default=0, metavar="K",
+                   help="index of the first scene: a shard of scenes K .. K+scenes-1 (merge with saom dataset merge)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=224, help="frame width and height in pixels")
+    p.add_argument("--size", type=int, default=224,
+                   help="frame width and height in pixels (--randomisation strong draws the height by aspect ratio)")
     p.add_argument("--workers", type=int, default=1, help="parallel simulator processes")
     p.add_argument("--resume", action="store_true", help="continue an unfinished or extend a finished collection")
-    p.add_argument("--classes", default=None, help="class list YAML (default: the simulator's own)")
+    p.add_argument("--objects", default=None, metavar="FILE",
+                   help="object catalogue YAML: classes and their models (pybullet; default: "
+                   "config/objects_pybullet.yaml)")
+    p.add_argument("--classes", default=None,
+                   help="class list YAML (default: the catalogue's classes, or the simulator's own)")
+    p.add_argument("--randomisation", choices=TRAINING, default="none",
+                   help="domain randomisation of textures, light, camera, sensor noise and depth (pybullet; "
+                   "saom_core/data/collect/randomise.py)")
+    p.add_argument("--domain", choices=DOMAINS, default="train",
+                   help="shifted: a test domain whose textures, light, noise and object colours no "
+                   "--randomisation draws from (pybullet)")
     p.add_argument("--min-area", type=int, default=None, help="drop masks smaller than this (pixels)")
     p.add_argument("--trajectory", type=int, default=0, metavar="N",
                    help="N frames per scene from a camera moving in small steps (for tracking; pybullet)")
@@ -315,14 +350,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("export"))
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--model-config", default=None, help="config of a bare SAM state_dict if it cannot be guessed")
+    p.add_argument("--half", action="store_true", help="fp16 models for GPUs (TensorRT, CUDA); trace them on the GPU "
+                   "with --device cuda")
+    p.add_argument("--device", default="cpu", help="where the model is traced (cpu, cuda, cuda:N)")
     p.set_defaults(handler=_cmd_export)
 
-    dataset_parser = sub.add_parser("dataset", help="check, show or import datasets")
+    dataset_parser = sub.add_parser("dataset", help="check, show, merge or import datasets")
     dataset = dataset_parser.add_subparsers(dest="action", required=True)
     p = dataset.add_parser("check", help="validate a dataset and print counts per split and class")
     p.add_argument("dir", type=Path)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_dataset_check)
+    p = dataset.add_parser("merge", help="merge shards collected with --first-scene into one dataset")
+    p.add_argument("parts", type=Path, nargs="+", help="finished collections of the same settings, disjoint scenes")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(handler=_cmd_dataset_merge)
     p = dataset.add_parser("show", help="draw a frame's masks and labels to a PNG")
     p.add_argument("dir", type=Path)
     p.add_argument("--index", type=int, default=0)

@@ -15,6 +15,13 @@ are pixel centres). A camera sees only the front of an object: with
 visible width (a guess that the object is about as deep as it is wide), so the box and its
 centre describe the whole object rather than its visible skin (without it, a flat face towards the
 camera has no depth extent); `surface_centroid` is the mean of the seen points either way.
+
+`stride` > 1 back-projects every stride-th pixel of the image grid in each direction (stride^2 fewer
+points: a 3D budget for a live stream; `min_points` then counts sampled points); the half-pixel
+widening becomes half a sample's footprint.
+
+Uncertainty (`Object3D.covariance`): the covariance of the seen points about the box centre, so the
+z variance also holds the distance the centre was extrapolated behind the visible surface.
 """
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from saom_core.errors import ConfigError
+from saom_core.settings import ObjectSettings
 
 DEFAULT_DEPTH_SCALE = {np.dtype(np.uint16): 0.001, np.dtype(np.float32): 1.0, np.dtype(np.float64): 1.0}
 
@@ -83,15 +91,16 @@ class CameraIntrinsics:
 @dataclass(frozen=True)
 class DepthSettings:
     min_points: int = 20  # fewer valid points than this: no 3D result
-    min_depth: float = 0.1  # metres; nearer depths are invalid
-    max_depth: float = 10.0  # metres; farther depths are invalid
+    min_depth: float = ObjectSettings.depth_min  # metres; nearer depths are invalid
+    max_depth: float = ObjectSettings.depth_max  # metres; farther depths are invalid
     mad_k: float = 3.0  # keep points within mad_k robust standard deviations of the median depth ...
     min_spread: float = 0.02  # ... but never closer than this (metres): a flat face has MAD 0
     percentiles: tuple[float, float] = (0.5, 99.5)
     complete_depth: bool = True  # extend the box behind the visible surface (see the module docstring)
+    stride: int = 1  # back-project every stride-th pixel in each direction (see the module docstring)
 
     def __post_init__(self) -> None:
-        if self.min_points < 1 or not 0 < self.min_depth < self.max_depth or self.mad_k <= 0:
+        if self.min_points < 1 or not 0 < self.min_depth < self.max_depth or self.mad_k <= 0 or self.stride < 1:
             raise ConfigError(f"invalid depth settings: {self}")
         lo, hi = self.percentiles
         if not 0 <= lo < hi <= 100:
@@ -106,10 +115,18 @@ class Object3D:
     box_max: np.ndarray  # (3,)
     surface_centroid: np.ndarray  # (3,) mean of the seen points
     points: np.ndarray = field(repr=False)  # (N, 3) float32, the seen points after outlier rejection
+    pixels: np.ndarray = field(repr=False)  # (N, 2) int row, column of each point (its colour)
 
     @property
     def centre(self) -> np.ndarray:
         return (self.box_min + self.box_max) / 2
+
+    @property
+    def covariance(self) -> np.ndarray:
+        """(3, 3) covariance of the seen points about the box centre: their spread, plus the offset
+        of a centre extrapolated behind the visible surface (`complete_depth`)."""
+        offsets = self.points.astype(np.float64) - self.centre
+        return offsets.T @ offsets / max(len(offsets), 1)
 
     @property
     def size(self) -> np.ndarray:
@@ -123,6 +140,36 @@ class Object3D:
             "surface_centroid": [round(float(v), 5) for v in self.surface_centroid],
             "points": int(len(self.points)),
         }
+
+
+@dataclass(frozen=True)
+class RigidTransform:
+    """p_target = R(quaternion) p_source + translation: a transform looked up elsewhere (tf2 in the node),
+    applied to 3D results."""
+
+    translation: np.ndarray  # (3,)
+    quaternion: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 1.0)  # x, y, z, w
+
+    @property
+    def rotation(self) -> np.ndarray:
+        """(3, 3) rotation matrix of the (normalised) quaternion."""
+        x, y, z, w = np.asarray(self.quaternion, dtype=np.float64) / np.linalg.norm(self.quaternion)
+        return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                         [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                         [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+    def apply(self, points: np.ndarray) -> np.ndarray:
+        """(N, 3) or (3,) points in the target frame, in their input's float type."""
+        points = np.asarray(points)
+        out = points @ self.rotation.T.astype(points.dtype) + np.asarray(self.translation, dtype=points.dtype)
+        return out.astype(points.dtype)
+
+    def rotate_covariance(self, covariance: np.ndarray) -> np.ndarray:
+        r = self.rotation
+        return r @ covariance @ r.T
+
+
+IDENTITY = RigidTransform(np.zeros(3))
 
 
 def depth_in_metres(depth: np.ndarray, depth_scale: float | None = None) -> np.ndarray:
@@ -151,48 +198,54 @@ def mask_bounds(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
-def backproject(mask: np.ndarray, depth_m: np.ndarray, camera: CameraIntrinsics, settings: DepthSettings) -> np.ndarray:
-    """(N, 3) float32 points of the mask's valid depth pixels."""
+def backproject(mask: np.ndarray, depth_m: np.ndarray, camera: CameraIntrinsics,
+                settings: DepthSettings) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 3) float32 points of the mask's valid depth pixels (every `settings.stride`-th of the image
+    grid) and their (N, 2) row, column."""
     if mask.shape != depth_m.shape:
         raise ConfigError(f"mask {mask.shape} and depth {depth_m.shape} differ in size")
     bounds = mask_bounds(mask)
     if bounds is None:
-        return np.zeros((0, 3), dtype=np.float32)
+        return np.zeros((0, 3), dtype=np.float32), np.zeros((0, 2), dtype=np.int64)
     y0, y1, x0, x1 = bounds
-    vs, us = np.nonzero(mask[y0:y1, x0:x1])  # within the mask's box: a small object costs little
-    vs, us = vs + y0, us + x0
+    s = settings.stride
+    y0, x0 = -(-y0 // s) * s, -(-x0 // s) * s  # on the image's sampling grid, whatever the mask's box
+    vs, us = np.nonzero(mask[y0:y1:s, x0:x1:s])  # within the mask's box: a small object costs little
+    vs, us = vs * s + y0, us * s + x0
     z = depth_m[vs, us]
     valid = (z >= settings.min_depth) & (z <= settings.max_depth)  # NaN compares False: dropped
     us, vs, z = us[valid], vs[valid], z[valid]
     x = (us - camera.cx) * z / camera.fx
     y = (vs - camera.cy) * z / camera.fy
-    return np.stack([x, y, z], axis=1).astype(np.float32)
+    return np.stack([x, y, z], axis=1).astype(np.float32), np.stack([vs, us], axis=1)
 
 
 def reject_outliers(points: np.ndarray, settings: DepthSettings) -> np.ndarray:
-    """Points whose depth is within max(mad_k * 1.4826 * MAD, min_spread) of the median depth."""
+    """Which points have a depth within max(mad_k * 1.4826 * MAD, min_spread) of the median depth."""
     if len(points) == 0:
-        return points
+        return np.zeros(0, dtype=bool)
     z = points[:, 2]
     median = np.median(z)
     spread = max(settings.mad_k * 1.4826 * float(np.median(np.abs(z - median))), settings.min_spread)
-    return points[np.abs(z - median) <= spread]
+    return np.abs(z - median) <= spread
 
 
 def object_from_mask(mask: np.ndarray, depth_m: np.ndarray, camera: CameraIntrinsics,
                      settings: DepthSettings = DepthSettings()) -> Object3D | None:
     """The instance in 3D, or None when fewer than `settings.min_points` valid points remain."""
-    points = reject_outliers(backproject(mask, depth_m, camera, settings), settings)
+    points, pixels = backproject(mask, depth_m, camera, settings)
+    keep = reject_outliers(points, settings)
+    points, pixels = points[keep], pixels[keep]
     if len(points) < settings.min_points:
         return None
     lo, hi = np.percentile(points, settings.percentiles, axis=0)
-    # points are pixel centres; the surface reaches half a pixel's footprint beyond the outer ones
-    footprint = float(np.median(points[:, 2])) * 0.5 / np.array([camera.fx, camera.fy])
+    # points are sample centres; the surface reaches half a sample's footprint beyond the outer ones
+    footprint = float(np.median(points[:, 2])) * 0.5 * settings.stride / np.array([camera.fx, camera.fy])
     lo[:2] -= footprint
     hi[:2] += footprint
     if settings.complete_depth:
         hi[2] = max(hi[2], lo[2] + (hi[0] - lo[0] + hi[1] - lo[1]) / 2)
-    return Object3D(box_min=lo, box_max=hi, surface_centroid=points.mean(0), points=points)
+    return Object3D(box_min=lo, box_max=hi, surface_centroid=points.mean(0), points=points, pixels=pixels)
 
 
 @dataclass

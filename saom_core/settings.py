@@ -192,6 +192,8 @@ def _tuned(name: str) -> Any:
 
 THRESHOLD_NAMES = tuple(f.name for f in fields(Thresholds))
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
+BACKENDS = ("torch", "onnxruntime")
+ONNX_PROVIDERS = ("auto", "tensorrt", "cuda", "cpu")
 
 
 @dataclass(frozen=True)
@@ -201,12 +203,21 @@ class SegmenterSettings(Settings):
     `runtime` ones apply per frame; the others are fixed when the model loads.
     """
 
-    device: str = setting("auto", "where the model runs (auto: cuda when available)",
-                          pattern=DEVICE_PATTERN, allowed_text="cpu, cuda, cuda:N or auto")
+    backend: str = setting("torch", "what runs the model: torch (a checkpoint .pt) or onnxruntime (the folder "
+                           "`saom export` writes; pip install 'saom_ros[onnx]')", choices=BACKENDS)
+    device: str = setting("auto", "where the model runs (auto: cuda when available); with onnxruntime: where the "
+                          "pre- and post-processing run", pattern=DEVICE_PATTERN,
+                          allowed_text="cpu, cuda, cuda:N or auto")
+    onnx_provider: str = setting("auto", "onnxruntime's execution provider (auto: TensorRT, then CUDA, then CPU, "
+                                 "the first one installed)", choices=ONNX_PROVIDERS)
+    threads: int = setting(0, "intra-op threads of the model and its pre- and post-processing "
+                           "(0 = every core but one, which ROS/DDS and the frame I/O keep)",
+                           lo=1, hi=1024, zero_means="every core but one")
     model_config: str = setting(
         "", "SAM architecture of a bare SAM state_dict (vit_b, vit_l, vit_h, ...); empty = from the checkpoint"
     )
-    half: bool = setting(False, "reduced precision: bf16 (fp16 on GPUs without bf16); faster, masks differ slightly")
+    half: bool = setting(False, "reduced precision: bf16 (fp16 on GPUs without bf16); faster, masks differ slightly; "
+                         "onnxruntime: fp16 TensorRT engines (export with --half for fp16 models)")
     compile: bool = setting(False, "torch.compile the mask decoder: a one-off cost at load, then faster frames")
     # 1280: a 4K camera frame costs what a 1280x720 one does (README, ROS 2 section)
     max_input_size: int = setting(1280, "segment frames whose long side exceeds this many pixels downscaled; "
@@ -233,4 +244,21 @@ class SegmenterSettings(Settings):
         return Thresholds(**{
             n: getattr(tuned, n) if getattr(self, n) is None else getattr(self, n) for n in THRESHOLD_NAMES
         })
+
+
+@dataclass(frozen=True)
+class ObjectSettings(Settings):
+    """Tracking and 3D of everything mode's instances (the ROS node's parameters, `saom bag`'s options);
+    saom_core.track.TrackerSettings and saom_core.geometry3d.DepthSettings take their defaults from here."""
+
+    track_min_hits: int = setting(2, "everything mode: consecutive frames a new object must be seen in before it is "
+                                     "published under its track id (1 = at once)", lo=1, hi=100, runtime=True)
+    track_max_misses: int = setting(3, "everything mode: frames a tracked object may go unseen and keep its id",
+                                    lo=0, hi=1000, runtime=True)
+    depth_stride: int = setting(2, "3D from every n-th depth pixel in each direction (n^2 fewer points in the 3D "
+                                   "step and the cloud; 1 = every pixel)", lo=1, hi=16, runtime=True)
+    depth_min: float = setting(0.1, "nearest valid depth (metres); nearer pixels are ignored", lo=0.0, hi=100.0,
+                               lo_open=True, runtime=True)
+    depth_max: float = setting(10.0, "farthest valid depth (metres); farther pixels are ignored", lo=0.0, hi=1000.0,
+                               lo_open=True, runtime=True)
 

@@ -23,14 +23,15 @@ from scipy.optimize import linear_sum_assignment
 from saom_core.errors import ConfigError
 from saom_core.geometry3d import mask_bounds
 from saom_core.infer.types import Instance, Segmentation
+from saom_core.settings import ObjectSettings
 
 MAX_TRACK_ID = 65535
 
 
 @dataclass(frozen=True)
 class TrackerSettings:
-    min_hits: int = 2  # consecutive hits before a new track's id is published
-    max_misses: int = 3  # consecutive frames a confirmed track survives unseen
+    min_hits: int = ObjectSettings.track_min_hits  # consecutive hits before a new track's id is published
+    max_misses: int = ObjectSettings.track_max_misses  # consecutive frames a confirmed track survives unseen
     min_iou: float = 0.2  # the mask IoU gate, for pairs without 3D on both sides
     max_distance: float = 0.15  # the gate on 3D centre distance (metres), for pairs with 3D on both sides
     class_agnostic: bool = False  # True: a track may change class (a flickering label keeps its id)

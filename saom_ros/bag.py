@@ -8,27 +8,33 @@ frame and at its bag timestamp, the same messages `saom_node` publishes: `<prefi
 the class map). Every output carries its input frame's header. A frame that cannot be read or
 segmented is counted and skipped; the run goes on.
 
+Each frame goes through the node's per-frame step (saom_ros.frame_step): score filter, 3D, and
+the tracker, so the ids are track ids, the node's on the same recording.
+
 With `depth_topic` and `camera_info_topic` (registered depth, 16UC1 or 32FC1), each colour frame is
-paired with them by header stamp within `sync_slop` seconds (saom_ros.sync) and the 3D outputs are
-written too: `<prefix>/detections_3d` (vision_msgs/Detection3DArray), `<prefix>/objects`
-(sensor_msgs/PointCloud2) and `<prefix>/markers` (visualization_msgs/MarkerArray), ids as in
-`<prefix>/detections` (saom_ros.objects3d). A colour frame without matching depth, or with depth
-that cannot be used, gets its 2D outputs only and is counted.
+paired with them by header stamp within `sync_slop` seconds (saom_ros.pairing) and the 3D outputs are
+written too, for every frame: `<prefix>/detections_3d` (vision_msgs/Detection3DArray),
+`<prefix>/objects` (sensor_msgs/PointCloud2) and `<prefix>/markers`
+(visualization_msgs/MarkerArray), ids as in `<prefix>/detections` (saom_ros.objects3d). A colour
+frame without matching depth, or with depth that cannot be used, gets empty 3D outputs and is
+counted.
 """
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from saom_core.errors import ImageError, SaomError
 from saom_core.infer.types import Segmenter
+from saom_core.settings import ObjectSettings
 
-from .conversions import UnsupportedEncoding, make_image, make_label_info, make_outputs, message_to_rgb, overlay_image
+from .conversions import UnsupportedEncoding, make_label_info, message_to_rgb
+from .frame_step import FrameStep
 from .msgtypes import rosbags_types, typestore
-from .objects3d import DepthInputError, frame_to_3d, make_outputs_3d, rosbags_types_3d
-from .sync import CAMERA_INFO, COLOR, DEPTH, StampSync, stamp_ns
+from .objects3d import rosbags_types_3d
+from .pairing import CAMERA_INFO, COLOR, DEPTH, StampSync, stamp_ns
 
 if TYPE_CHECKING:
     from saom_core.cli import PluginContext
@@ -85,13 +91,14 @@ def run_bag(
     depth_topic: str | None = None,
     camera_info_topic: str | None = None,
     sync_slop: float = 0.05,
+    objects: ObjectSettings | None = None,
 ) -> BagSummary:
     """Segment every image on `topic` of `in_bag` and write the outputs to the new bag `out_bag`.
 
     `storage` is "mcap", "sqlite3" or None (the input's format). `copy_input` also writes the
     input images (same topic name) so the output bag is viewable on its own. Raises SaomError for
     a missing/unreadable input bag, an output that exists already, or a topic that is not an image
-    topic of the bag.
+    topic of the bag. `objects`: tracking and 3D (the schema's defaults, as the node's, when None).
     """
     in_bag, out_bag = Path(in_bag), Path(out_bag)
     if not in_bag.exists():
@@ -109,7 +116,8 @@ def run_bag(
         try:
             outputs = _Outputs(writer, output_prefix, summary, overlay=overlay, three_d=inputs.sync is not None,
                                copies=inputs.images if copy_input else [])
-            frames = _FrameSegmenter(segmenter, outputs, summary, score_threshold)
+            step = FrameStep(segmenter, outputs.types, outputs.types_3d, objects or ObjectSettings(), score_threshold)
+            frames = _FrameSegmenter(step, outputs, summary)
             _segment_all(reader, inputs, outputs, frames, summary, list(segmenter.class_names), score_threshold,
                          progress)
         finally:
@@ -231,13 +239,13 @@ class _Outputs:
 
 # ---- the loop ----------------------------------------------------------------------------------
 class _FrameSegmenter:
-    """Segments one colour frame and writes its outputs: 2D, and 3D when it comes with depth."""
+    """Runs the per-frame step on one colour frame and writes its outputs: 2D, and with depth topics
+    3D for every frame (empty without usable depth)."""
 
-    def __init__(self, segmenter: Segmenter, outputs: _Outputs, summary: BagSummary, score_threshold: float) -> None:
-        self.segmenter = segmenter
+    def __init__(self, step: FrameStep, outputs: _Outputs, summary: BagSummary) -> None:
+        self.step = step
         self.outputs = outputs
         self.summary = summary
-        self.score_threshold = score_threshold
 
     def __call__(self, timestamp: int, msg: Any, depth: Any = None, info: Any = None) -> None:
         summary, outputs = self.summary, self.outputs
@@ -252,36 +260,24 @@ class _FrameSegmenter:
             _fail(summary, timestamp, str(exc))
             return
         try:
-            seg = self.segmenter.segment(rgb)
-            if (seg.height, seg.width) != rgb.shape[:2]:
-                raise ValueError(f"segmentation {seg.width}x{seg.height} for a "
-                                 f"{rgb.shape[1]}x{rgb.shape[0]} frame")
-            out2d = make_outputs(outputs.types, msg.header, seg, self.score_threshold)
+            out = self.step(msg, rgb, depth, info, overlay=outputs.overlay)
         except Exception as exc:  # noqa: BLE001 - keep going after a bad frame
             _fail(summary, timestamp, f"{type(exc).__name__}: {exc}")
             return
-        outputs.write("detections", timestamp, out2d.detections)
-        outputs.write("instance_mask", timestamp, out2d.instance_mask)
-        if outputs.overlay:
-            image = make_image(outputs.types, out2d.detections.header, overlay_image(rgb, out2d.segmentation), "rgb8")
-            outputs.write("overlay", timestamp, image)
+        outputs.write("detections", timestamp, out.detections)
+        outputs.write("instance_mask", timestamp, out.instance_mask)
+        if out.overlay is not None:
+            outputs.write("overlay", timestamp, out.overlay)
         summary.segmented += 1
-        if outputs.types_3d is None:
+        if out.outputs_3d is None:
             return
-        if depth is None:
+        if not out.found.with_3d:
             summary.without_depth += 1
-            return
-        try:
-            frame_to_3d(out2d.segmentation, depth, info)
-        except DepthInputError as exc:
-            summary.without_depth += 1
-            if len(summary.errors) < 5:
-                summary.errors.append(f"t={timestamp}: {exc}")
-            return
-        out3d = make_outputs_3d(outputs.types_3d, out2d.detections.header, out2d.segmentation)
-        outputs.write("detections_3d", timestamp, out3d.detections)
-        outputs.write("objects", timestamp, out3d.cloud)
-        outputs.write("markers", timestamp, out3d.markers)
+            if out.found.problem and len(summary.errors) < 5:
+                summary.errors.append(f"t={timestamp}: {out.found.problem}")
+        outputs.write("detections_3d", timestamp, out.outputs_3d.detections)
+        outputs.write("objects", timestamp, out.outputs_3d.cloud)
+        outputs.write("markers", timestamp, out.outputs_3d.markers)
 
     def matches(self, matches: Any) -> None:
         """Colour frames the stamp sync has paired (with depth, or given up on)."""
@@ -343,14 +339,18 @@ def add_subcommand(subparsers: argparse._SubParsersAction, cli: PluginContext) -
             summary = run_bag(
                 segmenter, args.in_bag, args.out_bag, args.topic, progress=not args.quiet, storage=args.storage,
                 depth_topic=args.depth_topic, camera_info_topic=args.camera_info_topic, sync_slop=args.sync_slop,
+                objects=ObjectSettings.from_values({f.name: getattr(args, f.name) for f in fields(ObjectSettings)}),
             )
         finally:
             segmenter.close()
         print(summary.line())
         return 0
 
+    from saom_core.cli import add_settings_options
+
     p = subparsers.add_parser("bag", help="segment every image of a rosbag2; write the node's outputs to a new bag")
     cli.add_generator_args(p)
+    add_settings_options(p, ObjectSettings)
     p.add_argument("in_bag", type=Path)
     p.add_argument("out_bag", type=Path)
     p.add_argument("--topic", required=True, help="sensor_msgs/Image or CompressedImage topic")

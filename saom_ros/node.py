@@ -10,7 +10,7 @@ itself at start-up, and exits with status 1 when that fails.
 Threads: `main` spins a MultiThreadedExecutor. The lifecycle services are in a reentrant callback
 group and the diagnostics timer in its own group, so while a transition loads (and compiles) the
 model, `get_state` and /diagnostics still answer; a second transition meanwhile is refused by the
-lifecycle state machine. Frames are segmented by one worker thread (saom_ros.pipeline).
+lifecycle state machine. Frames are segmented by one worker thread (saom_ros.worker).
 
 Topics (relative names, remappable; ~ is the node's name):
   in   image_raw (sensor_msgs/Image; `<image_topic>/compressed` CompressedImage when image_transport
@@ -29,7 +29,7 @@ Topics (relative names, remappable; ~ is the node's name):
        (vision_msgs/Detection3DArray), ~/objects (sensor_msgs/PointCloud2, only while subscribed)
        and ~/markers (visualization_msgs/MarkerArray), with the colour frame's header.
 
-Ids (everything mode): instances are tracked across frames (saom_ros.frame_objects), and
+Ids (everything mode): instances are tracked across frames (saom_ros.frame_step), and
 Detection2D.id, Detection3D.id, the cloud's id field and the marker ids are the track id, which is
 also the instance's pixel value in ~/instance_mask (0 = no published instance). A new object is
 published once its track is confirmed (track_min_hits frames in a row). A colour frame without
@@ -42,17 +42,15 @@ import sys
 import threading
 import time
 import traceback
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import (
-    FloatingPointRange,
-    IntegerRange,
-    ParameterDescriptor,
     SetParametersResult,
 )
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
@@ -62,7 +60,7 @@ from rclpy.lifecycle.node import LifecycleNodeMixin
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSPolicyKind, QoSProfile, ReliabilityPolicy
+from rclpy.qos import ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.subscription import Subscription
 from rclpy.timer import Timer
@@ -71,31 +69,39 @@ try:  # Jazzy and newer
     from rclpy.event_handler import SubscriptionEventCallbacks
 except ImportError:  # Humble
     from rclpy.qos_event import SubscriptionEventCallbacks
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 from vision_msgs.msg import Detection2DArray, Detection3DArray, LabelInfo
 from visualization_msgs.msg import MarkerArray
 
 from saom_core.errors import ConfigError, ImageError, SaomError
-from saom_core.infer.types import Instance, Segmenter
+from saom_core.infer.types import Instance, Segmentation, Segmenter
 
-from . import model as model_mod
+from . import qos
+from . import segmenter_factory as factories
 from .conversions import (
     SUPPORTED_ENCODINGS,
     UnsupportedEncoding,
     answers_in_prompt_order,
-    make_image,
     make_label_info,
-    make_outputs,
     make_prompted_outputs,
-    overlay_image,
     prompts_from_detections,
     select_image_converter,
     stamp_key,
 )
-from .frame_objects import FrameObjectStep
+from .descriptors import RELOAD_HINT, declared_default, parameter_descriptor, ros_parameter
+from .diagnostics import NodeHealth, diagnosis, diagnostic_array
+from .frame_step import FrameStep, ObjectCounts, check_size
 from .msgtypes import rclpy_types
-from .objects3d import Messages3D, make_detection3d_array, make_markers, make_point_cloud, rclpy_types_3d
-from .pairing import Pairing, make_pairing
+from .objects3d import (
+    Messages3D,
+    Outputs3D,
+    RigidTransform,
+    make_outputs_3d,
+    rclpy_types_3d,
+    transform_from_msg,
+    unrectified_warning,
+)
+from .pairing import Match, stamp_ns
 from .params import (
     NODE_NAME,
     PARAMETER_NAMES,
@@ -109,46 +115,31 @@ from .params import (
     check_parameter,
     validate,
 )
-from .pipeline import FrameWorker, Job, PromptMatcher, RateLimiter, Stats
-from .sync import CAMERA_INFO, COLOR, DEPTH, Match, stamp_ns
+from .rgbd_input import RgbdInput
+from .worker import FrameWorker, Job, PromptMatcher, RateLimiter, Stats
 
-# Outputs are lossless: reliable, a few messages deep so a slow reader does not lose any.
-OUTPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
-                        durability=DurabilityPolicy.VOLATILE)
-LABEL_INFO_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                            durability=DurabilityPolicy.TRANSIENT_LOCAL)
-# Prompts are requests: received reliably (a best-effort prompt publisher does not match: its
-# prompts would be lost silently) with a small bounded queue; prompt sets waiting for the model
-# beyond PROMPT_QUEUE are dropped oldest first, logged and counted.
-PROMPTS_DEPTH = 5
+# Prompt sets waiting for the model beyond PROMPT_QUEUE are dropped oldest first, logged and counted.
 PROMPT_QUEUE = 4
-# qos_overrides.<topic>.subscription.<policy> work for the two subscriptions (others are refused);
-# an override of the image reliability wins over image_reliability (auto included).
-OVERRIDABLE_POLICIES = (QoSPolicyKind.HISTORY, QoSPolicyKind.DEPTH, QoSPolicyKind.RELIABILITY)
 PROMPTS_TOPIC = "~/prompts"
-DEPTH_TOPIC, CAMERA_INFO_TOPIC = "depth/image_raw", "camera_info"  # the launch file remaps them
-DEPTH_QUEUE = 5  # depth and camera_info wait this deep for their colour frame
+TRANSFORM_TIMEOUT_S = 0.1  # target_frame: how long a frame waits for its transform
 RELIABILITY_RECHECK_S = 1.0  # image_reliability auto: how often to look for the camera publisher
-FAILURES_FOR_ERROR = 3  # consecutive model failures that make the diagnostics ERROR
+STREAM_RESTART_NS = 1_000_000_000  # a frame older than the last by more than this restarts the stream
+# the outputs: key -> (message type, topic, latched); each publisher takes qos_overrides
+OUTPUTS: dict[str, tuple[Any, str, bool]] = {
+    "detections": (Detection2DArray, "~/detections", False),
+    "instance_mask": (Image, "~/instance_mask", False),
+    "label_info": (LabelInfo, "~/label_info", True),
+    "overlay": (Image, "~/overlay", False),  # used while publish_overlay (runtime-safe)
+    "prompted_detections": (Detection2DArray, "~/prompted/detections", False),
+    "prompted_masks": (Image, "~/prompted/masks", False),
+    "detections_3d": (Detection3DArray, "~/detections_3d", False),
+    "objects": (PointCloud2, "~/objects", False),
+    "markers": (MarkerArray, "~/markers", False),
+}
+PROMPTED_OUTPUTS = ("prompted_detections", "prompted_masks")  # with prompts_enabled
+OUTPUTS_3D = ("detections_3d", "objects", "markers")  # with depth_enabled
 
 OK, FAILURE, ERROR = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE, TransitionCallbackReturn.ERROR
-
-
-def image_qos(reliability: str, depth: int = 1) -> QoSProfile:
-    """Sensor-data QoS (keep last `depth`, 1 for images) with the given reliability (best_effort or reliable)."""
-    rel = ReliabilityPolicy.RELIABLE if reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=rel,
-                      durability=DurabilityPolicy.VOLATILE)
-
-
-@dataclass
-class RgbdSubscription:
-    subscription: Any
-    reliability: str  # best_effort or reliable
-    settled: bool  # False: chosen by auto before any publisher appeared (re-checked)
-
-
-RGBD_INPUTS = {DEPTH: (Image, DEPTH_TOPIC), CAMERA_INFO: (CameraInfo, CAMERA_INFO_TOPIC)}
 
 
 @dataclass
@@ -157,68 +148,6 @@ class FrameJob(Job):
 
     depth: Any = None
     camera_info: Any = None
-
-
-def prompts_qos() -> QoSProfile:
-    """A fresh profile (qos_overrides change the profile they are applied to)."""
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=PROMPTS_DEPTH, reliability=ReliabilityPolicy.RELIABLE,
-                      durability=DurabilityPolicy.VOLATILE)
-
-
-def publishers_reliability(infos: Sequence[Any]) -> str | None:
-    """What a subscription should ask to hear these publishers best (rosbag2's QoS adaptation):
-    reliable when every publisher is reliable, best_effort otherwise, None when there is none."""
-    if not infos:
-        return None
-    reliable = all(info.qos_profile.reliability == ReliabilityPolicy.RELIABLE for info in infos)
-    return "reliable" if reliable else "best_effort"
-
-
-_ROS_TYPES = {"bool": Parameter.Type.BOOL, "int": Parameter.Type.INTEGER, "float": Parameter.Type.DOUBLE,
-              "str": Parameter.Type.STRING, "str_list": Parameter.Type.STRING_ARRAY}
-# Read once, at start-up: a later change would do nothing, so ROS refuses it (read_only).
-START_ONLY = frozenset({"autostart"})
-RELOAD_HINT = "needs a model reload: deactivate, cleanup, set it, then configure and activate"
-
-
-def parameter_descriptor(p: Param) -> ParameterDescriptor:
-    """Typed, with the schema's range where ROS can say it (an open bound or `0 = off` below the
-    range is checked by params.validate); whether a change needs a reload in additional_constraints."""
-    d = ParameterDescriptor(name=p.name, type=_ROS_TYPES[p.kind].value, description=p.description,
-                            read_only=p.name in START_ONLY)
-    constraints = []
-    if p.choices:
-        constraints.append("one of " + ", ".join(p.choices))
-    if p.read_only and p.name not in START_ONLY:
-        constraints.append(f"fixed while configured ({RELOAD_HINT})")
-    d.additional_constraints = "; ".join(constraints)
-    lo = 0 if p.zero_means else p.lo
-    if p.kind == "float" and (lo is not None or p.hi is not None):
-        d.floating_point_range = [FloatingPointRange(
-            from_value=-sys.float_info.max if lo is None else float(lo),
-            to_value=sys.float_info.max if p.hi is None else float(p.hi), step=0.0)]
-    elif p.kind == "int" and (lo is not None or p.hi is not None):
-        d.integer_range = [IntegerRange(from_value=-(2**63) if lo is None else int(lo),
-                                        to_value=2**63 - 1 if p.hi is None else int(p.hi), step=0)]
-    return d
-
-
-def ros_parameter(p: Param, value: Any) -> Parameter:
-    """A params-file or command-line value as a parameter of p's type: ints are fine for doubles
-    (YAML's `0`), an empty list is an empty string array."""
-    if p.kind == "float" and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if p.kind == "str_list" and isinstance(value, (list, tuple)) and not value:
-        return Parameter(p.name, Parameter.Type.STRING_ARRAY, [])
-    return Parameter(p.name, value=value)
-
-
-def declared_default(p: Param) -> Any:
-    """p's default for declare_parameter: not set (its bare type) for None and an empty list (both
-    read back as the schema's default)."""
-    if p.default is None or (p.kind == "str_list" and not p.default):
-        return _ROS_TYPES[p.kind]
-    return float(p.default) if p.kind == "float" else p.default
 
 
 def _transition(name: str) -> Callable:
@@ -249,11 +178,12 @@ class SaomNode(LifecycleNode):
     """SAOM everything mode (and prompted mode) as a ROS 2 lifecycle node.
 
     `segmenter_factory(params) -> Segmenter` replaces the real model loader (tests, benchmarks);
-    see `saom_ros.model` for the other hooks.
+    see `saom_ros.segmenter_factory` for the other hooks. `tf_buffer` replaces tf2_ros.Buffer for `target_frame`
+    (tests: anything with tf2's `lookup_transform(target, source, time, timeout)`).
     """
 
-    def __init__(self, node_name: str = NODE_NAME, *, segmenter_factory: model_mod.SegmenterFactory | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, node_name: str = NODE_NAME, *, segmenter_factory: factories.SegmenterFactory | None = None,
+                 tf_buffer: Any = None, **kwargs: Any) -> None:
         # LifecycleNode.__init__ puts the lifecycle services in the node's default (mutually
         # exclusive) group, where get_state would wait for a transition that loads the model:
         # the two base initialisers are called here with a reentrant group instead.
@@ -280,6 +210,11 @@ class SaomNode(LifecycleNode):
         self._log_limit = RateLimiter(0.0)
         self._warn_limits: dict[str, RateLimiter] = defaultdict(lambda: RateLimiter(5.0))
         self._active = False
+        self._transition_lock = threading.Lock()  # one transition at a time (_LifecycleNodeMixin__change_state)
+        # _active, the input subscriptions and the hand-off of frames to the worker change under this
+        # lock: a re-subscription or a frame never slips in after a deactivate
+        self._state_lock = threading.RLock()
+        self._last_handed = 0  # stamp (ns) of the newest frame handed to the worker: never an older one after it
         self.transition_in_progress = ""
         self.last_transition_error = ""
         self.overlays_published = 0
@@ -293,16 +228,31 @@ class SaomNode(LifecycleNode):
         self._last_skip_time = 0.0
         self._to_rgb: Callable[[Any], Any] = select_image_converter(None)[0]  # set at configure
         self.M3: Messages3D | None = None  # the 3D message classes (depth_enabled)
-        self.objects: FrameObjectStep | None = None  # score filter, 3D and tracker (while active)
-        self.pairing: Pairing | None = None  # colour + depth + camera_info by stamp (depth_enabled, active)
-        self.rgbd_subs: dict[str, RgbdSubscription] = {}  # depth and camera_info, by pairing stream
-        self._expire_timer: Timer | None = None
-        self._color_arrivals: OrderedDict[int, float] = OrderedDict()  # stamp ns -> monotonic arrival
-        self._arrivals_lock = threading.Lock()  # subscriptions and the expiry timer run in different threads
+        self.step: FrameStep | None = None  # segmenter, score filter, 3D, tracker, messages (while active)
+        self.rgbd: RgbdInput | None = None  # depth and camera_info paired with colour (depth_enabled, active)
         self._last_3d = 0.0
+        self._given_tf_buffer = tf_buffer  # a stand-in for tf2_ros.Buffer (tests); else made at configure
+        self._tf_buffer: Any = None  # with target_frame: looks up camera -> target_frame
+        self._tf_listener: Any = None
+        self._output_lock = threading.Lock()  # 3D outputs of a frame vs their clearing (deactivate, pause)
+        self._frame_3d = ""  # the frame of the latest 3D outputs (their clearing uses it)
+        self._rectification_checked = False  # camera_info's distortion looked at (objects3d.unrectified_warning)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _LifecycleNodeMixin__change_state(self, transition_id: int) -> TransitionCallbackReturn:
+        """Every transition (the lifecycle services and the trigger_* calls of autostart alike) runs
+        under one lock: rclpy's state change takes none, so two threads could both start one from the
+        same state. A transition asked for while another runs is refused, not queued."""
+        if not self._transition_lock.acquire(blocking=False):
+            self.get_logger().error(f"transition {transition_id} refused: {self.transition_in_progress or 'another'} "
+                                    "transition is in progress")
+            return ERROR
+        try:
+            return LifecycleNodeMixin._LifecycleNodeMixin__change_state(self, transition_id)  # type: ignore[attr-defined]
+        finally:
+            self._transition_lock.release()
 
     def warn_throttled(self, key: str, message: str) -> None:
         if self._warn_limits[key].ready():
@@ -378,10 +328,11 @@ class SaomNode(LifecycleNode):
         if new.score_threshold != old.score_threshold and self._active and "label_info" in self._pubs:
             header = self.T.Header(stamp=self.get_clock().now().to_msg(), frame_id="")
             self._pubs["label_info"].publish(make_label_info(self.T, header, self.class_names, new.score_threshold))
-        objects = self.objects
-        if objects is not None and (new.tracker_settings(), new.depth_settings(), new.depth_stride) != (
-                old.tracker_settings(), old.depth_settings(), old.depth_stride):
-            objects.update_settings(new.tracker_settings(), new.depth_settings(), new.depth_stride)
+        step = self.step
+        if step is not None:
+            step.update(new, new.score_threshold)
+        if old.enable and not new.enable:
+            self._clear_3d()
         if new.enable != old.enable:
             self.get_logger().info("segmentation " + ("resumed" if new.enable else "paused (enable is false; "
                                                                               "the model stays loaded)"))
@@ -406,19 +357,10 @@ class SaomNode(LifecycleNode):
             raise ConfigError(f"parameter image_topic: {params.image_topic!r} is not a valid ROS topic name "
                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
 
-    def _qos_override_names(self, topic: str) -> list[str]:
-        return [f"qos_overrides.{topic}.subscription.{kind.name.lower()}" for kind in OVERRIDABLE_POLICIES]
-
-    def _check_qos_overrides(self, image_topic: str) -> None:
-        """qos_overrides given for anything but the image and prompts subscriptions would be silently
-        ignored by rclpy: refused instead, naming those that work."""
-        given = [n for n in (getattr(self, "_parameter_overrides", {}) or {}) if n.startswith("qos_overrides.")]
-        prompts_topic = self.resolve_topic_name(PROMPTS_TOPIC)
-        allowed = self._qos_override_names(image_topic) + self._qos_override_names(prompts_topic)
-        unknown = sorted(set(given) - set(allowed))
-        if unknown:
-            raise ConfigError(f"qos_overrides {', '.join(unknown)} do not apply to this node; these do: "
-                              f"{', '.join(allowed)}")
+    def _outputs(self, params: NodeParams) -> list[str]:
+        """The keys of OUTPUTS this configuration publishes."""
+        return [key for key in OUTPUTS if (key not in PROMPTED_OUTPUTS or params.prompts_enabled)
+                and (key not in OUTPUTS_3D or params.depth_enabled)]
 
     def _reliability_overridden(self, topic: str) -> bool:
         return f"qos_overrides.{topic}.subscription.reliability" in (getattr(self, "_parameter_overrides", {}) or {})
@@ -442,25 +384,24 @@ class SaomNode(LifecycleNode):
     @_transition("configure")
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         params = self.read_params()
-        model_mod.check_device(params.device)
+        factories.check_device(params.device)
         topic = self.input_topic(params)
-        self._check_qos_overrides(topic)
+        outputs = self._outputs(params)
+        qos.check_overrides(getattr(self, "_parameter_overrides", None) or {},
+                            subscriptions=(topic, self.resolve_topic_name(PROMPTS_TOPIC)),
+                            publishers=[self.resolve_topic_name(OUTPUTS[key][1]) for key in outputs])
         self.params = params
-        pub = self.create_lifecycle_publisher
-        self._pubs = {
-            "detections": pub(Detection2DArray, "~/detections", OUTPUT_QOS),
-            "instance_mask": pub(Image, "~/instance_mask", OUTPUT_QOS),
-            "label_info": pub(LabelInfo, "~/label_info", LABEL_INFO_QOS),
-        }
-        self._pubs["overlay"] = pub(Image, "~/overlay", OUTPUT_QOS)  # used while publish_overlay (runtime-safe)
-        if params.prompts_enabled:
-            self._pubs["prompted_detections"] = pub(Detection2DArray, "~/prompted/detections", OUTPUT_QOS)
-            self._pubs["prompted_masks"] = pub(Image, "~/prompted/masks", OUTPUT_QOS)
+        self._pubs = {}
+        for key in outputs:
+            msg_type, name, latched = OUTPUTS[key]
+            self._pubs[key] = self.create_lifecycle_publisher(
+                msg_type, name, qos.output_qos(latched),
+                qos_overriding_options=QoSOverridingOptions.with_default_policies())
         if params.depth_enabled:
             self.M3 = rclpy_types_3d()
-            self._pubs["detections_3d"] = pub(Detection3DArray, "~/detections_3d", OUTPUT_QOS)
-            self._pubs["objects"] = pub(PointCloud2, "~/objects", OUTPUT_QOS)
-            self._pubs["markers"] = pub(MarkerArray, "~/markers", OUTPUT_QOS)
+            self._frame_3d = params.target_frame
+            if params.target_frame:
+                self._tf_buffer = self._given_tf_buffer or self._make_tf_buffer()
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.stats = Stats()
         self._log_limit = RateLimiter(params.log_period)
@@ -473,20 +414,31 @@ class SaomNode(LifecycleNode):
             f"input {topic} ({params.image_transport}, {params.image_reliability}, converted with {converter})")
         return super().on_configure(state)
 
+    def _make_tf_buffer(self) -> Any:
+        """tf2_ros's buffer and listener (in every ROS install; not among the PyPI wheels)."""
+        try:
+            from tf2_ros import Buffer, TransformListener
+        except ImportError as exc:
+            raise ConfigError(f"parameter target_frame: needs tf2_ros, which is not importable ({exc}); "
+                              "leave target_frame empty for the camera's frame") from exc
+        buffer = Buffer()
+        self._tf_listener = TransformListener(buffer, self)
+        return buffer
+
     @_transition("activate")
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         params = self.params
         assert params is not None
         segmenter = None
         try:
-            factory = model_mod.resolve_factory(self._factory)
+            factory = factories.resolve_factory(self._factory)
             t0 = time.monotonic()
             segmenter = factory(params)
-            class_names = model_mod.validate_segmenter(segmenter)
+            class_names = factories.validate_segmenter(segmenter)
             check_classes(params, class_names)
         except Exception as exc:  # noqa: BLE001 - any load failure fails the transition, with the reason
             try:
-                model_mod.release(segmenter, params.device)
+                factories.release(segmenter, params.device)
             except Exception as release_exc:  # noqa: BLE001
                 self.get_logger().warning(f"releasing the half-loaded model failed: {release_exc}")
             raise SaomError(f"cannot load the model: {type(exc).__name__}: {exc}") from exc
@@ -495,18 +447,21 @@ class SaomNode(LifecycleNode):
         ret = super().on_activate(state)
         header = self.T.Header(stamp=self.get_clock().now().to_msg(), frame_id="")
         self._pubs["label_info"].publish(make_label_info(self.T, header, class_names, params.score_threshold))
-        self.objects = FrameObjectStep(params.tracker_settings(), params.depth_settings(), params.depth_stride)
+        self.step = FrameStep(segmenter, self.T, self.M3, params, params.score_threshold)
         self.worker = FrameWorker(self._process, self._on_error, prompt_capacity=PROMPT_QUEUE)
         self.worker.start()
-        if params.depth_enabled and params.everything_mode:
-            self._subscribe_rgbd(params)
-        self._subscribe_image()
-        self._last_frame = time.monotonic()
-        if params.prompts_enabled:
-            self._prompt_sub = self.create_subscription(
-                Detection2DArray, PROMPTS_TOPIC, self._on_prompts, prompts_qos(),
-                qos_overriding_options=QoSOverridingOptions.with_default_policies())
-        self._active = True
+        with self._state_lock:
+            self._last_handed = 0
+            if params.depth_enabled and params.everything_mode:
+                self.rgbd = RgbdInput(self, params, self._hand_over_pair, self._state_lock, self.timer_group,
+                                      accepting=lambda: self.worker is not None and self.enabled)
+            self._subscribe_image()
+            self._last_frame = time.monotonic()
+            if params.prompts_enabled:
+                self._prompt_sub = self.create_subscription(
+                    Detection2DArray, PROMPTS_TOPIC, self._on_prompts, qos.prompts_qos(),
+                    qos_overriding_options=QoSOverridingOptions.with_default_policies())
+            self._active = True
         return ret
 
     def _subscribe_image(self) -> None:
@@ -519,7 +474,7 @@ class SaomNode(LifecycleNode):
         reliability = params.image_reliability
         overridden = self._reliability_overridden(topic)
         if reliability == "auto" and not overridden:
-            found = publishers_reliability(self.get_publishers_info_by_topic(topic))
+            found = qos.publishers_reliability(self.get_publishers_info_by_topic(topic))
             reliability = found or "best_effort"
             if found is None and self._reliability_timer is None:
                 self._reliability_timer = self.create_timer(RELIABILITY_RECHECK_S, self._recheck_reliability,
@@ -533,53 +488,18 @@ class SaomNode(LifecycleNode):
             self.destroy_subscription(self._image_sub)
         image_type = CompressedImage if params.image_transport == "compressed" else Image
         events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
-        qos = image_qos(reliability)
+        profile = qos.image_qos(reliability)
         # reliability is declared as an override only when one is given: declared once, a read-only
         # parameter would pin the first reliability for the node's life (auto, reconfigure)
-        kinds = OVERRIDABLE_POLICIES if overridden else OVERRIDABLE_POLICIES[:2]
-        self._image_sub = self.create_subscription(image_type, topic, self._on_image, qos, event_callbacks=events,
+        kinds = qos.OVERRIDABLE_POLICIES if overridden else qos.OVERRIDABLE_POLICIES[:2]
+        self._image_sub = self.create_subscription(image_type, topic, self._on_image, profile, event_callbacks=events,
                                                    qos_overriding_options=QoSOverridingOptions(kinds))
-        self.image_reliability = "reliable" if qos.reliability == ReliabilityPolicy.RELIABLE else "best_effort"
-
-    def _subscribe_rgbd(self, params: NodeParams) -> None:
-        """depth/image_raw and camera_info, paired with the colour frames by stamp, and the timer that
-        gives out frames whose depth does not come."""
-        self.pairing = make_pairing(params.sync_slop, params.depth_wait)
-        self._color_arrivals.clear()
-        for stream in RGBD_INPUTS:
-            self._subscribe_rgbd_stream(params, stream)
-        period = min(0.05, params.depth_wait / 2)
-        self._expire_timer = self.create_timer(period, self._expire_pairs, callback_group=self.timer_group)
-        self.get_logger().info(f"depth: {self.resolve_topic_name(DEPTH_TOPIC)} and "
-                               f"{self.resolve_topic_name(CAMERA_INFO_TOPIC)} paired with colour by stamp "
-                               f"(slop {params.sync_slop} s, {self.pairing.name})")
-
-    def _subscribe_rgbd_stream(self, params: NodeParams, stream: str) -> None:
-        """(Re)subscribe one of them with image_reliability; auto takes its publishers' reliability
-        (best effort while there is none: re-checked by the diagnostics timer, as for the image)."""
-        msg_type, topic = RGBD_INPUTS[stream]
-        reliability, settled = params.image_reliability, True
-        if reliability == "auto":
-            found = publishers_reliability(self.get_publishers_info_by_topic(self.resolve_topic_name(topic)))
-            reliability, settled = found or "best_effort", found is not None
-        current = self.rgbd_subs.get(stream)
-        if current is not None and current.reliability == reliability:
-            current.settled = settled
-            return
-        if current is not None:
-            self.destroy_subscription(current.subscription)
-            self.get_logger().info(f"image_reliability auto: {topic} is published {reliability}; "
-                                   f"subscribing {reliability}")
-        # no QoS event handlers: re-subscribing while the executor waits on a handler being destroyed
-        # raises InvalidHandle inside rclpy's executor (Kilted)
-        sub = self.create_subscription(msg_type, topic, functools.partial(self._on_rgbd, stream),
-                                       image_qos(reliability, DEPTH_QUEUE),
-                                       event_callbacks=SubscriptionEventCallbacks(use_default_callbacks=False))
-        self.rgbd_subs[stream] = RgbdSubscription(sub, reliability, settled)
+        self.image_reliability = "reliable" if profile.reliability == ReliabilityPolicy.RELIABLE else "best_effort"
 
     def _recheck_reliability(self) -> None:
-        if self._active and self.params is not None:
-            self._subscribe_image()
+        with self._state_lock:
+            if self._active and self.params is not None:
+                self._subscribe_image()
 
     def _cancel_reliability_timer(self) -> None:
         if self._reliability_timer is not None:
@@ -588,26 +508,23 @@ class SaomNode(LifecycleNode):
 
     def _stop_processing(self) -> None:
         """Unsubscribe, stop the worker and free the model, never while the worker may still use it."""
-        self._active = False
-        self._cancel_reliability_timer()
-        for sub in (self._image_sub, self._prompt_sub):
-            if sub is not None:
-                self.destroy_subscription(sub)
-        self._image_sub = self._prompt_sub = None
-        for rgbd in self.rgbd_subs.values():
-            self.destroy_subscription(rgbd.subscription)
-        self.rgbd_subs = {}
-        if self._expire_timer is not None:
-            self.destroy_timer(self._expire_timer)
-            self._expire_timer = None
-        self.pairing = None
-        self.image_reliability = ""
+        with self._state_lock:
+            self._active = False
+            self._cancel_reliability_timer()
+            for sub in (self._image_sub, self._prompt_sub):
+                if sub is not None:
+                    self.destroy_subscription(sub)
+            self._image_sub = self._prompt_sub = None
+            if self.rgbd is not None:
+                self.rgbd.close()
+                self.rgbd = None
+            self.image_reliability = ""
         if self.matcher is not None:
             before = self.matcher.unmatched
             self.matcher.clear()
             self._count_unmatched(before)
         worker, self.worker = self.worker, None
-        segmenter, self.segmenter = self.segmenter, None
+        segmenter, self.segmenter, self.step = self.segmenter, None, None
         device = self.params.device if self.params else "cpu"
         if worker is not None and not worker.stop(timeout=self.worker_stop_timeout_s):
             self.get_logger().warning(f"the model is still on a frame after {self.worker_stop_timeout_s:.0f} s; "
@@ -623,12 +540,13 @@ class SaomNode(LifecycleNode):
 
     def _release(self, segmenter: Any, device: str) -> None:
         if segmenter is not None:
-            model_mod.release(segmenter, device)
+            factories.release(segmenter, device)
             self.get_logger().info("model freed")
 
     @_transition("deactivate")
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_processing()
+        self._clear_3d()  # while the publishers are still active
         return super().on_deactivate(state)
 
     def _destroy_outputs(self) -> None:
@@ -636,6 +554,8 @@ class SaomNode(LifecycleNode):
         for p in self._pubs.values():
             destroy(p)
         self._pubs = {}
+        self.M3 = None
+        self._tf_buffer = self._tf_listener = None
         if self._timer is not None:
             self.destroy_timer(self._timer)
             self._timer = None
@@ -653,12 +573,16 @@ class SaomNode(LifecycleNode):
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_processing()
         self._destroy_outputs()
+        self.params = None
         return super().on_shutdown(state)
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Back to unconfigured: the failed configuration's parameters go too (else a fixed
+        `checkpoint` would be refused as if the node were configured)."""
         try:
             self._stop_processing()
             self._destroy_outputs()
+            self.params = None
         except Exception as exc:  # noqa: BLE001
             self._transition_failed("error processing", f"{type(exc).__name__}: {exc}", traceback.format_exc())
             return FAILURE
@@ -720,47 +644,35 @@ class SaomNode(LifecycleNode):
                 self._submit_prompts(worker, Job("prompts", frame, prompts_received, prompts))
         if not params.everything_mode:
             return
-        pairing = self.pairing
-        if pairing is None:
+        rgbd = self.rgbd
+        if rgbd is None:
             self._submit_frame(worker, FrameJob("frame", msg, received))
-            return
-        with self._arrivals_lock:
-            self._color_arrivals[stamp_ns(msg.header)] = received
-            while len(self._color_arrivals) > 100:  # frames the pairing gave out long ago
-                self._color_arrivals.popitem(last=False)
-        self._submit_pairs(pairing.add(COLOR, msg))
+        else:
+            rgbd.add_color(msg, received)
 
     def _submit_frame(self, worker: FrameWorker, job: FrameJob) -> None:
-        if worker.submit_frame(job):
-            self.stats.count("dropped")
+        """Hand a frame to the worker unless a newer one went before it (outputs never go back in
+        time; a stream restarted far in the past, e.g. a looping bag, starts over). Under the state
+        lock: deactivate waits for it, and two threads cannot swap the order of their frames."""
+        stamp = stamp_ns(job.image.header)
+        with self._state_lock:
+            if not self._active:
+                return
+            if stamp < self._last_handed and self._last_handed - stamp <= STREAM_RESTART_NS:
+                self.stats.count("dropped")
+                self.warn_throttled("order", f"a frame older than one already segmented was dropped (stamp "
+                                             f"{stamp} < {self._last_handed}): outputs stay in stamp order")
+                return
+            self._last_handed = stamp
+            if worker.submit_frame(job):
+                self.stats.count("dropped")
 
-    def _submit_pairs(self, matches: list[Match]) -> None:
-        """Colour frames the pairing has decided (with depth, or without it) go to the worker."""
+    def _hand_over_pair(self, match: Match, received: float) -> None:
+        """A colour frame the depth pairing has decided (with depth, or without it)."""
         worker = self.worker
-        if worker is None:
-            return
-        for match in matches:
-            with self._arrivals_lock:
-                received = self._color_arrivals.pop(match.stamp_ns, time.monotonic())
+        if worker is not None:
             self._submit_frame(worker, FrameJob("frame", match.color, received, depth=match.depth,
                                                 camera_info=match.camera_info))
-
-    def _on_rgbd(self, stream: str, msg: Any) -> None:
-        pairing = self.pairing
-        if pairing is None or self.worker is None or not self.enabled:
-            return
-        self._submit_pairs(pairing.add(stream, msg))
-
-    def _expire_pairs(self) -> None:
-        """Give out colour frames that waited depth_wait for their depth. Timed on the stamps' clock
-        as seen from here (the newest colour stamp plus the time since it arrived), so camera clocks
-        and sim time both work."""
-        pairing = self.pairing
-        with self._arrivals_lock:
-            if pairing is None or not self._color_arrivals:
-                return
-            stamp, arrived = next(reversed(self._color_arrivals.items()))
-        self._submit_pairs(pairing.expire(stamp + int((time.monotonic() - arrived) * 1e9)))
 
     def _on_prompts(self, msg: Detection2DArray) -> None:
         received = time.monotonic()
@@ -788,47 +700,77 @@ class SaomNode(LifecycleNode):
             self._skip(str(exc))
             return
         if isinstance(job, FrameJob):
-            self._process_frame(job, rgb, segmenter, params)
+            self._process_frame(job, rgb, params)
         else:
             self._answer_prompts(job, rgb, segmenter)
 
-    def _process_frame(self, job: FrameJob, rgb: Any, segmenter: Any, params: NodeParams) -> None:
-        """Everything mode: segment, then score filter, 3D and tracking (frame_objects), then publish."""
-        T, objects = self.T, self.objects
-        h, w = rgb.shape[:2]
-        t0 = time.monotonic()
-        seg = segmenter.segment(rgb)
-        inference = time.monotonic() - t0
-        _check_size(seg, w, h)
-        assert objects is not None  # made at activate, before the worker starts
-        found = objects(seg, params.score_threshold, job.depth, job.camera_info, depth_expected=params.depth_enabled)
-        if found.problem:
-            self.warn_throttled("depth", f"no 3D output: {found.problem}")
-        # the mask (and overlay) are only made while someone subscribes: a volatile topic without
-        # subscribers delivers nothing, and a 16-bit full-frame image is the costly part
-        mask_pub = self._pubs["instance_mask"]
-        out = make_outputs(T, job.image.header, found.segmentation, mask=mask_pub.get_subscription_count() > 0)
-        self._pubs["detections"].publish(out.detections)
+    def _process_frame(self, job: FrameJob, rgb: Any, params: NodeParams) -> None:
+        """Everything mode through the step `saom bag` shares (frame_step), then publish."""
+        step = self.step
+        assert step is not None  # made at activate, before the worker starts
+        pubs = self._pubs
+        # the mask, overlay and cloud are made only while someone subscribes: a volatile topic without
+        # subscribers delivers nothing, and they are the costly ones
+        overlay_pub = pubs["overlay"]
+        out = step(job.image, rgb, job.depth, job.camera_info, mask=pubs["instance_mask"].get_subscription_count() > 0,
+                   overlay=params.publish_overlay and overlay_pub.get_subscription_count() > 0,
+                   cloud="objects" in pubs and pubs["objects"].get_subscription_count() > 0,
+                   target_frame=params.target_frame, lookup=self._lookup_transform if self._tf_buffer else None)
+        if out.found.problem:
+            self.warn_throttled("depth", f"no 3D output: {out.found.problem}")
+        if out.no_transform:
+            self.warn_throttled("transform", f"no 3D output: {out.no_transform}")
+        if job.camera_info is not None and not self._rectification_checked:
+            self._rectification_checked = True  # warned once: the camera's calibration does not change
+            if warning := unrectified_warning(job.camera_info, self.resolve_topic_name(params.image_topic)):
+                self.get_logger().warning(warning)
+        pubs["detections"].publish(out.detections)
         if out.instance_mask is not None:
-            mask_pub.publish(out.instance_mask)
-        if found.with_3d and self.M3 is not None:
-            self._publish_3d(out.detections.header, found.segmentation)
-        overlay_pub = self._pubs.get("overlay")
-        if params.publish_overlay and overlay_pub is not None and overlay_pub.get_subscription_count() > 0:
-            overlay_pub.publish(make_image(T, out.detections.header, overlay_image(rgb, out.segmentation), "rgb8"))
+            pubs["instance_mask"].publish(out.instance_mask)
+        if out.outputs_3d is not None:
+            self._publish_3d(out.outputs_3d, out.empty_3d, step.objects.counts)
+        if out.overlay is not None:
+            overlay_pub.publish(out.overlay)
             self.overlays_published += 1
         self._last_processed = time.monotonic()
-        self.stats.done(self._last_processed - job.received, inference)
+        self.stats.done(self._last_processed - job.received, out.inference_s)
 
-    def _publish_3d(self, header: Any, seg: Any) -> None:
-        M3, pubs = self.M3, self._pubs
-        if M3 is None:  # 3D outputs exist only with depth_enabled
+    def _publish_3d(self, out: Outputs3D, empty_because: str, counts: ObjectCounts) -> None:
+        """Every frame's 3D outputs, empty when it has none (the diagnostics say why), so rviz and a
+        planner never keep stale objects."""
+        with self._output_lock:
+            if not self._active or not self.enabled:  # cleared meanwhile: this frame must not bring them back
+                return
+            self._send_3d(out)
+            counts.empty_because = empty_because
+        if not empty_because:
+            self._last_3d = time.monotonic()
+
+    def _send_3d(self, out: Outputs3D) -> None:
+        pubs = self._pubs
+        pubs["detections_3d"].publish(out.detections)
+        if out.cloud is not None:
+            pubs["objects"].publish(out.cloud)
+        pubs["markers"].publish(out.markers)
+        self._frame_3d = out.detections.header.frame_id
+
+    def _lookup_transform(self, image_header: Any, target_frame: str) -> RigidTransform:
+        from rclpy.duration import Duration
+        from rclpy.time import Time
+
+        msg = self._tf_buffer.lookup_transform(target_frame, image_header.frame_id, Time.from_msg(image_header.stamp),
+                                               timeout=Duration(seconds=TRANSFORM_TIMEOUT_S))
+        return transform_from_msg(msg)
+
+    def _clear_3d(self) -> None:
+        """Empty 3D outputs (markers: DELETEALL), so rviz and a planner drop the objects of the last frame."""
+        M3 = self.M3
+        if M3 is None or "detections_3d" not in self._pubs:
             return
-        pubs["detections_3d"].publish(make_detection3d_array(M3, header, seg))
-        if pubs["objects"].get_subscription_count() > 0:  # the cloud is the large one
-            pubs["objects"].publish(make_point_cloud(M3, header, seg))
-        pubs["markers"].publish(make_markers(M3, header, seg))
-        self._last_3d = time.monotonic()
+        header = self.T.Header(stamp=self.get_clock().now().to_msg(), frame_id=self._frame_3d)
+        no_image = np.zeros((0, 0, 3), np.uint8)  # no objects: nothing to colour
+        with self._output_lock:
+            self._send_3d(make_outputs_3d(M3, header, Segmentation(0, 0, []), no_image))
 
     def _answer_prompts(self, job: Job, rgb: Any, segmenter: Any) -> None:
         """Answer k for prompt k, with its id; invalid prompts get an empty answer (and a warning)."""
@@ -842,7 +784,7 @@ class SaomNode(LifecycleNode):
         if prompts.n_valid:
             seg = segmenter.segment_prompts(rgb, boxes=prompts.boxes if len(prompts.boxes) else None,
                                             points=prompts.points if len(prompts.points) else None)
-            _check_size(seg, w, h)
+            check_size(seg, w, h)
             answers = answers_in_prompt_order(seg, prompts)
         inference = time.monotonic() - t0
         masks_pub = self._pubs["prompted_masks"]
@@ -865,47 +807,24 @@ class SaomNode(LifecycleNode):
     # -- diagnostics -------------------------------------------------------------------------------
 
     def diagnosis(self, fps: float = 0.0) -> tuple[bytes, str]:
-        """(level, message) of the node now: the reason, not just a level."""
-        if self.transition_in_progress:
-            doing = " (loading the model)" if self.transition_in_progress == "activate" else ""
-            return DiagnosticStatus.WARN, f"{self.transition_in_progress} in progress{doing}"
-        if not self._active:
-            if self.last_transition_error:
-                return DiagnosticStatus.ERROR, self.last_transition_error
-            return DiagnosticStatus.OK, "inactive: not segmenting (lifecycle state inactive, model not loaded)"
-        if not self.enabled:
-            return DiagnosticStatus.OK, "paused: enable is false (model loaded, frames ignored)"
-        snap_failures = self.stats.consecutive_failures
-        if snap_failures >= FAILURES_FOR_ERROR:
-            return DiagnosticStatus.ERROR, (f"inference keeps failing: the last {snap_failures} frames failed "
-                                            f"({self.stats.last_error})")
-        now = time.monotonic()
-        window = self.no_frame_warn_s
-        topic = self.input_topic(self.params) if self.params else "the image topic"
-        if now - self._last_frame > window:
-            return DiagnosticStatus.WARN, f"no frame on {topic} for {now - self._last_frame:.0f} s"
-        if now - self._last_processed <= window:
-            if snap_failures:
-                return DiagnosticStatus.WARN, f"{snap_failures} frame(s) failed: {self.stats.last_error}"
-            objects = self.objects
-            if self.pairing is not None and objects is not None and now - self._last_3d > window:
-                return DiagnosticStatus.WARN, (f"segmenting in 2D only, {fps:.1f} frames/s: no 3D for "
-                                               f"{window:.0f} s ({objects.counts.last_problem or 'no depth yet'})")
-            return DiagnosticStatus.OK, f"segmenting, {fps:.1f} frames/s"
-        if now - self._last_skip_time <= window:
-            return DiagnosticStatus.WARN, f"every recent frame was skipped: {self._last_skip}"
-        if self.params is not None and not self.params.everything_mode:
-            return DiagnosticStatus.OK, "frames arrive; waiting for prompts (everything_mode is off)"
-        if snap_failures:
-            return DiagnosticStatus.WARN, f"{snap_failures} frame(s) failed: {self.stats.last_error}"
-        return DiagnosticStatus.WARN, f"frames arrive but none was segmented for {window:.0f} s (model still busy)"
+        """(level, message) of the node now (saom_ros.diagnostics)."""
+        now, params = time.monotonic(), self.params
+        objects = self.step.objects if self.step is not None else None
+        with_3d = self.rgbd is not None and objects is not None
+        return diagnosis(NodeHealth(
+            transition=self.transition_in_progress, active=self._active, transition_error=self.last_transition_error,
+            enabled=self.enabled, failures=self.stats.consecutive_failures, last_error=self.stats.last_error,
+            topic=self.input_topic(params) if params else "the image topic", window=self.no_frame_warn_s,
+            frame_age=now - self._last_frame, processed_age=now - self._last_processed,
+            skip_age=now - self._last_skip_time, last_skip=self._last_skip,
+            everything_mode=params.everything_mode if params else True,
+            age_3d=now - self._last_3d if with_3d else None,
+            problem_3d=objects.counts.last_problem if objects is not None else "", fps=fps))
 
     def _on_timer(self) -> None:
-        params = self.params
-        if self._active and params is not None:
-            for stream, rgbd in list(self.rgbd_subs.items()):
-                if not rgbd.settled:
-                    self._subscribe_rgbd_stream(params, stream)
+        with self._state_lock:  # a deactivate cannot come between the check and the re-subscription
+            if self._active and self.rgbd is not None:
+                self.rgbd.resubscribe_unsettled()
         snap = self.stats.snapshot()
         if self._active and self._log_limit.ready():
             self.get_logger().info(snap.line())
@@ -923,24 +842,13 @@ class SaomNode(LifecycleNode):
         diag_pub = self._diag_pub
         if diag_pub is None:
             return
-        status = DiagnosticStatus()
-        status.name = f"{self.get_name()}: segmentation"
-        status.hardware_id = self.params.device if self.params else ""
-        status.level, status.message = self.diagnosis(snap.fps)
-        status.values = [KeyValue(key=k, value=v) for k, v in snap.key_values()]
-        status.values.append(KeyValue(key="image reliability", value=self.image_reliability))
-        objects = self.objects
+        values = snap.key_values() + [("image reliability", self.image_reliability)]
+        objects = self.step.objects if self.step is not None else None
         if objects is not None and self.params is not None and self.params.depth_enabled:
-            status.values += [KeyValue(key=k, value=v) for k, v in objects.counts.key_values()]
-        msg = DiagnosticArray()
-        msg.header.stamp = self.get_clock().now().to_msg()
-        msg.status = [status]
-        diag_pub.publish(msg)
-
-
-def _check_size(seg: Any, width: int, height: int) -> None:
-    if (seg.height, seg.width) != (height, width):
-        raise ValueError(f"the model returned a {seg.width}x{seg.height} segmentation for a {width}x{height} frame")
+            values += objects.counts.key_values()
+        level, message = self.diagnosis(snap.fps)
+        diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), f"{self.get_name()}: segmentation",
+                                          self.params.device if self.params else "", level, message, values))
 
 
 def main(args: Sequence[str] | None = None) -> int:

@@ -1,7 +1,8 @@
 """The node's parameters: the segmenter's settings schema plus the node's own, validated without ROS.
 
 Every parameter is a field of `NodeParams`: the segmenter's (`saom_core.settings.SegmenterSettings`,
-the same settings as `saom segment`) and the node's own (`NodeSettings`), each with its default,
+the same settings as `saom segment`), tracking and 3D (`saom_core.settings.ObjectSettings`, as
+`saom bag`) and the node's own (`NodeSettings`), each with its default,
 range or choices, help text and whether it is runtime-safe (`saom_core.settings.Spec`). `PARAMETERS`
 is the table the node declares; `validate` turns raw values (from rclpy, or a params YAML read by
 `load_params_file`) into a checked `NodeParams` or raises `ConfigError` naming the parameter, the bad
@@ -20,9 +21,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from saom_core.errors import ConfigError
-from saom_core.geometry3d import DepthSettings
-from saom_core.settings import SegmenterSettings, Settings, Thresholds, check, setting, spec, value_type
-from saom_core.track import TrackerSettings
+from saom_core.settings import (
+    ObjectSettings,
+    SegmenterSettings,
+    Settings,
+    Thresholds,
+    check,
+    setting,
+    spec,
+    value_type,
+)
 
 NODE_NAME = "saom_node"
 
@@ -34,7 +42,8 @@ TRANSPORTS = ("raw", "compressed")
 class NodeSettings(Settings):
     """The node's own parameters (the segmenter's are SegmenterSettings)."""
 
-    checkpoint: str = setting("", "SAOM checkpoint file (.pt); required: configure fails while it is empty or missing")
+    checkpoint: str = setting("", "SAOM checkpoint file (.pt), or with backend onnxruntime the folder `saom export` "
+                                  "wrote; required: configure fails while it is empty or missing")
     warmup: bool = setting(True, "run the model once on a blank frame at activate, "
                                  "so the first camera frame pays no set-up cost")
     score_threshold: float = setting(0.0, "drop instances whose score (predicted IoU x class probability) "
@@ -63,28 +72,21 @@ class NodeSettings(Settings):
     autostart: bool = setting(True, "configure and activate at start-up (false: wait for a lifecycle manager)")
     enable: bool = setting(True, "segment frames and answer prompts (false: paused, the model stays loaded)",
                            runtime=True)
-    track_min_hits: int = setting(2, "everything mode: consecutive frames a new object must be seen in before it is "
-                                     "published under its track id (1 = at once)", lo=1, hi=100, runtime=True)
-    track_max_misses: int = setting(3, "everything mode: frames a tracked object may go unseen and keep its id",
-                                    lo=0, hi=1000, runtime=True)
     depth_enabled: bool = setting(False, "subscribe to depth/image_raw (16UC1 millimetres or 32FC1 metres, registered "
                                          "to the colour image) and camera_info, and publish ~/detections_3d, ~/objects "
                                          "and ~/markers")
+    target_frame: str = setting("", "frame of the 3D outputs: transformed with tf2 at the image stamp (a frame whose "
+                                    "transform is not available gets empty 3D outputs and a warning); empty: the "
+                                    "colour camera's optical frame")
     sync_slop: float = setting(0.02, "seconds by which the stamps of a colour frame and its depth and camera_info may "
                                      "differ; keep it below half the frame period, or a frame whose depth comes late "
                                      "is paired with its neighbour's", lo=0.0, hi=1.0)
     depth_wait: float = setting(0.3, "seconds a colour frame waits for its depth before it is segmented in 2D only "
                                      "(and counted)", lo=0.0, hi=10.0, lo_open=True)
-    depth_stride: int = setting(2, "3D from every n-th depth pixel in each direction (n^2 fewer points in the 3D "
-                                   "step and ~/objects; 1 = every pixel)", lo=1, hi=16, runtime=True)
-    depth_min: float = setting(0.1, "nearest valid depth (metres); nearer pixels are ignored", lo=0.0, hi=100.0,
-                               lo_open=True, runtime=True)
-    depth_max: float = setting(10.0, "farthest valid depth (metres); farther pixels are ignored", lo=0.0, hi=1000.0,
-                               lo_open=True, runtime=True)
 
 
 @dataclass(frozen=True)
-class NodeParams(NodeSettings, SegmenterSettings):
+class NodeParams(NodeSettings, ObjectSettings, SegmenterSettings):
     """Every parameter of the node, checked (build it with `validate`)."""
 
     @property
@@ -93,12 +95,6 @@ class NodeParams(NodeSettings, SegmenterSettings):
         if self.image_transport == "compressed":
             return self.image_topic.rstrip("/") + "/compressed"
         return self.image_topic
-
-    def tracker_settings(self) -> TrackerSettings:
-        return TrackerSettings(min_hits=self.track_min_hits, max_misses=self.track_max_misses)
-
-    def depth_settings(self) -> DepthSettings:
-        return DepthSettings(min_depth=self.depth_min, max_depth=self.depth_max)
 
     def segmenter_settings(self) -> SegmenterSettings:
         """The settings for `saom_core.infer.segmenter.load_segmenter(params.checkpoint, ...)`."""
@@ -151,6 +147,7 @@ def _param(name: str) -> Param:
 # The node's own parameters first (checkpoint at the top of the params file), then the segmenter's.
 _GROUPS = (
     ("node", NodeSettings),
+    ("tracking and 3D: the same settings as `saom bag` (saom_core/settings.py)", ObjectSettings),
     ("segmenter: the same settings as `saom segment` (saom_core/settings.py)", SegmenterSettings),
 )
 PARAMETERS: tuple[Param, ...] = tuple(_param(f.name) for _, group in _GROUPS for f in fields(group))
@@ -181,8 +178,9 @@ def validate(raw: Mapping[str, Any], check_files: bool = True) -> NodeParams:
         path = Path(checkpoint)
         if not path.exists():
             raise ConfigError(f"parameter checkpoint: {checkpoint} does not exist")
-        if not path.is_file():
-            raise ConfigError(f"parameter checkpoint: {checkpoint} is not a file")
+        if not (path.is_dir() if params.backend == "onnxruntime" else path.is_file()):
+            kind = "the folder `saom export` wrote" if params.backend == "onnxruntime" else "a file"
+            raise ConfigError(f"parameter checkpoint: {checkpoint} is not {kind} (backend {params.backend})")
         if not os.access(path, os.R_OK):
             raise ConfigError(f"parameter checkpoint: {checkpoint} is not readable")
     if not params.image_topic:

@@ -3,14 +3,15 @@
 `FakeSegmenter` returns a fixed, frame-size-relative set of rectangular instances; `delay` makes it
 a slow model (sleeps per call) and `work` a busy one (burns CPU per call, for the benchmark). A
 frame whose top-left pixel is (13, 13, 13) makes `segment` raise, to test that a bad frame does
-not stop the node. Started as its own process, the node takes one via
-`SAOM_SEGMENTER_FACTORY=saom_ros.testing:fake_factory` (delay from `SAOM_FAKE_DELAY` seconds).
+not stop the node. `python -m saom_ros.testing --ros-args ...` runs saom_node with the fake as
+its own process (delay from `SAOM_FAKE_DELAY` seconds): subprocess tests and the benchmark.
 `encoded_test_image` builds a frame in any supported encoding together with the RGB it must
 become, from each encoding's definition rather than from the converter under test.
 """
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 
@@ -172,8 +173,17 @@ def encoded_test_image(encoding: str, height: int, width: int, seed: int = 0,
 
 
 def fake_factory(params=None) -> FakeSegmenter:
-    """Factory for `SAOM_SEGMENTER_FACTORY=saom_ros.testing:fake_factory`."""
+    """The fake as the node's segmenter factory (`main`)."""
     return FakeSegmenter(delay=float(os.environ.get("SAOM_FAKE_DELAY", "0") or 0))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """saom_node with `fake_factory` through the test-only hook `saom_ros.segmenter_factory.SEGMENTER_FACTORY`."""
+    from . import segmenter_factory
+    from .node import main as node_main
+
+    segmenter_factory.SEGMENTER_FACTORY = fake_factory
+    return node_main(argv)
 
 
 def isolate_ros_env() -> int:
@@ -188,3 +198,7 @@ def isolate_ros_env() -> int:
     os.environ.pop("ROS_STATIC_PEERS", None)
     os.environ.pop("ROS_LOCALHOST_ONLY", None)
     return domain
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,7 +15,8 @@ from saom_core.cli import main
 from saom_core.data.classes import ClassList
 from saom_core.data.collect import collect_dataset, collector_class
 from saom_core.data.collect.base import resolve_min_area
-from saom_core.data.collect.pybullet import MODELS, PyBulletCollector, _mesh_is_finite, _SceneBuilder
+from saom_core.data.collect.catalogue import load_catalogue
+from saom_core.data.collect.pybullet import PyBulletCollector, _mesh_is_finite, _SceneBuilder
 from saom_core.data.reader import SaomDataset
 from saom_core.errors import DatasetError, SimulatorError
 
@@ -54,8 +55,8 @@ def _assert_same_dataset(a, b):
     assert coco_a == coco_b
 
 
-def test_class_list_matches_the_models(pybullet_classes):
-    assert sorted(pybullet_classes.names) == sorted(MODELS)
+def test_class_list_is_the_catalogues(pybullet_classes):
+    assert pybullet_classes == load_catalogue("pybullet").class_list
     assert 10 <= len(pybullet_classes.names) <= 14
 
 
@@ -128,7 +129,7 @@ def test_class_subset_labels_only_those(tmp_path):
     assert {label for sample in ds for label in sample.labels} <= {"Table", "Mug"}
     bad = tmp_path / "classes_none.yaml"
     bad.write_text("name: none\nclasses: [Sofa]\n")
-    with pytest.raises(SimulatorError, match="none of the pybullet model classes"):
+    with pytest.raises(SimulatorError, match="none of the catalogue's classes"):
         collect_dataset("pybullet", scenes=1, out=tmp_path / "ds2", classes=str(bad), workers=2, progress=False)
     assert not (tmp_path / "ds2").exists()
 
@@ -206,7 +207,7 @@ def test_distractor_with_a_nan_mesh_is_never_loaded():
     bc = BulletClient(connection_mode=pybullet.DIRECT)
     try:
         bc.setAdditionalSearchPath(data)
-        builder = _SceneBuilder(bc, _Draws168(), data)
+        builder = _SceneBuilder(bc, _Draws168(), data, load_catalogue("pybullet"))
         builder._distractor(np.zeros(2))
         assert bc.getNumBodies() == 0 and builder.dynamic == []
     finally:

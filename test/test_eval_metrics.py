@@ -174,3 +174,27 @@ def test_everything_rows_name_the_frames_they_cover():
     assert "| ground-truth objects per frame (same frames) | 5.0 | 5.0 |" in partial
     whole = _everything_rows(dict(everything, frames=244), dict(everything, frames=244), split_frames=244)
     assert not any(" of 244" in row for row in whole)
+
+
+def test_everything_mode_counts_claims_on_frames_with_nothing_of_interest(tmp_path, tiny_classes, make_frames):
+    """A bare wall or an empty floor has no ground truth: every mask output there is a false claim."""
+    from saom_core.data.format import DatasetWriter
+
+    frames = make_frames(12, seed=3)
+    writer = DatasetWriter(tmp_path / "ds", tiny_classes, "synthetic")
+    writer.write_scene("scene_00000", frames, split="test")
+    writer.finalize()
+    dataset = SaomDataset(tmp_path / "ds")
+    empty = sum(1 for f in frames if not f.labels)
+    assert 0 < empty < len(frames)
+
+    def two_blobs(image: np.ndarray) -> Segmentation:
+        mask = np.zeros(image.shape[:2], bool)
+        mask[:4, :4] = True
+        blob = Instance(mask=mask, box_xyxy=(0, 0, 4, 4), class_id=1, class_name="Mug", class_score=1.0,
+                        predicted_iou=1.0, stability=1.0)
+        return Segmentation(*image.shape[:2], [blob, blob])
+
+    result = run_everything(two_blobs, dataset, has_classes=True, progress=False)
+    assert (result.empty_frames, result.empty_claims, result.claims_per_empty_frame) == (empty, 2 * empty, 2.0)
+    assert result.to_dict()["claims_per_frame_without_objects"] == 2.0

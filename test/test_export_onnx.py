@@ -25,6 +25,7 @@ from saom_core.infer.export_onnx import (  # noqa: E402
 from saom_core.model.checkpoint import load_model, save_checkpoint  # noqa: E402
 from saom_core.model.configs import get_config  # noqa: E402
 from saom_core.model.saom import SaomModel, build_model  # noqa: E402
+from saom_core.settings import Thresholds  # noqa: E402
 
 
 def _random_model(config: str, classes: ClassList | None, seed: int = 0, crop_classifier: bool = False) -> SaomModel:
@@ -45,6 +46,13 @@ def _session(path: Path):
 
 def _frame(height: int, width: int, seed: int = 1) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (1, height, width, 3), dtype=np.uint8))
+
+
+def _padded(coords: torch.Tensor, labels: torch.Tensor) -> dict[str, np.ndarray]:
+    """The decoder's point inputs for prompts of points without a box: SAM's padding point appended."""
+    coords = torch.cat([coords, torch.zeros_like(coords[:, :1])], 1)
+    labels = torch.cat([labels, -torch.ones_like(labels[:, :1])], 1)
+    return {"point_coords": coords.numpy(), "point_labels": labels.numpy()}
 
 
 def _prompts(model: SaomModel, num_prompts: int, num_points: int, height: int, width: int, seed: int):
@@ -105,12 +113,11 @@ def test_decoder_matches_pytorch(exported, num_prompts, num_points):
         embeddings = model.encode(model.prepare_images(_frame(45, 80)))
         coords, labels = _prompts(model, num_prompts, num_points, 45, 80, seed=num_prompts * 10 + num_points)
         expected = model.decode(embeddings, coords, labels, multimask_output=True)
-    got = _session(paths["decoder"]).run(
-        None, {"image_embeddings": embeddings.numpy(), "point_coords": coords.numpy(), "point_labels": labels.numpy()}
-    )
+    got = _session(paths["decoder"]).run(None, {"image_embeddings": embeddings.numpy(), **_padded(coords, labels)})
     low = model.config.low_res_size
     classes = model.class_list.num_classes_with_background
-    assert [g.shape for g in got] == [(num_prompts, 3, low, low), (num_prompts, 3), (num_prompts, 3, classes)]
+    assert [g.shape for g in got] == [(num_prompts, 4, low, low), (num_prompts, 4), (num_prompts, 4, classes)]
+    got = [g[:, 1:] for g in got]  # SAM's 3 multimask outputs
     want = {
         "low_res_logits": expected.low_res_logits,
         "iou_predictions": expected.iou_pred,
@@ -123,6 +130,22 @@ def test_decoder_matches_pytorch(exported, num_prompts, num_points):
         assert np.abs(got[0][0] - got[0][1]).max() > 1e-3
 
 
+def test_box_prompts_are_their_two_corners(exported):
+    """A box is two points labelled 2 and 3, without padding; output 0 is decode(boxes=...)'s single mask."""
+    model, paths = exported
+    boxes = torch.tensor([[3.0, 4.0, 40.0, 30.0], [50.0, 10.0, 70.0, 44.0]])
+    with torch.no_grad():
+        embeddings = model.encode(model.prepare_images(_frame(45, 80)))
+        box_in = model.points_to_input(boxes.view(-1, 2, 2), 45, 80)
+        expected = model.decode(embeddings, boxes=box_in.view(-1, 4), multimask_output=False)
+    feed = {"image_embeddings": embeddings.numpy(), "point_coords": box_in.numpy(),
+            "point_labels": np.tile(np.array([[2.0, 3.0]], np.float32), (2, 1))}
+    got = _session(paths["decoder"]).run(None, feed)
+    want = (expected.low_res_logits, expected.iou_pred, expected.class_logits)
+    for name, g, e in zip(("low_res_logits", "iou_predictions", "class_logits"), got, want, strict=True):
+        np.testing.assert_allclose(g[:, :1], e.numpy(), atol=1e-4, rtol=0, err_msg=name)
+
+
 def test_metadata_describes_the_models(exported):
     model, paths = exported
     meta = json.loads(paths["metadata"].read_text())
@@ -133,6 +156,8 @@ def test_metadata_describes_the_models(exported):
     assert meta["has_class_head"] is True
     assert meta["head_input"] == model.classifier.head_input
     assert meta["opset"] == 17
+    assert meta["format_version"] == export_module.FORMAT_VERSION and meta["dtype"] == "float32"
+    assert meta["tuned_thresholds"] == Thresholds().values()
     assert meta["files"] == {"encoder": ENCODER_FILE, "decoder": DECODER_FILE, "external_data": []}
     assert list(meta["decoder"]["outputs"]) == ["low_res_logits", "iou_predictions", "class_logits"]
     assert meta["model_config"] == model.config.to_dict()
@@ -174,8 +199,8 @@ def test_vanilla_sam_state_dict_exports_without_class_logits(tmp_path):
         expected = loaded.decode(embeddings, coords, labels, multimask_output=True)
     (got_embeddings,) = _session(paths["encoder"]).run(None, {"image": loaded.prepare_images(_frame(64, 48)).numpy()})
     np.testing.assert_allclose(got_embeddings, embeddings.numpy(), atol=1e-4, rtol=0)
-    feed = {"image_embeddings": embeddings.numpy(), "point_coords": coords.numpy(), "point_labels": labels.numpy()}
-    logits, iou = decoder.run(None, feed)
+    logits, iou = (out[:, 1:] for out in decoder.run(None, {"image_embeddings": embeddings.numpy(),
+                                                            **_padded(coords, labels)}))
     np.testing.assert_allclose(logits, expected.low_res_logits.numpy(), atol=1e-4, rtol=0)
     np.testing.assert_allclose(iou, expected.iou_pred.numpy(), atol=1e-4, rtol=0)
 

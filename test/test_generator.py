@@ -177,7 +177,7 @@ def test_half_runs_the_real_decoder_in_bf16_on_cpu(monkeypatch):
         points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, min_mask_region_area=0, keep_background=True
     )
     half = SaomSegmenter(model, GeneratorConfig(**keep_all), half=True)
-    assert half.generator.amp_dtype == torch.bfloat16
+    assert half.runtime.amp_dtype == torch.bfloat16
     seen = []
     decode = model.decode
 
@@ -187,7 +187,6 @@ def test_half_runs_the_real_decoder_in_bf16_on_cpu(monkeypatch):
         return out
 
     model.decode = recording_decode
-    half.generator._decode = recording_decode
     image = np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8)
     seg = half.segment(image)
     assert seen and set(seen) == {torch.bfloat16}, seen

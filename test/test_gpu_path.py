@@ -219,7 +219,7 @@ def test_generator_and_prompted_segmenter_on_simulated_cuda(fake_gpus):
     expected = [on_cpu.segment(frame), on_cpu.segment_prompts(frame, boxes=boxes, points=points)]
     with SimulatedCuda():
         on_gpu = SaomSegmenter(model_to_simulated_cuda(tiny_model()), config)
-        assert on_gpu.model.device == CUDA and on_gpu.generator.device == CUDA
+        assert on_gpu.runtime.device == CUDA and on_gpu.generator.device == CUDA
         got = [on_gpu.segment(frame), on_gpu.segment_prompts(frame, boxes=boxes, points=points)]
     for a, b in zip(expected, got, strict=True):
         assert len(a.instances) == len(b.instances) > 0

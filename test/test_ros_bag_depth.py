@@ -38,7 +38,7 @@ def _make_bag(path, encoding):
                 make_image(T, header, np.full((H, W, 3), 90, np.uint8), "rgb8"), "sensor_msgs/msg/Image"))
             if i == 3:
                 continue
-            later = T.Header(stamp=T.Time(sec=100 + i, nanosec=10_000_000), frame_id="depth")
+            later = T.Header(stamp=T.Time(sec=100 + i, nanosec=10_000_000), frame_id="color")  # registered
             depth = depth_to_message(T, later, np.full((H, W), 1.2, np.float32), encoding)
             writer.write(conns[DEPTH], t0 + i * 10**9 + 1, STORE.serialize_cdr(depth, "sensor_msgs/msg/Image"))
             writer.write(conns[INFO], t0 + i * 10**9 + 2, STORE.serialize_cdr(
@@ -56,16 +56,18 @@ def test_bag_writes_3d_outputs_with_the_colour_header(tmp_path, encoding):
     with Reader(tmp_path / "out") as reader:
         for conn, _, raw in reader.messages():
             got.setdefault(conn.topic, []).append(STORE.deserialize_cdr(raw, conn.msgtype))
-    dets3d = got["/saom_node/detections_3d"]
-    assert [d.header.stamp.sec for d in dets3d] == [100, 101, 102]
+    dets3d = got["/saom_node/detections_3d"]  # every frame: empty without usable depth, as the node
+    assert [d.header.stamp.sec for d in dets3d] == [100, 101, 102, 103, 104]
     assert all(d.header.frame_id == "color" for d in dets3d)
     dets2d = {d.header.stamp.sec: d for d in got["/saom_node/detections"]}
-    for d in dets3d:
+    for d in dets3d[:3]:
         assert [x.id for x in d.detections] == [x.id for x in dets2d[d.header.stamp.sec].detections]
         assert all(x.bbox.center.position.z > 1.2 for x in d.detections)
+    assert dets3d[3].detections == [] and dets3d[4].detections == []
     cloud = got["/saom_node/objects"][0]
     assert np.allclose(np.frombuffer(cloud.data.tobytes(), dtype=POINT_DTYPE)["z"], 1.2, atol=1e-3)
-    assert len(got["/saom_node/markers"]) == 3
+    markers = got["/saom_node/markers"]
+    assert len(markers) == 5 and [m.action for m in markers[3].markers] == [3]  # DELETEALL only
 
 
 def test_bag_depth_topic_errors(tmp_path):

@@ -8,6 +8,7 @@ overrides, remappings) and the optional rviz. The real launch test is test/launc
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import subprocess
 import sys
@@ -145,7 +146,8 @@ def test_rviz_config_shows_the_3d_objects():
     displays = {d["Class"]: d for d in config["Visualization Manager"]["Displays"]}
     markers, cloud = displays["rviz_default_plugins/MarkerArray"], displays["rviz_default_plugins/PointCloud2"]
     assert markers["Topic"]["Value"] == "/saom_node/markers" and markers["Enabled"] is True
-    assert cloud["Topic"]["Value"] == "/saom_node/objects" and cloud["Channel Name"] == "id"  # coloured by track id
+    assert cloud["Topic"]["Value"] == "/saom_node/objects" and cloud["Color Transformer"] == "RGB8"  # the PCL rgb field
+    assert cloud["Channel Name"] == "label"  # the track id, for the Intensity transformer
     assert {markers["Topic"]["Reliability Policy"], cloud["Topic"]["Reliability Policy"]} == {"Reliable"}
     # the outputs carry the colour camera's optical frame: the default fixed frame of realsense2_camera
     assert config["Visualization Manager"]["Global Options"]["Fixed Frame"] == "camera_color_optical_frame"
@@ -252,6 +254,65 @@ def test_every_ros_package_the_code_imports_is_a_dependency():
                 if top in ros_packages and top not in deps:
                     undeclared.add(f"{top} ({path.relative_to(REPO)})")
     assert not undeclared, f"imported but not in package.xml: {sorted(undeclared)}"
+
+
+# The rosdep key of each third-party module saom_node imports (None: a pip package without a key,
+# in the README's pip install line). A new import needs a row here and its key in package.xml.
+NODE_IMPORT_KEYS = {"numpy": "python3-numpy", "scipy": "python3-scipy", "yaml": "python3-yaml",
+                    "cv2": "python3-opencv", "torch": "python3-torch", "torchvision": "python3-torchvision",
+                    "PIL": "python3-pil", "tqdm": "python3-tqdm", "segment_anything": None, "pycocotools": None}
+TOOLS = {"rviz2", "python3-matplotlib", "python3-pybullet-pip", "python3-rosbags-pip", "python3-tensorboard-pip"}
+
+
+def _node_run_dependencies() -> set[str]:
+    """package.xml's exec_depends without a condition (what a plain `rosdep install` installs)."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(REPO / "package.xml").getroot()
+    return {el.text.strip() for el in root.iter("exec_depend") if el.text and "condition" not in el.attrib}
+
+
+def test_every_import_of_the_node_at_start_up_is_a_run_dependency():
+    """Import the node and what activate loads (the real segmenter), then map every third-party module
+    that SAOM's own loaded modules import to its rosdep key: a plain `rosdep install` must give them all."""
+    import ast
+
+    plain, released = _rosdep_keys()
+    ros_packages = set.intersection(*released.values())
+    code = ("import json, sys, saom_ros.node, saom_core.infer.segmenter\n"
+            "print(json.dumps({m: getattr(sys.modules[m], '__file__', None) for m in list(sys.modules)}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    loaded = json.loads(done.stdout.splitlines()[-1])
+    imported: set[str] = set()  # top-level names SAOM's loaded modules import
+    for name, path in loaded.items():
+        if name.split(".")[0] in ("saom_core", "saom_ros") and path:
+            for node in ast.walk(ast.parse(Path(path).read_text())):
+                if isinstance(node, ast.Import):
+                    imported |= {a.name.split(".")[0] for a in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    imported.add(node.module.split(".")[0])
+    third_party = {m for m in imported & {n.split(".")[0] for n in loaded}
+                   if m not in sys.stdlib_module_names and m not in ("saom_core", "saom_ros")}
+    assert {"rclpy", "scipy", "torch", "numpy"} <= third_party  # the check sees the start-up
+    run_deps = _node_run_dependencies()
+    problems = []
+    for module in sorted(third_party):
+        if module in ros_packages:
+            key = module
+        elif module in NODE_IMPORT_KEYS:
+            key = NODE_IMPORT_KEYS[module]
+            if key is None:
+                continue
+            assert key in plain, f"{key} is not a rosdep key"
+        else:
+            problems.append(f"{module}: no rosdep key known (add it to NODE_IMPORT_KEYS and package.xml)")
+            continue
+        if key not in run_deps:
+            problems.append(f"{module}: {key} is not an unconditional exec_depend")
+    assert not problems, problems
+    assert not TOOLS & run_deps, f"the node does not need {sorted(TOOLS & run_deps)}: keep them conditional"
+    assert TOOLS <= set(_package_dependencies()), "the tools' dependencies are declared (conditionally)"
 
 
 def test_readme_names_the_pip_packages_rosdep_cannot_install():

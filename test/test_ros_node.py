@@ -1,7 +1,7 @@
 """saom_node with real rclpy (ROS 2 Kilted wheels, Fast DDS on loopback): topics, lifecycle, QoS, load.
 
 The node runs in this process with a fake Segmenter (saom_ros.testing) and talks to a tester node
-through the real rmw; one test starts `python -m saom_ros.node` as its own process. Needs
+through the real rmw; one test starts the node (`python -m saom_ros.testing`, the fake model) as its own process. Needs
 `make ros` (rclpy + vision_msgs in .venv); never skipped.
 """
 from __future__ import annotations
@@ -514,7 +514,8 @@ def test_dropped_and_unmatched_prompt_sets_are_counted(ros, ckpt):
         img_pub.publish(frame)
         assert wait_until(lambda: node.stats.received >= 1, 15)
         # one set keeps the slow model busy, PROMPT_QUEUE wait, the rest push the oldest out
-        from saom_ros.node import PROMPT_QUEUE, PROMPTS_DEPTH
+        from saom_ros.node import PROMPT_QUEUE
+        from saom_ros.qos import PROMPTS_DEPTH
 
         sent = PROMPT_QUEUE + 3
         assert sent <= PROMPTS_DEPTH + 2
@@ -709,8 +710,8 @@ def test_params_file_loads_into_the_declared_parameters(ros, ckpt):
 
 
 def _node_process(args: list[str], **env) -> subprocess.Popen:
-    full_env = {**os.environ, "SAOM_SEGMENTER_FACTORY": "saom_ros.testing:fake_factory", **env}
-    return subprocess.Popen([sys.executable, "-m", "saom_ros.node", "--ros-args", *args], cwd=REPO,
+    full_env = {**os.environ, **env}
+    return subprocess.Popen([sys.executable, "-m", "saom_ros.testing", "--ros-args", *args], cwd=REPO,
                             env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -758,8 +759,10 @@ def test_qos_mismatch_and_silent_camera_are_reported(ros, ckpt):
         ros.drop(node)
 
 
-def test_real_saom_checkpoint_end_to_end(ros, tmp_path):
-    """No fake: the node loads a real SAOM checkpoint through load_segmenter and segments real frames."""
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_real_saom_checkpoint_end_to_end(ros, tmp_path, backend):
+    """No fake: the node loads a real SAOM checkpoint (or its `saom export` folder, on the onnxruntime
+    backend) through load_segmenter and segments real frames."""
     import torch
 
     from saom_core.data.classes import ClassList
@@ -770,9 +773,13 @@ def test_real_saom_checkpoint_end_to_end(ros, tmp_path):
     torch.manual_seed(0)
     classes = ClassList.from_yaml("pybullet")
     path = save_checkpoint(tmp_path / "saom_test.pt", build_model(get_config("test"), classes))
-    name = "saom_real"
-    node = ros.node(name, path, None, points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0,
-                    min_mask_region_area=0, keep_background=True)
+    if backend == "onnxruntime":
+        from saom_core.infer.export_onnx import export_onnx
+
+        path = export_onnx(path, tmp_path / "onnx")["metadata"].parent
+    name = f"saom_real_{backend}"
+    node = ros.node(name, path, None, backend=backend, points_per_side=8, pred_iou_thresh=0.0,
+                    stability_score_thresh=0.0, min_mask_region_area=0, keep_background=True)
     try:
         assert ros.transition(name, "configure") and ros.transition(name, "activate")
         labels = Collector(ros.tester, LabelInfo, f"/{name}/label_info", LATCHED)
@@ -971,13 +978,20 @@ def test_deactivate_never_frees_the_model_under_the_worker(ros, ckpt):
         ros.drop(node)
 
 
-def test_qos_overrides_apply_to_the_subscriptions_or_are_refused(ros, ckpt):
+def test_qos_overrides_apply_to_subscriptions_and_publishers_or_are_refused(ros, ckpt):
     name = "saom_qos_ov"
     topic = f"/{name}/image"
     node = ros.node(name, ckpt, Factory(), **{f"qos_overrides.{topic}.subscription.reliability": "reliable",
-                                            f"qos_overrides./{name}/prompts.subscription.depth": 2})
+                                            f"qos_overrides./{name}/prompts.subscription.depth": 2,
+                                            f"qos_overrides./{name}/overlay.publisher.reliability": "best_effort",
+                                            f"qos_overrides./{name}/detections.publisher.depth": 3})
     try:
         assert node.startup()
+        # the outputs take rclpy's qos_overrides (a best-effort overlay over Wi-Fi)
+        overlay = ros.tester.get_publishers_info_by_topic(f"/{name}/overlay")
+        assert [i.qos_profile.reliability for i in overlay] == [ReliabilityPolicy.BEST_EFFORT]
+        assert node._pubs["detections"].qos_profile.depth == 3
+        assert node._pubs["instance_mask"].qos_profile.reliability == ReliabilityPolicy.RELIABLE  # the default
         assert node.image_reliability == "reliable", "the override beats image_reliability auto"
         infos = ros.tester.get_subscriptions_info_by_topic(topic)
         assert [i.qos_profile.reliability for i in infos] == [ReliabilityPolicy.RELIABLE]
@@ -987,11 +1001,12 @@ def test_qos_overrides_apply_to_the_subscriptions_or_are_refused(ros, ckpt):
         ros.drop(node)
 
     name = "saom_qos_bad"
-    node = ros.node(name, ckpt, Factory(), **{f"qos_overrides./{name}/detections.publisher.depth": 3})
+    node = ros.node(name, ckpt, Factory(), **{f"qos_overrides./{name}/detections_3d.publisher.depth": 3})
     try:
-        assert not ros.transition(name, "configure")
+        assert not ros.transition(name, "configure")  # no depth_enabled: no ~/detections_3d publisher
         assert "do not apply to this node" in node.last_transition_error
         assert f"qos_overrides./{name}/image.subscription.reliability" in node.last_transition_error
+        assert f"qos_overrides./{name}/overlay.publisher.reliability" in node.last_transition_error
     finally:
         ros.drop(node)
 
@@ -1129,3 +1144,91 @@ def test_params_file_values_of_the_wrong_type_fail_configure_with_the_reason(ros
         assert "points_per_side" in node.last_transition_error
     finally:
         node.destroy_node()
+
+
+def test_a_timer_resubscription_never_outlives_a_deactivate(ros, ckpt):
+    """The diagnostics timer re-subscribes depth once its publisher appears; a deactivate arriving
+    meanwhile waits for it, then removes every subscription (no live one is left behind)."""
+    name = "saom_resub_race"
+    node = ros.node(name, ckpt, Factory(), depth_enabled=True, diagnostics_period=60.0)
+    try:
+        assert node.startup()
+        assert node.rgbd.subs and not any(s.settled for s in node.rgbd.subs.values())  # no depth publisher yet
+        entered, release = threading.Event(), threading.Event()
+
+        class Info:  # a reliable depth publisher has appeared
+            qos_profile = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+
+        def slow_lookup(topic):
+            if threading.current_thread() is timer_thread:
+                entered.set()
+                release.wait(10)
+            return [Info()]
+
+        node.get_publishers_info_by_topic = slow_lookup
+        timer_thread = threading.Thread(target=node._on_timer)
+        timer_thread.start()
+        assert entered.wait(10)
+        result = {}
+        deactivating = threading.Thread(target=lambda: result.setdefault("r", node.trigger_deactivate()))
+        deactivating.start()
+        time.sleep(0.3)  # the deactivate waits for the re-subscription in progress
+        release.set()
+        timer_thread.join(10)
+        deactivating.join(10)
+        from rclpy.lifecycle import TransitionCallbackReturn
+
+        assert result["r"] == TransitionCallbackReturn.SUCCESS
+        assert node.rgbd is None
+        left = [s.topic_name for s in node.subscriptions if "depth" in s.topic_name or "camera_info" in s.topic_name]
+        assert left == [], f"subscriptions alive after deactivate: {left}"
+    finally:
+        ros.drop(node)
+
+
+def test_frames_are_never_published_out_of_stamp_order(ros, ckpt):
+    """An older frame arriving after a newer one was handed to the model is dropped, not published."""
+    name = "saom_order"
+    node = ros.node(name, ckpt, Factory())
+    try:
+        assert node.startup()
+        dets = Collector(ros.tester, Detection2DArray, f"/{name}/detections")
+        pub = ros.tester.create_publisher(Image, f"/{name}/image", RELIABLE)
+
+        def at(nanosec: int) -> Image:
+            msg = image_msg(1)
+            msg.header.stamp.sec, msg.header.stamp.nanosec = 2000, nanosec
+            return msg
+
+        assert publish_until(pub, at(500_000_000), dets, 1)
+        pub.publish(at(100_000_000))  # 0.4 s older than what was published
+        time.sleep(0.3)
+        assert publish_until(pub, at(900_000_000), dets, 2)
+        time.sleep(0.3)
+        stamps = [d.header.stamp.nanosec for d in list(dets.msgs)]
+        assert 100_000_000 not in stamps and stamps == sorted(stamps), stamps
+        assert node.stats.dropped >= 1
+    finally:
+        ros.drop(node)
+
+
+def test_a_configure_that_errors_leaves_no_parameters_behind(ros, ckpt, tmp_path):
+    """on_error goes back to unconfigured: the checkpoint can then be fixed with `ros2 param set`."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    name = "saom_error_reset"
+    node = ros.node(name, ckpt, Factory())
+    try:
+        def broken_timer(*args, **kwargs):
+            raise RuntimeError("no timer today")
+
+        node.create_timer = broken_timer
+        assert node.trigger_configure() == TransitionCallbackReturn.ERROR
+        assert node.params is None
+        fixed = tmp_path / "fixed.pt"
+        fixed.write_bytes(b"fake")
+        assert _set(ros, name, checkpoint=str(fixed)) == [(True, "")]
+        del node.create_timer
+        assert node.startup() and node.params.checkpoint == str(fixed)
+    finally:
+        ros.drop(node)

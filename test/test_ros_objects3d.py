@@ -1,5 +1,5 @@
 """saom_ros.objects3d with rclpy's real message classes (and rosbags' for serialisation), and the
-ROS-free stamp synchroniser saom_ros.sync."""
+ROS-free stamp synchroniser saom_ros.pairing.StampSync."""
 from __future__ import annotations
 
 import numpy as np
@@ -26,8 +26,10 @@ from saom_ros.objects3d import (  # noqa: E402
     make_outputs_3d,
     rclpy_types_3d,
     rosbags_types_3d,
+    transform_from_msg,
+    unrectified_warning,
 )
-from saom_ros.sync import StampSync  # noqa: E402
+from saom_ros.pairing import StampSync  # noqa: E402
 
 pytestmark = [pytest.mark.filterwarnings("ignore:module 'sre_:DeprecationWarning")]
 M = rclpy_types_3d()
@@ -36,8 +38,11 @@ H, W = 48, 64
 CAM = CameraIntrinsics(60.0, 60.0, 31.5, 23.5)
 
 
+FRAME = "camera_color_optical_frame"
+
+
 def _header(sec=3, nanosec=4):
-    return Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id="camera_color_optical_frame")
+    return Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id=FRAME)
 
 
 def _info(width=W, height=H, fx=CAM.fx):
@@ -55,6 +60,14 @@ def _seg() -> Segmentation:
     return Segmentation(H, W, insts)
 
 
+def _image():
+    """The colour frame: the first object's pixels (10, 20, 30), the second's (200, 100, 50)."""
+    image = np.zeros((H, W, 3), np.uint8)
+    image[10:20, 10:30] = (10, 20, 30)
+    image[25:40, 35:60] = (200, 100, 50)
+    return image
+
+
 def _depth():
     depth = np.full((H, W), 2.0, np.float32)
     depth[25:40, 35:60] = 1.25
@@ -66,9 +79,9 @@ def test_outputs_with_real_messages_and_colour_header(encoding):
     seg = _seg()
     depth_msg = depth_to_message(T, _header(), _depth(), encoding)
     assert isinstance(depth_msg, Image)
-    assert frame_to_3d(seg, depth_msg, _info()) == 1  # the one-pixel instance gets no 3D
+    assert frame_to_3d(seg, depth_msg, _info(), FRAME) == 1  # the one-pixel instance gets no 3D
     header = _header()
-    out = make_outputs_3d(M, header, seg)
+    out = make_outputs_3d(M, header, seg, _image())
 
     dets = out.detections.detections
     assert out.detections.header == header and [d.id for d in dets] == ["17", "4"]
@@ -79,10 +92,22 @@ def test_outputs_with_real_messages_and_colour_header(encoding):
 
     cloud = out.cloud
     assert cloud.header == header and cloud.height == 1 and cloud.width == 200 + 375
-    assert [f.name for f in cloud.fields] == ["x", "y", "z", "id", "class_id"]
+    # PCL's PointXYZRGBL names and types (PointField UINT32 = 6, FLOAT32 = 7), plus class_id
+    assert [(f.name, f.datatype) for f in cloud.fields] == [("x", 7), ("y", 7), ("z", 7), ("rgb", 7), ("label", 6),
+                                                            ("class_id", 4)]
     points = np.frombuffer(bytes(cloud.data), dtype=POINT_DTYPE)
-    assert set(np.unique(points["id"])) == {17, 4} and set(points[points["id"] == 4]["class_id"]) == {5}
-    assert np.allclose(points[points["id"] == 4]["z"], 1.25, atol=1e-3)
+    assert set(np.unique(points["label"])) == {17, 4} and set(points[points["label"] == 4]["class_id"]) == {5}
+    assert np.allclose(points[points["label"] == 4]["z"], 1.25, atol=1e-3)
+    packed = points["rgb"].view(np.uint32)  # 0x00RRGGBB, as pcl::PointXYZRGB packs it
+    assert set(packed[points["label"] == 17]) == {(10 << 16) | (20 << 8) | 30}
+    assert set(packed[points["label"] == 4]) == {(200 << 16) | (100 << 8) | 50}
+
+    # the pose is the completed box centre; its covariance comes from the points' spread
+    cov = np.array(dets[1].results[0].pose.covariance).reshape(6, 6)
+    assert dets[1].results[0].pose.pose == dets[1].bbox.center
+    assert cov[0, 0] == pytest.approx((25 * 1.25 / 60.0) ** 2 / 12, rel=0.1)  # uniform over the 25 px width
+    assert cov[2, 2] == pytest.approx((0.5 * dets[1].bbox.size.z) ** 2, rel=0.01)  # the centre is behind the surface
+    assert np.all(np.diag(cov)[3:] > 1.0)  # orientation unknown
 
     markers = out.markers.markers
     assert markers[0].action == 3  # DELETEALL first: rviz shows this frame's objects only
@@ -96,15 +121,15 @@ def test_rosbags_classes_serialise_the_same_outputs():
     store = typestore()
     Tb = rosbags_types()
     seg = _seg()
-    frame_to_3d(seg, depth_to_message(Tb, _header_b(Tb), _depth(), "16UC1"), _info())
-    out = build(rosbags_types_3d(), _header_b(Tb), seg)
+    frame_to_3d(seg, depth_to_message(Tb, _header_b(Tb), _depth(), "16UC1"), _info(), FRAME)
+    out = build(rosbags_types_3d(), _header_b(Tb), seg, _image())
     for msg in (out.detections, out.cloud, out.markers):
         raw = store.serialize_cdr(msg, msg.__msgtype__)
         assert store.deserialize_cdr(raw, msg.__msgtype__).__msgtype__ == msg.__msgtype__
 
 
 def _header_b(Tb):
-    return Tb.Header(stamp=Tb.Time(sec=3, nanosec=4), frame_id="cam")
+    return Tb.Header(stamp=Tb.Time(sec=3, nanosec=4), frame_id=FRAME)
 
 
 def test_bad_depth_and_camera_info_give_clear_errors():
@@ -121,9 +146,79 @@ def test_bad_depth_and_camera_info_give_clear_errors():
         camera_from_info(_info(width=640, height=480), W, H)
     seg = _seg()
     with pytest.raises(DepthInputError):
-        frame_to_3d(seg, good, _info(fx=0.0))
+        frame_to_3d(seg, good, _info(fx=0.0), FRAME)
     assert all(i.object3d is None for i in seg.instances)  # nothing half-set
     assert np.allclose(depth_from_message(good, W, H), _depth())
+
+
+def test_outputs_in_a_target_frame_and_empty_ones():
+    from geometry_msgs.msg import TransformStamped
+
+    seg = _seg()
+    frame_to_3d(seg, depth_to_message(T, _header(), _depth(), "16UC1"), _info(), FRAME)
+    msg = TransformStamped()  # camera optical frame -> base_link: z forward becomes x, x right becomes -y
+    msg.transform.translation.x, msg.transform.translation.z = 0.1, 0.5
+    msg.transform.rotation.x, msg.transform.rotation.y = -0.5, 0.5
+    msg.transform.rotation.z, msg.transform.rotation.w = -0.5, 0.5
+    to = transform_from_msg(msg)
+    camera, moved = make_outputs_3d(M, _header(), seg, _image()), make_outputs_3d(M, _header(), seg, _image(), to=to)
+    for a, b in zip(camera.detections.detections, moved.detections.detections, strict=True):
+        pa, pb = a.bbox.center.position, b.bbox.center.position
+        assert (pb.x, pb.y, pb.z) == pytest.approx((pa.z + 0.1, -pa.x, -pa.y + 0.5))
+        assert b.bbox.center.orientation == msg.transform.rotation and b.bbox.size == a.bbox.size
+        ca, cb = (np.array(d.results[0].pose.covariance).reshape(6, 6) for d in (a, b))
+        assert cb[0, 0] == pytest.approx(ca[2, 2]) and cb[1, 1] == pytest.approx(ca[0, 0])
+    pa, pb = (np.frombuffer(bytes(c.cloud.data), dtype=POINT_DTYPE) for c in (camera, moved))
+    assert np.allclose(pb["x"], pa["z"] + 0.1, atol=1e-5) and np.allclose(pb["y"], -pa["x"], atol=1e-5)
+    assert moved.markers.markers[1].pose == moved.detections.detections[0].bbox.center
+    empty = make_outputs_3d(M, _header(), Segmentation(H, W, []), _image())
+    assert empty.detections.detections == [] and empty.cloud.width == 0
+    assert [m.action for m in empty.markers.markers] == [3]  # DELETEALL only: the previous frame's objects go
+
+
+def test_intrinsics_come_from_p_then_k_with_binning_and_roi():
+    """P describes the rectified image (what registered depth is); K only where P is unset."""
+    from sensor_msgs.msg import RegionOfInterest
+
+    info = _info()
+    info.k = [99.0, 0.0, 1.0, 0.0, 99.0, 1.0, 0.0, 0.0, 1.0]  # the raw image's: not used while P is set
+    info.p = [CAM.fx, 0.0, CAM.cx, 0.0, 0.0, CAM.fy, CAM.cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+    assert camera_from_info(info, W, H) == CAM
+    assert camera_from_info(_info(), W, H) == CAM  # P all zero: K
+    binned = _info(width=2 * W, height=2 * H)
+    binned.p = [120.0, 0.0, 64.0, 0.0, 0.0, 120.0, 48.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    binned.binning_x = binned.binning_y = 2
+    assert camera_from_info(binned, W, H) == CameraIntrinsics(60.0, 60.0, 32.0, 24.0)
+    roi = _info(width=640, height=480)
+    roi.p = [60.0, 0.0, 331.5, 0.0, 0.0, 60.0, 223.5, 0.0, 0.0, 0.0, 1.0, 0.0]
+    roi.roi = RegionOfInterest(x_offset=300, y_offset=200, width=W, height=H)
+    assert camera_from_info(roi, W, H) == CAM
+    with pytest.raises(DepthInputError, match="camera_info is for 64x48 images \\(binning 1x1, ROI\\)"):
+        camera_from_info(roi, 2 * W, H)
+
+
+def test_depth_in_another_frame_than_colour_gives_no_3d():
+    seg = _seg()
+    depth = depth_to_message(T, _header(), _depth(), "16UC1")
+    with pytest.raises(DepthInputError, match="depth is in frame 'camera_color_optical_frame' but the colour "
+                                              "image in 'camera_depth_optical_frame'"):
+        frame_to_3d(seg, depth, _info(), "camera_depth_optical_frame")
+    depth.header.frame_id = "camera_depth_optical_frame"
+    with pytest.raises(DepthInputError, match="depth is in frame 'camera_depth_optical_frame'.*registered"):
+        frame_to_3d(seg, depth, _info(), FRAME)
+    info = _info()
+    info.header.frame_id = "camera_depth_optical_frame"
+    with pytest.raises(DepthInputError, match="camera_info is in frame"):
+        frame_to_3d(seg, depth_to_message(T, _header(), _depth(), "16UC1"), info, FRAME)
+    assert all(i.object3d is None for i in seg.instances)
+
+
+def test_a_distorted_camera_read_from_image_raw_is_warned_about():
+    info = _info()
+    assert unrectified_warning(info, "/camera/color/image_raw") == ""  # no distortion
+    info.d = [0.1, -0.05, 0.0, 0.0, 0.0]
+    assert "unrectified" in unrectified_warning(info, "/camera/color/image_raw")
+    assert unrectified_warning(info, "/camera/color/image_rect_color") == ""
 
 
 def test_big_endian_and_padded_depth_rows():

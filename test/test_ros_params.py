@@ -1,4 +1,5 @@
-"""saom_ros.params and saom_ros.model without ROS: schema, validation messages, params YAML, factory hooks."""
+"""saom_ros.params and saom_ros.segmenter_factory without ROS: schema, validation messages, params YAML,
+factory hooks."""
 from __future__ import annotations
 
 import inspect
@@ -8,7 +9,7 @@ import pytest
 
 from saom_core.errors import ConfigError
 from saom_core.settings import SegmenterSettings
-from saom_ros import model as model_mod
+from saom_ros import segmenter_factory as factories
 from saom_ros.params import (
     DEFAULTS,
     PARAMETER_NAMES,
@@ -160,27 +161,15 @@ def test_check_classes(ckpt):
 
 
 def test_factory_resolution_order(monkeypatch, ckpt):
-    params = validate({"checkpoint": ckpt})
     explicit = lambda p: FakeSegmenter()  # noqa: E731
     hook = lambda p: FakeSegmenter(n_instances=1)  # noqa: E731
-    monkeypatch.delenv(model_mod.ENV_FACTORY, raising=False)
-    monkeypatch.setattr(model_mod, "SEGMENTER_FACTORY", None)
-    assert model_mod.resolve_factory(None) is model_mod.load_from_params
-    monkeypatch.setenv(model_mod.ENV_FACTORY, "saom_ros.testing:fake_factory")
-    assert model_mod.resolve_factory(None)(params).n_instances == 3
-    monkeypatch.setattr(model_mod, "SEGMENTER_FACTORY", hook)
-    assert model_mod.resolve_factory(None) is hook
-    assert model_mod.resolve_factory(explicit) is explicit
-
-
-@pytest.mark.parametrize("spec, message", [
-    ("nocolon", "expected 'package.module:callable'"),
-    ("no_such_module_xyz:f", "cannot import no_such_module_xyz"),
-    ("saom_ros.testing:nothing_here", "has no callable nothing_here"),
-])
-def test_import_factory_errors(spec, message):
-    with pytest.raises(ConfigError, match=message):
-        model_mod.import_factory(spec)
+    monkeypatch.setattr(factories, "SEGMENTER_FACTORY", None)
+    assert factories.resolve_factory(None) is factories.load_from_params
+    monkeypatch.setenv("SAOM_SEGMENTER_FACTORY", "saom_ros.testing:fake_factory")  # no longer read
+    assert factories.resolve_factory(None) is factories.load_from_params
+    monkeypatch.setattr(factories, "SEGMENTER_FACTORY", hook)
+    assert factories.resolve_factory(None) is hook
+    assert factories.resolve_factory(explicit) is explicit
 
 
 def test_fake_env_factory_delay(monkeypatch):
@@ -192,10 +181,10 @@ def test_fake_env_factory_delay(monkeypatch):
 
 def test_release_closes_the_model():
     seg = FakeSegmenter()
-    model_mod.release(seg, "cpu")
+    factories.release(seg, "cpu")
     assert seg.closed
-    model_mod.release(None, "cpu")
-    assert model_mod.validate_segmenter(FakeSegmenter())[0] == "background"
+    factories.release(None, "cpu")
+    assert factories.validate_segmenter(FakeSegmenter())[0] == "background"
 
     class NoClasses:
         class_names: list = []
@@ -203,7 +192,7 @@ def test_release_closes_the_model():
     from saom_core.errors import SaomError
 
     with pytest.raises(SaomError, match="no class_names"):
-        model_mod.validate_segmenter(NoClasses())
+        factories.validate_segmenter(NoClasses())
 
 
 def test_default_factory_passes_the_parameters_and_warms_up(monkeypatch, ckpt):
@@ -226,12 +215,12 @@ def test_default_factory_passes_the_parameters_and_warms_up(monkeypatch, ckpt):
 
     monkeypatch.setattr(real, "load_segmenter", loader)
     params = validate({"checkpoint": ckpt, "points_per_side": 8, "model_config": "vit_b"})
-    segmenter = model_mod.load_from_params(params)
+    segmenter = factories.load_from_params(params)
     assert {"checkpoint", "settings"} <= accepted
     assert seen["checkpoint"] == ckpt and seen["overrides"] == {}
     assert seen["settings"].points_per_side == 8 and seen["settings"].model_config == "vit_b"
     assert segmenter.warmed
-    assert not model_mod.load_from_params(validate({"checkpoint": ckpt, "warmup": False})).warmed
+    assert not factories.load_from_params(validate({"checkpoint": ckpt, "warmup": False})).warmed
 
 
 def test_real_loader_reports_a_bad_checkpoint(ckpt):
@@ -239,21 +228,21 @@ def test_real_loader_reports_a_bad_checkpoint(ckpt):
     from saom_core.errors import SaomError
 
     with pytest.raises(SaomError, match="model.pt"):
-        model_mod.load_from_params(validate({"checkpoint": ckpt}))
+        factories.load_from_params(validate({"checkpoint": ckpt}))
 
 
 def test_cuda_device_is_checked_at_configure():
-    model_mod.check_device("cpu")  # no torch import needed
-    model_mod.check_device("auto")
+    factories.check_device("cpu")  # no torch import needed
+    factories.check_device("auto")
     import torch
 
     if torch.cuda.is_available():
-        model_mod.check_device("cuda")
+        factories.check_device("cuda")
         with pytest.raises(ConfigError, match="does not exist"):
-            model_mod.check_device(f"cuda:{torch.cuda.device_count()}")
+            factories.check_device(f"cuda:{torch.cuda.device_count()}")
     else:
         with pytest.raises(ConfigError, match="CUDA is not available"):
-            model_mod.check_device("cuda:0")
+            factories.check_device("cuda:0")
 
 
 def test_unset_thresholds_take_the_checkpoints_tuned_value(ckpt):
@@ -283,10 +272,11 @@ def test_node_switches_and_single_parameter_checks():
 def test_depth_and_tracker_parameters(ckpt):
     from saom_core.geometry3d import DepthSettings
     from saom_core.track import TrackerSettings
+    from saom_ros.frame_step import depth_settings, tracker_settings
 
     p = validate({"checkpoint": ckpt, "track_min_hits": 1, "track_max_misses": 5, "depth_min": 0.3, "depth_max": 4})
-    assert p.tracker_settings() == TrackerSettings(min_hits=1, max_misses=5)
-    assert p.depth_settings() == DepthSettings(min_depth=0.3, max_depth=4.0)
+    assert tracker_settings(p) == TrackerSettings(min_hits=1, max_misses=5)
+    assert depth_settings(p) == DepthSettings(min_depth=0.3, max_depth=4.0, stride=2)
     assert not p.depth_enabled  # RGB users see no change: no depth subscription, no wait
     assert {"track_min_hits", "track_max_misses", "depth_min", "depth_max"} <= RUNTIME_PARAMETERS
     assert not {"depth_enabled", "sync_slop", "depth_wait"} & RUNTIME_PARAMETERS  # they make subscriptions

@@ -11,11 +11,12 @@ import pytest
 from saom_core.cli import build_parser, main, option_name
 from saom_core.errors import ConfigError
 from saom_core.infer.generator import GeneratorConfig, generator_config
-from saom_core.settings import THRESHOLD_NAMES, SegmenterSettings, Thresholds, spec
+from saom_core.settings import THRESHOLD_NAMES, ObjectSettings, SegmenterSettings, Thresholds, spec
 from saom_ros import params as node_params
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMA = (Thresholds, SegmenterSettings, node_params.NodeSettings)
+SCHEMA = (Thresholds, SegmenterSettings, ObjectSettings, node_params.NodeSettings)
+NODE_SCHEMA = (SegmenterSettings, ObjectSettings, node_params.NodeSettings)
 
 
 @pytest.mark.parametrize("cls", SCHEMA)
@@ -105,14 +106,28 @@ def test_cli_refuses_a_bad_value_before_loading(tmp_path, capsys):
 
 def test_node_parameters_are_the_schema():
     by_name = {p.name: p for p in node_params.PARAMETERS}
-    assert set(by_name) == {f.name for cls in (SegmenterSettings, node_params.NodeSettings) for f in fields(cls)}
-    for cls in (SegmenterSettings, node_params.NodeSettings):
+    assert set(by_name) == {f.name for cls in NODE_SCHEMA for f in fields(cls)}
+    for cls in NODE_SCHEMA:
         for f in fields(cls):
             param, s = by_name[f.name], spec(f)
             expected = list(f.default) if isinstance(f.default, tuple) else f.default
             assert param.default == expected and type(param.default) is type(expected), f.name
             assert (param.lo, param.hi, param.lo_open, param.choices) == (s.lo, s.hi, s.lo_open, s.choices), f.name
             assert param.read_only is not s.runtime and s.help in param.description, f.name
+
+
+def test_tracking_and_3d_settings_have_one_home():
+    """The node's parameters, `saom bag`'s options and the library's own defaults all come from ObjectSettings."""
+    from saom_core.geometry3d import DepthSettings
+    from saom_core.track import TrackerSettings
+    from saom_ros.frame_step import depth_settings, tracker_settings
+
+    parser = build_parser()
+    args = parser.parse_args(["bag", "--checkpoint", "x.pt", "in", "out", "--topic", "/i", "--track-min-hits", "4"])
+    values = {f.name: getattr(args, f.name) for f in fields(ObjectSettings)}
+    assert ObjectSettings.from_values(values) == ObjectSettings(track_min_hits=4)
+    assert tracker_settings(ObjectSettings()) == TrackerSettings()
+    assert depth_settings(ObjectSettings()) == DepthSettings(stride=ObjectSettings().depth_stride)
 
 
 def test_config_yaml_is_generated_from_the_schema():
@@ -163,3 +178,17 @@ def test_segmenter_apply_changes_per_frame_settings_only():
     assert config.keep_classes == [model.class_names[1]] and config.compile is False and segmenter.max_input_size == 64
     with pytest.raises(ConfigError, match="points_per_side"):
         segmenter.apply(SegmenterSettings(points_per_side=0))
+
+
+def test_threads_default_leaves_a_core_for_ros(monkeypatch):
+    """threads 0: every core this process may use but one (at least one); a set value is taken as is."""
+    import os
+
+    from saom_core.infer.runtime import resolve_threads
+
+    for cores, expected in ((1, 1), (2, 1), (4, 3), (16, 15)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, n=cores: set(range(n)), raising=False)
+        assert resolve_threads(0) == expected
+    assert resolve_threads(5) == 5
+    with pytest.raises(ConfigError, match="threads"):
+        SegmenterSettings(threads=-1).validate()

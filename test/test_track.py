@@ -18,7 +18,8 @@ def _inst(x: int, y: int, cls: int = 1, size: int = 10, centre=None) -> Instance
     obj = None
     if centre is not None:
         c = np.asarray(centre, float)
-        obj = Object3D(box_min=c - 0.05, box_max=c + 0.05, surface_centroid=c, points=np.zeros((0, 3), np.float32))
+        obj = Object3D(box_min=c - 0.05, box_max=c + 0.05, surface_centroid=c, points=np.zeros((0, 3), np.float32),
+                       pixels=np.zeros((0, 2), np.int64))
     return Instance(mask, (x, y, x + size, y + size), cls, f"c{cls}", 1.0, 1.0, 1.0, object3d=obj)
 
 

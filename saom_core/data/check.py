@@ -28,6 +28,8 @@ class DatasetReport:
     frame_sizes: Counter = field(default_factory=Counter)  # (w, h) -> frames
     depth_frames: int = 0  # frames with an aligned depth image
     objects3d: int = 0  # annotations with a ground-truth 3D pose
+    renderings: Counter = field(default_factory=Counter)  # randomisation preset (meta) -> frames
+    empty_frames: int = 0  # frames with no mask (views with nothing of interest)
 
     @property
     def total_images(self) -> int:
@@ -62,6 +64,9 @@ class DatasetReport:
             f"classes present: {len(self.classes_present)} of {len(dataset.classes.classes)}",
             f"depth: {self.depth_frames} of {self.total_images} frames; 3D ground truth: {self.objects3d} of "
             f"{sum(self.masks.values())} masks",
+            f"frames with no masks: {self.empty_frames} of {self.total_images}",
+            "rendered with randomisation: "
+            + ", ".join(f"{name} ({n} frames)" for name, n in sorted(self.renderings.items())),
         ]
         return "\n".join(lines)
 
@@ -78,6 +83,8 @@ def check_dataset(root: str | Path, progress: bool = True) -> tuple[DatasetRepor
         report.images[split] += 1
         report.frame_sizes[(image.shape[1], image.shape[0])] += 1
         scenes[split].add(str(info["saom"].get("scene")))
+        report.renderings[info["saom"].get("randomisation", {}).get("preset", "none")] += 1
+        report.empty_frames += not dataset.annotations_of(index)
         if dataset.load_depth(index) is not None:  # decodes and checks size and type
             _check_intrinsics(info)
             report.depth_frames += 1

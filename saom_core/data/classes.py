@@ -95,15 +95,16 @@ class ClassList:
 
     @classmethod
     def from_yaml(cls, name_or_path: str | Path) -> ClassList:
-        """Load `config/classes_<name>.yaml` or an explicit YAML path."""
-        path = resolve_config(name_or_path, prefix="classes_")
-        if not path.is_file():
-            raise ConfigError(f"class list not found: {name_or_path}")
+        """Load `config/classes_<name>.yaml`, else the classes of `config/objects_<name>.yaml` (an object
+        catalogue, the one home of a simulator's class list), or an explicit YAML path of either kind."""
+        from saom_core.data.collect.catalogue import class_list_of, is_catalogue
+
+        path = class_list_path(name_or_path)
         try:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-        return cls.from_dict(data, source=str(path))
+        return class_list_of(data, str(path)) if is_catalogue(data) else cls.from_dict(data, source=str(path))
 
     @classmethod
     def from_categories(cls, name: str, categories: Iterable[dict[str, Any]]) -> ClassList:
@@ -120,3 +121,12 @@ class ClassList:
                 for c in cats
             ),
         )
+
+
+def class_list_path(name_or_path: str | Path) -> Path:
+    """The YAML a class list name or path stands for: a class list, else an object catalogue."""
+    for prefix in ("classes_", "objects_"):
+        path = resolve_config(name_or_path, prefix=prefix)
+        if path.is_file():
+            return path
+    raise ConfigError(f"class list not found: {name_or_path}")

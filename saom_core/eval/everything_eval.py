@@ -42,6 +42,8 @@ class EverythingResult:
     frames: int = 0
     masks: int = 0
     objects: int = 0  # ground-truth objects in the same frames
+    empty_frames: int = 0  # frames with nothing of interest (no ground truth: a bare wall, an empty floor)
+    empty_claims: int = 0  # masks output on those frames: each one a false claim
     coco_agnostic: dict[str, float | None] = field(default_factory=dict)
     coco_per_class: dict[str, float | None] | None = None
     detections: list[dict[str, Any]] = field(default_factory=list)
@@ -53,6 +55,11 @@ class EverythingResult:
     @property
     def objects_per_frame(self) -> float:
         return self.objects / self.frames if self.frames else 0.0
+
+    @property
+    def claims_per_empty_frame(self) -> float | None:
+        """Objects claimed per frame with nothing of interest (goal: <= 0.1); None without such frames."""
+        return self.empty_claims / self.empty_frames if self.empty_frames else None
 
     @property
     def masks_per_object(self) -> float | None:
@@ -67,6 +74,8 @@ class EverythingResult:
             "ground_truth_objects": self.objects,
             "ground_truth_objects_per_frame": self.objects_per_frame,
             "masks_per_object": self.masks_per_object,
+            "frames_without_objects": self.empty_frames,
+            "claims_per_frame_without_objects": self.claims_per_empty_frame,
             "coco_mask_class_agnostic": self.coco_agnostic,
             "coco_mask_per_class": self.coco_per_class,
         }
@@ -90,6 +99,9 @@ def run_everything(
         seg = segment(image)
         result.frames += 1
         result.masks += len(seg.instances)
+        if not dataset.annotations_of(index):
+            result.empty_frames += 1
+            result.empty_claims += len(seg.instances)
         image_id = dataset.images[index]["id"]
         for inst in seg.instances:
             result.detections.append(

@@ -127,6 +127,10 @@ def render_markdown(report: dict[str, Any], classes: ClassList, images: list[str
         f"| {base['everything']['ground_truth_objects']} | {saom['everything']['ground_truth_objects']} |",
         f"| output masks per ground-truth object "
         f"| {_num(base['everything']['masks_per_object'], 2)} | {_num(saom['everything']['masks_per_object'], 2)} |",
+        f"| objects claimed per frame with nothing of interest (goal <= 0.1; "
+        f"{saom['everything'].get('frames_without_objects', 0)} such frames) "
+        f"| {_num(base['everything'].get('claims_per_frame_without_objects'), 2)} "
+        f"| {_num(saom['everything'].get('claims_per_frame_without_objects'), 2)} |",
         f"| generator settings | {base['generator']} | {saom['generator']} |",
         "",
         DEFINITIONS,

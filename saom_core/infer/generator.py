@@ -6,8 +6,9 @@ are decoded in large batches, the cheap filters (predicted IoU, class) run on th
 outputs, and only their survivors are upsampled to the frame (in one bilinear step, not via the
 padded 1024x1024 intermediate), where stability, boxes and box NMS are computed exactly as the
 stock generator does. Nothing is run-length encoded or deep-copied; everything stays on the
-model's device; optional reduced precision (bf16/fp16 autocast on GPU, bf16 on CPU) and
-torch.compile of the decoder. (Stability and boxes on the low-resolution logits were tried and
+model's device. The networks run in a `saom_core.infer.runtime.Runtime` (PyTorch, with optional
+reduced precision and torch.compile of the decoder, or ONNX Runtime): everything else here is the
+same for both. (Stability and boxes on the low-resolution logits were tried and
 rejected: for small objects they disagree with the stock generator, test test_generator_slow_path.)
 
 SAOM mode (a model with a class head) keeps, per grid point, the best of SAM's 3 masks by
@@ -35,6 +36,7 @@ from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_
 from torchvision.ops import batched_nms
 
 from saom_core.errors import ConfigError, ImageError
+from saom_core.infer.runtime import Runtime, as_runtime
 from saom_core.infer.types import Segmentation, build_instances
 from saom_core.model.grid import grid_points, pixel_of
 from saom_core.model.saom import SaomModel
@@ -117,17 +119,15 @@ class _Candidates:
 
 
 class EverythingGenerator:
-    """Fast everything-of-interest mode on one preallocated model. Not thread-safe."""
+    """Fast everything-of-interest mode on one loaded model (a Runtime; a bare SaomModel runs in
+    PyTorch, `config.compile` compiling its decoder). Not thread-safe."""
 
-    def __init__(
-        self, model: SaomModel, config: GeneratorConfig | None = None, amp_dtype: torch.dtype | None = None
-    ) -> None:
-        self.model = model.eval()
+    def __init__(self, model: Runtime | SaomModel, config: GeneratorConfig | None = None) -> None:
         self.config = config or GeneratorConfig()
-        self.amp_dtype = amp_dtype
+        self.runtime = runtime = as_runtime(model, compile=self.config.compile)
         self._grids: dict[tuple[int, int], tuple[np.ndarray, torch.Tensor]] = {}
-        names = model.class_names
-        self.has_classes = model.classifier is not None
+        names = runtime.class_names
+        self.has_classes = runtime.head_input is not None
         keep = self.config.keep_classes
         if keep is not None:
             unknown = sorted(set(keep) - set(names[1:]))
@@ -136,15 +136,14 @@ class EverythingGenerator:
         allowed = torch.zeros(len(names), dtype=torch.bool)
         for i, name in enumerate(names):
             allowed[i] = (i > 0 or self.config.keep_background) and (keep is None or i == 0 or name in keep)
-        self.allowed = allowed.to(model.device)
+        self.allowed = allowed.to(runtime.device)
         # With a crop classifier the decoder's label only screens out background before NMS; the
         # classes to keep are chosen on the crop classifier's (better) labels after it.
         self.allowed_before_nms = (
-            torch.tensor([self.config.keep_background] + [True] * (len(names) - 1)).to(model.device)
-            if model.crop_classifier is not None
+            torch.tensor([self.config.keep_background] + [True] * (len(names) - 1)).to(runtime.device)
+            if runtime.has_crop_classifier
             else self.allowed
         )
-        self._decode = torch.compile(model.decode) if self.config.compile else model.decode
         multimask = self.config.multimask
         self.keep_all_masks = multimask == "all" or (multimask == "auto" and not self.has_classes)
         # Only where each prompt yields one whole object (SAOM mode): vanilla SAM's parts and
@@ -152,44 +151,35 @@ class EverythingGenerator:
         self.coarse_to_fine = self.config.coarse_to_fine and self.has_classes and not self.keep_all_masks
         # A per-cell class map exists only for the mask_pool head (see _on_objects).
         self.use_object_prior = (
-            self.config.prompt_min_object_prob > 0
-            and model.classifier is not None
-            and model.classifier.head_input == "mask_pool"
-            and not self.keep_all_masks
+            self.config.prompt_min_object_prob > 0 and runtime.head_input == "mask_pool" and not self.keep_all_masks
         )
 
     @property
     def device(self) -> torch.device:
-        return self.model.device
+        return self.runtime.device
 
     def _grid(self, height: int, width: int) -> tuple[np.ndarray, torch.Tensor]:
         """Grid in frame pixels and in model input coordinates, computed once per frame size."""
         key = (height, width)
         if key not in self._grids:
             points = grid_points(self.config.points_per_side, height, width)
-            coords = self.model.points_to_input(
+            coords = self.runtime.model_input.points_to_input(
                 torch.as_tensor(points, dtype=torch.float32, device=self.device), height, width
             )
             self._grids[key] = (points, coords)
         return self._grids[key]
 
-    def autocast(self) -> torch.autocast:
-        return torch.autocast(
-            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
-        )
-
     @torch.inference_mode()
     def prepare(self, image: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 frame -> (1, 3, S, S) model input."""
         frame = torch.as_tensor(image if image.flags.writeable else image.copy(), device=self.device)
-        return self.model.prepare_images(frame[None])
+        return self.runtime.model_input.prepare_images(frame[None])
 
     @torch.inference_mode()
     def embed_prepared(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """(model input, image embedding) of a frame."""
         prepared = self.prepare(image)
-        with self.autocast():
-            return prepared, self.model.encode(prepared)
+        return prepared, self.runtime.encode(prepared)
 
     def embed(self, image: np.ndarray) -> torch.Tensor:
         return self.embed_prepared(image)[1]
@@ -209,13 +199,14 @@ class EverythingGenerator:
             prepared, embedding = self.embed_prepared(image)
         points, coords = self._grid(height, width)
         point_tensor = torch.as_tensor(points, dtype=torch.float32, device=self.device)
-        new_h, new_w = self.model.input_size(height, width)
-        scale = self.model.config.low_res_size / self.model.config.image_size
+        model_input = self.runtime.model_input
+        new_h, new_w = model_input.input_size(height, width)
+        scale = model_input.low_res_size / model_input.image_size
         valid_h, valid_w = int(np.ceil(new_h * scale)), int(np.ceil(new_w * scale))
         # Kept: the low-res rows/columns the frame covers and the one beyond them that bilinear
         # upsampling of the last covered one reads (padding it with 0 instead changed the masks'
         # bottom rows wherever the frame ends on a low-res row boundary, e.g. 640x480).
-        side = self.model.config.low_res_size
+        side = model_input.low_res_size
         kept_h, kept_w = min(valid_h + 1, side), min(valid_w + 1, side)
         batch = self.config.points_per_batch or (64 if self.device.type == "cpu" else 256)
 
@@ -240,7 +231,7 @@ class EverythingGenerator:
             nms_boxes(boxes), candidates.iou, torch.zeros_like(candidates.iou), self.config.box_nms_thresh
         )
         candidates, masks = candidates.select(keep), masks[keep]
-        if self.model.crop_classifier is not None:
+        if self.runtime.has_crop_classifier:
             candidates = self._classify(
                 candidates, self.prepare(image) if prepared is None else prepared, valid_h, valid_w
             )
@@ -283,22 +274,18 @@ class EverythingGenerator:
         cell of the embedding it gives a per-cell class map for the cost of one small matmul; the
         grid points in cells it calls background would find background (or an object that a point
         in one of its own cells finds too)."""
-        head = self.model.classifier
-        assert head is not None
-        with self.autocast():
-            probs = head.linear(embedding[0].permute(1, 2, 0)).float().softmax(-1)  # (g, g, C + 1)
+        probs = self.runtime.cell_class_logits(embedding).float().softmax(-1)  # (g, g, C + 1)
         of_interest = probs[..., self.allowed_before_nms].sum(-1) >= self.config.prompt_min_object_prob
         side = of_interest.shape[0]
-        cell = (coords / (self.model.config.image_size / side)).long().clamp(0, side - 1)
+        cell = (coords / (self.runtime.model_input.image_size / side)).long().clamp(0, side - 1)
         return of_interest[cell[:, 1], cell[:, 0]]
 
     def _classify(self, candidates: _Candidates, prepared: torch.Tensor, valid_h: int, valid_w: int) -> _Candidates:
         """Labels from the crop classifier for the candidates' masks (their low-res logits over the frame's region)."""
-        side = self.model.config.low_res_size
+        side = self.runtime.model_input.low_res_size
         low = candidates.logits[..., :valid_h, :valid_w].float()
         padded = torch.nn.functional.pad(low, (0, side - low.shape[-1], 0, side - low.shape[-2]), value=-1e4)
-        with self.autocast():
-            logits = self.model.classify_masks(prepared, padded.sigmoid())
+        logits = self.runtime.classify_masks(prepared, padded.sigmoid())
         candidates.class_score, candidates.class_id = logits.float().softmax(-1).max(-1)
         return candidates
 
@@ -307,9 +294,7 @@ class EverythingGenerator:
     ) -> _Candidates:
         """Decode a batch of grid prompts; keep the masks that pass predicted IoU and class (their
         low-res logits cropped to kept_h x kept_w)."""
-        labels = torch.ones(len(coords), 1, dtype=torch.int, device=self.device)
-        with self.autocast():
-            out = self._decode(embedding, coords[:, None, :], labels)
+        out = self.runtime.decode_points(embedding, coords)
         logits = out.low_res_logits[..., :kept_h, :kept_w]
         iou = out.iou_pred.float()
         if out.class_logits is not None:
@@ -343,13 +328,14 @@ class EverythingGenerator:
     ) -> tuple[torch.Tensor, torch.Tensor, _Candidates]:
         """Frame-resolution masks, boxes and stability of the candidates, in batches; unstable or
         empty masks are dropped. Returns (masks (K, H, W) bool, boxes (K, 4) float xyxy, candidates)."""
-        threshold, offset = self.model.mask_threshold, self.config.stability_score_offset
+        threshold, offset = self.runtime.mask_threshold, self.config.stability_score_offset
+        model_input = self.runtime.model_input
         masks, boxes, kept, stability = [], [], [], []
         for start in range(0, len(candidates.iou), self.config.frame_batch):
             low = candidates.logits[start : start + self.config.frame_batch].float()
-            side = self.model.config.low_res_size
+            side = model_input.low_res_size
             padded = torch.nn.functional.pad(low, (0, side - low.shape[-1], 0, side - low.shape[-2]))
-            logits = self.model.logits_to_frame(padded[:, None], height, width)[:, 0]
+            logits = model_input.logits_to_frame(padded[:, None], height, width)[:, 0]
             score = calculate_stability_score(logits, threshold, offset)
             binary = logits > threshold
             keep = (score >= self.config.stability_score_thresh) & binary.flatten(1).any(1)
@@ -373,7 +359,7 @@ class EverythingGenerator:
             candidates = candidates.select(keep.to(self.device))
         instances = build_instances(
             masks_np, boxes.numpy(), candidates.class_id.cpu().numpy(), candidates.class_score.cpu().numpy(),
-            candidates.iou.cpu().numpy(), candidates.stability.cpu().numpy(), self.model.class_names,
+            candidates.iou.cpu().numpy(), candidates.stability.cpu().numpy(), self.runtime.class_names,
             candidates.point.cpu().numpy(),
         )
         instances = [inst for inst in instances if inst.mask.any()]  # small-region removal can empty a mask

@@ -7,7 +7,6 @@ masks scaled back to the input resolution).
 from __future__ import annotations
 
 import gc
-from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,9 @@ from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_
 from saom_core.device import resolve_device
 from saom_core.errors import ImageError
 from saom_core.infer.generator import EverythingGenerator, GeneratorConfig, generator_config
+from saom_core.infer.runtime import Runtime, TorchRuntime, as_runtime, resolve_threads
 from saom_core.infer.types import Instance, Segmentation, build_instances
-from saom_core.model.checkpoint import describe_training, load_checkpoint
+from saom_core.model.checkpoint import load_checkpoint
 from saom_core.model.saom import KeptMasks, SaomModel
 from saom_core.precision import reduced_precision
 from saom_core.settings import SegmenterSettings, Thresholds
@@ -41,25 +41,23 @@ def check_frame(image: np.ndarray) -> np.ndarray:
 
 
 class SaomSegmenter:
-    """Implements `saom_core.infer.types.Segmenter`."""
+    """Implements `saom_core.infer.types.Segmenter` over a Runtime (a bare SaomModel runs in PyTorch)."""
 
-    def __init__(self, model: SaomModel, config: GeneratorConfig, half: bool = False, max_input_size: int | None = None,
-                 tuned: Thresholds | None = None, trained_on: Mapping[str, Any] | None = None) -> None:
-        self.model = model.eval()
+    def __init__(self, model: Runtime | SaomModel, config: GeneratorConfig, half: bool = False,
+                 max_input_size: int | None = None, tuned: Thresholds | None = None) -> None:
+        self.runtime = as_runtime(model, half=half, compile=config.compile)
         self.max_input_size = max_input_size
         self.tuned = tuned or Thresholds()  # the checkpoint's: what apply() gives unset thresholds
-        self.generator = EverythingGenerator(
-            model, config, amp_dtype=reduced_precision(model.device, "infer") if half else None
-        )
-        self.class_names = model.class_names
-        self.trained_on = describe_training(model, trained_on)  # one line for users to log at load
+        self.generator = EverythingGenerator(self.runtime, config)
+        self.class_names = self.runtime.class_names
+        self.trained_on = self.runtime.description  # one line for users to log at load
 
     def apply(self, settings: SegmenterSettings) -> None:
         """Use new per-frame settings (grid, thresholds, classes) without reloading the model; the
-        settings fixed at load (device, half, compile, max_input_size) are not changed."""
+        settings fixed at load (backend, device, half, compile, threads, max_input_size) are not changed."""
         checked = settings.validate()
         config = replace(generator_config(checked, self.tuned), compile=self.generator.config.compile)
-        self.generator = EverythingGenerator(self.model, config, amp_dtype=self.generator.amp_dtype)
+        self.generator = EverythingGenerator(self.runtime, config)
 
     # ---- frames ------------------------------------------------------------------------------
     def _shrink(self, image: np.ndarray) -> np.ndarray:
@@ -103,29 +101,29 @@ class SaomSegmenter:
         scale = np.array([sw / width, sh / height], dtype=np.float32)
         prepared, embedding = self.generator.embed_prepared(small)
         instances: list[Instance] = []
-        model = self.model
-        device = model.device
+        model_input, device = self.runtime.model_input, self.runtime.device
         if boxes is not None and len(boxes):
             box_px = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) * np.tile(scale, 2)
             box_t = torch.as_tensor(box_px, device=device)
-            box_in = model.points_to_input(box_t.view(-1, 2, 2), sh, sw).view(-1, 4)
-            with self.generator.autocast():
-                out = model.decode(embedding, boxes=box_in, multimask_output=False)
+            box_in = model_input.points_to_input(box_t.view(-1, 2, 2), sh, sw).view(-1, 4)
+            out = self.runtime.decode_boxes(embedding, box_in)
             instances += self._instances(out.keep_best(), prepared, sh, sw, [None] * len(box_t))
         if points is not None and len(points):
             pts = np.asarray(points, dtype=np.float32).reshape(-1, 2) * scale
-            with self.generator.autocast():
-                out = model.decode_points(embedding, torch.as_tensor(pts, device=device), [(sh, sw)])
+            coords = model_input.points_to_input(torch.as_tensor(pts, device=device), sh, sw)
+            out = self.runtime.decode_points(embedding, coords)
             instances += self._instances(out.keep_best(), prepared, sh, sw, list(pts))
         return self._grow(Segmentation(sh, sw, instances), height, width)
 
     def _instances(self, kept: KeptMasks, prepared: torch.Tensor, height: int, width: int,
                    points: list[np.ndarray | None]) -> list[Instance]:
-        """The kept mask of each prompt at frame resolution, in prompt order, empty ones included."""
+        """The kept mask of each prompt at frame resolution, in prompt order, empty ones included;
+        labelled by the crop classifier where the model has one (as SaomModel.kept_class_logits)."""
         logits = kept.logits.float()
-        masks = self.model.logits_to_frame(logits[:, None], height, width)[:, 0] > 0
+        masks = self.runtime.model_input.logits_to_frame(logits[:, None], height, width)[:, 0] > 0
         stability = calculate_stability_score(logits, 0.0, self.generator.config.stability_score_offset)
-        class_logits = self.model.kept_class_logits(prepared, kept)
+        class_logits = (self.runtime.classify_masks(prepared, logits.sigmoid()) if self.runtime.has_crop_classifier
+                        else kept.class_logits)
         if class_logits is not None:
             score, class_id = class_logits.float().softmax(-1).max(-1)
         else:
@@ -141,25 +139,35 @@ class SaomSegmenter:
         self.segment(np.zeros((height, width, 3), dtype=np.uint8))
 
     def close(self) -> None:
-        device = self.model.device
-        self.model.to("cpu")
-        del self.generator, self.model
+        self.runtime.close()
+        del self.generator, self.runtime
         gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
 
 
 def load_segmenter(
     checkpoint: str | Path, settings: SegmenterSettings | None = None, **overrides: Any
 ) -> SaomSegmenter:
-    """Load a SAOM (or official SAM) checkpoint for inference; errors name the bad file or value.
+    """Load a SAOM (or official SAM) checkpoint, or with `backend="onnxruntime"` the folder
+    `saom export` wrote, for inference; errors name the bad file or value (or the package to install).
 
     `settings` and/or keyword `overrides` by name (the fields of saom_core.settings.SegmenterSettings:
-    device, half, points_per_side, pred_iou_thresh, keep_classes, ...). Thresholds left unset take the
-    values tuned for this model (stored in its checkpoint), else the paper's.
+    backend, device, half, threads, points_per_side, pred_iou_thresh, keep_classes, ...). Thresholds
+    left unset take the values tuned for this model (stored in its checkpoint or export), else the paper's.
     """
     values = {**(settings or SegmenterSettings()).values(), **overrides}
     checked = SegmenterSettings.from_values(values)
-    model, info = load_checkpoint(checkpoint, checked.model_config or None, resolve_device(checked.device))
-    return SaomSegmenter(model, generator_config(checked, info.tuned), half=checked.half,
-                         max_input_size=checked.max_input_size or None, tuned=info.tuned, trained_on=info.trained_on)
+    threads = resolve_threads(checked.threads)
+    torch.set_num_threads(threads)  # the PyTorch model, or the pre- and post-processing around ONNX Runtime
+    device = resolve_device(checked.device)
+    runtime: Runtime
+    if checked.backend == "onnxruntime":
+        from saom_core.infer.onnx_runtime import OnnxRuntime
+
+        runtime = OnnxRuntime(checkpoint, checked.onnx_provider, threads, device, half=checked.half)
+        tuned = runtime.tuned
+    else:
+        model, info = load_checkpoint(checkpoint, checked.model_config or None, device)
+        amp_dtype = reduced_precision(model.device, "infer") if checked.half else None
+        runtime, tuned = TorchRuntime(model, amp_dtype, checked.compile, info.trained_on), info.tuned
+    return SaomSegmenter(runtime, generator_config(checked, tuned), max_input_size=checked.max_input_size or None,
+                         tuned=tuned)

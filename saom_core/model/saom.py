@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from saom_core.data.classes import ClassList
 from saom_core.model.configs import SamConfig
 from saom_core.model.crop_head import MaskCropClassifier
+from saom_core.model.model_input import ModelInput
 from saom_core.model.two_way import one_frame_two_way
 
 HeadInput = Literal["iou_token", "mask_token", "mask_pool"]
@@ -246,33 +247,22 @@ class SaomModel(Sam):
 
         return [BACKGROUND] + (self.class_list.names if self.class_list else ["object"])
 
-    # ---- frames <-> model input ------------------------------------------------------------
+    # ---- frames <-> model input (saom_core.model.model_input, shared with the ONNX backend) ----
+    @property
+    def model_input(self) -> ModelInput:
+        return ModelInput(self.config.image_size, self.config.low_res_size, self.pixel_mean, self.pixel_std)
+
     def input_size(self, height: int, width: int) -> tuple[int, int]:
-        """Size of a frame after the longest-side resize (before padding), as SAM's ResizeLongestSide."""
-        scale = self.config.image_size / max(height, width)
-        return int(height * scale + 0.5), int(width * scale + 0.5)
+        return self.model_input.input_size(height, width)
 
     def prepare_images(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, 3) uint8 frames of one size -> (B, 3, S, S) normalised, resized, padded input."""
-        height, width = images.shape[1:3]
-        new_h, new_w = self.input_size(height, width)
-        x = images.permute(0, 3, 1, 2).float()
-        if (new_h, new_w) != (height, width):
-            x = F.interpolate(x, (new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
-        return self.preprocess(x)
+        return self.model_input.prepare_images(images)
 
     def points_to_input(self, points: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """(..., 2) xy pixel coordinates of a (height, width) frame -> model input coordinates."""
-        return points * self._input_scale(height, width, points)
-
-    def _input_scale(self, height: int, width: int, like: torch.Tensor) -> torch.Tensor:
-        """(2,) xy factors from a (height, width) frame's pixels to model input coordinates."""
-        new_h, new_w = self.input_size(height, width)
-        return torch.tensor([new_w / width, new_h / height], device=like.device, dtype=like.dtype)
+        return self.model_input.points_to_input(points, height, width)
 
     def logits_to_frame(self, low_res_logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """(N, M, S, S) decoder logits -> (N, M, height, width), as Sam.postprocess_masks."""
-        return self.postprocess_masks(low_res_logits, self.input_size(height, width), (height, width))
+        return self.model_input.logits_to_frame(low_res_logits, height, width)
 
     # ---- model parts -------------------------------------------------------------------------
     def encode(self, prepared: torch.Tensor) -> torch.Tensor:
@@ -322,7 +312,7 @@ class SaomModel(Sam):
                 raise ValueError(f"points of {len(frame_sizes)} frames need the image_index of each point")
             coords = self.points_to_input(points, *frame_sizes[0])
         else:
-            scales = torch.stack([self._input_scale(height, width, points) for height, width in frame_sizes])
+            scales = torch.stack([self.model_input.input_scale(height, width, points) for height, width in frame_sizes])
             coords = points * scales[image_index]
         labels = torch.ones(len(points), 1, dtype=torch.int, device=points.device)
         return self.decode(image_embeddings, coords[:, None, :], labels, image_index=image_index)

@@ -2,9 +2,10 @@
 
 Runs with `colcon test --packages-select saom_ros` or `launch_test test/launch/test_saom_launch.py`
 after `colcon build` (the node must be installed: `ros2 run saom_ros saom_node`). It starts the
-real launch file with a fake model (SAOM_SEGMENTER_FACTORY=saom_ros.testing:fake_factory, so no
-checkpoint contents or GPU are needed), publishes one image and expects detections, a mono16 mask
-and the latched LabelInfo, then checks the node exits cleanly on shutdown.
+real launch file with a fake model (a sitecustomize on the node's PYTHONPATH sets the test-only
+hook saom_ros.segmenter_factory.SEGMENTER_FACTORY, so no checkpoint contents or GPU are needed), publishes
+one image and expects detections, a mono16 mask and the latched LabelInfo, then checks the node
+exits cleanly on shutdown.
 
 launch, launch_ros and launch_testing are not on PyPI, so where they are missing (the pip-wheel
 ROS 2 used by `make test`) pytest skips this module; test/test_ros_launch.py checks the launch
@@ -41,6 +42,9 @@ CHECKPOINT = os.path.join(_TMP, "fake.pt")
 with open(CHECKPOINT, "wb") as _f:
     _f.write(b"read by the fake segmenter only")
 IMAGE_TOPIC = "/saom_launch_test/image_raw"
+with open(os.path.join(_TMP, "sitecustomize.py"), "w") as _f:  # imported by the node's interpreter at start
+    _f.write("import saom_ros.segmenter_factory, saom_ros.testing\n"
+             "saom_ros.segmenter_factory.SEGMENTER_FACTORY = saom_ros.testing.fake_factory\n")
 
 
 @pytest.mark.launch_test
@@ -51,7 +55,7 @@ def generate_test_description():
         launch_arguments={"checkpoint": CHECKPOINT, "image_topic": IMAGE_TOPIC, "rviz": "false"}.items(),
     )
     return launch.LaunchDescription([
-        SetEnvironmentVariable("SAOM_SEGMENTER_FACTORY", "saom_ros.testing:fake_factory"),
+        SetEnvironmentVariable("PYTHONPATH", os.pathsep.join(p for p in (_TMP, os.environ.get("PYTHONPATH")) if p)),
         saom,
         launch_testing.actions.ReadyToTest(),
     ])

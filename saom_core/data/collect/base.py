@@ -15,10 +15,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from saom_core.data.classes import ClassList
+from saom_core.data.classes import ClassList, class_list_path
 from saom_core.data.format import Frame
 from saom_core.errors import ConfigError, SimulatorError
-from saom_core.paths import resolve_config
 
 FRAMES_PER_SCENE = 4  # the paper: RotateRight by 90 degrees, 4 frames per scene
 REFERENCE_SIZE = 224  # min_area in a class-list YAML is given for 224 x 224 frames
@@ -67,6 +66,10 @@ class Collector(ABC):
     def collect_scene(self, scene_index: int, seed: int) -> list[Frame]:
         """The frames of scene `scene_index`, deterministic for (seed, scene_index)."""
 
+    def describe(self) -> dict[str, Any]:
+        """What else the frames depend on, for collect.json (a resume or a merge must match it)."""
+        return {}
+
     def close(self) -> None:  # noqa: B027
         """Stop the simulator client, if one was started."""
 
@@ -91,7 +94,7 @@ def load_class_list(classes: str | Path | ClassList) -> tuple[ClassList, dict[st
     if isinstance(classes, ClassList):
         return classes, {}
     class_list = ClassList.from_yaml(classes)
-    path = resolve_config(classes, prefix="classes_")
+    path = class_list_path(classes)
     data = yaml.safe_load(path.read_text()) or {}
     extras = {k: v for k, v in data.items() if k not in ("name", "classes")} if isinstance(data, dict) else {}
     return class_list, extras

@@ -28,7 +28,8 @@ random numbers as the 4-view mode; only the camera path differs.
 Masks come from the segmentation buffer: the visible pixels of one body in one frame. Only bodies
 whose class is in the class list get masks; masks under `min_area` pixels are dropped.
 
-All models ship in `pybullet_data`; nothing is downloaded.
+The classes and their models come from an object catalogue (`catalogue.py`; by default
+`config/objects_pybullet.yaml`, whose models all ship in `pybullet_data`: nothing is downloaded).
 """
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ import functools
 import math
 import os
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,47 +49,12 @@ from pybullet_utils.bullet_client import BulletClient
 
 from saom_core.data.classes import ClassList
 from saom_core.data.collect.base import DEFAULT_MIN_AREA, FRAMES_PER_SCENE, REFERENCE_SIZE, Collector, scene_rng
+from saom_core.data.collect.catalogue import DEFAULT_MESH_MASS, Catalogue, CatalogueEntry, Model, load_catalogue
+from saom_core.data.collect.randomise import SceneRandomiser, preset
 from saom_core.data.format import Frame
 from saom_core.errors import SimulatorError
 
-
-@dataclass(frozen=True)
-class Model:
-    """One model of a class: file under pybullet_data, globalScaling range, how it may be tinted."""
-
-    cls: str
-    file: str
-    scale: tuple[float, float]
-    tint: str = "keep"  # keep: as shipped | light: a mild colour cast | any: any sane colour
-    fixed: bool = False  # static furniture
-    ground: bool = False  # shift so that its lowest point rests on the floor
-    upright: bool = True  # dropped upright (else with a random orientation)
-
-
-FURNITURE: dict[str, Model] = {
-    "Table": Model("Table", "table/table.urdf", (0.72, 0.9), tint="light", fixed=True),
-    "SideTable": Model("SideTable", "table_square/table_square.urdf", (0.85, 1.05), tint="light", fixed=True),
-    "Tray": Model("Tray", "tray/traybox.urdf", (0.75, 0.95), tint="light", fixed=True),
-    "Shelf": Model("Shelf", "kiva_shelf/model.sdf", (0.42, 0.52), tint="any", fixed=True, ground=True),
-    "Robot": Model("Robot", "r2d2.urdf", (0.5, 0.62), fixed=True, ground=True),
-}
-OBJECTS: dict[str, Model] = {
-    "Mug": Model("Mug", "objects/mug.urdf", (1.5, 1.9), tint="any"),
-    "Duck": Model("Duck", "duck_vhacd.urdf", (2.0, 2.5), tint="any"),
-    "Teddy": Model("Teddy", "teddy_vhacd.urdf", (2.2, 2.8), tint="any"),
-    "JengaBlock": Model("JengaBlock", "jenga/jenga.urdf", (1.4, 1.75), tint="light", upright=False),
-    "Domino": Model("Domino", "domino/domino.urdf", (3.5, 4.4), upright=False),
-    "Lego": Model("Lego", "lego/lego.urdf", (4.2, 5.4), tint="any", upright=False),
-    "Ball": Model("Ball", "soccerball.urdf", (0.17, 0.22)),
-    "Cube": Model("Cube", "cube_small.urdf", (2.5, 3.2), tint="any", upright=False),
-    "Torus": Model("Torus", "torus/torus_textured.obj", (0.1, 0.13)),
-}
-MODELS: dict[str, Model] = {**FURNITURE, **OBJECTS}
-
-# local half extents (x, y) of the area objects are dropped on, per receptacle, at scale 1
-_SURFACES = {"Table": (0.6, 0.36), "SideTable": (0.22, 0.22), "Tray": (0.2, 0.2)}
 _STATIONS = ("table", "side_table", "tray", "floor", "shelf")
-_STATION_WEIGHTS = (0.3, 0.2, 0.2, 0.15, 0.15)
 _FLOOR_TEXTURES = ("table/table.png", "checker_blue.png", "tray/tray.jpg")
 _NEAR, _FAR = 0.05, 15.0
 _SETTLE_STEPS, _SETTLE_CHECK = 360, 30
@@ -107,27 +74,36 @@ class PyBulletCollector(Collector):
     default_classes: str | ClassList = "pybullet"
 
     supports_trajectory = True
+    supports_catalogue = True
+    supports_randomisation = True
     # pybullet segmentation-buffer flags and whether frames carry 3D ground truth per mask; the
     # granularity collector (pybullet_granularity.py) renders link indices and has no 3D boxes
     segmentation_flags = -1  # -1: pybullet's default (body ids only)
     ground_truth_3d = True
 
     def __init__(self, class_list: ClassList, size: int = REFERENCE_SIZE, min_area: int = DEFAULT_MIN_AREA,
-                 trajectory: int = 0) -> None:
+                 trajectory: int = 0, objects: str | Path = "pybullet", randomisation: str = "none",
+                 domain: str = "train") -> None:
         super().__init__(class_list, size=size, min_area=min_area)
         if trajectory < 0:
             raise SimulatorError(f"trajectory must be 0 (4 views) or a number of frames, got {trajectory}")
         self.trajectory = int(trajectory)
+        self.catalogue = load_catalogue(objects)  # validated here: a bad catalogue fails before any rendering
         self.interest = self._classes_of_interest(class_list)
         self.data_path = pybullet_data.getDataPath()
+        self.randomisation = preset(randomisation, domain)
 
-    @staticmethod
-    def _classes_of_interest(class_list: ClassList) -> set[str]:
-        """The model classes that get masks: those the class list names (at least one)."""
-        interest = {name for name in MODELS if name in class_list.names}
+    def describe(self) -> dict[str, Any]:
+        return {"catalogue": {"name": self.catalogue.name, "digest": self.catalogue.digest},
+                "randomisation": self.randomisation.name}
+
+    def _classes_of_interest(self, class_list: ClassList) -> set[str]:
+        """The catalogue's classes that get masks: those the class list names (at least one)."""
+        models = self.catalogue.class_list.names
+        interest = {name for name in models if name in class_list.names}
         if not interest:
             raise SimulatorError(
-                f"class list '{class_list.name}' names none of the pybullet model classes {sorted(MODELS)}"
+                f"class list '{class_list.name}' names none of the catalogue's classes {sorted(models)}"
             )
         return interest
 
@@ -147,13 +123,22 @@ class PyBulletCollector(Collector):
         so no state a scene leaves in pybullet can reach the next. A scene depends only on (seed,
         scene index): see `_mesh_is_finite` for the one shipped model that broke this."""
         rng = scene_rng(seed, scene_index)
+        randomiser = SceneRandomiser(self.randomisation, seed, scene_index)
         bc = self._connect()
         try:
-            scene = _SceneBuilder(bc, rng, self.data_path).build()
-            light = _random_light(rng)
+            scene = _SceneBuilder(bc, rng, self.data_path, self.catalogue, randomiser.views).build()
+            light = randomiser.light(rng)
+            randomiser.appearance(bc, scene["labels"])
+            randomiser.camera(scene, self.size, _NEAR, _FAR)
             rendered = [self._render(bc, scene, eye, yaw, light, k, seed)
                         for k, (eye, yaw) in enumerate(self._camera_path(scene))]
-            frames = [frame for frame, _ in rendered]
+            frames = []
+            for k, (frame, _) in enumerate(rendered):
+                if self.randomisation.active:
+                    assert frame.depth is not None  # this collector always renders depth
+                    frame.image, frame.depth, frame.meta["randomisation"] = randomiser.sensor(
+                        frame.image, frame.depth, k)
+                frames.append(frame)
             if self.ground_truth_3d:
                 # after every render: measuring the boxes moves bodies (and puts them back)
                 boxes = _local_boxes(bc, sorted({uid for frame in frames for uid in frame.meta["instance_ids"]}))
@@ -183,33 +168,34 @@ class PyBulletCollector(Collector):
         yr, pr = math.radians(yaw), math.radians(pitch)
         forward = np.array([math.cos(pr) * math.cos(yr), math.cos(pr) * math.sin(yr), math.sin(pr)])
         view = bc.computeViewMatrix(eye.tolist(), (eye + forward).tolist(), [0.0, 0.0, 1.0])
-        proj = bc.computeProjectionMatrixFOV(fov, 1.0, _NEAR, _FAR)
+        width, height = scene.get("image_size", (self.size, self.size))  # randomised cameras set both
+        proj = scene.get("projection") or bc.computeProjectionMatrixFOV(fov, 1.0, _NEAR, _FAR)
         _, _, rgba, zbuffer, seg = bc.getCameraImage(
-            self.size, self.size, view, proj, renderer=pybullet.ER_TINY_RENDERER,
+            width, height, view, proj, renderer=pybullet.ER_TINY_RENDERER,
             lightDirection=light["direction"], lightColor=light["color"], lightDistance=light["distance"],
             shadow=int(light["shadow"]), lightAmbientCoeff=light["ambient"], lightDiffuseCoeff=light["diffuse"],
             lightSpecularCoeff=light["specular"], flags=self.segmentation_flags,
         )
-        image = np.ascontiguousarray(np.reshape(np.asarray(rgba, dtype=np.uint8), (self.size, self.size, 4))[..., :3])
-        seg = np.reshape(np.asarray(seg, dtype=np.int64), (self.size, self.size))
+        image = np.ascontiguousarray(np.reshape(np.asarray(rgba, dtype=np.uint8), (height, width, 4))[..., :3])
+        seg = np.reshape(np.asarray(seg, dtype=np.int64), (height, width))
         masks, labels, uids = self._frame_masks(scene, seg, image)
-        stacked = np.stack(masks) if masks else np.zeros((0, self.size, self.size), dtype=bool)
+        stacked = np.stack(masks) if masks else np.zeros((0, height, width), dtype=bool)
         meta = {
             "simulator": self.name,
             "seed": int(seed),
             "station": scene["stations"][0 if self.trajectory else k],
             "agent_pose": {"position": [_r(eye[0]), _r(eye[1]), _r(h)], "yaw": _r(yaw % 360.0), "pitch": _r(pitch),
                            "height": _r(h)},
-            "camera": {"fov_deg": _r(fov), "near": _NEAR, "far": _FAR, "width": self.size, "height": self.size,
+            "camera": {"fov_deg": _r(fov), "near": _NEAR, "far": _FAR, "width": width, "height": height,
                        "renderer": "tiny"},
-            "intrinsics": intrinsics_from_projection(proj, self.size, self.size),
+            "intrinsics": intrinsics_from_projection(proj, width, height),
             "light": light,
             "instance_ids": uids,
         }
         if self.trajectory:
             meta["trajectory_step"] = k
         depth = depth_from_zbuffer(
-            np.reshape(np.asarray(zbuffer, dtype=np.float64), (self.size, self.size)), _NEAR, _FAR
+            np.reshape(np.asarray(zbuffer, dtype=np.float64), (height, width)), _NEAR, _FAR
         )
         return Frame(image=image, masks=stacked, labels=labels, meta=meta, depth=depth), world_to_optical(view)
 
@@ -352,31 +338,21 @@ def _quiet_stdout():
         os.close(devnull)
 
 
-def _random_light(rng: np.random.Generator) -> dict[str, Any]:
-    azimuth, elevation = rng.uniform(0, 2 * math.pi), rng.uniform(math.radians(30), math.radians(80))
-    direction = [math.cos(elevation) * math.cos(azimuth), math.cos(elevation) * math.sin(azimuth), math.sin(elevation)]
-    warmth = rng.uniform(-0.12, 0.12)
-    color = np.clip([1.0 + warmth, 1.0, 1.0 - warmth], 0.0, 1.0) * rng.uniform(0.85, 1.0)
-    return {
-        "direction": [_r(v) for v in direction],
-        "color": [_r(v) for v in color],
-        "distance": _r(rng.uniform(2.0, 6.0)),
-        "ambient": _r(rng.uniform(0.45, 0.7)),
-        "diffuse": _r(rng.uniform(0.35, 0.6)),
-        "specular": _r(rng.uniform(0.0, 0.25)),
-        "shadow": bool(rng.random() < 0.5),
-    }
-
-
 class _SceneBuilder:
     """Builds one random room in a freshly reset simulation; `build()` returns its description."""
 
-    def __init__(self, bc: BulletClient, rng: np.random.Generator, data_path: str) -> None:
-        self.bc, self.rng, self.data_path = bc, rng, data_path
+    def __init__(self, bc: BulletClient, rng: np.random.Generator, data_path: str, catalogue: Catalogue,
+                 views: Callable[[list[str]], list[str]] | None = None) -> None:
+        self.bc, self.rng, self.data_path, self.catalogue = bc, rng, data_path, catalogue
+        self.views = views  # may turn stations into views with nothing of interest (randomisation)
         self.labels: dict[int, str] = {}
         self.stuff: list[int] = []  # floor and walls: rendered, never of interest
         self.scales: dict[int, float] = {}
         self.dynamic: list[int] = []
+        self.receptacles: dict[int, CatalogueEntry] = {}
+        # sorted by name: a catalogue's order (the class ids) does not change its scenes
+        self.pickupables = sorted(catalogue.of_role("pickupable"), key=lambda e: e.name)
+        self.others = sorted(catalogue.of_role("other"), key=lambda e: e.name)
         self.drop_level = 0  # staggers drop heights so dropped objects never start interpenetrating
 
     def build(self) -> dict[str, Any]:
@@ -391,7 +367,9 @@ class _SceneBuilder:
         pitch = -rng.uniform(24.0, 38.0)
         fov = rng.uniform(55.0, 66.0)
         yaw0 = rng.uniform(0.0, 360.0)
-        stations = [str(s) for s in rng.choice(_STATIONS, size=FRAMES_PER_SCENE, p=_STATION_WEIGHTS)]
+        stations = [str(s) for s in rng.choice(_STATIONS, size=FRAMES_PER_SCENE, p=self._station_weights())]
+        if self.views is not None:
+            stations = self.views(stations)
         for k, station in enumerate(stations):
             self._station(station, math.radians(yaw0 - 90.0 * k), height, pitch)
         self._settle()
@@ -425,6 +403,8 @@ class _SceneBuilder:
     # -- stations ------------------------------------------------------------------------------------
     def _station(self, kind: str, direction: float, height: float, pitch: float) -> None:
         rng = self.rng
+        if kind == "bare":  # a bare wall and floor: a view with nothing of interest
+            return
         ahead = np.array([math.cos(direction), math.sin(direction)])
         side = np.array([-ahead[1], ahead[0]])
         surface = {"table": 0.55, "side_table": 0.6, "shelf": 0.3}.get(kind, 0.0)
@@ -435,33 +415,37 @@ class _SceneBuilder:
         centre = ahead * dist + side * rng.uniform(-0.12, 0.12) * dist
         facing = direction + math.pi / 2 + rng.uniform(-0.35, 0.35)  # long side towards the camera
         if kind == "table":
-            table = self._furniture("Table", centre, facing)
-            self._drop_on(table, "Table", facing, int(rng.integers(3, 7)))
+            table = self._furniture(self._receptacle("table"), centre, facing)
+            self._drop_on(table, facing, int(rng.integers(3, 7)))
             self._floor_objects(centre - ahead * 0.55, int(rng.integers(0, 2)), spread=0.35, side=side)
         elif kind == "side_table":
             offset = side * rng.choice([-1.0, 1.0]) * 0.38
-            table = self._furniture("SideTable", centre + offset, facing)
-            self._drop_on(table, "SideTable", facing, int(rng.integers(1, 4)))
+            table = self._furniture(self._receptacle("side_table"), centre + offset, facing)
+            self._drop_on(table, facing, int(rng.integers(1, 4)))
             self._floor_objects(centre - offset * 0.9, int(rng.integers(2, 4)), spread=0.22, side=side)
         elif kind == "tray":
-            tray = self._furniture("Tray", centre, facing)
-            self._drop_on(tray, "Tray", facing, int(rng.integers(2, 5)))
+            tray = self._furniture(self._receptacle("tray"), centre, facing)
+            self._drop_on(tray, facing, int(rng.integers(2, 5)))
             self._floor_objects(centre - ahead * 0.35, int(rng.integers(1, 3)), spread=0.45, side=side)
         elif kind == "shelf":
             offset = side * rng.choice([-1.0, 1.0]) * 0.35
-            self._furniture("Shelf", centre + offset + ahead * 0.3, facing + math.pi)
-            if rng.random() < 0.3:
-                self._furniture("Robot", centre - offset * 0.4 + ahead * 0.35, facing + math.pi / 2)
+            self._furniture(self._receptacle("shelf"), centre + offset + ahead * 0.3, facing + math.pi)
+            if rng.random() < 0.3 and self.others:
+                self._furniture(self._pick(self.others), centre - offset * 0.4 + ahead * 0.35, facing + math.pi / 2)
             self._floor_objects(centre - offset * 0.6, int(rng.integers(2, 5)), spread=0.3, side=side)
+        elif kind == "clutter":  # a corner of distractors only
+            for _ in range(int(rng.integers(3, 7))):
+                self._distractor(centre + ahead * rng.uniform(-0.2, 0.3) + side * rng.uniform(-0.4, 0.4))
         else:  # floor
-            if rng.random() < 0.8:
-                self._furniture("Robot", centre + ahead * 0.25 + side * rng.uniform(-0.3, 0.3), facing + math.pi / 2)
+            if rng.random() < 0.8 and self.others:
+                self._furniture(self._pick(self.others), centre + ahead * 0.25 + side * rng.uniform(-0.3, 0.3),
+                                facing + math.pi / 2)
             self._floor_objects(centre, int(rng.integers(3, 7)), spread=0.45, side=side)
         for _ in range(int(rng.integers(0, 2))):  # distractors: rendered, never labelled
             self._distractor(centre + ahead * rng.uniform(-0.3, 0.4) + side * rng.uniform(-0.6, 0.6))
 
-    def _furniture(self, cls: str, xy: np.ndarray, yaw: float) -> int:
-        model = FURNITURE[cls]
+    def _furniture(self, entry: CatalogueEntry, xy: np.ndarray, yaw: float) -> int:
+        model = self._model(entry)
         uid = self._load(model, [float(xy[0]), float(xy[1]), 0.0], _yaw_quat(yaw))
         if model.ground:
             lo, hi = self._aabb(uid)
@@ -469,14 +453,16 @@ class _SceneBuilder:
             centre = (np.array(lo[:2]) + np.array(hi[:2])) / 2
             target = [pos[0] + xy[0] - centre[0], pos[1] + xy[1] - centre[1], pos[2] - lo[2]]
             self.bc.resetBasePositionAndOrientation(uid, target, orn)
+        self.receptacles[uid] = entry
         return uid
 
-    def _drop_on(self, uid: int, cls: str, yaw: float, count: int) -> None:
+    def _drop_on(self, uid: int, yaw: float, count: int) -> None:
         lo, hi = self._aabb(uid)
         pos, _ = self.bc.getBasePositionAndOrientation(uid)
         scale = self.scales[uid]
-        half = np.array(_SURFACES[cls]) * scale
-        base_z = hi[2] if cls != "Tray" else lo[2] + 0.03
+        entry = self.receptacles[uid]
+        half = np.array(entry.surface) * scale
+        base_z = hi[2] if entry.layout != "tray" else lo[2] + 0.03  # on a table's top, inside a tray
         c, s = math.cos(yaw), math.sin(yaw)
         for _ in range(count):
             u, v = self.rng.uniform(-1, 1, 2) * half
@@ -490,7 +476,7 @@ class _SceneBuilder:
 
     def _drop_object(self, xy: np.ndarray, base_z: float) -> None:
         rng = self.rng
-        model = OBJECTS[str(rng.choice(sorted(OBJECTS)))]
+        model = self._model(self._pick(self.pickupables))
         z = base_z + 0.12 + 0.16 * self.drop_level
         self.drop_level = (self.drop_level + 1) % 4
         if model.upright:
@@ -521,22 +507,47 @@ class _SceneBuilder:
         self.dynamic.append(uid)
 
     # -- helpers -------------------------------------------------------------------------------------
+    def _station_weights(self) -> list[float]:
+        """Per station kind: the frequencies of the catalogue's receptacles of that layout (floor: its own)."""
+        weights = [self.catalogue.floor_frequency if kind == "floor"
+                   else sum(e.frequency for e in self.catalogue.with_layout(kind)) for kind in _STATIONS]
+        return [w / sum(weights) for w in weights]
+
+    def _receptacle(self, layout: str) -> CatalogueEntry:
+        return self._pick(self.catalogue.with_layout(layout))
+
+    def _pick(self, entries: list[CatalogueEntry]) -> CatalogueEntry:
+        """One entry by frequency. A single entry draws nothing and equal frequencies draw one integer,
+        so catalogues without frequencies keep the random stream (and scenes) of the built-in classes."""
+        freq = np.array([e.frequency for e in entries])
+        if len(entries) == 1:
+            return entries[0]
+        if (freq == freq[0]).all():
+            return entries[int(self.rng.choice(len(entries)))]
+        return entries[int(self.rng.choice(len(entries), p=freq / freq.sum()))]
+
+    def _model(self, entry: CatalogueEntry) -> Model:
+        return entry.models[0] if len(entry.models) == 1 else entry.models[int(self.rng.integers(len(entry.models)))]
+
     def _load(self, model: Model, pos: list[float], orn) -> int:
         bc, rng = self.bc, self.rng
         scale = float(rng.uniform(*model.scale))
         try:
-            if model.file.endswith(".sdf"):
+            suffix = os.path.splitext(model.file)[1].lower()
+            if suffix == ".sdf":
                 uid = bc.loadSDF(model.file, globalScaling=scale)[0]
                 bc.resetBasePositionAndOrientation(uid, pos, orn)
-            elif model.file.endswith(".obj"):
-                path = os.path.join(self.data_path, model.file)
-                vis = bc.createVisualShape(pybullet.GEOM_MESH, fileName=path, meshScale=[scale] * 3)
-                col = bc.createCollisionShape(pybullet.GEOM_MESH, fileName=path, meshScale=[scale] * 3)
-                uid = bc.createMultiBody(0.0 if model.fixed else 0.2, col, vis, pos, orn)
+            elif suffix in (".obj", ".stl"):
+                vis = bc.createVisualShape(pybullet.GEOM_MESH, fileName=model.file, meshScale=[scale] * 3)
+                col = bc.createCollisionShape(pybullet.GEOM_MESH, fileName=model.file, meshScale=[scale] * 3)
+                mass = 0.0 if model.fixed else (model.mass or DEFAULT_MESH_MASS)
+                uid = bc.createMultiBody(mass, col, vis, pos, orn)
             else:
                 uid = bc.loadURDF(model.file, pos, orn, useFixedBase=model.fixed, globalScaling=scale)
+                if model.mass is not None and not model.fixed:
+                    bc.changeDynamics(uid, -1, mass=model.mass)
         except Exception as exc:
-            raise SimulatorError(f"pybullet could not load {model.file} from {self.data_path}: {exc}") from exc
+            raise SimulatorError(f"pybullet could not load {model.file}: {exc}") from exc
         self._tint(uid, model.tint)
         self.labels[uid] = model.cls
         self.scales[uid] = scale

@@ -27,8 +27,7 @@ class PyBulletGranularityCollector(PyBulletCollector):
     segmentation_flags = pybullet.ER_SEGMENTATION_MASK_OBJECT_AND_LINKINDEX
     ground_truth_3d = False
 
-    @staticmethod
-    def _classes_of_interest(class_list: ClassList) -> set[str]:
+    def _classes_of_interest(self, class_list: ClassList) -> set[str]:
         """None by class: every body is labelled, at each granularity."""
         if class_list.names != GRANULARITIES.names:
             raise SimulatorError(

@@ -23,7 +23,9 @@ from saom_core.errors import ConfigError, DatasetError
 from saom_core.io import atomic_write_json
 
 SETTINGS_FILE = "collect.json"  # how the directory was collected; --resume must use the same settings
-_RESUME_KEYS = ("simulator", "seed", "size", "class_list", "min_area", "trajectory")
+# what every scene of one dataset shares: a --resume and `saom dataset merge` check these
+SHARED_SETTINGS = ("simulator", "seed", "size", "class_list", "min_area", "trajectory", "catalogue", "randomisation")
+_RESUME_KEYS = (*SHARED_SETTINGS, "first_scene")
 
 
 def collect_dataset(
@@ -38,12 +40,21 @@ def collect_dataset(
     min_area: int | None = None,
     progress: bool = True,
     trajectory: int = 0,
+    objects: str | Path | None = None,
+    first_scene: int = 0,
+    randomisation: str = "none",
+    domain: str = "train",
 ) -> Path:
     """Collect `scenes` scenes (4 frames each, or `trajectory` frames of a moving camera) into `out`;
-    returns the annotations.json path."""
+    returns the annotations.json path. `objects`: the object catalogue (pybullet; default its own),
+    whose classes are the class list unless `classes` names a subset. `first_scene`: the index of the
+    first scene, so that shards (`--first-scene K --scenes M`) run anywhere and merge into one dataset.
+    `randomisation` (none, default, strong) and `domain` (train, shifted): see `collect/randomise.py`."""
     cls = collector_class(sim)
     if scenes < 1:
         raise ConfigError(f"--scenes must be at least 1, got {scenes}")
+    if first_scene < 0:
+        raise ConfigError(f"--first-scene must be 0 or more, got {first_scene}")
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
     if not 16 <= size <= 4096:
@@ -51,22 +62,33 @@ def collect_dataset(
     if trajectory < 0 or (trajectory and not getattr(cls, "supports_trajectory", False)):
         raise ConfigError(f"--trajectory must be a positive number of frames, supported by pybullet only "
                           f"(got {trajectory} for {cls.name})")
-    class_list, extras = load_class_list(classes if classes is not None else cls.default_classes)
+    if objects is not None and not getattr(cls, "supports_catalogue", False):
+        raise ConfigError(f"--objects (an object catalogue) is supported by pybullet only, not {cls.name}")
+    class_list, extras = load_class_list(classes if classes is not None else objects or cls.default_classes)
     area = resolve_min_area(min_area, extras, size)
-    # fail before touching the output directory: simulator not installed, class list it cannot label ...
+    # fail before touching the output directory: simulator not installed, class list it cannot label,
+    # a bad catalogue ...
     cls.check_available()
-    kwargs = {"trajectory": int(trajectory)} if trajectory else {}
-    cls(class_list, size=size, min_area=area, **kwargs).close()  # constructing is cheap: the simulator starts lazily
+    kwargs: dict[str, Any] = {"trajectory": int(trajectory)} if trajectory else {}
+    if objects is not None:
+        kwargs["objects"] = str(objects)
+    if (randomisation, domain) != ("none", "train"):
+        if not getattr(cls, "supports_randomisation", False):
+            raise ConfigError(f"--randomisation and --domain are supported by pybullet only, not {cls.name}")
+        kwargs.update(randomisation=randomisation, domain=domain)
+    with cls(class_list, size=size, min_area=area, **kwargs) as collector:  # the simulator starts lazily
+        described = collector.describe()
 
     out = Path(out)
     writer = DatasetWriter(out, class_list, cls.name, resume=resume)
     settings = {"simulator": cls.name, "seed": int(seed), "size": int(size), "class_list": class_list.name,
-                "min_area": area, "scenes": int(scenes), "trajectory": int(trajectory)}
+                "min_area": area, "first_scene": int(first_scene), "scenes": int(scenes),
+                "trajectory": int(trajectory), **described}
     _check_resume_settings(out, settings)
     atomic_write_json(out / SETTINGS_FILE, settings, indent=2)
 
     done = writer.completed_scenes()
-    pending = [i for i in range(scenes) if scene_id(i) not in done]
+    pending = [i for i in range(first_scene, first_scene + scenes) if scene_id(i) not in done]
     bar = tqdm(total=scenes, initial=scenes - len(pending), desc=f"collect {cls.name}", unit="scene",
                disable=not progress)
     try:
@@ -90,7 +112,8 @@ def _check_resume_settings(out: Path, settings: dict[str, Any]) -> None:
         if key in previous and previous[key] != settings[key]:
             raise DatasetError(
                 f"{out} was collected with {key}={previous[key]!r}, not {settings[key]!r}; "
-                "--resume needs the same --sim, --seed, --size, --classes and --min-area"
+                "--resume needs the same --sim, --seed, --size, --classes, --objects, --min-area, --first-scene, "
+                "--randomisation and --domain"
             )
 
 

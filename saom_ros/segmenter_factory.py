@@ -1,16 +1,15 @@
 """Where the node gets its Segmenter from: a factory, resolved when the node activates.
 
 Order: the `segmenter_factory` argument of `SaomNode`, then the module-level hook
-`saom_ros.model.SEGMENTER_FACTORY`, then the environment variable `SAOM_SEGMENTER_FACTORY`
-("package.module:callable", for a node started as its own process, e.g. by a launch test), then
-the real loader `saom_core.infer.segmenter.load_segmenter`, imported only then (so importing the
-node needs no torch). A factory takes the validated `NodeParams` and returns a `Segmenter`.
+`saom_ros.segmenter_factory.SEGMENTER_FACTORY` (set only by test code: `saom_ros.testing.main` runs the node
+with a fake model as its own process), then the real loader
+`saom_core.infer.segmenter.load_segmenter`, imported only then (so importing the node needs no
+torch). Nothing is taken from the environment: whoever sets the node's environment must not be
+able to make it import code. A factory takes the validated `NodeParams` and returns a `Segmenter`.
 """
 from __future__ import annotations
 
 import gc
-import importlib
-import os
 import sys
 from collections.abc import Callable
 
@@ -22,22 +21,6 @@ from .params import NodeParams
 SegmenterFactory = Callable[[NodeParams], Segmenter]
 
 SEGMENTER_FACTORY: SegmenterFactory | None = None
-ENV_FACTORY = "SAOM_SEGMENTER_FACTORY"
-
-
-def import_factory(spec: str) -> SegmenterFactory:
-    """"package.module:callable" -> the callable."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(f"{ENV_FACTORY}={spec!r}: expected 'package.module:callable'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"{ENV_FACTORY}={spec!r}: cannot import {module_name}: {exc}") from exc
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise ConfigError(f"{ENV_FACTORY}={spec!r}: {module_name} has no callable {attr}")
-    return factory
 
 
 def resolve_factory(explicit: SegmenterFactory | None = None) -> SegmenterFactory:
@@ -45,9 +28,6 @@ def resolve_factory(explicit: SegmenterFactory | None = None) -> SegmenterFactor
         return explicit
     if SEGMENTER_FACTORY is not None:
         return SEGMENTER_FACTORY
-    spec = os.environ.get(ENV_FACTORY, "").strip()
-    if spec:
-        return import_factory(spec)
     return load_from_params
 
 

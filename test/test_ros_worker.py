@@ -1,4 +1,4 @@
-"""saom_ros.pipeline without ROS: latest-frame slot, worker, prompt matching, rate limiting, statistics."""
+"""saom_ros.worker without ROS: latest-frame slot, worker, prompt matching, rate limiting, statistics."""
 from __future__ import annotations
 
 import threading
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from saom_ros.pipeline import FrameWorker, Job, LatestSlot, PromptMatcher, RateLimiter, Stats
+from saom_ros.worker import FrameWorker, Job, LatestSlot, PromptMatcher, RateLimiter, Stats
 
 
 def test_latest_slot_keeps_only_the_newest():

@@ -1,4 +1,4 @@
-"""The node's per-frame object step (saom_ros.frame_objects: score filter, 3D, tracker, published ids)
+"""The node's per-frame object step (saom_ros.frame_step: score filter, 3D, tracker, published ids)
 and its colour/depth pairing (saom_ros.pairing), with rclpy's message classes, without a running node."""
 from __future__ import annotations
 
@@ -17,11 +17,10 @@ from saom_core.geometry3d import DepthSettings  # noqa: E402
 from saom_core.infer.types import Segmentation  # noqa: E402
 from saom_core.track import TrackerSettings  # noqa: E402
 from saom_ros.conversions import label_image, make_outputs  # noqa: E402
-from saom_ros.frame_objects import FrameObjectStep  # noqa: E402
+from saom_ros.frame_step import FrameObjectStep  # noqa: E402
 from saom_ros.msgtypes import rclpy_types  # noqa: E402
 from saom_ros.objects3d import depth_to_message  # noqa: E402
-from saom_ros.pairing import MessageFiltersPairing, StampSyncPairing  # noqa: E402
-from saom_ros.sync import CAMERA_INFO, COLOR, DEPTH  # noqa: E402
+from saom_ros.pairing import CAMERA_INFO, COLOR, DEPTH, MessageFiltersPairing, StampSyncPairing  # noqa: E402  # noqa: E402
 
 pytestmark = [pytest.mark.filterwarnings("ignore:module 'sre_:DeprecationWarning")]
 T = rclpy_types()
@@ -48,7 +47,7 @@ def _step(min_hits: int = 2) -> FrameObjectStep:
 def test_plane_depth_gives_3d_at_its_distance_and_ids_are_track_ids(encoding):
     step = _step()
     depth = depth_to_message(T, _header(0), np.full((H, W), 1.5, np.float32), encoding)
-    found = step(_seg(), 0.0, depth, _info())
+    found = step(_seg(), 0.0, "cam", depth, _info())
     assert found.with_3d and not found.problem and found.without_3d == 0
     published = found.segmentation.instances
     assert [i.track_id for i in published] == [1, 2, 3]  # the first frame is confirmed at once
@@ -69,18 +68,18 @@ def test_plane_depth_gives_3d_at_its_distance_and_ids_are_track_ids(encoding):
 def test_ids_persist_new_objects_wait_for_min_hits_and_label_image_is_keyed_by_track_id():
     step = _step(min_hits=2)
     for _ in range(3):  # a static scene keeps its ids
-        found = step(_seg(2), 0.0)
+        found = step(_seg(2), 0.0, "cam")
         assert [i.track_id for i in found.segmentation.instances] == [1, 2]
     # frame 4: a third object appears; tentative, so published nowhere yet
-    found = step(_seg(3), 0.0)
+    found = step(_seg(3), 0.0, "cam")
     assert [i.track_id for i in found.segmentation.instances] == [1, 2]
     assert set(np.unique(label_image(found.segmentation))) == {0, 1, 2}
-    found = step(_seg(3), 0.0)
+    found = step(_seg(3), 0.0, "cam")
     assert [i.track_id for i in found.segmentation.instances] == [1, 2, 3]
     # the first object disappears: the others keep their ids, and the mask values follow them
     seg = _seg(3)
     seg.instances = seg.instances[1:]
-    found = step(seg, 0.0)
+    found = step(seg, 0.0, "cam")
     assert [i.track_id for i in found.segmentation.instances] == [2, 3]
     labels = label_image(found.segmentation)
     assert set(np.unique(labels)) == {0, 2, 3}
@@ -91,7 +90,7 @@ def test_ids_persist_new_objects_wait_for_min_hits_and_label_image_is_keyed_by_t
 
 def test_score_threshold_applies_before_tracking():
     step = _step(min_hits=1)
-    found = step(_seg(3), 0.80)  # the fake's scores: 0.855, 0.765, 0.675
+    found = step(_seg(3), 0.80, "cam")  # the fake's scores: 0.855, 0.765, 0.675
     assert [i.track_id for i in found.segmentation.instances] == [1]
 
 
@@ -106,7 +105,7 @@ def test_unusable_depth_gives_a_reason_and_2d_only(case):
         depth.encoding = "rgb8"
     else:
         info = _info(fx=0.0)
-    found = step(_seg(), 0.0, depth, info)
+    found = step(_seg(), 0.0, "cam", depth, info)
     assert not found.with_3d and found.problem
     assert {"size": "colour image is", "encoding": "not supported", "focal": "focal length"}[case] in found.problem
     assert all(i.object3d is None for i in found.segmentation.instances)
@@ -116,8 +115,8 @@ def test_unusable_depth_gives_a_reason_and_2d_only(case):
 
 def test_frames_without_depth_are_counted_when_depth_is_expected():
     step = _step()
-    step(_seg(), 0.0, depth_expected=True)
-    step(_seg(), 0.0)
+    step(_seg(), 0.0, "cam", depth_expected=True)
+    step(_seg(), 0.0, "cam")
     assert step.counts.frames_without_depth == 1
     assert "sync_slop" in step.counts.last_problem
 
@@ -127,7 +126,7 @@ def test_few_depth_pixels_give_no_3d_for_that_object_only():
     depth = np.full((H, W), 1.0, np.float32)
     seg = _seg()
     depth[seg.instances[2].mask] = 0.0  # no depth on the third object (the others reach beyond it)
-    found = step(seg, 0.0, depth_to_message(T, _header(0), depth, "32FC1"), _info())
+    found = step(seg, 0.0, "cam", depth_to_message(T, _header(0), depth, "32FC1"), _info())
     objects = [i.object3d for i in found.segmentation.instances]
     assert found.with_3d and found.without_3d == 1
     assert objects[0] is not None and objects[1] is not None and objects[2] is None
@@ -178,8 +177,8 @@ def test_depth_stride_samples_the_same_geometry(stride):
     """A tilted plane: the 3D from every stride-th pixel matches the full one to about a sample's footprint."""
     depth = np.repeat(np.linspace(0.8, 1.6, H, dtype=np.float32)[:, None], W, axis=1)
     msg = depth_to_message(T, _header(0), depth, "32FC1")
-    full = FrameObjectStep(TrackerSettings(), DepthSettings())(_seg(), 0.0, msg, _info())
-    sampled = FrameObjectStep(TrackerSettings(), DepthSettings(), depth_stride=stride)(_seg(), 0.0, msg, _info())
+    full = FrameObjectStep(TrackerSettings(), DepthSettings())(_seg(), 0.0, "cam", msg, _info())
+    sampled = FrameObjectStep(TrackerSettings(), DepthSettings(stride=stride))(_seg(), 0.0, "cam", msg, _info())
     assert sampled.with_3d
     for a, b in zip(full.segmentation.instances, sampled.segmentation.instances, strict=True):
         n_full, n_sampled = len(a.object3d.points), len(b.object3d.points)
