@@ -54,12 +54,12 @@ class FrameObjects:
     problem: str = ""  # why paired depth gave no 3D ("" otherwise)
     without_3d: int = 0  # published instances with too few valid depth pixels for a 3D result
 
-    def empty_3d_reason(self, depth_expected: bool) -> str:
+    def empty_3d_reason(self) -> str:
         """Why this frame's 3D outputs are empty ("" when it has 3D objects)."""
         if self.problem:
             return f"unusable depth: {self.problem}"
         if not self.with_3d:
-            return NO_DEPTH if depth_expected else ""
+            return NO_DEPTH
         if not self.segmentation.instances:
             return "no objects in the frame"
         if self.without_3d == len(self.segmentation.instances):
@@ -187,7 +187,7 @@ class FrameStep:
             image = make_image(self.T, out.detections.header, overlay_image(rgb, out.segmentation), "rgb8")
         if self.M3 is None:
             return FrameOutputs(found, out.detections, out.instance_mask, image, None, "", "", inference)
-        reason, no_transform, to = found.empty_3d_reason(depth_expected=True), "", IDENTITY
+        reason, no_transform, to = found.empty_3d_reason(), "", IDENTITY
         if target_frame and found.with_3d and lookup is not None:
             try:
                 to = lookup(msg.header, target_frame)
