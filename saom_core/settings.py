@@ -173,7 +173,7 @@ def _number(where: str, value: Any, base: type, s: Spec, optional: bool) -> floa
 class Thresholds(Settings):
     """The everything-mode thresholds tuned per model: the training config's `inference:` section
     writes them into the checkpoint, and a segmenter setting left unset takes them. The defaults
-    are the paper's (SAOM's tuned values; stock SAM uses 0.88, 0.95, 0.7, 0)."""
+    are the paper's (SAOM's tuned values; stock SAM's are STOCK_SAM)."""
 
     pred_iou_thresh: float = setting(0.3, "drop masks whose predicted IoU is below this",
                                      lo=0.0, hi=1.0, runtime=True, tuned=True)
@@ -183,6 +183,10 @@ class Thresholds(Settings):
                                     lo=0.0, hi=1.0, lo_open=True, runtime=True, tuned=True)
     min_mask_region_area: int = setting(150, "remove mask islands and holes smaller than this (pixels, 0 = off)",
                                         lo=0, runtime=True, tuned=True)
+
+
+STOCK_SAM = Thresholds(pred_iou_thresh=0.88, stability_score_thresh=0.95, box_nms_thresh=0.7, min_mask_region_area=0)
+POINTS_PER_SIDE = 32  # the everything-mode grid's default: SAM's, the paper's, training's and evaluation's
 
 
 def _tuned(name: str) -> Any:
@@ -222,7 +226,7 @@ class SegmenterSettings(Settings):
     # 1280: a 4K camera frame costs what a 1280x720 one does (README, ROS 2 section)
     max_input_size: int = setting(1280, "segment frames whose long side exceeds this many pixels downscaled; "
                                   "masks come back at the input resolution", lo=16, hi=16384, zero_means="never")
-    points_per_side: int = setting(32, "everything-mode prompt grid: points per side "
+    points_per_side: int = setting(POINTS_PER_SIDE, "everything-mode prompt grid: points per side "
                                    "(points_per_side^2 prompts a frame)", lo=1, hi=256, runtime=True)
     coarse_to_fine: bool = setting(
         True, "SAOM models: prompt every second grid point of every second row first, then only the points "

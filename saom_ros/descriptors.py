@@ -9,13 +9,12 @@ from typing import Any
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.parameter import Parameter
 
-from .params import Param
+from .params import RELOAD_HINT, Param
 
 _ROS_TYPES = {"bool": Parameter.Type.BOOL, "int": Parameter.Type.INTEGER, "float": Parameter.Type.DOUBLE,
               "str": Parameter.Type.STRING, "str_list": Parameter.Type.STRING_ARRAY}
 # Read once, at start-up: a later change would do nothing, so ROS refuses it (read_only).
 START_ONLY = frozenset({"autostart"})
-RELOAD_HINT = "needs a model reload: deactivate, cleanup, set it, then configure and activate"
 
 
 def parameter_descriptor(p: Param) -> ParameterDescriptor:

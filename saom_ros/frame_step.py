@@ -1,6 +1,7 @@
 """The per-frame step of everything mode, ROS-free and shared by `saom_node` and `saom bag` (so the
 bag tracks, and gives the node's ids on the same recording): a colour frame (with its paired depth
-and camera_info) in; its 2D messages, 3D messages and tracked instances out (`FrameStep`).
+and camera_info) in; its 2D messages, 3D messages and tracked instances out (`FrameStep`). The
+prompted mode's step is `answer_prompts`.
 
 Which instances are published, under which ids, and their 3D (`FrameObjectStep`), for each
 segmented frame, in order: the score threshold; 3D from the paired depth and camera_info
@@ -27,11 +28,19 @@ import numpy as np
 
 from saom_core.errors import SaomError
 from saom_core.geometry3d import IDENTITY, DepthSettings, RigidTransform
-from saom_core.infer.types import Segmentation, Segmenter
+from saom_core.infer.types import Instance, Segmentation, Segmenter
 from saom_core.settings import ObjectSettings
 from saom_core.track import Tracker, TrackerSettings
 
-from .conversions import filter_instances, make_image, make_outputs, overlay_image
+from .conversions import (
+    answers_in_prompt_order,
+    filter_instances,
+    make_image,
+    make_outputs,
+    make_prompted_outputs,
+    overlay_image,
+    prompts_from_detections,
+)
 from .msgtypes import MessageTypes
 from .objects3d import Messages3D, Outputs3D, frame_to_3d, make_outputs_3d
 
@@ -54,12 +63,12 @@ class FrameObjects:
     problem: str = ""  # why paired depth gave no 3D ("" otherwise)
     without_3d: int = 0  # published instances with too few valid depth pixels for a 3D result
 
-    def empty_3d_reason(self, depth_expected: bool) -> str:
+    def empty_3d_reason(self) -> str:
         """Why this frame's 3D outputs are empty ("" when it has 3D objects)."""
         if self.problem:
             return f"unusable depth: {self.problem}"
         if not self.with_3d:
-            return NO_DEPTH if depth_expected else ""
+            return NO_DEPTH
         if not self.segmentation.instances:
             return "no objects in the frame"
         if self.without_3d == len(self.segmentation.instances):
@@ -187,7 +196,7 @@ class FrameStep:
             image = make_image(self.T, out.detections.header, overlay_image(rgb, out.segmentation), "rgb8")
         if self.M3 is None:
             return FrameOutputs(found, out.detections, out.instance_mask, image, None, "", "", inference)
-        reason, no_transform, to = found.empty_3d_reason(depth_expected=True), "", IDENTITY
+        reason, no_transform, to = found.empty_3d_reason(), "", IDENTITY
         if target_frame and found.with_3d and lookup is not None:
             try:
                 to = lookup(msg.header, target_frame)
@@ -201,3 +210,29 @@ class FrameStep:
         outputs_3d = make_outputs_3d(self.M3, header, seg_3d, rgb, cloud=cloud, to=to)
         return FrameOutputs(found, out.detections, out.instance_mask, image, outputs_3d, reason, no_transform,
                             inference)
+
+
+@dataclass
+class PromptAnswers:
+    detections: Any  # Detection2DArray: detection k answers prompt k and carries its id
+    masks: Any | None  # the stacked mono8 masks, when asked for
+    problems: tuple[str, ...]  # why invalid prompts were answered empty
+    inference_s: float
+
+
+def answer_prompts(segmenter: Segmenter, T: MessageTypes, header: Any, rgb: np.ndarray, prompts_msg: Any,
+                   masks: bool = True) -> PromptAnswers:
+    """Prompted mode on one frame: answer k for prompt k of a Detection2DArray; an invalid prompt
+    gets an empty answer at its place."""
+    h, w = rgb.shape[:2]
+    prompts = prompts_from_detections(prompts_msg, w, h)
+    answers: list[Instance | None] = [None] * len(prompts)
+    t0 = time.monotonic()
+    if prompts.n_valid:
+        seg = segmenter.segment_prompts(rgb, boxes=prompts.boxes if len(prompts.boxes) else None,
+                                        points=prompts.points if len(prompts.points) else None)
+        check_size(seg, w, h)
+        answers = answers_in_prompt_order(seg, prompts)
+    inference = time.monotonic() - t0
+    detections, stacked = make_prompted_outputs(T, header, answers, prompts.ids, h, w, masks=masks)
+    return PromptAnswers(detections, stacked, prompts.problems, inference)

@@ -74,23 +74,20 @@ from vision_msgs.msg import Detection2DArray, Detection3DArray, LabelInfo
 from visualization_msgs.msg import MarkerArray
 
 from saom_core.errors import ConfigError, ImageError, SaomError
-from saom_core.infer.types import Instance, Segmentation, Segmenter
+from saom_core.infer.types import Segmentation, Segmenter
 
 from . import qos
 from . import segmenter_factory as factories
 from .conversions import (
     SUPPORTED_ENCODINGS,
     UnsupportedEncoding,
-    answers_in_prompt_order,
     make_label_info,
-    make_prompted_outputs,
-    prompts_from_detections,
     select_image_converter,
     stamp_key,
 )
-from .descriptors import RELOAD_HINT, declared_default, parameter_descriptor, ros_parameter
+from .descriptors import declared_default, parameter_descriptor, ros_parameter
 from .diagnostics import NodeHealth, diagnosis, diagnostic_array
-from .frame_step import FrameStep, ObjectCounts, check_size
+from .frame_step import FrameStep, ObjectCounts, answer_prompts
 from .msgtypes import rclpy_types
 from .objects3d import (
     Messages3D,
@@ -107,12 +104,10 @@ from .params import (
     PARAMETER_NAMES,
     PARAMETERS,
     ROS_STANDARD_PARAMETERS,
-    RUNTIME_PARAMETERS,
-    SEGMENTER_PARAMETERS,
     NodeParams,
     Param,
+    changed_params,
     check_classes,
-    check_parameter,
     validate,
 )
 from .rgbd_input import RgbdInput
@@ -287,33 +282,14 @@ class SaomNode(LifecycleNode):
         any valid value is taken (configure reads them); configured, runtime-safe ones apply at once
         (the segmenter's without reloading the model) and the others are refused with what to do."""
         changes = {p.name: p.value for p in parameters if p.name in PARAMETER_NAMES}
-        if not changes:
-            return SetParametersResult(successful=True)
-        try:
-            for name, value in changes.items():
-                check_parameter(name, value)
-        except SaomError as exc:
-            return SetParametersResult(successful=False, reason=str(exc))
         params = self.params
-        if params is None:
-            return SetParametersResult(successful=True)
-        reload = sorted(n for n in changes if n not in RUNTIME_PARAMETERS)
-        if reload:
-            state = "active" if self._active else "configured"
-            return SetParametersResult(successful=False, reason=f"{', '.join(reload)}: the node is {state}; a change "
-                                                                f"{RELOAD_HINT}")
         try:
-            new = params.updated(changes)
-            segmenter = self.segmenter
-            if segmenter is not None and set(changes) & SEGMENTER_PARAMETERS:
-                check_classes(new, self.class_names)
-                apply = getattr(segmenter, "apply", None)
-                if apply is None:
-                    raise SaomError(f"this segmenter ({type(segmenter).__name__}) cannot change settings while "
-                                    f"loaded: {RELOAD_HINT}")
-                apply(new.segmenter_settings())
+            new = changed_params(params, changes, self.segmenter, self.class_names,
+                                 "active" if self._active else "configured")
         except SaomError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
+        if params is None or new is None or not changes:
+            return SetParametersResult(successful=True)
         self.params = new
         self._apply_node_settings(params, new)
         self.get_logger().info("parameters set: " + ", ".join(f"{k}={v!r}" for k, v in changes.items()))
@@ -774,27 +750,17 @@ class SaomNode(LifecycleNode):
 
     def _answer_prompts(self, job: Job, rgb: Any, segmenter: Any) -> None:
         """Answer k for prompt k, with its id; invalid prompts get an empty answer (and a warning)."""
-        h, w = rgb.shape[:2]
-        prompts = prompts_from_detections(job.prompts, w, h)
-        if prompts.problems:
-            self.warn_throttled("prompt_invalid", f"{len(prompts.problems)} prompt(s) answered empty: "
-                                                  + "; ".join(prompts.problems))
-        answers: list[Instance | None] = [None] * len(prompts)
-        t0 = time.monotonic()
-        if prompts.n_valid:
-            seg = segmenter.segment_prompts(rgb, boxes=prompts.boxes if len(prompts.boxes) else None,
-                                            points=prompts.points if len(prompts.points) else None)
-            check_size(seg, w, h)
-            answers = answers_in_prompt_order(seg, prompts)
-        inference = time.monotonic() - t0
         masks_pub = self._pubs["prompted_masks"]
-        detections, masks = make_prompted_outputs(self.T, job.image.header, answers, prompts.ids, h, w,
-                                                  masks=masks_pub.get_subscription_count() > 0)
-        self._pubs["prompted_detections"].publish(detections)
-        if masks is not None:
-            masks_pub.publish(masks)
+        out = answer_prompts(segmenter, self.T, job.image.header, rgb, job.prompts,
+                             masks=masks_pub.get_subscription_count() > 0)
+        if out.problems:
+            self.warn_throttled("prompt_invalid", f"{len(out.problems)} prompt(s) answered empty: "
+                                                  + "; ".join(out.problems))
+        self._pubs["prompted_detections"].publish(out.detections)
+        if out.masks is not None:
+            masks_pub.publish(out.masks)
         self._last_processed = time.monotonic()
-        self.stats.done(self._last_processed - job.received, inference, prompts=True)
+        self.stats.done(self._last_processed - job.received, out.inference_s, prompts=True)
 
     def _on_error(self, job: Job, exc: BaseException) -> None:
         if isinstance(exc, ImageError):  # the frame's data, not the model: skipped, with the reason

@@ -199,6 +199,33 @@ def check_parameter(name: str, value: Any) -> Any:
     return check(NodeParams, NodeParams.__dataclass_fields__[name], value, prefix="parameter ")
 
 
+RELOAD_HINT = "needs a model reload: deactivate, cleanup, set it, then configure and activate"
+
+
+def changed_params(params: NodeParams | None, changes: Mapping[str, Any], segmenter: Any, class_names: list[str],
+                   state: str) -> NodeParams | None:
+    """A `ros2 param set` of `changes`: each checked against the schema; unconfigured (`params` None)
+    any valid value is taken (configure reads them, None is returned); configured (`state` says how),
+    runtime-safe ones give the new parameters, applied to the loaded `segmenter` where they are its
+    settings, and the others are refused. SaomError carries the reason."""
+    for name, value in changes.items():
+        check_parameter(name, value)
+    if params is None:
+        return None
+    reload = sorted(n for n in changes if n not in RUNTIME_PARAMETERS)
+    if reload:
+        raise ConfigError(f"{', '.join(reload)}: the node is {state}; a change {RELOAD_HINT}")
+    new = params.updated(changes)
+    if segmenter is not None and set(changes) & SEGMENTER_PARAMETERS:
+        check_classes(new, class_names)
+        apply = getattr(segmenter, "apply", None)
+        if apply is None:
+            raise ConfigError(f"this segmenter ({type(segmenter).__name__}) cannot change settings while "
+                              f"loaded: {RELOAD_HINT}")
+        apply(new.segmenter_settings())
+    return new
+
+
 def check_classes(params: NodeParams, class_names: list[str]) -> None:
     """keep_classes must name classes of the loaded model (checked once the model is loaded)."""
     unknown = [c for c in params.keep_classes if c not in class_names]

@@ -286,3 +286,17 @@ def test_depth_and_tracker_parameters(ckpt):
         validate({"checkpoint": ckpt, "track_min_hits": 0})
     with pytest.raises(ConfigError, match="depth_wait"):
         validate({"checkpoint": ckpt, "depth_wait": 0.0})
+
+
+def test_a_parameter_change_is_decided_without_ros(ckpt):
+    """`ros2 param set`: unconfigured anything valid; configured only runtime-safe ones, applied to the model."""
+    from saom_ros.params import changed_params
+
+    assert changed_params(None, {"checkpoint": "/other.pt"}, None, [], "unconfigured") is None
+    with pytest.raises(ConfigError, match="track_min_hits"):
+        changed_params(None, {"track_min_hits": 0}, None, [], "unconfigured")
+    params, seg = validate({"checkpoint": ckpt}), FakeSegmenter()
+    with pytest.raises(ConfigError, match="checkpoint: the node is active; a change needs a model reload"):
+        changed_params(params, {"checkpoint": "/other.pt"}, seg, seg.class_names, "active")
+    new = changed_params(params, {"points_per_side": 8, "depth_max": 3.0}, seg, seg.class_names, "active")
+    assert new.points_per_side == 8 and new.depth_max == 3.0 and seg.applied[-1].points_per_side == 8

@@ -21,19 +21,16 @@ from saom_core.infer.segmenter import SaomSegmenter, resolve_device
 from saom_core.infer.types import Segmentation
 from saom_core.model.checkpoint import CheckpointInfo, load_checkpoint
 from saom_core.model.saom import SaomModel
-from saom_core.settings import SegmenterSettings
+from saom_core.settings import POINTS_PER_SIDE, STOCK_SAM, SegmenterSettings
 from saom_core.viz import draw_instances, save_rgb_png
 
 # Vanilla SAM is run as released (SamAutomaticMaskGenerator defaults); SAOM with the paper's tuned values.
-STOCK_SAM_SETTINGS = GeneratorConfig(
-    pred_iou_thresh=0.88, stability_score_thresh=0.95, box_nms_thresh=0.7, min_mask_region_area=0
-)
 
 
 @dataclass
 class EvalSettings:
     split: str = "test"
-    points_per_side: int = 32
+    points_per_side: int = POINTS_PER_SIDE
     max_frames: int | None = None
     everything_frames: int | None = None  # everything mode is the slow part; cap it separately
     baseline_everything_frames: int | None = None  # the baseline's (an untrained model prompts every point); None: same
@@ -57,7 +54,7 @@ def generator_for(model: SaomModel, points_per_side: int, info: CheckpointInfo) 
     SAM's), else stock SAM's (official SAM weights)."""
     if info.is_saom:
         return generator_config(SegmenterSettings(points_per_side=points_per_side), info.tuned)
-    return GeneratorConfig(**{**asdict(STOCK_SAM_SETTINGS), "points_per_side": points_per_side})
+    return GeneratorConfig(**{**STOCK_SAM.values(), "points_per_side": points_per_side})
 
 
 def _describe(model: SaomModel) -> str:

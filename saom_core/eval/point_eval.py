@@ -30,6 +30,7 @@ from saom_core.device import resolve_device
 from saom_core.model.grid import grid_points
 from saom_core.model.saom import SaomModel
 from saom_core.prompting.assignment import Assignment, nearest_neighbour_assignment, random_foreground_points
+from saom_core.settings import POINTS_PER_SIDE
 
 POINT_PROMPTS = ("nearest_neighbour", "random_foreground")
 
@@ -124,7 +125,7 @@ class PointEvalResult:
 def evaluate_points(
     models: Mapping[str, SaomModel],
     dataset: SaomDataset,
-    points_per_side: int = 32,
+    points_per_side: int = POINTS_PER_SIDE,
     assign_with: str | None = None,
     max_frames: int | None = None,
     device: str | torch.device = "cpu",
@@ -144,7 +145,7 @@ def evaluate_point_prompts(
     models: Mapping[str, SaomModel],
     dataset: SaomDataset,
     prompts: Sequence[str] = POINT_PROMPTS,
-    points_per_side: int = 32,
+    points_per_side: int = POINTS_PER_SIDE,
     assign_with: str | None = None,
     max_frames: int | None = None,
     device: str | torch.device = "cpu",

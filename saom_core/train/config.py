@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from saom_core.config import apply_overrides, from_dict, load_yaml
-from saom_core.settings import Thresholds
+from saom_core.settings import POINTS_PER_SIDE, Thresholds
 from saom_core.train.losses import LossWeights
 
 
@@ -38,7 +38,7 @@ class DataSection:
 @dataclass
 class PromptSection:
     mode: Literal["nearest_neighbour", "random_foreground", "mask_centre"] = "nearest_neighbour"
-    points_per_side: int = 32
+    points_per_side: int = POINTS_PER_SIDE
     # More grid points inside each object, same target (0 = the paper: the assigned point only)
     extra_points_per_mask: int = 0
     # grid: other grid points of the object; pixel: any pixel of it
