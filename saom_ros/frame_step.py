@@ -206,7 +206,9 @@ class FrameStep:
                 reason = no_transform
                 self.objects.counts.frames_no_transform += 1
         seg_3d = Segmentation(seg.height, seg.width, [] if reason else found.segmentation.instances)
-        header = self.T.Header(stamp=out.detections.header.stamp, frame_id=target_frame or msg.header.frame_id)
+        # 3D in target_frame where one can be looked up (empty when its transform is missing)
+        frame_id = target_frame if target_frame and lookup is not None else msg.header.frame_id
+        header = self.T.Header(stamp=out.detections.header.stamp, frame_id=frame_id)
         outputs_3d = make_outputs_3d(self.M3, header, seg_3d, rgb, cloud=cloud, to=to)
         return FrameOutputs(found, out.detections, out.instance_mask, image, outputs_3d, reason, no_transform,
                             inference)
