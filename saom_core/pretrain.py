@@ -80,7 +80,7 @@ def export_vanilla(source: Path, target: Path, record: dict[str, Any], data: Pat
     from saom_core.data.reader import SaomDataset
     from saom_core.eval.point_eval import evaluate_points
     from saom_core.io import atomic_torch_save
-    from saom_core.model.checkpoint import read_checkpoint
+    from saom_core.model.checkpoint import load_model, read_checkpoint
 
     checkpoint = read_checkpoint(source)
     train_state = read_checkpoint(source.parent / "last.pt").get("train_state") or {}
@@ -89,8 +89,6 @@ def export_vanilla(source: Path, target: Path, record: dict[str, Any], data: Pat
         k: v.half() if v.is_floating_point() else v for k, v in checkpoint["state_dict"].items()
     }
     atomic_torch_save(target, checkpoint)
-
-    from saom_core.model.checkpoint import load_model
 
     model = load_model(target)
     figures: dict[str, Any] = {}
