@@ -322,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--split", default="test")
     p.add_argument("--out", type=Path, required=True, help="report directory")
-    p.add_argument("--points-per-side", type=int, default=32)
+    p.add_argument("--points-per-side", type=int, default=None,
+                   help="prompt grid (default: the one the checkpoint was trained on, else SAM's 32)")
     p.add_argument("--max-frames", type=int, default=None)
     p.add_argument("--everything-frames", type=int, default=None, help="frames for everything mode (default: all)")
     p.add_argument(

@@ -37,10 +37,12 @@ def test_eval_writes_the_report(trained, rect_dataset, tmp_path, capsys):
     code = main([
         "eval", "--checkpoint", str(trained / "checkpoints/last.pt"), "--baseline",
         str(trained / "checkpoints/init.pt"), "--data", str(rect_dataset), "--split", "val", "--out", str(out),
-        "--points-per-side", "8", "--overlays", "2", "--device", "cpu", "--quiet",
+        "--overlays", "2", "--device", "cpu", "--quiet",
     ])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["points_per_side"] == 8, "the grid the checkpoint was trained on (TRAIN), not SAM's 32"
+    assert "grid 8" in report["saom"]["generator"]
     assert report["saom"]["points"]["objects"] == report["objects"] > 0
     assert report["saom"]["random_points"]["objects"] == report["objects"]
     assert 0 <= report["saom"]["random_points"]["instance_mIoU"] <= 1
@@ -80,9 +82,8 @@ def test_segment_continues_past_bad_images(trained, tmp_path, capsys):
     assert "corrupt.png: not a readable image" in captured.err and "missing.png: no such file" in captured.err
     # said once, at load: what the model was trained on, so a simulator-trained model is not mistaken for a general one
     said = [line for line in captured.out.splitlines() if line.startswith("model: ")]
-    assert len(said) == 1 and "trained on synthetic frames" in said[0] and "3 classes: Mug, Table, Ball" in said[0], (
-        said
-    )
+    assert len(said) == 1 and "trained on synthetic frames" in said[0], said
+    assert "3 classes: Mug, Table, Ball" in said[0] and "with a 8x8 prompt grid" in said[0], said
     result = json.loads((tmp_path / "seg/good.json").read_text())
     assert (result["height"], result["width"]) == (120, 90)
     with Image.open(tmp_path / "seg/good_overlay.png") as im:

@@ -21,7 +21,7 @@ from saom_core.infer.segmenter import SaomSegmenter, resolve_device
 from saom_core.infer.types import Segmentation
 from saom_core.model.checkpoint import CheckpointInfo, load_checkpoint
 from saom_core.model.saom import SaomModel
-from saom_core.settings import POINTS_PER_SIDE, STOCK_SAM, SegmenterSettings
+from saom_core.settings import STOCK_SAM, SegmenterSettings
 from saom_core.viz import draw_instances, save_rgb_png
 
 # Vanilla SAM is run as released (SamAutomaticMaskGenerator defaults); SAOM with the paper's tuned values.
@@ -30,7 +30,7 @@ from saom_core.viz import draw_instances, save_rgb_png
 @dataclass
 class EvalSettings:
     split: str = "test"
-    points_per_side: int = POINTS_PER_SIDE
+    points_per_side: int | None = None  # None: the grid the SAOM checkpoint was trained on
     max_frames: int | None = None
     everything_frames: int | None = None  # everything mode is the slow part; cap it separately
     baseline_everything_frames: int | None = None  # the baseline's (an untrained model prompts every point); None: same
@@ -82,8 +82,9 @@ def evaluate(
     dataset = SaomDataset(dataset_root, split=settings.split)
     saom, saom_info = load_checkpoint(saom_checkpoint, device=device)
     baseline, baseline_info = load_checkpoint(baseline_checkpoint, device=device)
+    grid = settings.points_per_side or saom_info.grid
     by_prompt = evaluate_point_prompts(
-        {"baseline": baseline, "saom": saom}, dataset, POINT_PROMPTS, settings.points_per_side, assign_with="saom",
+        {"baseline": baseline, "saom": saom}, dataset, POINT_PROMPTS, grid, assign_with="saom",
         max_frames=settings.max_frames, device=device, progress=progress,
     )
     points, random_points = by_prompt["nearest_neighbour"], by_prompt["random_foreground"]
@@ -109,10 +110,10 @@ def evaluate(
         "baseline_model": _describe(baseline),
         "machine": machine_description(device),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "settings": asdict(settings),
+        "settings": {**asdict(settings), "points_per_side": grid},
     }
     for name, model, info in (("baseline", baseline, baseline_info), ("saom", saom, saom_info)):
-        config = generator_for(model, settings.points_per_side, info)
+        config = generator_for(model, grid, info)
         segmenter = SaomSegmenter(model, config)
         frames = settings.baseline_everything_frames if name == "baseline" else None
         everything = run_everything(

@@ -28,7 +28,7 @@ from saom_core.errors import CheckpointError, ConfigError
 from saom_core.io import atomic_torch_save
 from saom_core.model.configs import MODEL_CONFIGS, SamConfig, get_config
 from saom_core.model.saom import SaomModel, build_model
-from saom_core.settings import THRESHOLD_NAMES, Thresholds
+from saom_core.settings import POINTS_PER_SIDE, THRESHOLD_NAMES, Thresholds
 from saom_core.weights import resolve_weights
 
 FORMAT = "saom"
@@ -68,8 +68,14 @@ class CheckpointInfo(NamedTuple):
 
     tuned: Thresholds  # its tuned everything-mode thresholds (the paper's where it stores none)
     is_saom: bool  # a SAOM checkpoint (False: official SAM weights)
-    # simulator(s), dataset, split, frames (empty: not recorded); read-only, as the default is shared
+    # simulator(s), dataset, split, frames, grid (empty: not recorded); read-only, as the default is shared
     trained_on: Mapping[str, Any] = MappingProxyType({})
+
+    @property
+    def grid(self) -> int:
+        """The everything-mode grid (points per side) the model was trained on; SAM's for files that
+        do not record one (official weights, older checkpoints)."""
+        return int(self.trained_on.get("points_per_side") or POINTS_PER_SIDE)
 
 
 class LoadedCheckpoint(NamedTuple):
@@ -212,6 +218,8 @@ def describe_training(model: SaomModel, trained_on: Mapping[str, Any] | None = N
     if record:
         simulators = ", ".join(record.get("simulator") or []) or "an unnamed source"
         data = f"trained on {simulators} frames ({record.get('frames', '?')} frames of {record.get('dataset', '?')})"
+        if record.get("points_per_side"):
+            data += f" with a {record['points_per_side']}x{record['points_per_side']} prompt grid"
     else:
         data = "training data not recorded in this checkpoint"
     names = model.class_names[1:]

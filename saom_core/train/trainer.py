@@ -84,12 +84,14 @@ def set_trainable(model: SaomModel, prefixes: list[str]) -> int:
     return count
 
 
-def training_record(dataset: SaomDataset) -> dict[str, Any]:
-    """What a model is trained on, for its checkpoint: simulator(s), dataset directory, split, frames."""
+def training_record(dataset: SaomDataset, points_per_side: int) -> dict[str, Any]:
+    """What a model is trained on, for its checkpoint: simulator(s), dataset directory, split, frames,
+    and the everything-mode grid its prompts were snapped to (evaluation prompts on the same grid)."""
     simulators = sorted({str(img.get("saom", {}).get("simulator", "")) for img in dataset.images} - {""})
     if not simulators and dataset.coco.get("saom", {}).get("simulator"):
         simulators = [str(dataset.coco["saom"]["simulator"])]
-    return {"simulator": simulators, "dataset": str(dataset.root), "split": dataset.split, "frames": len(dataset)}
+    return {"simulator": simulators, "dataset": str(dataset.root), "split": dataset.split, "frames": len(dataset),
+            "points_per_side": points_per_side}
 
 
 class Trainer:
@@ -127,7 +129,7 @@ class Trainer:
             load_sam_weights(self.model, cfg.model.checkpoint)
         elif cfg.model.init_pos_embed:
             self.model.init_from_scratch()
-        self.trained_on = training_record(self.train_set)
+        self.trained_on = training_record(self.train_set, cfg.prompts.points_per_side)
         self.num_trainable = set_trainable(self.model, cfg.train.trainable)
         self.model.to(self.device)
         self.encoder_frozen = not any(p.requires_grad for p in self.model.image_encoder.parameters())
