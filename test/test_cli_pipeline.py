@@ -83,7 +83,7 @@ def test_segment_continues_past_bad_images(trained, tmp_path, capsys):
     # said once, at load: what the model was trained on, so a simulator-trained model is not mistaken for a general one
     said = [line for line in captured.out.splitlines() if line.startswith("model: ")]
     assert len(said) == 1 and "trained on synthetic frames" in said[0], said
-    assert "3 classes: Mug, Table, Ball" in said[0] and "with a 8x8 prompt grid" in said[0], said
+    assert "3 classes: Mug, Table, Ball" in said[0] and "prompt grid 8x8" in said[0], said
     result = json.loads((tmp_path / "seg/good.json").read_text())
     assert (result["height"], result["width"]) == (120, 90)
     with Image.open(tmp_path / "seg/good_overlay.png") as im:

@@ -219,7 +219,7 @@ def describe_training(model: SaomModel, trained_on: Mapping[str, Any] | None = N
         simulators = ", ".join(record.get("simulator") or []) or "an unnamed source"
         data = f"trained on {simulators} frames ({record.get('frames', '?')} frames of {record.get('dataset', '?')})"
         if record.get("points_per_side"):
-            data += f" with a {record['points_per_side']}x{record['points_per_side']} prompt grid"
+            data += f", prompt grid {record['points_per_side']}x{record['points_per_side']}"
     else:
         data = "training data not recorded in this checkpoint"
     names = model.class_names[1:]
