@@ -33,8 +33,8 @@ from saom_core.device import resolve_device
 from saom_core.eval.everything_eval import run_everything
 from saom_core.eval.matching import agreement
 from saom_core.infer.generator import EverythingGenerator, GeneratorConfig
+from saom_core.model.architectures import get_config
 from saom_core.model.checkpoint import load_checkpoint
-from saom_core.model.configs import get_config
 from saom_core.model.saom import SaomModel, build_model
 from saom_core.precision import cpu_model
 from saom_core.settings import SegmenterSettings

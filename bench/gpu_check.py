@@ -208,7 +208,7 @@ def random_sam_checkpoint(config: str, path: Path) -> Path:
 
         state = sam_model_registry[config](checkpoint=None).state_dict()
     else:
-        from saom_core.model.configs import get_config
+        from saom_core.model.architectures import get_config
         from saom_core.model.saom import build_model
 
         state = build_model(get_config(config), None).state_dict()
@@ -229,7 +229,7 @@ def step_train_single(plan: Plan, data: Path, work: Path, checkpoint: Path) -> d
     """In process, so the cache fill and the GPU's peak memory can be measured around `fit`."""
     import torch
 
-    from saom_core.train.config import load_train_config
+    from saom_core.train.recipe import load_train_config
     from saom_core.train.trainer import Trainer
 
     overrides = train_overrides(plan, data, work, checkpoint, plan.train_steps)

@@ -31,8 +31,8 @@ sys.path.insert(0, str(REPO))
 from saom_core.data.classes import ClassList  # noqa: E402
 from saom_core.infer.export_onnx import export_onnx  # noqa: E402
 from saom_core.infer.segmenter import SaomSegmenter, load_segmenter  # noqa: E402
+from saom_core.model.architectures import get_config  # noqa: E402
 from saom_core.model.checkpoint import save_checkpoint  # noqa: E402
-from saom_core.model.configs import get_config  # noqa: E402
 from saom_core.model.saom import build_model  # noqa: E402
 from saom_core.precision import cpu_model  # noqa: E402
 

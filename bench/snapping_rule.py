@@ -31,7 +31,7 @@ from saom_core.eval.evaluate import machine_description
 from saom_core.eval.point_eval import PointEvalResult, evaluate_point_prompts
 from saom_core.model.checkpoint import load_model
 from saom_core.model.saom import SaomModel
-from saom_core.train.config import load_train_config
+from saom_core.train.recipe import load_train_config
 from saom_core.train.trainer import Trainer
 
 

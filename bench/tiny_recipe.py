@@ -34,7 +34,7 @@ from saom_core.data.reader import SaomDataset
 from saom_core.eval.evaluate import machine_description
 from saom_core.eval.point_eval import POINT_PROMPTS, PointEvalResult, evaluate_point_prompts
 from saom_core.model.checkpoint import load_checkpoint
-from saom_core.train.config import load_train_config
+from saom_core.train.recipe import load_train_config
 from saom_core.train.trainer import Trainer
 
 PLAIN = [

@@ -25,9 +25,9 @@ import torch
 
 from saom_core.data.collect import collect_dataset
 from saom_core.device import resolve_device
-from saom_core.train.config import load_train_config
 from saom_core.train.losses import saom_loss
 from saom_core.train.prompts import Geometry, low_res_targets
+from saom_core.train.recipe import load_train_config
 from saom_core.train.trainer import Trainer
 
 

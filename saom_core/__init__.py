@@ -28,9 +28,9 @@ _EXPORTS = {
     "Instance": "saom_core.infer.types",
     "Segmenter": "saom_core.infer.types",
     # the model registry and class lists
-    "MODEL_CONFIGS": "saom_core.model.configs",
-    "SamConfig": "saom_core.model.configs",
-    "get_config": "saom_core.model.configs",
+    "MODEL_CONFIGS": "saom_core.model.architectures",
+    "SamConfig": "saom_core.model.architectures",
+    "get_config": "saom_core.model.architectures",
     "ClassList": "saom_core.data.classes",
     # every user-facing failure
     "SaomError": "saom_core.errors",
@@ -48,11 +48,11 @@ if TYPE_CHECKING:  # what type checkers and IDEs see (`X as X`: re-exported); at
     from saom_core.infer.types import Instance as Instance
     from saom_core.infer.types import Segmentation as Segmentation
     from saom_core.infer.types import Segmenter as Segmenter
+    from saom_core.model.architectures import MODEL_CONFIGS as MODEL_CONFIGS
+    from saom_core.model.architectures import SamConfig as SamConfig
+    from saom_core.model.architectures import get_config as get_config
     from saom_core.model.checkpoint import load_model as load_model
     from saom_core.model.checkpoint import save_checkpoint as save_checkpoint
-    from saom_core.model.configs import MODEL_CONFIGS as MODEL_CONFIGS
-    from saom_core.model.configs import SamConfig as SamConfig
-    from saom_core.model.configs import get_config as get_config
     from saom_core.model.saom import SaomModel as SaomModel
     from saom_core.model.saom import build_model as build_model
 

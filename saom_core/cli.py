@@ -94,7 +94,7 @@ def _cmd_dataset_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from saom_core.train.config import load_train_config
+    from saom_core.train.recipe import load_train_config
     from saom_core.train.trainer import Trainer
 
     config = args.config

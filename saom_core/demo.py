@@ -85,7 +85,7 @@ def run_demo(settings: DemoSettings) -> Path:
     from saom_core.eval.objects3d_eval import format_markdown as format_objects_3d
     from saom_core.infer.files import segment_files
     from saom_core.infer.segmenter import load_segmenter
-    from saom_core.train.config import load_train_config
+    from saom_core.train.recipe import load_train_config
     from saom_core.train.trainer import Trainer
 
     out = settings.out

@@ -81,7 +81,7 @@ def probe_seconds(workload: Workload, repeats: int = 5) -> tuple[float, float]:
     """(fp32, bf16) seconds of the tiny config's work, a 2-frame encoder forward and backward (train)
     or one decoder call on 64 prompts (infer): best of `repeats`, the two formats alternating so
     that a busy machine slows both alike, after a warm-up of each."""
-    from saom_core.model.configs import get_config
+    from saom_core.model.architectures import get_config
     from saom_core.model.saom import build_model
 
     torch.manual_seed(0)

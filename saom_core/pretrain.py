@@ -43,7 +43,7 @@ def run_pretrain(settings: PretrainSettings, progress: bool = True) -> Path:
     """Collect (or continue collecting), train (or resume), export; returns the exported file."""
     from saom_core.data.collect import collect_dataset
     from saom_core.data.format import ANNOTATIONS
-    from saom_core.train.config import load_train_config
+    from saom_core.train.recipe import load_train_config
     from saom_core.train.trainer import Trainer
 
     data = settings.out / "data"

@@ -8,7 +8,7 @@ from segment_anything import SamAutomaticMaskGenerator
 from torch.nn import functional as F
 
 from saom_core.infer.generator import EverythingGenerator, GeneratorConfig
-from saom_core.model.configs import get_config
+from saom_core.model.architectures import get_config
 from saom_core.model.grid import grid_points, pixel_of
 from saom_core.model.saom import build_model
 from saom_core.prompting import assignment

@@ -11,6 +11,7 @@ from segment_anything.modeling import Sam
 
 from saom_core.data.classes import ClassList
 from saom_core.errors import CheckpointError
+from saom_core.model.architectures import get_config
 from saom_core.model.checkpoint import (
     CheckpointInfo,
     checkpoint_dict,
@@ -20,7 +21,6 @@ from saom_core.model.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from saom_core.model.configs import get_config
 from saom_core.model.saom import build_model
 from saom_core.settings import Thresholds
 

@@ -132,8 +132,8 @@ def test_bag_cli_round_trip(trained, tmp_path):
 
 def test_demo_end_to_end(tmp_path, capsys):
     """The demo fine-tunes from a vanilla (class-agnostic) SAM and compares SAOM with that model."""
+    from saom_core.model.architectures import get_config
     from saom_core.model.checkpoint import save_checkpoint
-    from saom_core.model.configs import get_config
     from saom_core.model.saom import build_model
 
     vanilla = save_checkpoint(tmp_path / "vanilla.pt", build_model(get_config("test")))

@@ -10,8 +10,8 @@ from saom_core.data.classes import ClassList
 from saom_core.eval.point_eval import evaluate_points
 from saom_core.infer.generator import EverythingGenerator, GeneratorConfig
 from saom_core.infer.segmenter import SaomSegmenter
+from saom_core.model.architectures import get_config
 from saom_core.model.checkpoint import load_model, save_checkpoint
-from saom_core.model.configs import get_config
 from saom_core.model.crop_head import CONTEXT, MaskCropClassifier, square_boxes
 from saom_core.model.saom import build_model
 from saom_core.train.forward import crop_targets

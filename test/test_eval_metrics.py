@@ -11,7 +11,7 @@ from saom_core.eval.everything_eval import coco_mask_metrics, run_everything
 from saom_core.eval.point_eval import ClassStats, PointEvalResult, evaluate_points
 from saom_core.eval.report import _everything_rows
 from saom_core.infer.types import Instance, Segmentation
-from saom_core.model.configs import get_config
+from saom_core.model.architectures import get_config
 from saom_core.model.saom import build_model
 
 

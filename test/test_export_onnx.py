@@ -22,8 +22,8 @@ from saom_core.infer.export_onnx import (  # noqa: E402
     _single_data_file,
     export_onnx,
 )
+from saom_core.model.architectures import get_config  # noqa: E402
 from saom_core.model.checkpoint import load_model, save_checkpoint  # noqa: E402
-from saom_core.model.configs import get_config  # noqa: E402
 from saom_core.model.saom import SaomModel, build_model  # noqa: E402
 from saom_core.settings import Thresholds  # noqa: E402
 

@@ -10,7 +10,7 @@ from saom_core.data.classes import ClassList
 from saom_core.errors import ConfigError, ImageError
 from saom_core.infer.generator import EverythingGenerator, GeneratorConfig
 from saom_core.infer.segmenter import SaomSegmenter
-from saom_core.model.configs import get_config
+from saom_core.model.architectures import get_config
 from saom_core.model.saom import DecoderOutput, build_model
 
 CLASSES = ClassList.from_dict({"name": "t", "classes": ["A", "B", "C", "D"]})

@@ -17,7 +17,7 @@ from torch import nn
 from saom_core.errors import ImageError
 from saom_core.eval.matching import agreement, iou_matrix
 from saom_core.infer.generator import EverythingGenerator, GeneratorConfig
-from saom_core.model.configs import get_config
+from saom_core.model.architectures import get_config
 from saom_core.model.saom import build_model
 
 

@@ -35,13 +35,13 @@ from saom_core.eval.matching import agreement
 from saom_core.eval.point_eval import evaluate_points
 from saom_core.infer.generator import EverythingGenerator, GeneratorConfig
 from saom_core.infer.segmenter import SaomSegmenter
+from saom_core.model.architectures import get_config
 from saom_core.model.checkpoint import load_model, save_checkpoint
-from saom_core.model.configs import get_config
 from saom_core.model.grid import grid_points
 from saom_core.model.saom import build_model
 from saom_core.train import distributed
-from saom_core.train.config import load_train_config
 from saom_core.train.prompts import Geometry, build_frame_prompts
+from saom_core.train.recipe import load_train_config
 from saom_core.train.trainer import Trainer
 
 from simulated_cuda import CUDA, SimulatedCuda, model_to_simulated_cuda, on_cuda

@@ -20,8 +20,8 @@ from saom_core.infer.export_onnx import METADATA_FILE, export_onnx  # noqa: E402
 from saom_core.infer.onnx_runtime import PROVIDERS, execution_providers  # noqa: E402
 from saom_core.infer.segmenter import load_segmenter  # noqa: E402
 from saom_core.infer.types import Segmentation  # noqa: E402
+from saom_core.model.architectures import get_config  # noqa: E402
 from saom_core.model.checkpoint import save_checkpoint  # noqa: E402
-from saom_core.model.configs import get_config  # noqa: E402
 from saom_core.model.saom import build_model  # noqa: E402
 from saom_core.settings import Thresholds  # noqa: E402
 

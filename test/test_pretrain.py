@@ -141,7 +141,7 @@ def test_shipped_weights_match_their_recorded_hash_and_load(name):
 def test_fine_tuning_starts_from_the_vanilla_weights(pybullet_dataset, tmp_path):
     """The tiny recipe's default start is the shipped vanilla model: every SAM weight equals it."""
     from saom_core.model.checkpoint import load_model
-    from saom_core.train.config import load_train_config
+    from saom_core.train.recipe import load_train_config
     from saom_core.train.trainer import Trainer
 
     cfg = load_train_config("config/train_tiny.yaml", [f"data.root={pybullet_dataset}", "train.max_steps=1"])

@@ -766,8 +766,8 @@ def test_real_saom_checkpoint_end_to_end(ros, tmp_path, backend):
     import torch
 
     from saom_core.data.classes import ClassList
+    from saom_core.model.architectures import get_config
     from saom_core.model.checkpoint import save_checkpoint
-    from saom_core.model.configs import get_config
     from saom_core.model.saom import build_model
 
     torch.manual_seed(0)

@@ -149,7 +149,7 @@ def test_write_yaml(tmp_path):
 
 
 def test_training_config_inference_section_is_the_thresholds(tmp_path):
-    from saom_core.train.config import load_train_config
+    from saom_core.train.recipe import load_train_config
 
     cfg = load_train_config(None, ["inference.stability_score_thresh=0.8"])
     assert cfg.inference == Thresholds(stability_score_thresh=0.8)
@@ -164,7 +164,7 @@ def test_training_config_inference_section_is_the_thresholds(tmp_path):
 def test_segmenter_apply_changes_per_frame_settings_only():
     from saom_core.data.classes import ClassList
     from saom_core.infer.segmenter import SaomSegmenter
-    from saom_core.model.configs import get_config
+    from saom_core.model.architectures import get_config
     from saom_core.model.saom import build_model
 
     tuned = Thresholds(pred_iou_thresh=0.4)

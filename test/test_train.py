@@ -14,8 +14,8 @@ from saom_core.cli import main as cli_main
 from saom_core.errors import ConfigError, SaomError
 from saom_core.model.checkpoint import load_model, read_checkpoint
 from saom_core.train import trainer as trainer_module
-from saom_core.train.config import load_train_config
 from saom_core.train.forward import TrainForward
+from saom_core.train.recipe import load_train_config
 from saom_core.train.trainer import Trainer, TrainingError
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from saom_core.model.configs import get_config
+from saom_core.model.architectures import get_config
 from saom_core.model.saom import build_model
 from saom_core.model.two_way import one_frame_two_way
 

@@ -26,7 +26,7 @@ from saom_core.data.classes import ClassList
 from saom_core.device import resolve_device
 from saom_core.errors import CheckpointError, ConfigError
 from saom_core.io import atomic_torch_save
-from saom_core.model.configs import MODEL_CONFIGS, SamConfig, get_config
+from saom_core.model.architectures import MODEL_CONFIGS, SamConfig, get_config
 from saom_core.model.saom import SaomModel, build_model
 from saom_core.settings import POINTS_PER_SIDE, THRESHOLD_NAMES, Thresholds
 from saom_core.weights import resolve_weights

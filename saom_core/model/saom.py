@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from saom_core.data.classes import ClassList
-from saom_core.model.configs import SamConfig
+from saom_core.model.architectures import SamConfig
 from saom_core.model.crop_head import MaskCropClassifier
 from saom_core.model.model_input import ModelInput
 from saom_core.model.two_way import one_frame_two_way

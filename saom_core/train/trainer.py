@@ -22,25 +22,25 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from saom_core.config import to_dict
 from saom_core.data.reader import SaomDataset
 from saom_core.device import resolve_device
 from saom_core.errors import CheckpointError, ConfigError, DatasetError, SaomError
 from saom_core.eval.point_eval import evaluate_points
 from saom_core.io import atomic_write_text
+from saom_core.model.architectures import get_config
 from saom_core.model.checkpoint import read_checkpoint, save_checkpoint
-from saom_core.model.configs import get_config
 from saom_core.model.grid import grid_points
 from saom_core.model.saom import SaomModel, build_model
 from saom_core.precision import reduced_precision
-from saom_core.train.config import TrainConfig
 from saom_core.train.distributed import init_distributed, shutdown_distributed
 from saom_core.train.embedding_cache import EmbeddingCache
 from saom_core.train.forward import TrainForward
 from saom_core.train.frames import FrameStore, TrainFrame, epoch_batches
 from saom_core.train.losses import saom_loss
 from saom_core.train.prompts import FramePrompts, Geometry, build_frame_prompts
+from saom_core.train.recipe import TrainConfig
 from saom_core.train.run_log import RunLog
+from saom_core.typed_yaml import to_dict
 
 
 class TrainingError(SaomError):

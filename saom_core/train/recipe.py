@@ -1,4 +1,4 @@
-"""The training config (config/train_*.yaml), one dataclass per section."""
+"""The training recipe: the schema of config/train_*.yaml, one dataclass per section."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -6,9 +6,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from saom_core.config import apply_overrides, from_dict, load_yaml
 from saom_core.settings import POINTS_PER_SIDE, Thresholds
 from saom_core.train.losses import LossWeights
+from saom_core.typed_yaml import apply_overrides, from_dict, load_yaml
 
 
 @dataclass

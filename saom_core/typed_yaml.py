@@ -1,4 +1,4 @@
-"""Typed YAML configs: nested dataclasses, strict keys, dotted `section.key=value` overrides.
+"""YAML read into typed dataclasses: nested, strict keys, dotted `section.key=value` overrides.
 
 A misspelt key is an error that names the file, the key and the closest known key, instead of a
 silently ignored setting.
