@@ -9,8 +9,9 @@ itself at start-up, and exits with status 1 when that fails.
 
 Threads: `main` spins a MultiThreadedExecutor. The lifecycle services are in a reentrant callback
 group and the diagnostics timer in its own group, so while a transition loads (and compiles) the
-model, `get_state` and /diagnostics still answer; a second transition meanwhile is refused by the
-lifecycle state machine. Frames are segmented by one worker thread (saom_ros.worker).
+model, `get_state` and /diagnostics still answer; a second transition meanwhile is refused. Frames
+are segmented by one worker thread (saom_ros.worker). One lock orders what the threads race over
+(see `SaomNode.__init__`): transitions, subscriptions, the frame hand-off and the 3D outputs.
 
 Topics (relative names, remappable; ~ is the node's name):
   in   image_raw (sensor_msgs/Image; `<image_topic>/compressed` CompressedImage when image_transport
@@ -47,7 +48,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import (
@@ -60,44 +60,30 @@ from rclpy.lifecycle.node import LifecycleNodeMixin
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
-from rclpy.qos import ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.subscription import Subscription
 from rclpy.timer import Timer
-
-try:  # Jazzy and newer
-    from rclpy.event_handler import SubscriptionEventCallbacks
-except ImportError:  # Humble
-    from rclpy.qos_event import SubscriptionEventCallbacks
-from sensor_msgs.msg import CompressedImage, Image, PointCloud2
-from vision_msgs.msg import Detection2DArray, Detection3DArray, LabelInfo
-from visualization_msgs.msg import MarkerArray
+from sensor_msgs.msg import Image
+from vision_msgs.msg import Detection2DArray
 
 from saom_core.errors import ConfigError, ImageError, SaomError
-from saom_core.infer.types import Segmentation, Segmenter
+from saom_core.infer.types import Segmenter
 
 from . import qos
 from . import segmenter_factory as factories
 from .conversions import (
     SUPPORTED_ENCODINGS,
     UnsupportedEncoding,
-    make_label_info,
     select_image_converter,
     stamp_key,
 )
 from .descriptors import declared_default, parameter_descriptor, ros_parameter
 from .diagnostics import NodeHealth, diagnosis, diagnostic_array
 from .frame_step import FrameStep, ObjectCounts, answer_prompts
+from .image_input import ImageInput
 from .msgtypes import rclpy_types
-from .objects3d import (
-    Messages3D,
-    Outputs3D,
-    RigidTransform,
-    make_outputs_3d,
-    rclpy_types_3d,
-    transform_from_msg,
-    unrectified_warning,
-)
+from .objects3d import Outputs3D, RigidTransform, transform_from_msg, unrectified_warning
+from .outputs import OUTPUTS, Publishers, output_keys
 from .pairing import Match, stamp_ns
 from .params import (
     NODE_NAME,
@@ -117,22 +103,7 @@ from .worker import FrameWorker, Job, PromptMatcher, RateLimiter, Stats
 PROMPT_QUEUE = 4
 PROMPTS_TOPIC = "~/prompts"
 TRANSFORM_TIMEOUT_S = 0.1  # target_frame: how long a frame waits for its transform
-RELIABILITY_RECHECK_S = 1.0  # image_reliability auto: how often to look for the camera publisher
 STREAM_RESTART_NS = 1_000_000_000  # a frame older than the last by more than this restarts the stream
-# the outputs: key -> (message type, topic, latched); each publisher takes qos_overrides
-OUTPUTS: dict[str, tuple[Any, str, bool]] = {
-    "detections": (Detection2DArray, "~/detections", False),
-    "instance_mask": (Image, "~/instance_mask", False),
-    "label_info": (LabelInfo, "~/label_info", True),
-    "overlay": (Image, "~/overlay", False),  # used while publish_overlay (runtime-safe)
-    "prompted_detections": (Detection2DArray, "~/prompted/detections", False),
-    "prompted_masks": (Image, "~/prompted/masks", False),
-    "detections_3d": (Detection3DArray, "~/detections_3d", False),
-    "objects": (PointCloud2, "~/objects", False),
-    "markers": (MarkerArray, "~/markers", False),
-}
-PROMPTED_OUTPUTS = ("prompted_detections", "prompted_masks")  # with prompts_enabled
-OUTPUTS_3D = ("detections_3d", "objects", "markers")  # with depth_enabled
 
 OK, FAILURE, ERROR = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE, TransitionCallbackReturn.ERROR
 
@@ -195,20 +166,21 @@ class SaomNode(LifecycleNode):
         self.stats = Stats()
         self.worker: FrameWorker | None = None
         self.matcher: PromptMatcher | None = None
-        self._pubs: dict[str, Any] = {}
-        self._image_sub: Subscription | None = None
+        self.outputs: Publishers | None = None  # made at configure
+        self.image_input: ImageInput | None = None  # the colour subscription (while active)
         self._prompt_sub: Subscription | None = None
-        self.image_reliability = ""  # the reliability the image subscription uses now
-        self._reliability_timer: Timer | None = None
         self._diag_pub: Publisher | None = None
         self._timer: Timer | None = None
         self._log_limit = RateLimiter(0.0)
         self._warn_limits: dict[str, RateLimiter] = defaultdict(lambda: RateLimiter(5.0))
+        # The node's one lock orders what threads race over: the start of a transition (one at a time),
+        # _active, the input subscriptions and their re-subscription, the hand-off of frames to the
+        # worker, and the 3D outputs vs their clearing. A re-subscription, a frame or a stale 3D output
+        # therefore never slips in after a deactivate. Held only for those short steps, never while
+        # a model loads or the worker finishes a frame.
+        self._lock = threading.RLock()
+        self._transitioning = False
         self._active = False
-        self._transition_lock = threading.Lock()  # one transition at a time (_LifecycleNodeMixin__change_state)
-        # _active, the input subscriptions and the hand-off of frames to the worker change under this
-        # lock: a re-subscription or a frame never slips in after a deactivate
-        self._state_lock = threading.RLock()
         self._last_handed = 0  # stamp (ns) of the newest frame handed to the worker: never an older one after it
         self.transition_in_progress = ""
         self.last_transition_error = ""
@@ -222,32 +194,33 @@ class SaomNode(LifecycleNode):
         self._last_skip = ""  # why the latest frame was skipped
         self._last_skip_time = 0.0
         self._to_rgb: Callable[[Any], Any] = select_image_converter(None)[0]  # set at configure
-        self.M3: Messages3D | None = None  # the 3D message classes (depth_enabled)
         self.step: FrameStep | None = None  # segmenter, score filter, 3D, tracker, messages (while active)
         self.rgbd: RgbdInput | None = None  # depth and camera_info paired with colour (depth_enabled, active)
         self._last_3d = 0.0
         self._given_tf_buffer = tf_buffer  # a stand-in for tf2_ros.Buffer (tests); else made at configure
         self._tf_buffer: Any = None  # with target_frame: looks up camera -> target_frame
         self._tf_listener: Any = None
-        self._output_lock = threading.Lock()  # 3D outputs of a frame vs their clearing (deactivate, pause)
-        self._frame_3d = ""  # the frame of the latest 3D outputs (their clearing uses it)
         self._rectification_checked = False  # camera_info's distortion looked at (objects3d.unrectified_warning)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # -- helpers -----------------------------------------------------------------------------
 
     def _LifecycleNodeMixin__change_state(self, transition_id: int) -> TransitionCallbackReturn:
-        """Every transition (the lifecycle services and the trigger_* calls of autostart alike) runs
-        under one lock: rclpy's state change takes none, so two threads could both start one from the
+        """One transition at a time, whoever asks (the lifecycle services and autostart's trigger_*
+        calls alike): rclpy's state change takes no lock, so two threads could both start one from the
         same state. A transition asked for while another runs is refused, not queued."""
-        if not self._transition_lock.acquire(blocking=False):
+        with self._lock:
+            refused = self._transitioning
+            self._transitioning = True
+        if refused:
             self.get_logger().error(f"transition {transition_id} refused: {self.transition_in_progress or 'another'} "
                                     "transition is in progress")
             return ERROR
         try:
             return LifecycleNodeMixin._LifecycleNodeMixin__change_state(self, transition_id)  # type: ignore[attr-defined]
         finally:
-            self._transition_lock.release()
+            with self._lock:
+                self._transitioning = False
 
     def warn_throttled(self, key: str, message: str) -> None:
         if self._warn_limits[key].ready():
@@ -301,14 +274,13 @@ class SaomNode(LifecycleNode):
         if new.log_period != old.log_period:
             self._log_limit = RateLimiter(new.log_period)
             self._log_limit.ready()
-        if new.score_threshold != old.score_threshold and self._active and "label_info" in self._pubs:
-            header = self.T.Header(stamp=self.get_clock().now().to_msg(), frame_id="")
-            self._pubs["label_info"].publish(make_label_info(self.T, header, self.class_names, new.score_threshold))
+        if new.score_threshold != old.score_threshold and self._active and self.outputs is not None:
+            self.outputs.publish_label_info(self.T, self.class_names, new.score_threshold)
         step = self.step
         if step is not None:
             step.update(new, new.score_threshold)
-        if old.enable and not new.enable:
-            self._clear_3d()
+        if old.enable and not new.enable and self.outputs is not None:
+            self.outputs.clear_3d(self.T)
         if new.enable != old.enable:
             self.get_logger().info("segmentation " + ("resumed" if new.enable else "paused (enable is false; "
                                                                               "the model stays loaded)"))
@@ -333,14 +305,6 @@ class SaomNode(LifecycleNode):
             raise ConfigError(f"parameter image_topic: {params.image_topic!r} is not a valid ROS topic name "
                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
 
-    def _outputs(self, params: NodeParams) -> list[str]:
-        """The keys of OUTPUTS this configuration publishes."""
-        return [key for key in OUTPUTS if (key not in PROMPTED_OUTPUTS or params.prompts_enabled)
-                and (key not in OUTPUTS_3D or params.depth_enabled)]
-
-    def _reliability_overridden(self, topic: str) -> bool:
-        return f"qos_overrides.{topic}.subscription.reliability" in (getattr(self, "_parameter_overrides", {}) or {})
-
     def autostart_requested(self) -> bool:
         value = self.get_parameter("autostart").value
         return value is True or (isinstance(value, str) and value.strip().lower() == "true")
@@ -362,22 +326,13 @@ class SaomNode(LifecycleNode):
         params = self.read_params()
         factories.check_device(params.device)
         topic = self.input_topic(params)
-        outputs = self._outputs(params)
         qos.check_overrides(getattr(self, "_parameter_overrides", None) or {},
                             subscriptions=(topic, self.resolve_topic_name(PROMPTS_TOPIC)),
-                            publishers=[self.resolve_topic_name(OUTPUTS[key][1]) for key in outputs])
+                            publishers=[self.resolve_topic_name(OUTPUTS[key][1]) for key in output_keys(params)])
         self.params = params
-        self._pubs = {}
-        for key in outputs:
-            msg_type, name, latched = OUTPUTS[key]
-            self._pubs[key] = self.create_lifecycle_publisher(
-                msg_type, name, qos.output_qos(latched),
-                qos_overriding_options=QoSOverridingOptions.with_default_policies())
-        if params.depth_enabled:
-            self.M3 = rclpy_types_3d()
-            self._frame_3d = params.target_frame
-            if params.target_frame:
-                self._tf_buffer = self._given_tf_buffer or self._make_tf_buffer()
+        self.outputs = Publishers(self, params, self._lock)
+        if params.depth_enabled and params.target_frame:
+            self._tf_buffer = self._given_tf_buffer or self._make_tf_buffer()
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.stats = Stats()
         self._log_limit = RateLimiter(params.log_period)
@@ -421,17 +376,19 @@ class SaomNode(LifecycleNode):
         self.segmenter, self.class_names = segmenter, class_names
         self.get_logger().info(f"model loaded in {time.monotonic() - t0:.1f} s: {len(class_names) - 1} classes")
         ret = super().on_activate(state)
-        header = self.T.Header(stamp=self.get_clock().now().to_msg(), frame_id="")
-        self._pubs["label_info"].publish(make_label_info(self.T, header, class_names, params.score_threshold))
-        self.step = FrameStep(segmenter, self.T, self.M3, params, params.score_threshold)
+        outputs = self.outputs
+        assert outputs is not None  # made at configure
+        outputs.publish_label_info(self.T, class_names, params.score_threshold)
+        self.step = FrameStep(segmenter, self.T, outputs.M3, params, params.score_threshold)
         self.worker = FrameWorker(self._process, self._on_error, prompt_capacity=PROMPT_QUEUE)
         self.worker.start()
-        with self._state_lock:
+        with self._lock:
             self._last_handed = 0
             if params.depth_enabled and params.everything_mode:
-                self.rgbd = RgbdInput(self, params, self._hand_over_pair, self._state_lock, self.timer_group,
+                self.rgbd = RgbdInput(self, params, self._hand_over_pair, self._lock, self.timer_group,
                                       accepting=lambda: self.worker is not None and self.enabled)
-            self._subscribe_image()
+            self.image_input = ImageInput(self, params, self.input_topic(params), self._on_image,
+                                          self._on_incompatible_qos, self._lock, self.timer_group)
             self._last_frame = time.monotonic()
             if params.prompts_enabled:
                 self._prompt_sub = self.create_subscription(
@@ -440,61 +397,25 @@ class SaomNode(LifecycleNode):
             self._active = True
         return ret
 
-    def _subscribe_image(self) -> None:
-        """(Re)create the image subscription; with image_reliability auto, take the camera's reliability
-        (best effort, which hears any camera, until a publisher appears: then re-checked on a timer).
-        qos_overrides of history, depth and reliability apply (a reliability override beats auto)."""
-        params = self.params
-        assert params is not None
-        topic = self.input_topic(params)
-        reliability = params.image_reliability
-        overridden = self._reliability_overridden(topic)
-        if reliability == "auto" and not overridden:
-            found = qos.publishers_reliability(self.get_publishers_info_by_topic(topic))
-            reliability = found or "best_effort"
-            if found is None and self._reliability_timer is None:
-                self._reliability_timer = self.create_timer(RELIABILITY_RECHECK_S, self._recheck_reliability,
-                                                            callback_group=self.timer_group)
-            elif found is not None:
-                self._cancel_reliability_timer()
-                self.get_logger().info(f"image_reliability auto: {topic} is published {found}; subscribing {found}")
-        if self._image_sub is not None and reliability == self.image_reliability:
-            return
-        if self._image_sub is not None:
-            self.destroy_subscription(self._image_sub)
-        image_type = CompressedImage if params.image_transport == "compressed" else Image
-        events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
-        profile = qos.image_qos(reliability)
-        # reliability is declared as an override only when one is given: declared once, a read-only
-        # parameter would pin the first reliability for the node's life (auto, reconfigure)
-        kinds = qos.OVERRIDABLE_POLICIES if overridden else qos.OVERRIDABLE_POLICIES[:2]
-        self._image_sub = self.create_subscription(image_type, topic, self._on_image, profile, event_callbacks=events,
-                                                   qos_overriding_options=QoSOverridingOptions(kinds))
-        self.image_reliability = "reliable" if profile.reliability == ReliabilityPolicy.RELIABLE else "best_effort"
-
-    def _recheck_reliability(self) -> None:
-        with self._state_lock:
-            if self._active and self.params is not None:
-                self._subscribe_image()
-
-    def _cancel_reliability_timer(self) -> None:
-        if self._reliability_timer is not None:
-            self.destroy_timer(self._reliability_timer)
-            self._reliability_timer = None
+    @property
+    def image_reliability(self) -> str:
+        """The reliability the image subscription uses now ("" while inactive)."""
+        image_input = self.image_input
+        return image_input.reliability if image_input is not None else ""
 
     def _stop_processing(self) -> None:
         """Unsubscribe, stop the worker and free the model, never while the worker may still use it."""
-        with self._state_lock:
+        with self._lock:
             self._active = False
-            self._cancel_reliability_timer()
-            for sub in (self._image_sub, self._prompt_sub):
-                if sub is not None:
-                    self.destroy_subscription(sub)
-            self._image_sub = self._prompt_sub = None
+            if self.image_input is not None:
+                self.image_input.close()
+                self.image_input = None
+            if self._prompt_sub is not None:
+                self.destroy_subscription(self._prompt_sub)
+                self._prompt_sub = None
             if self.rgbd is not None:
                 self.rgbd.close()
                 self.rgbd = None
-            self.image_reliability = ""
         if self.matcher is not None:
             before = self.matcher.unmatched
             self.matcher.clear()
@@ -522,15 +443,14 @@ class SaomNode(LifecycleNode):
     @_transition("deactivate")
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_processing()
-        self._clear_3d()  # while the publishers are still active
+        if self.outputs is not None:
+            self.outputs.clear_3d(self.T)  # while the publishers are still active
         return super().on_deactivate(state)
 
     def _destroy_outputs(self) -> None:
-        destroy = getattr(self, "destroy_lifecycle_publisher", self.destroy_publisher)
-        for p in self._pubs.values():
-            destroy(p)
-        self._pubs = {}
-        self.M3 = None
+        if self.outputs is not None:
+            self.outputs.destroy()
+            self.outputs = None
         self._tf_buffer = self._tf_listener = None
         if self._timer is not None:
             self.destroy_timer(self._timer)
@@ -631,7 +551,7 @@ class SaomNode(LifecycleNode):
         time; a stream restarted far in the past, e.g. a looping bag, starts over). Under the state
         lock: deactivate waits for it, and two threads cannot swap the order of their frames."""
         stamp = stamp_ns(job.image.header)
-        with self._state_lock:
+        with self._lock:
             if not self._active:
                 return
             if stamp < self._last_handed and self._last_handed - stamp <= STREAM_RESTART_NS:
@@ -682,15 +602,10 @@ class SaomNode(LifecycleNode):
 
     def _process_frame(self, job: FrameJob, rgb: Any, params: NodeParams) -> None:
         """Everything mode through the step `saom bag` shares (frame_step), then publish."""
-        step = self.step
-        assert step is not None  # made at activate, before the worker starts
-        pubs = self._pubs
-        # the mask, overlay and cloud are made only while someone subscribes: a volatile topic without
-        # subscribers delivers nothing, and they are the costly ones
-        overlay_pub = pubs["overlay"]
-        out = step(job.image, rgb, job.depth, job.camera_info, mask=pubs["instance_mask"].get_subscription_count() > 0,
-                   overlay=params.publish_overlay and overlay_pub.get_subscription_count() > 0,
-                   cloud="objects" in pubs and pubs["objects"].get_subscription_count() > 0,
+        step, pubs = self.step, self.outputs
+        assert step is not None and pubs is not None  # made before the worker starts
+        out = step(job.image, rgb, job.depth, job.camera_info, mask=pubs.wanted("instance_mask"),
+                   overlay=params.publish_overlay and pubs.wanted("overlay"), cloud=pubs.wanted("objects"),
                    target_frame=params.target_frame, lookup=self._lookup_transform if self._tf_buffer else None)
         if out.found.problem:
             self.warn_throttled("depth", f"no 3D output: {out.found.problem}")
@@ -706,7 +621,7 @@ class SaomNode(LifecycleNode):
         if out.outputs_3d is not None:
             self._publish_3d(out.outputs_3d, out.empty_3d, step.objects.counts)
         if out.overlay is not None:
-            overlay_pub.publish(out.overlay)
+            pubs["overlay"].publish(out.overlay)
             self.overlays_published += 1
         self._last_processed = time.monotonic()
         self.stats.done(self._last_processed - job.received, out.inference_s)
@@ -714,21 +629,12 @@ class SaomNode(LifecycleNode):
     def _publish_3d(self, out: Outputs3D, empty_because: str, counts: ObjectCounts) -> None:
         """Every frame's 3D outputs, empty when it has none (the diagnostics say why), so rviz and a
         planner never keep stale objects."""
-        with self._output_lock:
-            if not self._active or not self.enabled:  # cleared meanwhile: this frame must not bring them back
-                return
-            self._send_3d(out)
-            counts.empty_because = empty_because
+        outputs = self.outputs
+        if outputs is None or not outputs.publish_3d(out, still_wanted=lambda: self._active and self.enabled):
+            return
+        counts.empty_because = empty_because
         if not empty_because:
             self._last_3d = time.monotonic()
-
-    def _send_3d(self, out: Outputs3D) -> None:
-        pubs = self._pubs
-        pubs["detections_3d"].publish(out.detections)
-        if out.cloud is not None:
-            pubs["objects"].publish(out.cloud)
-        pubs["markers"].publish(out.markers)
-        self._frame_3d = out.detections.header.frame_id
 
     def _lookup_transform(self, image_header: Any, target_frame: str) -> RigidTransform:
         from rclpy.duration import Duration
@@ -738,27 +644,17 @@ class SaomNode(LifecycleNode):
                                                timeout=Duration(seconds=TRANSFORM_TIMEOUT_S))
         return transform_from_msg(msg)
 
-    def _clear_3d(self) -> None:
-        """Empty 3D outputs (markers: DELETEALL), so rviz and a planner drop the objects of the last frame."""
-        M3 = self.M3
-        if M3 is None or "detections_3d" not in self._pubs:
-            return
-        header = self.T.Header(stamp=self.get_clock().now().to_msg(), frame_id=self._frame_3d)
-        no_image = np.zeros((0, 0, 3), np.uint8)  # no objects: nothing to colour
-        with self._output_lock:
-            self._send_3d(make_outputs_3d(M3, header, Segmentation(0, 0, []), no_image))
-
     def _answer_prompts(self, job: Job, rgb: Any, segmenter: Any) -> None:
         """Answer k for prompt k, with its id; invalid prompts get an empty answer (and a warning)."""
-        masks_pub = self._pubs["prompted_masks"]
-        out = answer_prompts(segmenter, self.T, job.image.header, rgb, job.prompts,
-                             masks=masks_pub.get_subscription_count() > 0)
+        pubs = self.outputs
+        assert pubs is not None  # made before the worker starts
+        out = answer_prompts(segmenter, self.T, job.image.header, rgb, job.prompts, masks=pubs.wanted("prompted_masks"))
         if out.problems:
             self.warn_throttled("prompt_invalid", f"{len(out.problems)} prompt(s) answered empty: "
                                                   + "; ".join(out.problems))
-        self._pubs["prompted_detections"].publish(out.detections)
+        pubs["prompted_detections"].publish(out.detections)
         if out.masks is not None:
-            masks_pub.publish(out.masks)
+            pubs["prompted_masks"].publish(out.masks)
         self._last_processed = time.monotonic()
         self.stats.done(self._last_processed - job.received, out.inference_s, prompts=True)
 
@@ -788,7 +684,7 @@ class SaomNode(LifecycleNode):
             problem_3d=objects.counts.last_problem if objects is not None else "", fps=fps))
 
     def _on_timer(self) -> None:
-        with self._state_lock:  # a deactivate cannot come between the check and the re-subscription
+        with self._lock:  # a deactivate cannot come between the check and the re-subscription
             if self._active and self.rgbd is not None:
                 self.rgbd.resubscribe_unsettled()
         snap = self.stats.snapshot()

@@ -4,7 +4,7 @@ frame whose depth does not come within depth_wait (it is then segmented in 2D an
 
 Reliability follows image_reliability; auto takes the publishers' (best effort while there is
 none, re-checked by the node's diagnostics timer through `resubscribe_unsettled`). Pairing and
-hand-off run under the node's state lock, so an expiry and a subscription never hand frames to the
+hand-off run under the node's lock, so an expiry and a subscription never hand frames to the
 worker in the other's order.
 """
 from __future__ import annotations
@@ -109,7 +109,7 @@ class RgbdInput:
 
     def _pair(self, stream: str, msg: Any = None, now_ns: int = 0) -> None:
         """Give `msg` of `stream` to the pairing (None: expire what waited past `now_ns`) and hand the
-        frames it decides over, in their order, under the node's state lock."""
+        frames it decides over, in their order, under the node's lock."""
         with self._lock:
             matches = self.pairing.expire(now_ns) if msg is None else self.pairing.add(stream, msg)
             for match in matches:

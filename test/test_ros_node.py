@@ -565,7 +565,7 @@ def test_overlay_published_only_while_subscribed(ros, ckpt):
         assert node.overlays_published == 0
 
         overlay = Collector(ros.tester, Image, f"/{name}/overlay")
-        assert wait_until(lambda: node._pubs["overlay"].get_subscription_count() > 0)
+        assert wait_until(lambda: node.outputs["overlay"].get_subscription_count() > 0)
         msg = image_msg(5, w=70, h=50)
         assert publish_until(pub, msg, overlay, 1)
         o = overlay.msgs[0]
@@ -851,6 +851,49 @@ def test_slow_activate_keeps_get_state_and_diagnostics_answering(ros, ckpt):
         ros.drop(node)
 
 
+def test_a_transition_asked_for_while_another_starts_is_refused_before_the_state_machine(ros, ckpt):
+    """rclpy reads the state, then triggers the transition, with no lock between: a second thread in
+    that window (autostart and a lifecycle manager) would start a transition from a state that is no
+    longer current. The first transition is paused exactly there; the second must be refused without
+    touching the state machine."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    name = "saom_transition_race"
+    node = ros.node(name, ckpt, Factory())
+    real = node._state_machine
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        in_window, go_on = threading.Event(), threading.Event()
+        touched_by: set[str] = set()
+        first: dict[str, threading.Thread] = {}
+
+        class PausedStateMachine:  # the real one, with the first transition held after its read of the state
+            def __getattr__(self, attr):
+                me = threading.current_thread()
+                if me is not first.get("thread"):
+                    touched_by.add(me.name)
+                elif attr == "current_state" and not in_window.is_set():
+                    in_window.set()
+                    go_on.wait(10)
+                return getattr(real, attr)
+
+        node._state_machine = PausedStateMachine()
+        result = {}
+        activating = threading.Thread(target=lambda: result.setdefault("first", node.trigger_activate()))
+        first["thread"] = activating
+        activating.start()
+        assert in_window.wait(10)
+        assert node.trigger_cleanup() == TransitionCallbackReturn.ERROR
+        assert node.trigger_activate() == TransitionCallbackReturn.ERROR
+        assert threading.current_thread().name not in touched_by, "the refused transitions reached the state machine"
+        go_on.set()
+        activating.join(15)
+        assert result["first"] == TransitionCallbackReturn.SUCCESS and node.is_active
+    finally:
+        node._state_machine = real
+        ros.drop(node)
+
+
 def test_diagnostics_levels_tell_why(ros, ckpt):
     name = "saom_diag_levels"
     node = ros.node(name, ckpt, Factory(), diagnostics_period=0.1)
@@ -923,7 +966,7 @@ def test_image_reliability_auto_follows_the_camera(ros, ckpt):
         ros.drop(node)
 
 
-def test_malformed_topic_and_failing_transitions_are_clear_errors(ros, ckpt):
+def test_malformed_topic_and_failing_transitions_are_clear_errors(ros, ckpt, monkeypatch):
     name = "saom_badtopic"
     node = ros.node(name, ckpt, Factory(), image_topic="camera/image raw!")
     try:
@@ -951,7 +994,7 @@ def test_malformed_topic_and_failing_transitions_are_clear_errors(ros, ckpt):
     node = ros.node(name, ckpt, Factory())
     try:
         assert ros.transition(name, "configure")
-        node._subscribe_image = lambda: (_ for _ in ()).throw(KeyError("no such topic"))
+        monkeypatch.setattr("saom_ros.node.ImageInput", lambda *args: (_ for _ in ()).throw(KeyError("no such topic")))
         assert not ros.transition(name, "activate")
         assert node.last_transition_error == "activate failed: KeyError: 'no such topic'"
         assert ros.state(name) == "unconfigured"  # error processing cleaned up
@@ -990,8 +1033,8 @@ def test_qos_overrides_apply_to_subscriptions_and_publishers_or_are_refused(ros,
         # the outputs take rclpy's qos_overrides (a best-effort overlay over Wi-Fi)
         overlay = ros.tester.get_publishers_info_by_topic(f"/{name}/overlay")
         assert [i.qos_profile.reliability for i in overlay] == [ReliabilityPolicy.BEST_EFFORT]
-        assert node._pubs["detections"].qos_profile.depth == 3
-        assert node._pubs["instance_mask"].qos_profile.reliability == ReliabilityPolicy.RELIABLE  # the default
+        assert node.outputs["detections"].qos_profile.depth == 3
+        assert node.outputs["instance_mask"].qos_profile.reliability == ReliabilityPolicy.RELIABLE  # the default
         assert node.image_reliability == "reliable", "the override beats image_reliability auto"
         infos = ros.tester.get_subscriptions_info_by_topic(topic)
         assert [i.qos_profile.reliability for i in infos] == [ReliabilityPolicy.RELIABLE]
