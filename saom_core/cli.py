@@ -217,7 +217,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
     path = run_pretrain(
         PretrainSettings(out=args.out, config=args.config, scenes=args.scenes, seed=args.seed, workers=args.workers,
-                         overrides=tuple(args.overrides), eval_frames=args.eval_frames),
+                         overrides=tuple(args.overrides), eval_frames=args.eval_frames,
+                         everything_frames=args.everything_frames),
         progress=not args.quiet,
     )
     print(f"wrote {path} and {path.with_suffix('.json')}")
@@ -312,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scene seed (disjoint from the demo's and the evaluation's)")
     p.add_argument("--workers", type=int, default=PretrainSettings.workers)
     p.add_argument("--eval-frames", type=int, default=None, help="val frames for the file's figures (default: all)")
+    p.add_argument("--everything-frames", type=int, default=PretrainSettings.everything_frames,
+                   help="val frames that choose the everything-mode threshold (best F1)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="training config overrides")
     p.set_defaults(handler=_cmd_pretrain)

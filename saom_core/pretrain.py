@@ -37,6 +37,7 @@ class PretrainSettings:
     workers: int = 2
     overrides: tuple[str, ...] = ()
     eval_frames: int | None = None  # val frames for the exported file's figures (None: the whole split)
+    everything_frames: int = 60  # val frames that choose its everything-mode threshold (eval/operating_point.py)
 
 
 def run_pretrain(settings: PretrainSettings, progress: bool = True) -> Path:
@@ -68,19 +69,21 @@ def run_pretrain(settings: PretrainSettings, progress: bool = True) -> Path:
         "collect_s": round(collect_s, 1),  # of this invocation (0 when the data was there already)
         "machine": machine(),
     }
-    return export_vanilla(source, settings.out / f"{EXPORT_NAME}.pt", record, data, settings.eval_frames)
+    return export_vanilla(source, settings.out / f"{EXPORT_NAME}.pt", record, data, settings.eval_frames,
+                          settings.everything_frames)
 
 
 def export_vanilla(source: Path, target: Path, record: dict[str, Any], data: Path,
-                   eval_frames: int | None = None) -> Path:
-    """Write `source`'s weights as fp16 to `target` (weights only, no training state) and its
-    provenance (`record` + training time, figures on the val split, sha256) to `target`.json."""
+                   eval_frames: int | None = None, everything_frames: int = 60) -> Path:
+    """Write `source`'s weights as fp16 to `target` (weights only, no training state) with the
+    everything-mode threshold chosen on the val split, and its provenance (`record` + training time,
+    figures on the val split, sha256) to `target`.json."""
     import torch
 
     from saom_core.data.reader import SaomDataset
     from saom_core.eval.point_eval import evaluate_points
     from saom_core.io import atomic_torch_save
-    from saom_core.model.checkpoint import load_model, read_checkpoint
+    from saom_core.model.checkpoint import load_checkpoint, read_checkpoint
 
     checkpoint = read_checkpoint(source)
     train_state = read_checkpoint(source.parent / "last.pt").get("train_state") or {}
@@ -90,9 +93,13 @@ def export_vanilla(source: Path, target: Path, record: dict[str, Any], data: Pat
     }
     atomic_torch_save(target, checkpoint)
 
-    model = load_model(target)
+    model, info = load_checkpoint(target)
     figures: dict[str, Any] = {}
     val = SaomDataset(data, split="val")
+    with torch.inference_mode():
+        chosen, figures["everything_mode"] = _everything_threshold(model, info.tuned, val, everything_frames)
+    checkpoint["generator"] = {**checkpoint["generator"], "pred_iou_thresh": chosen}
+    atomic_torch_save(target, checkpoint)
     with torch.inference_mode():
         for name, best_of_three in (("best_of_three", True), ("most_confident", False)):
             result = evaluate_points({"vanilla": model}, val, prompt="random_foreground", max_frames=eval_frames,
@@ -107,6 +114,25 @@ def export_vanilla(source: Path, target: Path, record: dict[str, Any], data: Pat
               "bytes": target.stat().st_size, "sha256": sha256(target)}
     atomic_write_json(target.with_suffix(".json"), record, indent=2)
     return target
+
+
+def _everything_threshold(model: Any, tuned: Any, val: Any, frames: int) -> tuple[float, dict[str, Any]]:
+    """The predicted-IoU threshold with the best F1 on `frames` val frames, and the table it was chosen from."""
+    from dataclasses import replace
+
+    from saom_core.eval.operating_point import CANDIDATES, best_operating_point, operating_points
+    from saom_core.infer.generator import generator_config
+    from saom_core.infer.segmenter import SaomSegmenter
+    from saom_core.settings import SegmenterSettings
+
+    lowest = replace(tuned, pred_iou_thresh=min(CANDIDATES))
+    segmenter = SaomSegmenter(model, generator_config(SegmenterSettings(), lowest))
+    points = operating_points(segmenter.segment, val, max_frames=frames, progress=False)
+    best = best_operating_point(points)
+    table = [{"pred_iou_thresh": p.pred_iou_thresh, "masks_per_frame": _round(p.masks_per_frame),
+              "precision": _round(p.precision), "recall": _round(p.recall), "f1": _round(p.f1)} for p in points]
+    return best.pred_iou_thresh, {"chosen_pred_iou_thresh": best.pred_iou_thresh, "frames": min(frames, len(val)),
+                                  "match_iou": 0.5, "candidates": table}
 
 
 def sha256(path: Path) -> str:

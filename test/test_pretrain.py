@@ -109,7 +109,7 @@ def test_pretrain_trains_a_vanilla_model_and_exports_it_with_provenance(tmp_path
                     progress=False)
     path = run_pretrain(
         PretrainSettings(out=out, overrides=("model.config=test", "train.max_steps=2", "train.amp=off",
-                                             "train.val_max_frames=2"), eval_frames=2),
+                                             "train.val_max_frames=2"), eval_frames=2, everything_frames=2),
         progress=False,
     )
     record = json.loads(path.with_suffix(".json").read_text())
@@ -122,6 +122,11 @@ def test_pretrain_trains_a_vanilla_model_and_exports_it_with_provenance(tmp_path
     # best of three is never below the most confident mask
     figures = record["figures"]
     assert figures["val_point_miou_best_of_three"] >= figures["val_point_miou_most_confident"]
+    # its everything-mode threshold: the best F1 of the candidates, stored in the file for its segmenters
+    everything = figures["everything_mode"]
+    best = max(everything["candidates"], key=lambda c: (c["f1"], c["pred_iou_thresh"]))
+    assert everything["chosen_pred_iou_thresh"] == best["pred_iou_thresh"] == data["generator"]["pred_iou_thresh"]
+    assert everything["frames"] == 2
 
 
 @pytest.mark.parametrize("name", SHIPPED)
