@@ -23,7 +23,7 @@ class DemoSettings:
     # the model fine-tuning started from (vanilla SAM, the paper's setting)
     checkpoint: Path | None = None
     data: Path | None = None  # an existing dataset instead of collecting one
-    scenes: int = 400
+    scenes: int = 300
     seed: int = 0
     workers: int = 2
     eval_split: str = "test"
@@ -39,7 +39,7 @@ class DemoSettings:
     budget_s: float | None = None
     # Seconds kept for the stages after training, on a machine that collects a scene in
     # `reserve_collect_s_per_scene`; a run that collects slower keeps proportionally more (docs/results.md)
-    reserve_s: float = 180.0
+    reserve_s: float = 160.0
     reserve_collect_s_per_scene: float = 0.48
 
 
