@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from saom_core.infer.segmenter import SaomSegmenter, resolve_device
 from saom_core.infer.types import Segmentation
 from saom_core.model.checkpoint import CheckpointInfo, load_checkpoint
 from saom_core.model.saom import SaomModel
+from saom_core.precision import cpu_model
 from saom_core.settings import STOCK_SAM, SegmenterSettings
 from saom_core.viz import draw_instances, save_rgb_png
 
@@ -44,7 +44,7 @@ def machine_description(device: torch.device) -> str:
     import os
 
     return (
-        f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"CPU {cpu_model()}, {os.cpu_count()} cores, "
         f"{torch.get_num_threads()} torch threads (torch {torch.__version__})"
     )
 
