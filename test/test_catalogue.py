@@ -126,3 +126,25 @@ def test_bad_catalogue_fails_before_rendering(tmp_path, case):
     with pytest.raises(ConfigError, match=message):
         collect_dataset("pybullet", scenes=1, out=tmp_path / "ds", objects=catalogue, progress=False)
     assert not (tmp_path / "ds").exists()
+
+
+def test_a_urdf_s_meshes_are_part_of_the_catalogue_digest(tmp_path):
+    """Shards rendered with different versions of a URDF's mesh must not merge: the digest covers it."""
+    box_and_handle_mug().export(tmp_path / "mug.obj")
+    (tmp_path / "mug.urdf").write_text(
+        "<robot name='mug'><link name='body'><inertial><mass value='0.3'/>"
+        "<inertia ixx='1e-4' ixy='0' ixz='0' iyy='1e-4' iyz='0' izz='1e-4'/></inertial>"
+        "<visual><geometry><mesh filename='mug.obj'/></geometry></visual>"
+        "<collision><geometry><mesh filename='mug.obj'/></geometry></collision></link></robot>"
+    )
+    catalogue = write_catalogue(tmp_path, "{name: MyMug, role: pickupable, models: [mug.urdf], target_size: 0.1}")
+    before = load_catalogue(catalogue).digest
+    mesh = box_and_handle_mug()
+    mesh.apply_scale(1.1)
+    mesh.export(tmp_path / "mug.obj")
+    catalogue.write_text(catalogue.read_text() + "\n")  # a new modification time: read again
+    assert load_catalogue(catalogue).digest != before
+    (tmp_path / "mug.obj").unlink()
+    catalogue.write_text(catalogue.read_text() + "\n")
+    with pytest.raises(ConfigError, match="mug.urdf names mug.obj, which is not found"):
+        load_catalogue(catalogue)

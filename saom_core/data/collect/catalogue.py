@@ -215,7 +215,8 @@ def _entry(raw: dict[str, Any], base: Path, source: str, measurer: _Measurer, co
     models = []
     for file in files:
         path = _model_path(str(file), base, where)
-        digest.update(path.read_bytes())
+        for part in (path, *_urdf_assets(path, where)):  # a URDF's meshes and textures are its content too
+            digest.update(part.read_bytes())
         path = converted.native(path, where)
         extent = measurer.largest_edge(path, where)
         if "scale" in raw:
@@ -243,6 +244,29 @@ def _model_path(file: str, base: Path, where: str) -> Path:
     if not path.is_file():
         raise ConfigError(f"{where}: model file not found: {path}")
     return path
+
+
+def _urdf_assets(path: Path, where: str) -> list[Path]:
+    """The mesh and texture files a URDF names (relative to the URDF), so a changed mesh changes the
+    catalogue's digest (and `saom dataset merge` refuses shards rendered with either version)."""
+    if path.suffix.lower() != ".urdf":
+        return []
+    import xml.etree.ElementTree as ElementTree
+
+    try:
+        root = ElementTree.parse(path).getroot()
+    except ElementTree.ParseError:
+        return []  # the load check names the broken file
+    assets = []
+    for element in root.iter():
+        name = element.get("filename") if element.tag in ("mesh", "texture") else None
+        if not name or "://" in name:  # package:// and other URIs: resolved (or not) by the simulator
+            continue
+        asset = Path(name) if Path(name).is_absolute() else path.parent / name
+        if not asset.is_file():
+            raise ConfigError(f"{where}: {path.name} names {name}, which is not found at {asset}")
+        assets.append(asset)
+    return assets
 
 
 def _number(value: Any, where: str, low: float) -> float:
