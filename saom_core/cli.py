@@ -253,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=224,
-                   help="frame width and height in pixels (--randomisation strong draws the height by aspect ratio)")
+                   help="frame width and height in pixels (--randomisation strong draws each scene's width "
+                        "around it and its height by aspect ratio)")
     p.add_argument("--workers", type=int, default=1, help="parallel simulator processes")
     p.add_argument("--resume", action="store_true", help="continue an unfinished or extend a finished collection")
     p.add_argument("--objects", default=None, metavar="FILE",

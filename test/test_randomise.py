@@ -65,6 +65,17 @@ def test_randomised_intrinsics_still_project_the_ground_truth(randomised):
     assert len({(f.meta["intrinsics"]["cx"], f.meta["intrinsics"]["fx"]) for f in randomised}) == 2  # per scene
 
 
+def test_strong_draws_each_scene_s_resolution_and_aspect_ratio(classes):
+    with PyBulletCollector(classes, size=96, min_area=10, randomisation="strong") as collector:
+        frames = [collector.collect_scene(scene, seed=4)[0] for scene in range(4)]
+    sizes = {frame.image.shape[:2] for frame in frames}
+    assert len({w for _, w in sizes}) > 1 and len({h / w for h, w in sizes}) > 1, sizes
+    for frame in frames:
+        height, width = frame.image.shape[:2]
+        assert 72 <= width <= 120 and width % 2 == 0 and (height, width) == frame.depth.shape
+        assert frame.meta["intrinsics"]["cx"] == pytest.approx(width / 2, abs=0.07 * width)
+
+
 def test_shot_and_read_noise_have_the_photon_statistics():
     rng = np.random.default_rng(0)
     for level in (0.0, 0.1, 0.4, 0.9):

@@ -8,7 +8,7 @@ preset draws from, see `DISJOINT`):
 - appearance: procedural textures (noise, stripes, checks, wood-like; the shifted domain: dots,
   marble) on the floor, walls and objects, object re-tints, light direction, colour, intensity and
   shadows, bare or distractor-only views (frames with no masks: a robot often faces a bare wall);
-- camera: height, pitch, field of view, focal lengths, principal point and aspect ratio;
+- camera: height, pitch, field of view, focal lengths, principal point, resolution and aspect ratio;
 - sensor: exposure and white balance, defocus and motion blur, shot and read noise (in linear light),
   JPEG compression;
 - depth, like a stereo or structured-light RGB-D camera: noise with sigma = k z^2, holes at depth
@@ -70,7 +70,8 @@ class Randomisation:
     fov_deg: Range | None = None  # None: the scene builder's field of view
     focal_ratio: Range = (1.0, 1.0)  # fx / fy
     principal_offset: float = 0.0  # largest principal point shift, as a fraction of the frame size
-    aspect: Range = (1.0, 1.0)  # width / height (the width is --size)
+    resolution: Range = (1.0, 1.0)  # the frame's width as a factor of --size
+    aspect: Range = (1.0, 1.0)  # width / height
     # sensor
     exposure: Range = (1.0, 1.0)  # gain in linear light
     white_balance: float = 0.0  # largest per-channel gain error
@@ -112,7 +113,8 @@ STRONG = replace(
                       diffuse=(0.25, 0.75), specular=(0.0, 0.5)),
     texture_p=0.6, texture_contrast=(0.1, 0.7), object_value=(0.45, 1.0), retint_p=0.5, empty_p=0.12,
     height_jitter_m=0.2, pitch_jitter_deg=8.0, fov_deg=(45.0, 75.0), focal_ratio=(0.93, 1.07), principal_offset=0.06,
-    aspect=(0.75, 1.34), exposure=(0.6, 1.6), white_balance=0.15, shot_noise=(0.0, 0.01), read_noise=(0.0, 0.02),
+    resolution=(0.75, 1.25), aspect=(0.75, 1.34), exposure=(0.6, 1.6), white_balance=0.15, shot_noise=(0.0, 0.01),
+    read_noise=(0.0, 0.02),
     defocus_p=0.35, defocus_px=(0.5, 2.0), motion_p=0.35, motion_px=(2.0, 7.0), jpeg_p=0.7, jpeg_quality=(40.0, 95.0),
     depth_noise=(0.001, 0.006), depth_edge_px=(1.0, 3.0), dark_level=0.1, dark_hole_p=0.8,
 )
@@ -379,8 +381,8 @@ class SceneRandomiser:
         return None
 
     def camera(self, scene: dict[str, Any], size: int, near: float, far: float) -> None:
-        """Per scene (a robot's camera is fixed): height, pitch, field of view, intrinsics, aspect ratio;
-        sets `image_size` (width, height) and `projection` in `scene`."""
+        """Per scene (a robot's camera is fixed): height, pitch, field of view, intrinsics, resolution and
+        aspect ratio; sets `image_size` (width, height) and `projection` in `scene`."""
         s, rng = self.settings, self.rng
         if not s.active:
             return
@@ -388,8 +390,9 @@ class SceneRandomiser:
         scene["pitch"] += rng.uniform(-s.pitch_jitter_deg, s.pitch_jitter_deg)
         if s.fov_deg is not None:
             scene["fov"] = rng.uniform(*s.fov_deg)
-        width = size
-        height = int(round(size / rng.uniform(*s.aspect) / 2)) * 2
+        # a fixed resolution draws nothing, so presets without the range render as before it existed
+        width = size if s.resolution[0] == s.resolution[1] else int(round(size * rng.uniform(*s.resolution) / 2)) * 2
+        height = int(round(width / rng.uniform(*s.aspect) / 2)) * 2
         fy = height / 2 / math.tan(math.radians(scene["fov"]) / 2)
         fx = fy * rng.uniform(*s.focal_ratio)
         cx = width / 2 + rng.uniform(-1, 1) * s.principal_offset * width
