@@ -61,13 +61,14 @@ def collect(data: Path, out: Path, scenes: int, seed: int, randomisation: str, d
     return out
 
 
-def train(config: Path, data: Path, out: Path, steps: int, threads: int) -> tuple[Path, float]:
+def train(config: Path, data: Path, out: Path, steps: int, threads: int, seed: int) -> tuple[Path, float]:
     """-> (final checkpoint, training seconds); a finished run of the same steps in `out` is reused."""
     done = out / "domain_shift_done.json"
     if done.exists() and json.loads(done.read_text())["steps"] == steps:
         return out / "checkpoints" / "last.pt", float(json.loads(done.read_text())["seconds"])
     overrides = [
         f"data.root={data}", f"train.max_steps={steps}", "train.max_seconds=null", f"train.threads={threads}",
+        f"train.seed={seed}",
         "train.device=cpu", "train.validate_every_epochs=1000000", "train.val_max_frames=8",  # best.pt: unused
     ]
     start = time.perf_counter()
@@ -164,6 +165,8 @@ def main() -> None:
                         help="point prompts on the first N frames of each test set (default: all)")
     parser.add_argument("--everything-frames", type=int, default=None,
                         help="everything mode and 3D on the first N frames of each set (default: as --eval-frames)")
+    parser.add_argument("--train-seed", type=int, default=0,
+                        help="train.seed of both trainings (run several to see the spread)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workers", type=int, default=1, help="collector processes")
     parser.add_argument("--json", type=Path, default=None, help="the figures' JSON (default: WORK/result.json)")
@@ -194,9 +197,11 @@ def run(args: argparse.Namespace) -> None:
                            args.shifted_seed, "none", "shifted", args.workers)
     wall["collect shifted"] = time.perf_counter() - start
     checkpoints, train_seconds = {}, {}
+    seed_suffix = f"_seed{args.train_seed}" if args.train_seed else ""  # seed 0 keeps the first runs' folders
     for model in MODELS:
         checkpoints[model], train_seconds[model] = train(
-            args.config, data[model], args.work / f"train_{model}_{args.steps}steps", args.steps, args.threads
+            args.config, data[model], args.work / f"train_{model}_{args.steps}steps{seed_suffix}", args.steps,
+            args.threads, args.train_seed,
         )
         wall[f"train {model}"] = train_seconds[model]
         print(f"trained on {model}: {args.steps} steps in {train_seconds[model]:.0f} s")
@@ -210,8 +215,8 @@ def run(args: argparse.Namespace) -> None:
     met, line = verdict(figures)
     frames = {test: {key: by_test[test]["none"][key] for key in ("point_frames", "everything_frames", "objects")}
               for test in TEST_SETS}
-    print(f"\n{args.steps} steps each from {args.config}; in-domain: {args.data} test split; shifted: {shifted_root} "
-          f"(seed {args.shifted_seed}, {shifted_scenes} scenes)")
+    print(f"\n{args.steps} steps each from {args.config} (train.seed {args.train_seed}); in-domain: {args.data} "
+          f"test split; shifted: {shifted_root} (seed {args.shifted_seed}, {shifted_scenes} scenes)")
     for test in TEST_SETS:
         f = frames[test]
         print(f"{test}: point prompts on {f['point_frames']} of {len(tests[test])} frames ({f['objects']} objects), "
@@ -227,6 +232,7 @@ def run(args: argparse.Namespace) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "machine": machine, "torch": torch.__version__, "commit": source_revision(), "steps": args.steps,
+        "train_seed": args.train_seed,
         "config": str(args.config), "data": str(args.data), "shifted": str(shifted_root),
         "shifted_seed": args.shifted_seed, "frames": frames, "goal_met": met,
         "verdict": line, "wall_seconds": wall, "figures": figures,
