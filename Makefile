@@ -49,6 +49,7 @@ bench: setup ros
 	test -f $(DEMO_OUT)/data/annotations.json || $(VENV)/bin/saom collect --scenes 400 --out $(DEMO_OUT)/data
 	$(PY) bench/tiny_recipe.py --data $(DEMO_OUT)/data
 	$(PY) bench/assignment_ablation.py --data $(DEMO_OUT)/data --steps 900 --seconds 570 --seeds 0 1
+	$(PY) bench/domain_shift.py --data $(DEMO_OUT)/data --work runs/domain_shift --steps 300 --everything-frames 100
 	test ! -f $(DEMO_OUT)/run/checkpoints/best.pt || \
 		$(PY) bench/snapping_rule.py --data $(DEMO_OUT)/data --checkpoint $(DEMO_OUT)/run/checkpoints/best.pt
 	test ! -f $(DEMO_OUT)/run/checkpoints/best.pt || \
