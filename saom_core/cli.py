@@ -288,9 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=Path("config/train_tiny.yaml"))
     p.add_argument("--checkpoint", type=Path, default=None, help="official SAM weights (e.g. sam_vit_b_01ec64.pth)")
     p.add_argument("--data", type=Path, default=None, help="use this dataset instead of collecting one")
-    p.add_argument("--scenes", type=int, default=400)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--scenes", type=int, default=DemoSettings.scenes)
+    p.add_argument("--seed", type=int, default=DemoSettings.seed)
+    p.add_argument("--workers", type=int, default=DemoSettings.workers)
     p.add_argument("--everything-frames", type=int, default=None, help="frames for everything mode (default: all)")
     p.add_argument(
         "--baseline-everything-frames", type=int, default=DemoSettings.baseline_everything_frames,
