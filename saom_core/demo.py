@@ -39,7 +39,7 @@ class DemoSettings:
     budget_s: float | None = None
     # Seconds kept for the stages after training, on a machine that collects a scene in
     # `reserve_collect_s_per_scene`; a run that collects slower keeps proportionally more (docs/results.md)
-    reserve_s: float = 160.0
+    reserve_s: float = 240.0
     reserve_collect_s_per_scene: float = 0.48
 
 
