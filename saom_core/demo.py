@@ -23,15 +23,15 @@ class DemoSettings:
     # the model fine-tuning started from (vanilla SAM, the paper's setting)
     checkpoint: Path | None = None
     data: Path | None = None  # an existing dataset instead of collecting one
-    scenes: int = 300
+    scenes: int = 200
     seed: int = 0
     workers: int = 2
     eval_split: str = "test"
     everything_frames: int | None = None  # everything mode on the first N frames of the split; None: all
-    # the baseline's: the untrained model finds nothing and prompts every grid point doing so
-    baseline_everything_frames: int | None = 32
+    # the baseline's: vanilla SAM cuts a frame into many pieces and prompts every grid point doing so (slow)
+    baseline_everything_frames: int | None = 16
     segment_frames: int = 4
-    trajectory_scenes: int = 5  # scenes of a moving camera for the 3D and tracking figures ...
+    trajectory_scenes: int = 3  # scenes of a moving camera for the 3D and tracking figures ...
     trajectory_frames: int = 8  # ... frames each, from another seed than the training data (unseen rooms)
     overrides: tuple[str, ...] = ()
     # The whole run, in seconds (None: no limit): training stops early enough to leave `reserve_s` for
@@ -39,7 +39,7 @@ class DemoSettings:
     budget_s: float | None = None
     # Seconds kept for the stages after training, on a machine that collects a scene in
     # `reserve_collect_s_per_scene`; a run that collects slower keeps proportionally more (docs/results.md)
-    reserve_s: float = 240.0
+    reserve_s: float = 150.0
     reserve_collect_s_per_scene: float = 0.48
 
 
