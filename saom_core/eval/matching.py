@@ -6,6 +6,8 @@ from dataclasses import dataclass
 import numpy as np
 from pycocotools import mask as mask_utils
 
+MATCH_IOU = 0.5  # a mask matches a ground-truth mask at this IoU or more (3D, tracking, operating points)
+
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(A, H, W) and (B, H, W) bool -> (A, B) mask IoU."""

@@ -24,12 +24,10 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial.transform import Rotation
 
 from saom_core.data.reader import SaomDataset
-from saom_core.eval.matching import iou_matrix
+from saom_core.eval.matching import MATCH_IOU, iou_matrix
 from saom_core.geometry3d import CameraIntrinsics, DepthSettings, Object3D, box_iou_3d, object_from_mask
 from saom_core.infer.types import Instance, Segmentation
 from saom_core.track import Tracker, TrackerSettings
-
-MATCH_IOU = 0.5
 
 
 def ground_truth_box(obj: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

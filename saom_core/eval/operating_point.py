@@ -19,10 +19,9 @@ import numpy as np
 from tqdm import tqdm
 
 from saom_core.data.reader import SaomDataset
-from saom_core.eval.matching import iou_matrix
+from saom_core.eval.matching import MATCH_IOU, iou_matrix
 from saom_core.infer.types import Segmentation
 
-MATCH_IOU = 0.5
 CANDIDATES = (0.88, 0.8, 0.7, 0.6, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2, 0.15, 0.1)  # SAM's first
 
 
