@@ -16,9 +16,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from saom_core.io import atomic_write_json
+
+if TYPE_CHECKING:  # imported where used: `saom --help` stays torch-free
+    from saom_core.data.reader import SaomDataset
+    from saom_core.model.saom import SaomModel
+    from saom_core.settings import Thresholds
 
 # The pretraining rooms' seed: the demo collects with seeds 0 (train/val/test) and 1 (trajectories),
 # the benches with 0; test/test_pretrain.py checks that none of them is this one.
@@ -82,7 +87,7 @@ def export_vanilla(source: Path, target: Path, record: dict[str, Any], data: Pat
     from saom_core.data.reader import SaomDataset
     from saom_core.eval.point_eval import evaluate_points
     from saom_core.io import atomic_torch_save
-    from saom_core.model.checkpoint import load_checkpoint, read_checkpoint
+    from saom_core.model.checkpoint import checkpoint_info, model_from_checkpoint, read_checkpoint
 
     checkpoint = read_checkpoint(source)
     train_state = read_checkpoint(source.parent / "last.pt").get("train_state") or {}
@@ -90,16 +95,12 @@ def export_vanilla(source: Path, target: Path, record: dict[str, Any], data: Pat
     checkpoint["state_dict"] = {
         k: v.half() if v.is_floating_point() else v for k, v in checkpoint["state_dict"].items()
     }
-    atomic_torch_save(target, checkpoint)
-
-    model, info = load_checkpoint(target)
+    model = model_from_checkpoint(checkpoint, source).eval()  # the fp16 weights, as the file will hold them
     figures: dict[str, Any] = {}
     val = SaomDataset(data, split="val")
     with torch.inference_mode():
-        chosen, figures["everything_mode"] = _everything_threshold(model, info.tuned, val, everything_frames)
-    checkpoint["generator"] = {**checkpoint["generator"], "pred_iou_thresh": chosen}
-    atomic_torch_save(target, checkpoint)
-    with torch.inference_mode():
+        tuned = checkpoint_info(checkpoint, source).tuned
+        chosen, figures["everything_mode"] = _everything_threshold(model, tuned, val, everything_frames)
         for name, best_of_three in (("best_of_three", True), ("most_confident", False)):
             result = evaluate_points({"vanilla": model}, val, prompt="random_foreground", max_frames=eval_frames,
                                      best_of_three=best_of_three, progress=False)["vanilla"]
@@ -108,6 +109,8 @@ def export_vanilla(source: Path, target: Path, record: dict[str, Any], data: Pat
                 level: _round(stats.iou) for level, stats in result.per_class.items()
             }
     figures["val_frames"] = len(val) if eval_frames is None else min(eval_frames, len(val))
+    checkpoint["generator"] = {**checkpoint["generator"], "pred_iou_thresh": chosen}
+    atomic_torch_save(target, checkpoint)
     record = {**record, "training_s": round(float(train_state.get("elapsed_s", 0.0)), 1),
               "format": "fp16 state_dict, SAOM checkpoint layout, no class head", "figures": figures,
               "bytes": target.stat().st_size, "sha256": sha256(target)}
@@ -115,10 +118,12 @@ def export_vanilla(source: Path, target: Path, record: dict[str, Any], data: Pat
     return target
 
 
-def _everything_threshold(model: Any, tuned: Any, val: Any, frames: int) -> tuple[float, dict[str, Any]]:
+def _everything_threshold(model: SaomModel, tuned: Thresholds, val: SaomDataset,
+                          frames: int) -> tuple[float, dict[str, Any]]:
     """The predicted-IoU threshold with the best F1 on `frames` val frames, and the table it was chosen from."""
     from dataclasses import replace
 
+    from saom_core.eval.matching import MATCH_IOU
     from saom_core.eval.operating_point import CANDIDATES, best_operating_point, operating_points
     from saom_core.infer.generator import generator_config
     from saom_core.infer.segmenter import SaomSegmenter
@@ -131,7 +136,7 @@ def _everything_threshold(model: Any, tuned: Any, val: Any, frames: int) -> tupl
     table = [{"pred_iou_thresh": p.pred_iou_thresh, "masks_per_frame": _round(p.masks_per_frame),
               "precision": _round(p.precision), "recall": _round(p.recall), "f1": _round(p.f1)} for p in points]
     return best.pred_iou_thresh, {"chosen_pred_iou_thresh": best.pred_iou_thresh, "frames": min(frames, len(val)),
-                                  "match_iou": 0.5, "candidates": table}
+                                  "match_iou": MATCH_IOU, "candidates": table}
 
 
 def sha256(path: Path) -> str:
