@@ -1,6 +1,7 @@
 """Training: exact resume, NaN handling, the embedding cache, config errors, DDP gradient sync."""
 from __future__ import annotations
 
+import math
 import os
 import socket
 from pathlib import Path
@@ -16,7 +17,7 @@ from saom_core.model.checkpoint import load_model, read_checkpoint
 from saom_core.train import trainer as trainer_module
 from saom_core.train.forward import TrainForward
 from saom_core.train.recipe import load_train_config
-from saom_core.train.trainer import Trainer, TrainingError
+from saom_core.train.trainer import LearningRateSchedule, Trainer, TrainingError
 
 
 def config(data: Path, *overrides: str):
@@ -130,6 +131,26 @@ def test_time_budget_stops_training_validates_and_counts_over_resumes(rect_datas
     assert read_checkpoint(result.last_checkpoint)["train_state"]["elapsed_s"] == 30.0
     resumed = Trainer(config(rect_dataset, "train.max_seconds=25"), tmp_path / "run", resume=True, progress=False).fit()
     assert resumed.steps == 3, "a used-up budget stays used up after a resume"
+
+
+def test_a_time_budget_anneals_the_learning_rate_by_its_end(rect_dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(Trainer, "_elapsed", lambda self: 10.0 * self.step)
+    cfg = config(rect_dataset, "train.max_steps=1000", "train.max_seconds=60", "optim.min_lr_ratio=0.1")
+    result = Trainer(cfg, tmp_path / "run", progress=False).fit()
+    assert result.steps == 6
+    rates = [float(row.split(",")[2]) for row in (tmp_path / "run/metrics.csv").read_text().splitlines()[1:]]
+    assert rates[1] == pytest.approx(cfg.optim.lr), "warm-up ends at the base rate"
+    assert rates[1:] == sorted(rates[1:], reverse=True)
+    assert rates[-1] == pytest.approx(cfg.optim.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 50 / 60))))
+
+
+def test_without_a_time_budget_the_schedule_follows_steps():
+    schedule = LearningRateSchedule(warmup=2, max_steps=12, max_seconds=None, min_ratio=0.0)
+    assert schedule.factor(0, 1e9) == 0.5 and schedule.factor(2, 1e9) == 1.0
+    assert schedule.factor(7, 1e9) == pytest.approx(0.5) and schedule.factor(12, 0.0) == pytest.approx(0.0)
+    timed = LearningRateSchedule(warmup=2, max_steps=12, max_seconds=100.0, min_ratio=0.0)
+    assert timed.factor(3, 50.0) == pytest.approx(0.5), "the time budget ends first"
+    assert timed.factor(7, 1.0) == pytest.approx(0.5), "the step budget ends first"
 
 
 @pytest.mark.parametrize("cached", [False, True])

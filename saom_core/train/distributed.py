@@ -46,6 +46,14 @@ class DistContext:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         return bool(tensor.item())
 
+    def max_value(self, value: float) -> float:
+        """The largest of every rank's `value`, on every rank (e.g. the slowest rank's clock)."""
+        if not self.enabled:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return float(tensor.item())
+
     def gather_objects(self, obj: Any) -> list[Any]:
         if not self.enabled:
             return [obj]

@@ -58,7 +58,7 @@ class OptimSection:
 class TrainSection:
     max_steps: int = 10000
     # Stop after this many seconds of training (counted over resumes) even before max_steps; the
-    # schedule still runs to max_steps, so this is a budget for comparisons, not a recipe setting
+    # cosine schedule then decays by this time instead (whichever budget ends first)
     max_seconds: float | None = None
     frames_per_step: int = 4  # per process
     # Parameter-name prefixes that train; ["all"] trains everything. Default: the paper's spirit,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,16 +56,28 @@ class TrainResult:
     masks_per_second: float
 
 
-def lr_lambda(warmup: int, total: int, min_ratio: float) -> Callable[[int], float]:
-    """Linear warm-up, then cosine decay to `min_ratio` of the base rate at `total` steps."""
+@dataclass(frozen=True)
+class LearningRateSchedule:
+    """Linear warm-up, then cosine decay to `min_ratio` of the base rate by the end of the budget.
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    The budget ends at `max_steps` or after `max_seconds` of training, whichever comes first, so a
+    run stopped by its time budget (the demo, equal-time comparisons) has annealed instead of
+    stopping at its peak rate. The rate is a function of (step, seconds), both restored on resume.
+    """
 
-    return factor
+    warmup: int
+    max_steps: int
+    max_seconds: float | None
+    min_ratio: float
+
+    def factor(self, step: int, seconds: float) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = (step - self.warmup) / max(1, self.max_steps - self.warmup)
+        if self.max_seconds:
+            progress = max(progress, seconds / self.max_seconds)
+        progress = min(1.0, progress)
+        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def set_trainable(model: SaomModel, prefixes: list[str]) -> int:
@@ -148,8 +159,8 @@ class Trainer:
             )
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(cfg.optim.warmup_steps, cfg.train.max_steps, cfg.optim.min_lr_ratio)
+        self.schedule = LearningRateSchedule(
+            cfg.optim.warmup_steps, cfg.train.max_steps, cfg.train.max_seconds, cfg.optim.min_lr_ratio
         )
         self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
@@ -197,7 +208,6 @@ class Trainer:
             "best_miou": self.best_miou,
             "elapsed_s": self._elapsed(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "numpy_rng": rng_states,
             "torch_rng": torch.get_rng_state(),
@@ -219,7 +229,6 @@ class Trainer:
             raise CheckpointError(f"{path} was written by {state['world_size']} processes; resume with the same number")
         self.model.load_state_dict(data["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.rng.bit_generator.state = state["numpy_rng"][self.ctx.rank]
         torch.set_rng_state(state["torch_rng"])
@@ -295,7 +304,6 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(trained, self.cfg.optim.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.scheduler.step()
         elapsed = time.perf_counter() - start
         masks = sum(int(p.positive.sum()) for p in prompts)
         done_masks, done_s = self._throughput
@@ -337,10 +345,18 @@ class Trainer:
                     self.ckpt_dir / "best.pt", self.model, tuned=self.cfg.inference, trained_on=self.trained_on
                 )
 
-    def _out_of_time(self) -> bool:
-        """`train.max_seconds` of training (over resumes) are used up; every rank agrees."""
+    def _agreed_seconds(self) -> float:
+        """Seconds of training so far (over resumes); the slowest rank's, so every rank agrees."""
+        return self.ctx.max_value(self._elapsed())
+
+    def _out_of_time(self, seconds: float) -> bool:
         limit = self.cfg.train.max_seconds
-        return limit is not None and self.ctx.any_true(self._elapsed() >= limit)
+        return limit is not None and seconds >= limit
+
+    def _apply_learning_rate(self, seconds: float) -> None:
+        rate = self.cfg.optim.lr * self.schedule.factor(self.step, seconds)
+        for group in self.optimizer.param_groups:
+            group["lr"] = rate
 
     def _elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self._fit_started
@@ -354,13 +370,15 @@ class Trainer:
             disable=not (self.progress and self.ctx.is_main),
         )
         self._fit_started = time.perf_counter()
-        done = self.step >= cfg.max_steps or self._out_of_time()
+        seconds = self._agreed_seconds()
+        done = self.step >= cfg.max_steps or self._out_of_time(seconds)
         try:
             while not done:
                 batches = epoch_batches(
                     len(self.frames), cfg.frames_per_step, self.epoch, cfg.seed, self.ctx.rank, self.ctx.world_size
                 )
                 while self.batch_in_epoch < len(batches) and not done:
+                    self._apply_learning_rate(seconds)
                     metrics = self.train_step([self.frames[i] for i in batches[self.batch_in_epoch]])
                     self.step += 1
                     self.batch_in_epoch += 1
@@ -369,9 +387,10 @@ class Trainer:
                         loss=f"{metrics['loss']:.3f}", iou=f"{metrics['mask_iou']:.2f}",
                         acc=f"{metrics['class_accuracy']:.2f}",
                     )
-                    done = self.step >= cfg.max_steps or self._out_of_time()
+                    seconds = self._agreed_seconds()
+                    done = self.step >= cfg.max_steps or self._out_of_time(seconds)
                     if self.ctx.is_main and (self.step % cfg.log_every == 0 or done):
-                        self.run_log.train_step(self.step, self.epoch, float(self.scheduler.get_last_lr()[0]), metrics)
+                        self.run_log.train_step(self.step, self.epoch, self.optimizer.param_groups[0]["lr"], metrics)
                     if self.step % cfg.checkpoint_every == 0:
                         self._save_last()
                 if self.batch_in_epoch >= len(batches):
