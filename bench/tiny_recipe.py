@@ -6,7 +6,8 @@ authors' class head (IoU token), focal (alpha 0.25) + dice on the best-fitting o
 + cross-entropy + IoU MSE (without it the predicted IoU that picks the mask is never taught), no
 background points, no flips. SAOM's recipe is `config/train_tiny.yaml`, as `make demo` trains it.
 Both start from the recipe's `model.checkpoint` (the shipped vanilla tiny SAM, as the paper
-fine-tunes SAM; `model.checkpoint=null` on the command line's config for the from-scratch pair).
+fine-tunes SAM; `model.checkpoint=null` on the command line's config for the from-scratch pair)
+and train the same parameters (the recipe's `train.trainable`).
 Both use the trainer's mixed precision (`train.amp: auto`: bf16 on CPUs that compute it natively),
 so the comparison is of recipes, not of number formats.
 

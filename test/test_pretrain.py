@@ -144,7 +144,8 @@ def test_shipped_weights_match_their_recorded_hash_and_load(name):
 
 
 def test_fine_tuning_starts_from_the_vanilla_weights(pybullet_dataset, tmp_path):
-    """The tiny recipe's default start is the shipped vanilla model: every SAM weight equals it."""
+    """The tiny recipe's default start is the shipped vanilla model (every SAM weight equals it), its
+    encoder frozen and the class heads trained."""
     from saom_core.model.checkpoint import load_model
     from saom_core.train.recipe import load_train_config
     from saom_core.train.trainer import Trainer
@@ -156,3 +157,5 @@ def test_fine_tuning_starts_from_the_vanilla_weights(pybullet_dataset, tmp_path)
     own = trainer.model.state_dict()
     assert all(torch.equal(own[k], vanilla[k].float()) for k in vanilla)
     assert trainer.model.classifier is not None
+    assert trainer.encoder_frozen and trainer.use_cache, "the recipe trains on cached embeddings of the vanilla encoder"
+    assert all(p.requires_grad for p in trainer.model.crop_classifier.parameters())
