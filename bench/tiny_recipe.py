@@ -11,8 +11,9 @@ and train the same parameters (the recipe's `train.trainable`).
 Both use the trainer's mixed precision (`train.amp: auto`: bf16 on CPUs that compute it natively),
 so the comparison is of recipes, not of number formats.
 
-SAOM's recipe trains first, for its configured steps; the plain one then gets exactly the seconds
-that took (`train.max_seconds`). Both are scored on the held-out split with the same prompts:
+SAOM's recipe trains first, for its configured steps and seconds (`--seconds` sets its time
+budget); the plain one then gets exactly the seconds that took (`train.max_seconds`). Both are
+scored on the held-out split with the same prompts:
   * the floor's metric: one random foreground point per object (seeded), mean IoU over objects
     and the share of objects classified right;
   * the paper's: each object's nearest-neighbour grid point, IoU and class accuracy per class;
@@ -73,6 +74,9 @@ def main() -> None:
     )
     parser.add_argument("--split", default="test", help="held-out split to score on")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--seconds", type=float, default=None, help="the recipe's training seconds (default: the config's budget)"
+    )
     args = parser.parse_args()
     run_in_out_dir(parser, args, run, prefix="saom-tiny-recipe-")
 
@@ -81,7 +85,8 @@ def run(args: argparse.Namespace, out: Path) -> None:
     print(f"machine: {machine_description(torch.device('cpu'))}")
     print(f"data: {args.data}, scored on split '{args.split}'")
     overrides = [f"train.threads={args.threads}", "train.device=cpu"]
-    recipe_ckpt, recipe_steps, recipe_s = train(args.config, args.data, out / "recipe", overrides)
+    budget = [] if args.seconds is None else [f"train.max_seconds={args.seconds}"]
+    recipe_ckpt, recipe_steps, recipe_s = train(args.config, args.data, out / "recipe", [*overrides, *budget])
     plain_ckpt, plain_steps, plain_s = train(
         args.config, args.data, out / "plain", [*overrides, *PLAIN, f"train.max_seconds={recipe_s:.0f}"]
     )
