@@ -87,8 +87,11 @@ def run(args: argparse.Namespace, out: Path) -> None:
     overrides = [f"train.threads={args.threads}", "train.device=cpu"]
     budget = [] if args.seconds is None else [f"train.max_seconds={args.seconds}"]
     recipe_ckpt, recipe_steps, recipe_s = train(args.config, args.data, out / "recipe", [*overrides, *budget])
+    # the recipe's trainable parameters, less the crop classifier that the plain model has not got
+    trainable = [p for p in load_train_config(args.config).train.trainable if not p.startswith("crop_classifier")]
     plain_ckpt, plain_steps, plain_s = train(
-        args.config, args.data, out / "plain", [*overrides, *PLAIN, f"train.max_seconds={recipe_s:.0f}"]
+        args.config, args.data, out / "plain",
+        [*overrides, *PLAIN, f"train.trainable=[{','.join(trainable)}]", f"train.max_seconds={recipe_s:.0f}"],
     )
     dataset = SaomDataset(args.data, split=args.split)
     loaded = {"recipe": load_checkpoint(recipe_ckpt), "plain": load_checkpoint(plain_ckpt)}
