@@ -162,9 +162,10 @@ def test_training_state_is_plain_data(tmp_path):
 
 
 def test_embedding_cache_refuses_code_and_reads_tensors(tmp_path):
-    from saom_core.train.embedding_cache import EmbeddingCache
+    from saom_core.train.embedding_cache import EmbeddingCache, EncoderSplit
 
-    cache = EmbeddingCache(tmp_path / "cache", build_model(get_config("test")))
+    model = build_model(get_config("test"))
+    cache = EmbeddingCache(tmp_path / "cache", model, EncoderSplit(len(model.image_encoder.blocks), whole=True))
     key = "ab" + "0" * 38
     cache.path(key).parent.mkdir(parents=True)
     marker = tmp_path / "pwned"

@@ -157,5 +157,6 @@ def test_fine_tuning_starts_from_the_vanilla_weights(pybullet_dataset, tmp_path)
     own = trainer.model.state_dict()
     assert all(torch.equal(own[k], vanilla[k].float()) for k in vanilla)
     assert trainer.model.classifier is not None
-    assert trainer.encoder_frozen and trainer.use_cache, "the recipe trains on cached embeddings of the vanilla encoder"
+    split = trainer.encoder_split
+    assert split is not None and split.whole, "the recipe trains on cached embeddings of the vanilla encoder"
     assert all(p.requires_grad for p in trainer.model.crop_classifier.parameters())

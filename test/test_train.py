@@ -13,8 +13,11 @@ import torch.multiprocessing as mp
 from saom_core import precision
 from saom_core.cli import main as cli_main
 from saom_core.errors import ConfigError, SaomError
+from saom_core.model.architectures import get_config
 from saom_core.model.checkpoint import load_model, read_checkpoint
+from saom_core.model.saom import build_model
 from saom_core.train import trainer as trainer_module
+from saom_core.train.embedding_cache import EncoderSplit, encoder_fingerprint
 from saom_core.train.forward import TrainForward
 from saom_core.train.recipe import load_train_config
 from saom_core.train.trainer import LearningRateSchedule, Trainer, TrainingError
@@ -120,6 +123,64 @@ def test_frozen_encoder_uses_the_embedding_cache(rect_dataset, tmp_path):
     assert {f: f.stat().st_mtime_ns for f in files} == stamps, "a second run reuses the cache"
     fingerprints = {f.parent.parent.name for f in files}
     assert len(fingerprints) == 1
+
+
+def _freeze_all_but(model, prefixes):
+    for name, param in model.named_parameters():
+        param.requires_grad_(name.startswith(prefixes))
+
+
+def test_encoder_split_runs_the_trained_rest_on_the_frozen_part_s_output():
+    """Frozen blocks once, the trained last block and neck each step: together the very encoder."""
+    model = build_model(get_config("test"))
+    model.init_from_scratch()
+    encoder = model.image_encoder
+    _freeze_all_but(model, ("image_encoder.blocks.1", "image_encoder.neck", "mask_decoder"))
+    split = EncoderSplit.of(encoder)
+    assert split == EncoderSplit(frozen_blocks=1, whole=False)
+    prepared = torch.randn(2, 3, model.config.image_size, model.config.image_size)
+    with torch.no_grad():
+        tokens = split.frozen_output(encoder, prepared)
+        assert tokens.shape[-1] == model.config.encoder_embed_dim  # (B, g, g, C) tokens, not the embedding
+        torch.testing.assert_close(split.trained_output(encoder, tokens), model.encode(prepared))
+
+    _freeze_all_but(model, ("mask_decoder",))
+    assert EncoderSplit.of(encoder) == EncoderSplit(frozen_blocks=len(encoder.blocks), whole=True)
+    _freeze_all_but(model, ("image_encoder.neck",))
+    assert EncoderSplit.of(encoder) == EncoderSplit(frozen_blocks=len(encoder.blocks), whole=False)
+    _freeze_all_but(model, ("image_encoder.blocks.0",))
+    assert EncoderSplit.of(encoder) is None, "a frozen block after a trained one: nothing to cache"
+    _freeze_all_but(model, ("image_encoder.patch_embed", "image_encoder.blocks", "image_encoder.neck"))
+    assert EncoderSplit.of(encoder) is None
+
+
+def test_cache_key_covers_the_frozen_part_only():
+    model = build_model(get_config("test"))
+    _freeze_all_but(model, ("image_encoder.blocks.1", "image_encoder.neck"))
+    split = EncoderSplit.of(model.image_encoder)
+    assert split is not None
+    key = encoder_fingerprint(model, split)
+    assert key != encoder_fingerprint(model, EncoderSplit(len(model.image_encoder.blocks), True))
+    with torch.no_grad():
+        model.image_encoder.blocks[1].mlp.lin1.weight.add_(1.0)  # trained: the cached tokens stay valid
+        assert encoder_fingerprint(model, split) == key
+        model.image_encoder.blocks[0].mlp.lin1.weight.add_(1.0)  # frozen: a fresh cache
+        assert encoder_fingerprint(model, split) != key
+
+
+def test_last_encoder_block_trains_on_cached_tokens(rect_dataset, tmp_path):
+    cache = tmp_path / "cache"
+    overrides = (
+        "train.trainable=[mask_decoder, classifier, image_encoder.blocks.1, image_encoder.neck]",
+        "train.cache_embeddings=true", f"train.cache_dir={cache}",
+    )
+    trainer = Trainer(config(rect_dataset, *overrides), tmp_path / "a", progress=False)
+    assert trainer.encoder_split == EncoderSplit(frozen_blocks=1, whole=False) and not trainer.hflip
+    result = trainer.fit()
+    assert len(list(cache.rglob("*.pt"))) > 0, "the frozen block's tokens were cached"
+    before, after = weights(tmp_path / "a/checkpoints/init.pt"), weights(result.last_checkpoint)
+    changed = {k for k in before if k.startswith("image_encoder.") and not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("image_encoder.blocks.1.", "image_encoder.neck.")) for k in changed)
 
 
 def test_time_budget_stops_training_validates_and_counts_over_resumes(rect_dataset, tmp_path, monkeypatch):

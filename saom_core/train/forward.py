@@ -1,4 +1,4 @@
-"""The training forward pass: encoder, prompts, one batched decoder call, crop-classifier targets.
+"""The training forward pass: encoder (or its trained rest), prompts, one batched decoder call, crop-classifier targets.
 
 It is one `nn.Module` call per step, so DDP (which wraps `TrainForward`) sees the whole forward
 pass and all-reduces every gradient.
@@ -11,33 +11,40 @@ import torch
 from torch import nn
 
 from saom_core.model.saom import ClassifierHead, DecoderOutput, SaomModel
+from saom_core.train.embedding_cache import EncoderSplit
 from saom_core.train.prompts import FramePrompts
 
 
 class TrainForward(nn.Module):
-    """Encoder (unless embeddings are given) + prompt building + one batched decoder call."""
+    """Encoder (or, on cached outputs of its frozen part, the rest of it) + prompt building + one
+    batched decoder call."""
 
-    def __init__(self, model: SaomModel, gt_pool: bool = True) -> None:
+    def __init__(self, model: SaomModel, gt_pool: bool = True, encoder_split: EncoderSplit | None = None) -> None:
         super().__init__()
         self.model = model
         self.gt_pool = gt_pool
+        self.encoder_split = encoder_split
 
     def forward(
         self,
         prepared: torch.Tensor | None,
-        embeddings: torch.Tensor | None,
+        cached: torch.Tensor | None,
         frame_sizes: list[tuple[int, int]],
         make_prompts: Callable[[int, torch.Tensor], FramePrompts],
     ) -> tuple[DecoderOutput, list[FramePrompts], torch.Tensor | None]:
         """-> (decoder output, prompts, class targets of the crop classifier or None).
 
-        prepared: (B, 3, S, S) model input (needed without `embeddings` and by a crop classifier);
-        embeddings: (B, D, g, g) cached image embeddings, or None to run the encoder.
+        prepared: (B, 3, S, S) model input (needed without `cached` and by a crop classifier);
+        cached: the frozen part's outputs (`EncoderSplit.frozen_output`), or None to run the encoder.
         """
-        if embeddings is None:
-            if prepared is None:
-                raise ValueError("TrainForward needs the model input or the image embeddings")
+        if cached is not None:
+            if self.encoder_split is None:
+                raise ValueError("cached encoder outputs need the EncoderSplit they were made with")
+            embeddings = self.encoder_split.trained_output(self.model.image_encoder, cached)
+        elif prepared is not None:
             embeddings = self.model.encode(prepared)
+        else:
+            raise ValueError("TrainForward needs the model input or the cached encoder outputs")
         prompts = [make_prompts(i, embeddings[i].detach()) for i in range(len(frame_sizes))]
         device = embeddings.device
         points = torch.cat([p.points for p in prompts]).to(device)

@@ -32,7 +32,7 @@ from saom_core.model.grid import grid_points
 from saom_core.model.saom import SaomModel, build_model
 from saom_core.precision import reduced_precision
 from saom_core.train.distributed import init_distributed, shutdown_distributed
-from saom_core.train.embedding_cache import EmbeddingCache
+from saom_core.train.embedding_cache import EmbeddingCache, EncoderSplit
 from saom_core.train.forward import TrainForward
 from saom_core.train.frames import FrameStore, TrainFrame, epoch_batches
 from saom_core.train.losses import saom_loss
@@ -143,14 +143,14 @@ class Trainer:
         self.trained_on = training_record(self.train_set, cfg.prompts.points_per_side)
         self.num_trainable = set_trainable(self.model, cfg.train.trainable)
         self.model.to(self.device)
-        self.encoder_frozen = not any(p.requires_grad for p in self.model.image_encoder.parameters())
-        self.use_cache = self.encoder_frozen and cfg.train.cache_embeddings
-        self.hflip = cfg.data.hflip and not self.use_cache
+        # the frozen part of the encoder (all of it, or all but its last blocks) runs once per frame
+        self.encoder_split = EncoderSplit.of(self.model.image_encoder) if cfg.train.cache_embeddings else None
+        self.hflip = cfg.data.hflip and self.encoder_split is None
 
         self.frames = FrameStore(self.train_set, cfg.data.preload, progress=progress and self.ctx.is_main)
         cache_dir = cfg.train.cache_dir or Path(cfg.data.root) / ".embedding_cache"
-        self.cache = EmbeddingCache(cache_dir, self.model) if self.use_cache else None
-        self.forward_module: nn.Module = TrainForward(self.model, cfg.train.class_pool_true_masks)
+        self.cache = EmbeddingCache(cache_dir, self.model, self.encoder_split) if self.encoder_split else None
+        self.forward_module: nn.Module = TrainForward(self.model, cfg.train.class_pool_true_masks, self.encoder_split)
         if self.ctx.enabled:
             self.forward_module = DistributedDataParallel(
                 self.forward_module,
@@ -247,7 +247,7 @@ class Trainer:
             self._grids[key] = grid_points(self.cfg.prompts.points_per_side, height, width)
         return self._grids[key]
 
-    def _embedding(self, cache: EmbeddingCache, frame: TrainFrame) -> torch.Tensor:
+    def _cached(self, cache: EmbeddingCache, frame: TrainFrame) -> torch.Tensor:
         cached = cache.get(frame.key)
         if cached is None:
             cached = cache.put(frame.key, frame.image, self.device)
@@ -257,9 +257,9 @@ class Trainer:
         if self.hflip:
             frames = [f.flipped() if self.rng.random() < 0.5 else f for f in frames]
         sizes = [f.image.shape[:2] for f in frames]
-        prepared = embeddings = None
+        prepared = cached = None
         if self.cache is not None:
-            embeddings = torch.stack([self._embedding(self.cache, f) for f in frames]).to(self.device).float()
+            cached = torch.stack([self._cached(self.cache, f) for f in frames]).to(self.device).float()
         if self.cache is None or self.model.crop_classifier is not None:
             prepared = torch.cat(
                 [self.model.prepare_images(torch.from_numpy(f.image)[None].to(self.device)) for f in frames]
@@ -281,7 +281,7 @@ class Trainer:
         self.forward_module.train()
         amp = self.amp_dtype
         with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            out, prompts, crop_targets = self.forward_module(prepared, embeddings, sizes, make_prompts)
+            out, prompts, crop_targets = self.forward_module(prepared, cached, sizes, make_prompts)
             terms = saom_loss(
                 out,
                 torch.cat([p.mask_targets for p in prompts]).to(self.device),
