@@ -74,7 +74,9 @@ class TrainSection:
     # (AVX512-BF16 or AMX: faster, docs/recipe.md), else off
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     threads: int = 0  # torch CPU threads (0: torch's default)
-    cache_embeddings: bool = True  # frozen encoder: encode each frame once, fp16 on disk
+    # run the frozen part of the encoder (all of it, or all but its trained last blocks and neck)
+    # once per frame and keep its output on disk (fp16)
+    cache_embeddings: bool = True
     cache_dir: str | None = None  # default: <data.root>/.embedding_cache
     log_every: int = 10
     checkpoint_every: int = 200
