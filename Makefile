@@ -54,6 +54,8 @@ bench: setup ros
 		$(PY) bench/snapping_rule.py --data $(DEMO_OUT)/data --checkpoint $(DEMO_OUT)/run/checkpoints/best.pt
 	test ! -f $(DEMO_OUT)/run/checkpoints/best.pt || \
 		$(PY) bench/runtime.py --checkpoint $(DEMO_OUT)/run/checkpoints/best.pt
+	test ! -f $(DEMO_OUT)/run/checkpoints/best.pt || \
+		$(PY) bench/everything_thresholds.py --checkpoint $(DEMO_OUT)/run/checkpoints/best.pt --data $(DEMO_OUT)/data
 
 # For a GPU machine without network (bench/gpu_check.sh --bundle $(GPU_BUNDLE)): the wheels it lacks,
 # for CPython 3.12 manylinux x86_64 (segment-anything, pycocotools; pytest for the CUDA tests), and

@@ -1,4 +1,4 @@
-"""SAOM's tiny CPU recipe against a plain training: same data, same start, same CPU time, one run.
+"""SAOM's tiny CPU recipe against a plain training: same data, same start, same CPU time, one seed a run.
 
 The plain recipe is the floor of issue 4, run by the same trainer: the tiny SAM, all masks of 2
 frames per step, one random foreground point per mask, AdamW at a constant lr 6e-4, the
@@ -22,6 +22,7 @@ scored on the held-out split with the same prompts:
 Prints two tables and, last, `recipe vs plain: ...`.
 
     python bench/tiny_recipe.py --data runs/demo/data          # the demo's dataset
+    python bench/tiny_recipe.py --data runs/demo/data --seed 1 # the spread: another seed
 """
 from __future__ import annotations
 
@@ -74,6 +75,7 @@ def main() -> None:
     )
     parser.add_argument("--split", default="test", help="held-out split to score on")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0, help="train.seed of both runs (another seed: the spread)")
     parser.add_argument(
         "--seconds", type=float, default=None, help="the recipe's training seconds (default: the config's budget)"
     )
@@ -83,8 +85,8 @@ def main() -> None:
 
 def run(args: argparse.Namespace, out: Path) -> None:
     print(f"machine: {machine_description(torch.device('cpu'))}")
-    print(f"data: {args.data}, scored on split '{args.split}'")
-    overrides = [f"train.threads={args.threads}", "train.device=cpu"]
+    print(f"data: {args.data}, scored on split '{args.split}'; train.seed {args.seed}")
+    overrides = [f"train.threads={args.threads}", "train.device=cpu", f"train.seed={args.seed}"]
     budget = [] if args.seconds is None else [f"train.max_seconds={args.seconds}"]
     recipe_ckpt, recipe_steps, recipe_s = train(args.config, args.data, out / "recipe", [*overrides, *budget])
     # the recipe's trainable parameters, less the crop classifier that the plain model has not got
