@@ -81,6 +81,15 @@ def test_scene_frames_show_labelled_objects(scene0, pybullet_classes):
     assert len(labels) >= 4
 
 
+def test_a_scene_prints_nothing_of_pybullet_s_own(pybullet_classes, capfd):
+    """pybullet's C code writes to file descriptor 1 (a "?" for every collision shape it has no mesh
+    of): a collection's output is its progress, not thousands of such lines."""
+    with PyBulletCollector(pybullet_classes, size=224, min_area=30) as collector:
+        capfd.readouterr()
+        collector.collect_scene(0, seed=0)
+    assert capfd.readouterr().out == ""
+
+
 def test_agent_rotates_right_by_90_degrees(scene0):
     frames, _ = scene0
     for scene in (frames[:4], frames[4:]):

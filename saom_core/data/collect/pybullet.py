@@ -292,7 +292,10 @@ def _body_aabb(bc: BulletClient, uid: int, tight: bool = False) -> tuple[np.ndar
 
     los, his = [], []
     for link in range(-1, bc.getNumJoints(uid)):
-        vertices = np.asarray(bc.getMeshData(uid, link)[1], dtype=np.float64) if tight else np.zeros((0, 3))
+        vertices = np.zeros((0, 3))
+        if tight:
+            with _quiet_stdout():  # its C code prints a line "?" for each shape it has no mesh of
+                vertices = np.asarray(bc.getMeshData(uid, link)[1], dtype=np.float64)
         if len(vertices):
             pos, orn = bc.getBasePositionAndOrientation(uid) if link == -1 else bc.getLinkState(uid, link)[:2]
             world = Rotation.from_quat(orn).apply(vertices) + np.asarray(pos)
