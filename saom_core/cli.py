@@ -108,8 +108,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = load_train_config(config, overrides)
     out = args.out or Path("runs") / Path(config).stem
     result = Trainer(cfg, out, resume=args.resume, progress=not args.quiet).fit()
-    best = "n/a" if result.best_miou is None else f"{result.best_miou:.3f}"
-    print(f"trained {result.steps} steps ({result.masks_per_second:.1f} masks/s); best val mIoU {best}")
+    best = "n/a" if result.best_score is None else f"{result.best_score:.3f}"
+    print(f"trained {result.steps} steps ({result.masks_per_second:.1f} masks/s); best val score {best} "
+          "(mIoU, times class accuracy for a model with classes)")
     print(f"checkpoints: {result.last_checkpoint}" + (f", {result.best_checkpoint}" if result.best_checkpoint else ""))
     return 0
 

@@ -121,10 +121,9 @@ def run_demo(settings: DemoSettings) -> Path:
     t = _stage(f"2/6 fine-tune ({cfg.model.config}, {cfg.train.max_steps} steps) -> {run_dir}")
     resume = (run_dir / "checkpoints" / "last.pt").exists()
     result = Trainer(cfg, run_dir, resume=resume).fit()
-    print(
-        f"{result.steps} steps, {result.masks_per_second:.0f} masks/s, best val mIoU {result.best_miou} "
-        f"({time.perf_counter() - t:.0f} s)"
-    )
+    best = "n/a" if result.best_score is None else f"{result.best_score:.3f}"
+    print(f"{result.steps} steps, {result.masks_per_second:.0f} masks/s, best val score {best} "
+          f"({time.perf_counter() - t:.0f} s)")
     saom_ckpt = result.best_checkpoint or result.last_checkpoint
     # the paper's comparison: SAOM against the pretrained SAM it was fine-tuned from (from scratch: untrained)
     baseline = cfg.model.checkpoint or run_dir / "checkpoints" / "init.pt"

@@ -156,7 +156,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, layout):
 
 def test_training_state_is_plain_data(tmp_path):
     """What the trainer stores besides tensors must load under weights_only (numpy RNG state included)."""
-    state = {"numpy_rng": [np.random.default_rng([0, 1]).bit_generator.state], "best_miou": None, "step": 3}
+    state = {"numpy_rng": [np.random.default_rng([0, 1]).bit_generator.state], "best_score": None, "step": 3}
     path = save_checkpoint(tmp_path / "last.pt", build_model(get_config("test")), state)
     assert read_checkpoint(path)["train_state"] == state
 

@@ -20,7 +20,7 @@ from saom_core.train import trainer as trainer_module
 from saom_core.train.embedding_cache import EncoderSplit, encoder_fingerprint
 from saom_core.train.forward import TrainForward
 from saom_core.train.recipe import load_train_config
-from saom_core.train.trainer import LearningRateSchedule, Trainer, TrainingError
+from saom_core.train.trainer import LearningRateSchedule, Trainer, TrainingError, validation_score
 
 
 def config(data: Path, *overrides: str):
@@ -192,6 +192,34 @@ def test_time_budget_stops_training_validates_and_counts_over_resumes(rect_datas
     assert read_checkpoint(result.last_checkpoint)["train_state"]["elapsed_s"] == 30.0
     resumed = Trainer(config(rect_dataset, "train.max_seconds=25"), tmp_path / "run", resume=True, progress=False).fit()
     assert resumed.steps == 3, "a used-up budget stays used up after a resume"
+
+
+def test_validation_score_counts_the_labels_of_a_model_with_classes():
+    assert validation_score({"mIoU": 0.5, "mAcc": 0.7, "class_accuracy": 0.2}) == pytest.approx(0.1)
+    assert validation_score({"mIoU": 0.5, "mAcc": 0.7, "class_accuracy": None}) == 0.5  # vanilla SAM
+    assert validation_score({"mIoU": None, "mAcc": None, "class_accuracy": None}) is None  # no val frames
+
+
+def test_best_checkpoint_is_the_best_validation_score_not_the_best_miou(rect_dataset, tmp_path, monkeypatch):
+    """A first validation with the best mIoU but poor labels must not be the run's best.pt."""
+    scripted = iter([(0.50, 0.20), (0.45, 0.80), (0.40, 0.50)] * 10)
+    seen: list[tuple[float, dict[str, torch.Tensor]]] = []
+
+    def validate(self):
+        miou, accuracy = next(scripted)
+        seen.append((miou * accuracy, {k: v.detach().clone() for k, v in self.model.state_dict().items()}))
+        return {"mIoU": miou, "mAcc": miou, "class_accuracy": accuracy}
+
+    monkeypatch.setattr(Trainer, "validate", validate)
+    cfg = config(rect_dataset, "train.max_steps=8", "train.frames_per_step=6")
+    result = Trainer(cfg, tmp_path / "run", progress=False).fit()
+    assert len(seen) >= 2, "the test needs the second, better-labelled validation"
+    score, expected = max(seen, key=lambda item: item[0])
+    assert result.best_score == pytest.approx(score)
+    best = weights(result.best_checkpoint)
+    assert all(torch.equal(best[k], expected[k].to(best[k].dtype)) for k in expected)
+    first = seen[0][1]
+    assert any(not torch.equal(best[k], first[k].to(best[k].dtype)) for k in first), "best.pt is not the first"
 
 
 def test_a_time_budget_anneals_the_learning_rate_by_its_end(rect_dataset, tmp_path, monkeypatch):
