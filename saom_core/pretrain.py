@@ -73,6 +73,8 @@ def run_pretrain(settings: PretrainSettings, progress: bool = True) -> Path:
         "collect_s": round(collect_s, 1),  # of this invocation (0 when the data was there already)
         "machine": machine(),
     }
+    if cfg.model.checkpoint:  # a continuation: its steps and seconds come on top of the start's
+        record["started_from"] = started_from(cfg.model.checkpoint)
     return export_vanilla(source, settings.out / f"{EXPORT_NAME}.pt", record, data, settings.eval_frames,
                           settings.everything_frames)
 
@@ -111,8 +113,13 @@ def export_vanilla(source: Path, target: Path, record: dict[str, Any], data: Pat
     figures["val_frames"] = len(val) if eval_frames is None else min(eval_frames, len(val))
     checkpoint["generator"] = {**checkpoint["generator"], "pred_iou_thresh": chosen}
     atomic_torch_save(target, checkpoint)
-    record = {**record, "training_s": round(float(train_state.get("elapsed_s", 0.0)), 1),
-              "format": "fp16 state_dict, SAOM checkpoint layout, no class head", "figures": figures,
+    training_s = round(float(train_state.get("elapsed_s", 0.0)), 1)
+    record = {**record, "training_s": training_s}
+    start = record.get("started_from", {})
+    if "total_steps" in start:
+        record["total_steps"] = start["total_steps"] + record["steps"]
+        record["total_training_s"] = round(start["total_training_s"] + training_s, 1)
+    record = {**record, "format": "fp16 state_dict, SAOM checkpoint layout, no class head", "figures": figures,
               "bytes": target.stat().st_size, "sha256": sha256(target)}
     atomic_write_json(target.with_suffix(".json"), record, indent=2)
     return target
@@ -137,6 +144,23 @@ def _everything_threshold(model: SaomModel, tuned: Thresholds, val: SaomDataset,
               "precision": _round(p.precision), "recall": _round(p.recall), "f1": _round(p.f1)} for p in points]
     return best.pred_iou_thresh, {"chosen_pred_iou_thresh": best.pred_iou_thresh, "frames": min(frames, len(val)),
                                   "match_iou": MATCH_IOU, "candidates": table}
+
+
+def started_from(checkpoint: str | Path) -> dict[str, Any]:
+    """What a pretraining run continued from: the file, its sha256 and, where its provenance lies
+    beside it (an exported or shipped file), the steps and training seconds behind it."""
+    import json
+
+    from saom_core.weights import resolve_weights
+
+    path = resolve_weights(checkpoint)
+    record: dict[str, Any] = {"checkpoint": str(checkpoint), "sha256": sha256(path)}
+    beside = path.with_suffix(".json")
+    earlier = json.loads(beside.read_text()) if beside.exists() else {}
+    if earlier.get("sha256") == record["sha256"]:  # the provenance of this very file
+        record["total_steps"] = earlier.get("total_steps", earlier["steps"])
+        record["total_training_s"] = earlier.get("total_training_s", earlier["training_s"])
+    return record
 
 
 def sha256(path: Path) -> str:

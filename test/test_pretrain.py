@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections import Counter
 
 import numpy as np
@@ -127,6 +128,26 @@ def test_pretrain_trains_a_vanilla_model_and_exports_it_with_provenance(tmp_path
     best = max(everything["candidates"], key=lambda c: (c["f1"], c["pred_iou_thresh"]))
     assert everything["chosen_pred_iou_thresh"] == best["pred_iou_thresh"] == data["generator"]["pred_iou_thresh"]
     assert everything["frames"] == 2
+
+
+def test_a_continued_pretraining_records_what_it_started_from(tmp_path):
+    out = tmp_path / "pretrain"
+    collect_dataset("pybullet-granularity", scenes=8, out=out / "data", seed=PRETRAIN_SEED, size=96, progress=False)
+    overrides = ("model.config=test", "train.max_steps=2", "train.amp=off", "train.val_max_frames=2")
+    first = run_pretrain(PretrainSettings(out=out, overrides=overrides, eval_frames=2, everything_frames=2),
+                         progress=False)
+    again = tmp_path / "again"
+    shutil.copytree(out / "data", again / "data")
+    second = run_pretrain(
+        PretrainSettings(out=again, overrides=(*overrides, f"model.checkpoint={first}"), eval_frames=2,
+                         everything_frames=2),
+        progress=False,
+    )
+    before, record = (json.loads(p.with_suffix(".json").read_text()) for p in (first, second))
+    assert "started_from" not in before and "total_steps" not in before
+    assert record["started_from"]["sha256"] == before["sha256"]
+    assert record["total_steps"] == before["steps"] + record["steps"] == 4
+    assert record["total_training_s"] == pytest.approx(before["training_s"] + record["training_s"], abs=0.1)
 
 
 @pytest.mark.parametrize("name", SHIPPED)
