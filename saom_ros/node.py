@@ -7,11 +7,12 @@ and frees the model (GPU memory included); cleanup removes the publishers. Every
 transition is logged with its reason. With `autostart` (default) the node configures and activates
 itself at start-up, and exits with status 1 when that fails.
 
-Threads: `main` spins a MultiThreadedExecutor. The lifecycle services are in a reentrant callback
-group and the diagnostics timer in its own group, so while a transition loads (and compiles) the
-model, `get_state` and /diagnostics still answer; a second transition meanwhile is refused. Frames
-are segmented by one worker thread (saom_ros.worker). One lock orders what the threads race over
-(see `SaomNode.__init__`): transitions, subscriptions, the frame hand-off and the 3D outputs.
+Threads: `main` spins a MultiThreadedExecutor (saom_ros.executor). The lifecycle services are in
+a reentrant callback group and the diagnostics timer in its own group, so while a transition loads
+(and compiles) the model, `get_state` and /diagnostics still answer; a second transition meanwhile
+is refused. Frames are segmented by one worker thread (saom_ros.worker). One lock orders what the
+threads race over (see `SaomNode.__init__`): transitions, subscriptions, the frame hand-off and the
+3D outputs.
 
 Topics (relative names, remappable; ~ is the node's name):
   in   image_raw (sensor_msgs/Image; `<image_topic>/compressed` CompressedImage when image_transport
@@ -719,12 +720,14 @@ def main(args: Sequence[str] | None = None) -> int:
     The executor spins from the start, so during an autostart that loads a slow model the lifecycle
     services and the diagnostics answer (the start-up runs in its own thread).
     """
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.executors import ExternalShutdownException
     from rclpy.task import Future
+
+    from saom_ros.executor import NodeExecutor
 
     rclpy.init(args=list(args) if args is not None else None)
     node = SaomNode()
-    executor = MultiThreadedExecutor(num_threads=4)
+    executor = NodeExecutor(num_threads=4)
     executor.add_node(node)
     start_failed: Future = Future()
 

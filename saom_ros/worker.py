@@ -249,6 +249,7 @@ class StatsSnapshot:
     fps: float  # frames processed per second since the previous snapshot
     latency_p50_ms: float
     latency_p95_ms: float
+    latency_max_ms: float
     inference_p50_ms: float
     inference_p95_ms: float
     last_error: str
@@ -273,6 +274,7 @@ class StatsSnapshot:
             ("frames/s", f"{self.fps:.2f}"),
             ("latency p50 ms", f"{self.latency_p50_ms:.2f}"),
             ("latency p95 ms", f"{self.latency_p95_ms:.2f}"),
+            ("latency max ms", f"{self.latency_max_ms:.2f}"),
             ("inference p50 ms", f"{self.inference_p50_ms:.2f}"),
             ("inference p95 ms", f"{self.inference_p95_ms:.2f}"),
             ("last error", self.last_error),
@@ -343,6 +345,6 @@ class Stats:
                 skipped=self.skipped, prompts_processed=self.prompts_processed,
                 prompts_dropped=self.prompts_dropped, prompts_unmatched=self.prompts_unmatched,
                 consecutive_failures=self.consecutive_failures, fps=fps,
-                latency_p50_ms=pct(lat, 50), latency_p95_ms=pct(lat, 95),
+                latency_p50_ms=pct(lat, 50), latency_p95_ms=pct(lat, 95), latency_max_ms=pct(lat, 100),
                 inference_p50_ms=pct(inf, 50), inference_p95_ms=pct(inf, 95), last_error=self.last_error,
             )

@@ -25,7 +25,6 @@ import cv2  # noqa: E402
 import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
@@ -33,6 +32,7 @@ from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from vision_msgs.msg import Detection2D, Detection2DArray, LabelInfo  # noqa: E402
 
 from saom_ros.conversions import SUPPORTED_ENCODINGS  # noqa: E402
+from saom_ros.executor import NodeExecutor  # noqa: E402
 from saom_ros.node import SaomNode  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,7 +83,7 @@ class Harness:
     def __init__(self) -> None:
         self.ctx = rclpy.Context()
         rclpy.init(context=self.ctx, domain_id=DOMAIN_ID)
-        self.executor = MultiThreadedExecutor(num_threads=4, context=self.ctx)
+        self.executor = NodeExecutor(num_threads=4, context=self.ctx)
         self.tester = Node("saom_tester", context=self.ctx)
         self.executor.add_node(self.tester)
         self._stop = threading.Event()
@@ -660,14 +660,20 @@ def test_burst_of_200_frames_at_30hz_against_a_slow_model(ros, ckpt):
         assert 200 * delay / 3 / 2 < len(in_burst) < 120, len(in_burst)  # ~67 at 10 frames/s over 6.7 s
         assert stats.dropped > 20  # (frames the DDS keep-last-1 reader replaced never reach the node at all)
         assert stats.processed + stats.dropped + stats.failed + stats.skipped == stats.received
-        # bounded latency: an output comes at most ~2 model periods after its frame was published
+        # bounded latency inside the node (frame received -> outputs published): no frame waits behind
+        # another; a queue would grow it by one model period per frame.
+        node_max_s = stats.snapshot().latency_max_ms / 1e3
+        assert node_max_s < 6 * delay, f"node latency max {node_max_s:.3f} s: frames are queueing"
+        # End to end (published -> detections received) adds the loopback transport: typical outputs come
+        # within ~2 model periods; a reliable output's lost UDP datagram waits for the writer's
+        # heartbeat to be repaired, so the maximum is printed, not asserted (bench/node_latency.py times it).
         idx = {k: i for i, k in enumerate(got)}
         latencies = [dets.times[idx[k]] - sent[k] for k in in_burst]
-        assert max(latencies) < 6 * delay, f"max latency {max(latencies):.3f} s: frames are queueing"
+        assert float(np.median(latencies)) < 3 * delay, f"median latency {np.median(latencies):.3f} s"
         # memory flat: 200 queued 640x480 frames would be ~180 MB
         growth = [round(r - rss[0], 1) for r in rss]
         print(f"burst: {len(in_burst)} frames segmented, {stats.dropped} dropped, latency max "
-              f"{max(latencies) * 1e3:.0f} ms, RSS growth MB {growth}")
+              f"{max(latencies) * 1e3:.0f} ms (node {node_max_s * 1e3:.0f} ms), RSS growth MB {growth}")
         assert max(growth) < 25, f"RSS grew during the burst (MB after 0, 50, .., 200 frames, idle): {growth}"
     finally:
         ros.drop(node)

@@ -142,9 +142,10 @@ def test_stats_snapshot():
     assert snap.fps == pytest.approx(2.5)  # 5 frames in 2 s
     assert (snap.processed, snap.dropped, snap.failed, snap.skipped, snap.prompts_processed) == (5, 3, 1, 1, 1)
     assert snap.latency_p50_ms == pytest.approx(45.0)  # window of 4: 30, 40, 50, 100 ms
+    assert snap.latency_max_ms == pytest.approx(100.0)
     assert len(snap.last_error) == 200
     keys = dict(snap.key_values())
-    assert keys["frames dropped"] == "3" and "latency p95 ms" in keys
+    assert keys["frames dropped"] == "3" and keys["latency max ms"] == "100.00"
     assert "frames/s" in snap.line() and "dropped 3" in snap.line()
 
 
