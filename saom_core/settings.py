@@ -183,9 +183,13 @@ class Thresholds(Settings):
                                     lo=0.0, hi=1.0, lo_open=True, runtime=True, tuned=True)
     min_mask_region_area: int = setting(150, "remove mask islands and holes smaller than this (pixels, 0 = off)",
                                         lo=0, runtime=True, tuned=True)
+    same_class_overlap_thresh: float = setting(
+        1.0, "drop a mask when more than this fraction of it, or of a better-scoring mask of the same class, lies "
+        "in the other (1 = off)", lo=0.0, hi=1.0, lo_open=True, runtime=True, tuned=True)
 
 
-STOCK_SAM = Thresholds(pred_iou_thresh=0.88, stability_score_thresh=0.95, box_nms_thresh=0.7, min_mask_region_area=0)
+STOCK_SAM = Thresholds(pred_iou_thresh=0.88, stability_score_thresh=0.95, box_nms_thresh=0.7, min_mask_region_area=0,
+                       same_class_overlap_thresh=1.0)
 POINTS_PER_SIDE = 32  # the everything-mode grid's default: SAM's, the paper's, training's and evaluation's
 
 
@@ -239,6 +243,7 @@ class SegmenterSettings(Settings):
     stability_score_thresh: float | None = _tuned("stability_score_thresh")
     box_nms_thresh: float | None = _tuned("box_nms_thresh")
     min_mask_region_area: int | None = _tuned("min_mask_region_area")
+    same_class_overlap_thresh: float | None = _tuned("same_class_overlap_thresh")
     keep_classes: tuple[str, ...] = setting((), "class names to keep (empty = every class of the model)", runtime=True)
     keep_background: bool = setting(False, "also output masks classified as background (class id 0)", runtime=True)
 

@@ -8,8 +8,9 @@ import torch
 from saom_core import precision
 from saom_core.data.classes import ClassList
 from saom_core.errors import ConfigError, ImageError
-from saom_core.infer.generator import EverythingGenerator, GeneratorConfig
+from saom_core.infer.generator import EverythingGenerator, GeneratorConfig, suppress_same_class_overlaps
 from saom_core.infer.segmenter import SaomSegmenter
+from saom_core.infer.types import Instance
 from saom_core.model.architectures import get_config
 from saom_core.model.saom import DecoderOutput, build_model
 
@@ -273,3 +274,23 @@ def test_object_prior_prompts_only_points_the_class_map_calls_objects():
         model, GeneratorConfig(**settings, prompt_min_object_prob=0.5, keep_background=True)
     ).generate(frame, embedding)
     assert len(torch.cat(prompted)) == 64
+
+
+def _instance(class_id: int, score: float, y0: int, y1: int, x0: int, x1: int) -> Instance:
+    mask = np.zeros((40, 40), bool)
+    mask[y0:y1, x0:x1] = True
+    return Instance(mask=mask, box_xyxy=(x0, y0, x1, y1), class_id=class_id, class_name=f"c{class_id}",
+                    class_score=1.0, predicted_iou=score, stability=1.0)
+
+
+def test_same_class_overlaps_drop_parts_labelled_as_their_object():
+    whole = _instance(1, 0.9, 0, 30, 0, 30)  # an object
+    part = _instance(1, 0.8, 0, 10, 0, 10)  # a part of it, same label: wholly inside
+    other_class = _instance(2, 0.7, 5, 15, 5, 15)  # inside too, but another class: kept
+    neighbour = _instance(1, 0.6, 20, 40, 20, 40)  # same class, 100 of its 400 pixels in `whole`: kept
+    ranked = [whole, part, other_class, neighbour]
+    assert suppress_same_class_overlaps(ranked, 0.7) == [whole, other_class, neighbour]
+    assert suppress_same_class_overlaps(ranked, 0.2) == [whole, other_class]  # 0.25 of the neighbour > 0.2
+    assert suppress_same_class_overlaps(ranked, 1.0) == ranked  # off
+    # the better one is kept whichever is larger: a part scored above its object removes the object
+    assert suppress_same_class_overlaps([part, whole], 0.7) == [part]

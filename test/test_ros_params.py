@@ -118,7 +118,8 @@ def test_updated_checks_the_changes(ckpt):
 def test_config_yaml_sets_every_parameter_and_validates(ckpt):
     raw = load_params_file(REPO / "config" / "saom.yaml")
     unset = {name for name, value in DEFAULTS.items() if value is None}
-    assert unset == {"pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "min_mask_region_area"}
+    assert unset == {"pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "min_mask_region_area",
+                     "same_class_overlap_thresh"}
     assert set(raw) == set(PARAMETER_NAMES) - unset, "config/saom.yaml should set every parameter that has a value"
     assert raw["checkpoint"] == ""
     with pytest.raises(ConfigError, match="no checkpoint given"):
@@ -247,7 +248,8 @@ def test_cuda_device_is_checked_at_configure():
 
 def test_unset_thresholds_take_the_checkpoints_tuned_value(ckpt):
     settings = validate({"checkpoint": ckpt, "pred_iou_thresh": None}).segmenter_settings()
-    for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "min_mask_region_area"):
+    for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "min_mask_region_area",
+                 "same_class_overlap_thresh"):
         assert getattr(settings, name) is None, name  # load_segmenter then uses the checkpoint's value
     explicit = validate({"checkpoint": ckpt, "pred_iou_thresh": 0.5, "min_mask_region_area": 0}).segmenter_settings()
     assert explicit.pred_iou_thresh == 0.5 and explicit.min_mask_region_area == 0

@@ -64,7 +64,8 @@ def test_unset_thresholds_take_the_tuned_then_the_papers():
     assert generator_config(SegmenterSettings()).keep_classes is None  # empty: every class
     paper = GeneratorConfig()
     assert {n: getattr(paper, n) for n in THRESHOLD_NAMES} == Thresholds().values() == {
-        "pred_iou_thresh": 0.3, "stability_score_thresh": 0.95, "box_nms_thresh": 0.3, "min_mask_region_area": 150}
+        "pred_iou_thresh": 0.3, "stability_score_thresh": 0.95, "box_nms_thresh": 0.3, "min_mask_region_area": 150,
+        "same_class_overlap_thresh": 1.0}
     assert paper.points_per_side == SegmenterSettings().points_per_side
 
 

@@ -125,7 +125,8 @@ def evaluate(
             "random_points": random_points[name].to_dict(),
             "everything": everything.to_dict(),
             "generator": f"pred IoU {config.pred_iou_thresh}, stability {config.stability_score_thresh}, "
-            f"box NMS {config.box_nms_thresh}, min region {config.min_mask_region_area}, grid {config.points_per_side}",
+            f"box NMS {config.box_nms_thresh}, min region {config.min_mask_region_area}, "
+            f"same-class overlap {config.same_class_overlap_thresh}, grid {config.points_per_side}",
         }
     if objects_3d is not None:
         report["objects_3d"] = objects_3d.result()

@@ -37,7 +37,7 @@ from torchvision.ops import batched_nms
 
 from saom_core.errors import ConfigError, ImageError
 from saom_core.infer.runtime import Runtime, as_runtime
-from saom_core.infer.types import Segmentation, build_instances
+from saom_core.infer.types import Instance, Segmentation, build_instances
 from saom_core.model.grid import grid_points, pixel_of
 from saom_core.model.saom import SaomModel
 from saom_core.settings import SegmenterSettings, Thresholds
@@ -60,6 +60,7 @@ class GeneratorConfig:
     stability_score_offset: float = 1.0
     box_nms_thresh: float = Thresholds.box_nms_thresh
     min_mask_region_area: int = Thresholds.min_mask_region_area
+    same_class_overlap_thresh: float = Thresholds.same_class_overlap_thresh
     frame_batch: int = 64  # candidates upsampled to the frame at once (memory: frame_batch x H x W floats)
     compile: bool = SegmenterSettings.compile
     multimask: Literal["auto", "best", "all"] = "auto"  # auto: best for SAOM, all for vanilla SAM
@@ -92,6 +93,23 @@ def nms_boxes(boxes: torch.Tensor) -> torch.Tensor:
     widened[:, 2] = torch.where(boxes[:, 2] > boxes[:, 0], boxes[:, 2], boxes[:, 0] + 1)
     widened[:, 3] = torch.where(boxes[:, 3] > boxes[:, 1], boxes[:, 3], boxes[:, 1] + 1)
     return widened
+
+
+def suppress_same_class_overlaps(instances: list[Instance], thresh: float) -> list[Instance]:
+    """Instances (best first) without those of which more than `thresh` of the smaller mask of
+    the pair lies in a better one of the same class: a part of an object, or the object around a
+    better part, labelled as that object again. Box NMS keeps them, as a part's box overlaps its
+    object's little. `thresh` 1 keeps every instance."""
+    kept: list[Instance] = []
+    for inst in instances:
+        area = int(inst.mask.sum())
+        if not any(
+            other.class_id == inst.class_id
+            and np.logical_and(other.mask, inst.mask).sum() > thresh * min(area, int(other.mask.sum()))
+            for other in kept
+        ):
+            kept.append(inst)
+    return kept
 
 
 @dataclass
@@ -364,6 +382,7 @@ class EverythingGenerator:
         )
         instances = [inst for inst in instances if inst.mask.any()]  # small-region removal can empty a mask
         instances.sort(key=lambda inst: inst.score, reverse=True)
+        instances = suppress_same_class_overlaps(instances, self.config.same_class_overlap_thresh)
         return Segmentation(height, width, instances)
 
     def _remove_small_regions(
