@@ -5,7 +5,8 @@ model that trains more of itself (say, the encoder's last block) may predict IoU
 on another scale, so the same thresholds keep more masks per object. This scores each
 (predicted IoU, stability, same-class overlap) triple of the grid on a held-out split (val by
 default, so that the test split stays unseen by the choice), one everything-mode pass each, with
-the segmenter's default settings otherwise. Last line: `chosen: ...`, the triple with the best
+the segmenter's default settings otherwise (the same-class overlap: the checkpoint's tuned value
+unless `--same-class-overlap` lists values). Last line: `chosen: ...`, the triple with the best
 class-agnostic AP among those that keep at most `--max-masks-per-object` masks per ground-truth
 object (none: the fewest masks).
 
@@ -26,26 +27,28 @@ from saom_core.infer.generator import EverythingGenerator, generator_config
 from saom_core.model.checkpoint import load_checkpoint
 from saom_core.settings import SegmenterSettings
 
-Thresholds = tuple[float, float, float]  # predicted IoU, stability, same-class overlap
+SweptThresholds = tuple[float, float, float]  # predicted IoU, stability, same-class overlap
 
 
 def sweep(checkpoint: Path, dataset: SaomDataset, pred_ious: list[float], stabilities: list[float],
-          overlaps: list[float], max_frames: int | None) -> dict[Thresholds, EverythingResult]:
-    """Everything mode on `dataset` at each (predicted IoU, stability, same-class overlap) triple."""
+          overlaps: list[float | None], max_frames: int | None) -> dict[SweptThresholds, EverythingResult]:
+    """Everything mode on `dataset` at each (predicted IoU, stability, same-class overlap) triple; an
+    overlap of None is the checkpoint's tuned one, keyed by its value."""
     model, info = load_checkpoint(checkpoint)
     results = {}
     for pred_iou, stability, overlap in itertools.product(pred_ious, stabilities, overlaps):
         settings = SegmenterSettings(
             pred_iou_thresh=pred_iou, stability_score_thresh=stability, same_class_overlap_thresh=overlap
         )
-        generator = EverythingGenerator(model, generator_config(settings, info.tuned))
-        results[pred_iou, stability, overlap] = run_everything(
+        config = generator_config(settings, info.tuned)
+        generator = EverythingGenerator(model, config)
+        results[pred_iou, stability, config.same_class_overlap_thresh] = run_everything(
             generator.generate, dataset, has_classes=True, max_frames=max_frames, progress=False
         )
     return results
 
 
-def choose(results: dict[Thresholds, EverythingResult], max_masks_per_object: float) -> Thresholds:
+def choose(results: dict[SweptThresholds, EverythingResult], max_masks_per_object: float) -> SweptThresholds:
     """The best AP within the mask budget; when no triple keeps to it, the one with the fewest masks."""
     within = [key for key, r in results.items() if (r.masks_per_object or 0) <= max_masks_per_object]
     if not within:
@@ -62,8 +65,8 @@ def main() -> None:
     parser.add_argument("--pred-iou", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6])
     parser.add_argument("--stability", type=float, nargs="+", default=[0.8, 0.85, 0.9])
     parser.add_argument(
-        "--same-class-overlap", type=float, nargs="+", default=[1.0, 0.7],
-        help="same_class_overlap_thresh values (1: off)",
+        "--same-class-overlap", type=float, nargs="+", default=[None],
+        help="same_class_overlap_thresh values (1: off; default: the checkpoint's tuned value)",
     )
     parser.add_argument("--max-masks-per-object", type=float, default=1.3)
     parser.add_argument("--threads", type=int, default=2)
