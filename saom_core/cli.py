@@ -310,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=PretrainSettings.out,
                    help="run folder: data/, run/ and the exported file; re-running continues what is there")
     p.add_argument("--config", type=Path, default=PretrainSettings.config)
-    p.add_argument("--scenes", type=int, default=PretrainSettings.scenes)
+    p.add_argument("--scenes", type=int, default=PretrainSettings.scenes,
+                   help="scenes to collect when data/ holds no finished collection (extend one: saom collect --resume)")
     p.add_argument("--seed", type=int, default=PretrainSettings.seed,
                    help="scene seed (disjoint from the demo's and the evaluation's)")
     p.add_argument("--workers", type=int, default=PretrainSettings.workers)

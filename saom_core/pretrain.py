@@ -48,11 +48,13 @@ def run_pretrain(settings: PretrainSettings, progress: bool = True) -> Path:
     """Collect (or continue collecting), train (or resume), export; returns the exported file."""
     from saom_core.data.collect import collect_dataset
     from saom_core.data.format import ANNOTATIONS
+    from saom_core.data.reader import SaomDataset
     from saom_core.train.recipe import load_train_config
     from saom_core.train.trainer import Trainer
 
     data = settings.out / "data"
     started = time.perf_counter()
+    # a finished collection is used as it is (its own size and scenes); extend it with `saom collect --resume`
     if not (data / ANNOTATIONS).exists():
         collect_dataset(sim=SIMULATOR, scenes=settings.scenes, out=data, seed=settings.seed,
                         workers=settings.workers, resume=data.exists(), progress=progress)
@@ -65,7 +67,7 @@ def run_pretrain(settings: PretrainSettings, progress: bool = True) -> Path:
     record = {
         "command": " ".join(["saom", *sys.argv[1:]]) if Path(sys.argv[0]).name == "saom" else " ".join(sys.argv),
         "commit": _commit(),
-        "data": {"simulator": SIMULATOR, "seed": settings.seed, "scenes": settings.scenes,
+        "data": {"simulator": SIMULATOR, "seed": settings.seed, "scenes": SaomDataset(data).scenes,
                  "train_frames": len(trainer.train_set), "dataset": str(data)},
         "steps": result.steps,
         "planned_steps": cfg.train.max_steps,

@@ -116,6 +116,7 @@ def test_pretrain_trains_a_vanilla_model_and_exports_it_with_provenance(tmp_path
     record = json.loads(path.with_suffix(".json").read_text())
     assert record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert record["steps"] == 2 and record["data"]["seed"] == PRETRAIN_SEED
+    assert record["data"]["scenes"] == 12  # the scenes that were there, not the --scenes of a skipped collection
     assert set(record["figures"]["val_point_miou_best_of_three_per_granularity"]) == set(GRANULARITIES.names)
     data = torch.load(path, weights_only=True)
     assert data["class_list"] is None and "train_state" not in data

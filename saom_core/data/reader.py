@@ -64,6 +64,11 @@ class SaomDataset:
     def __len__(self) -> int:
         return len(self.images)
 
+    @property
+    def scenes(self) -> int:
+        """Distinct scenes among this split's frames (a provenance counts what was really there)."""
+        return len({str(img.get("saom", {}).get("scene")) for img in self.images})
+
     def __iter__(self) -> Iterator[Sample]:
         for i in range(len(self)):
             yield self[i]
