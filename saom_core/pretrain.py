@@ -48,7 +48,6 @@ def run_pretrain(settings: PretrainSettings, progress: bool = True) -> Path:
     """Collect (or continue collecting), train (or resume), export; returns the exported file."""
     from saom_core.data.collect import collect_dataset
     from saom_core.data.format import ANNOTATIONS
-    from saom_core.data.reader import SaomDataset
     from saom_core.train.recipe import load_train_config
     from saom_core.train.trainer import Trainer
 
@@ -67,7 +66,7 @@ def run_pretrain(settings: PretrainSettings, progress: bool = True) -> Path:
     record = {
         "command": " ".join(["saom", *sys.argv[1:]]) if Path(sys.argv[0]).name == "saom" else " ".join(sys.argv),
         "commit": _commit(),
-        "data": {"simulator": SIMULATOR, "seed": settings.seed, "scenes": SaomDataset(data).scenes,
+        "data": {"simulator": SIMULATOR, "seed": settings.seed, "scenes": trainer.train_set.total_scenes,
                  "train_frames": len(trainer.train_set), "dataset": str(data)},
         "steps": result.steps,
         "planned_steps": cfg.train.max_steps,

@@ -65,9 +65,10 @@ class SaomDataset:
         return len(self.images)
 
     @property
-    def scenes(self) -> int:
-        """Distinct scenes among this split's frames (a provenance counts what was really there)."""
-        return len({str(img.get("saom", {}).get("scene")) for img in self.images})
+    def total_scenes(self) -> int:
+        """Distinct scenes over every split of the directory, whatever `split` this reader keeps (a
+        provenance counts what was really there)."""
+        return len({str(img.get("saom", {}).get("scene")) for img in self.coco["images"]})
 
     def __iter__(self) -> Iterator[Sample]:
         for i in range(len(self)):
