@@ -65,6 +65,20 @@ def test_saom_loss_combines_terms_per_mask():
     assert terms.mask_iou.item() == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize(("selection", "expected_mask"), [("pred_iou", 0), ("min_loss", 2)])
+def test_mask_selection_rules(selection, expected_mask):
+    low_res = torch.full((1, 3, 2, 2), -5.0)
+    low_res[0, 1, 0] = 5.0  # mask 1: the top row, half right
+    low_res[0, 2, 0, 0] = 5.0  # mask 2: exactly the target
+    iou_pred = torch.tensor([[0.9, 0.5, 0.1]])  # the head is confident in the empty mask 0
+    targets = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
+    weights = LossWeights(focal=0.0, dice=1.0, ce=0.0, iou=0.0, mask_selection=selection)
+    terms = saom_loss(DecoderOutput(low_res, iou_pred, None), targets, torch.tensor([1]), torch.tensor([True]), weights)
+
+    expected = dice_loss(low_res[0, expected_mask][None], targets)
+    assert terms.dice.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_loss_does_not_grow_with_the_number_of_objects():
     def loss_for(n: int) -> float:
         low_res = torch.zeros(n, 3, 4, 4)
