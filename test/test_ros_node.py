@@ -428,6 +428,9 @@ def _prompt_node(ros, ckpt, name, factory, **params):
     masks = Collector(ros.tester, Image, f"/{name}/prompted/masks")
     img_pub = ros.tester.create_publisher(Image, f"/{name}/image", RELIABLE)
     prm_pub = ros.tester.create_publisher(Detection2DArray, f"/{name}/prompts", RELIABLE)
+    # image_reliability auto subscribes best effort until it sees this reliable publisher, then
+    # re-subscribes: a frame sent to the first subscription is lost, so wait for the switch
+    assert wait_until(lambda: node.image_reliability == "reliable")
     assert wait_until(lambda: img_pub.get_subscription_count() > 0 and prm_pub.get_subscription_count() > 0)
     assert wait_until(lambda: out.sub.get_publisher_count() > 0 and masks.sub.get_publisher_count() > 0)
     return node, out, masks, img_pub, prm_pub
